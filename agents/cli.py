@@ -1,0 +1,265 @@
+"""The `detector` command line: run, broker, score, simulate, demo, topics, config check."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any, Sequence
+
+import orjson
+
+from detector.config import ConfigError
+from detector.engine import DEFAULT_CONFIG, DetectionConfig
+
+
+def _detection(args: argparse.Namespace) -> DetectionConfig:
+    return DetectionConfig.load(Path(args.config) if args.config else Path(os.environ.get("DETECTOR_CONFIG") or DEFAULT_CONFIG))
+
+
+# --- detector score --------------------------------------------------------------
+def cmd_score(args: argparse.Namespace) -> int:
+    from detector.alerts import AlertPolicy, flagged_records
+    from detector.decode import InvalidRequest, decode_line
+
+    cfg = _detection(args)
+    pipeline = cfg.pipeline()
+    policy = AlertPolicy(cfg.alerts)
+    src: IO[bytes] = sys.stdin.buffer if args.input in (None, "-") else open(args.input, "rb")
+    dst: IO[bytes] = sys.stdout.buffer if args.output in (None, "-") else open(args.output, "wb")
+    alerts_out: IO[bytes] | None = open(args.alerts, "wb") if args.alerts else None
+    rejected = 0
+    batch: list[Any] = []
+
+    def flush() -> None:
+        verdicts = pipeline.score_batch(batch)
+        dst.write(b"".join(orjson.dumps(v.as_dict()) + b"\n" for v in verdicts))
+        if alerts_out is not None:
+            for alert in policy.observe(flagged_records(verdicts, cfg.alerts)):
+                alerts_out.write(orjson.dumps(alert) + b"\n")
+        batch.clear()
+
+    try:
+        for lineno, line in enumerate(src, 1):
+            if not line.strip():
+                continue
+            try:
+                batch.append(decode_line(line, cfg.limits))
+            except InvalidRequest as exc:
+                rejected += 1
+                print(f"line {lineno}: rejected: {exc}", file=sys.stderr)
+                continue
+            if len(batch) >= 2000:
+                flush()
+        flush()
+    finally:
+        dst.flush()
+        for f in (src, dst, alerts_out):
+            if f is not None and f not in (sys.stdin.buffer, sys.stdout.buffer):
+                f.close()
+    return 1 if rejected else 0
+
+
+# --- detector simulate -------------------------------------------------------------
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from detector.simulate import DEFAULT_START_TS, mixed, simulate
+
+    cfg = _detection(args)
+    profile = cfg.profiles[cfg.default_profile]
+    start = time.time() if args.start == "now" else (float(args.start) if args.start else DEFAULT_START_TS)
+    if args.scenario == "mixed":
+        events = iter(mixed(profile, args.count, args.seed, start, rate=args.rate))
+    else:
+        try:
+            events = simulate(args.scenario, profile, args.count, args.seed, start, rate=args.rate)
+        except ValueError as exc:
+            print(f"detector simulate: {exc}", file=sys.stderr)
+            return 2
+    if args.to == "kafka":
+        from agents.produce import produce_events
+
+        asyncio.run(produce_events(args.bootstrap or _bootstrap(), events, rate=args.rate, batch=args.batch))
+        return 0
+    out: IO[bytes] = sys.stdout.buffer if args.output in (None, "-") else open(args.output, "wb")
+    try:
+        for e in events:
+            out.write(orjson.dumps(e) + b"\n")
+    finally:
+        if out is not sys.stdout.buffer:
+            out.close()
+    return 0
+
+
+def _bootstrap() -> str:
+    from agents.settings import load_settings
+
+    return load_settings().kafka_bootstrap
+
+
+# --- detector broker ---------------------------------------------------------------
+def cmd_broker(args: argparse.Namespace) -> int:
+    from agents.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(port=args.port).start()
+    print(f"embedded broker (Tansu) listening on {broker.bootstrap}; Ctrl-C to stop", flush=True)
+    stop = {"now": False}
+
+    def _stop(*_: Any) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        while not stop["now"] and broker.proc is not None and broker.proc.poll() is None:
+            time.sleep(0.2)
+    finally:
+        broker.stop()
+    print("embedded broker stopped", flush=True)
+    return 0
+
+
+# --- detector topics ---------------------------------------------------------------
+def cmd_topics(args: argparse.Namespace) -> int:
+    from agents.settings import load_settings
+    from agents.topics import ALL_TOPICS, create_topics, existing_topics, partitions_of
+
+    settings = load_settings(args.config, **({"kafka_bootstrap": args.bootstrap} if args.bootstrap else {}))
+
+    async def run() -> int:
+        if args.create:
+            created = await create_topics(settings.kafka_bootstrap, settings.topic_partitions, settings.topic_replication)
+            for name in created:
+                print(f"created {name}")
+        have = await existing_topics(settings.kafka_bootstrap)
+        print(f"{'topic':24} {'partitions':>10} {'on cluster':>10}  retention  policy          purpose")
+        for s in ALL_TOPICS:
+            cfg = s.kafka_configs()
+            days = int(cfg["retention.ms"]) / 86400000
+            print(f"{s.name:24} {partitions_of(s, settings.topic_partitions):>10} {have.get(s.name, '-')!s:>10}  "
+                  f"{days:>6.0f} d  {cfg['cleanup.policy']:14}  {s.purpose}")
+        return 0
+
+    return asyncio.run(run())
+
+
+# --- detector run ------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from agents.metrics import Metrics
+    from agents.settings import load_settings
+    from agents.topics import create_topics
+    from agents.worker import build_app
+
+    overrides: dict[str, Any] = {}
+    if args.bootstrap:
+        overrides["kafka_bootstrap"] = args.bootstrap
+    if args.web_port is not None:
+        overrides["web_port"] = args.web_port
+    settings = load_settings(args.config, **overrides)
+    detection = DetectionConfig.load(settings.config)
+    if args.create_topics:
+        asyncio.run(create_topics(settings.kafka_bootstrap, settings.topic_partitions, settings.topic_replication))
+    app = build_app(settings, detection, Metrics())
+    import faust
+
+    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
+    worker.execute_from_commandline()
+    return 0
+
+
+# --- detector config check -----------------------------------------------------------
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from agents.settings import load_settings
+
+    path = Path(args.dir) if args.dir else Path(args.config) if args.config else DEFAULT_CONFIG
+    if path.is_dir():
+        path = path / "detector.yaml"
+    settings = load_settings(path)
+    cfg = DetectionConfig.load(path)
+    n_versions = sum(len(p.versions) for p in cfg.profiles.values())
+    print(f"{path}: ok: {len(cfg.profiles)} profile(s) ({', '.join(cfg.profiles)}), {n_versions} app versions, "
+          f"{len(cfg.scoring.weights)} signal weights; kafka {settings.kafka_bootstrap}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from agents.demo import run_demo
+
+    return run_demo(duration=args.duration, as_json=args.json, rate=args.rate, web_port=args.web_port,
+                    broker_port=args.broker_port, config=args.config)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="detector", description="Find clients that pretend to be an official mobile app.")
+    p.add_argument("--config", help="settings file (default config/detector.yaml or $DETECTOR_CONFIG)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("score", help="offline: ClientRequest JSONL in, Verdict JSONL out")
+    s.add_argument("input", nargs="?", help="input JSONL (default stdin)")
+    s.add_argument("-o", "--output", help="output JSONL (default stdout)")
+    s.add_argument("--alerts", help="also write the alerts the stream would raise to this JSONL file")
+    s.set_defaults(func=cmd_score)
+
+    s = sub.add_parser("simulate", help="labelled ClientRequest traffic")
+    s.add_argument("--scenario", default="genuine", help="genuine, private_api_library or mixed")
+    s.add_argument("--count", type=int, default=1000)
+    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--rate", type=float, help="requests per second of event time (and of sending, with --to kafka)")
+    s.add_argument("--start", help="event time of the first request: epoch seconds or 'now' (default a fixed origin)")
+    s.add_argument("--to", default="file", choices=["file", "kafka"])
+    s.add_argument("--bootstrap", help="Kafka bootstrap for --to kafka")
+    s.add_argument("--batch", type=int, default=50, help="requests per Kafka message (JSON array) for --to kafka")
+    s.add_argument("-o", "--output", help="output JSONL (default stdout)")
+    s.set_defaults(func=cmd_simulate)
+
+    s = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (Tansu)")
+    s.add_argument("--port", type=int, default=9092)
+    s.set_defaults(func=cmd_broker)
+
+    s = sub.add_parser("topics", help="list (or --create) the service's topics on the configured cluster")
+    s.add_argument("--create", action="store_true")
+    s.add_argument("--bootstrap")
+    s.set_defaults(func=cmd_topics)
+
+    s = sub.add_parser("run", help="the stream worker (Faust app) against the configured Kafka")
+    s.add_argument("--bootstrap")
+    s.add_argument("--web-port", type=int)
+    s.add_argument("--create-topics", action="store_true", help="create missing topics before starting")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("demo", help="embedded broker + worker + simulator, with a live view")
+    s.add_argument("--duration", type=float, default=60.0)
+    s.add_argument("--json", action="store_true", help="print a final one-line JSON summary")
+    s.add_argument("--rate", type=float, default=400.0, help="requests per second to send")
+    s.add_argument("--web-port", type=int, default=6066)
+    s.add_argument("--broker-port", type=int, default=None)
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("config", help="configuration tools")
+    csub = s.add_subparsers(dest="config_command", required=True)
+    c = csub.add_parser("check", help="validate settings and profiles; exit 2 on error")
+    c.add_argument("dir", nargs="?", help="config directory or settings file")
+    c.set_defaults(func=cmd_config_check)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"detector: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

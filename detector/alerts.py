@@ -1,0 +1,218 @@
+"""Alert policy: turns flagged verdicts into one alert per entity and window that
+escalates while the behaviour continues, instead of one alert per request.
+
+Everything is a function of the events: windows are aligned to the epoch, the alert
+id is a hash of (rule, entity, window), times come from the requests' `ts`, so a
+replayed or re-processed stream yields the same alerts (event-schema.md section 3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterable, Mapping, Sequence
+
+from detector.model import Verdict
+
+RULE_FLAGGED_ENTITY = "entity.flagged_requests"
+_LEVEL_RANK = {"clean": 0, "suspicious": 1, "malicious": 2}
+_SEVERITIES = ("low", "medium", "high", "critical")
+
+
+@dataclass(frozen=True, slots=True)
+class AlertSettings:
+    window_s: int = 300
+    min_level: str = "malicious"
+    min_count: int = 3
+    escalate_at: tuple[int, ...] = (3, 10, 30, 100, 300, 1000, 3000, 10000)
+    # count reached -> severity; the highest matching threshold wins
+    severity_by_count: Mapping[int, str] = field(default_factory=lambda: {1: "medium", 30: "high", 300: "critical"})
+    entity_types: tuple[str, ...] = ("device", "account")
+    allowed_lateness_s: int = 60
+    max_open_windows: int = 200_000
+    samples: int = 5
+
+    def __post_init__(self) -> None:
+        if self.min_level not in ("suspicious", "malicious"):
+            raise ValueError("alerts.min_level must be suspicious or malicious")
+        if self.window_s <= 0 or self.min_count <= 0:
+            raise ValueError("alerts.window_s and alerts.min_count must be positive")
+        for sev in self.severity_by_count.values():
+            if sev not in _SEVERITIES:
+                raise ValueError(f"alerts.severity_by_count: unknown severity {sev!r}")
+
+    def severity(self, count: int) -> str:
+        sev = "low"
+        for threshold in sorted(self.severity_by_count):
+            if count >= threshold:
+                sev = self.severity_by_count[threshold]
+        return sev
+
+
+def alert_id(rule: str, entity_type: str, entity_id: str, window_start: int) -> str:
+    return hashlib.sha256(f"{rule}|{entity_type}|{entity_id}|{window_start}".encode()).hexdigest()[:32]
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+@dataclass(frozen=True, slots=True)
+class FlaggedRequest:
+    """The compact record of one flagged request for one of its entities: what an
+    entity shard needs, not the whole request."""
+
+    entity_type: str
+    entity_id: str
+    request_id: str
+    ts: float
+    score: float
+    verdict: str
+    profile: str | None
+    ip: str
+    codes: tuple[str, ...]
+
+    @classmethod
+    def from_verdict(cls, v: Verdict, entity_type: str, entity_id: str) -> FlaggedRequest:
+        return cls(entity_type, entity_id, v.request_id, v.ts, v.score, v.verdict, v.profile,
+                   v.entities.get("ip", ""), tuple(s.code for s in v.signals))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"t": self.entity_type, "e": self.entity_id, "r": self.request_id, "ts": self.ts, "s": self.score,
+                "v": self.verdict, "p": self.profile, "ip": self.ip, "c": list(self.codes)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FlaggedRequest:
+        return cls(str(d["t"]), str(d["e"]), str(d["r"]), float(d["ts"]), float(d["s"]), str(d["v"]),
+                   d.get("p"), str(d.get("ip", "")), tuple(d.get("c", ())))
+
+
+def flagged_records(verdicts: Iterable[Verdict], settings: AlertSettings) -> list[FlaggedRequest]:
+    """The records the alert policy sees for these verdicts, in their order."""
+    min_rank = _LEVEL_RANK[settings.min_level]
+    out = []
+    for v in verdicts:
+        if _LEVEL_RANK[v.verdict] < min_rank:
+            continue
+        for etype in settings.entity_types:
+            eid = v.entities.get(etype)
+            if eid:
+                out.append(FlaggedRequest.from_verdict(v, etype, eid))
+    return out
+
+
+@dataclass(slots=True)
+class _Window:
+    first_ts: float
+    last_ts: float
+    count: int = 0
+    max_score: float = 0.0
+    revision: int = 0
+    severity: str = "low"
+    codes: Counter[str] = field(default_factory=Counter)
+    profiles: set[str] = field(default_factory=set)
+    ips: set[str] = field(default_factory=set)
+    samples: list[str] = field(default_factory=list)
+
+
+class AlertPolicy:
+    """In-memory, event-time alert aggregation. `observe` returns the alerts (new or
+    escalated revisions) that the given verdicts cause, in a deterministic order."""
+
+    def __init__(self, settings: AlertSettings = AlertSettings()):
+        self.settings = settings
+        self._windows: dict[tuple[str, str, int], _Window] = {}
+        self._watermark = 0.0
+        self._next_sweep = 0.0
+
+    def __len__(self) -> int:
+        return len(self._windows)
+
+    def observe(self, records: Iterable[FlaggedRequest]) -> list[dict[str, Any]]:
+        """Feed flagged-request records (one per request and entity, as routed to this
+        shard); returns every alert revision they cause, in order. A revision is built
+        when it happens, so its content does not depend on how records were batched."""
+        s = self.settings
+        out: list[dict[str, Any]] = []
+        for r in records:
+            if r.ts > self._watermark:
+                self._watermark = r.ts
+            if r.ts < self._watermark - s.window_s - s.allowed_lateness_s:
+                continue  # later than the allowed lateness: its window is closed
+            start = int(r.ts // s.window_s) * s.window_s
+            key = (r.entity_type, r.entity_id, start)
+            w = self._windows.get(key)
+            if w is None:
+                w = self._windows[key] = _Window(first_ts=r.ts, last_ts=r.ts)
+            w.first_ts = min(w.first_ts, r.ts)
+            w.last_ts = max(w.last_ts, r.ts)
+            w.count += 1
+            w.max_score = max(w.max_score, r.score)
+            w.codes.update(r.codes)
+            if r.profile:
+                w.profiles.add(r.profile)
+            if len(w.ips) < 1000:
+                w.ips.add(r.ip)
+            if len(w.samples) < s.samples:
+                w.samples.append(r.request_id)
+            severity = s.severity(w.count)
+            escalated = w.count >= s.min_count and (
+                w.revision == 0 or w.count in s.escalate_at or _SEVERITIES.index(severity) > _SEVERITIES.index(w.severity)
+            )
+            if escalated:
+                w.revision += 1
+                w.severity = severity
+                out.append(self._alert(r.entity_type, r.entity_id, start, w))
+        self._expire()
+        return out
+
+    def _expire(self) -> None:
+        s = self.settings
+        horizon = self._watermark - 2 * s.window_s - s.allowed_lateness_s
+        # Sweep at most every tenth of a window of event time, or when over the bound.
+        if self._watermark >= self._next_sweep or len(self._windows) > s.max_open_windows:
+            self._next_sweep = self._watermark + s.window_s / 10
+            for key in [k for k in self._windows if k[2] < horizon]:
+                del self._windows[key]
+            if len(self._windows) > s.max_open_windows:  # bounded under a flood of unique entities
+                for key in sorted(self._windows, key=lambda k: self._windows[k].last_ts)[: len(self._windows) - s.max_open_windows]:
+                    del self._windows[key]
+
+    def _alert(self, etype: str, eid: str, start: int, w: _Window) -> dict[str, Any]:
+        s = self.settings
+        top = w.codes.most_common()
+        minutes = s.window_s / 60
+        top_text = ", ".join(f"{c} ({n})" for c, n in top[:3])
+        summary = (
+            f"{etype} {eid} sent {w.count} requests judged {s.min_level} or worse in a {minutes:g}-minute window "
+            f"from {len(w.ips)} IP(s); top evidence: {top_text}"
+        )
+        return {
+            "schema": "alert/1",
+            "alert_id": alert_id(RULE_FLAGGED_ENTITY, etype, eid, start),
+            "revision": w.revision,
+            "rule": RULE_FLAGGED_ENTITY,
+            "created_at": iso(w.first_ts),
+            "updated_at": iso(w.last_ts),
+            "severity": w.severity,
+            "entity": {"type": etype, "id": eid},
+            "codes": sorted(w.codes),
+            "score": round(w.max_score, 4),
+            "summary": summary,
+            "window": {"start": iso(start), "end": iso(start + s.window_s)},
+            "count": w.count,
+            "evidence": {
+                "code_counts": dict(sorted(w.codes.items())),
+                "profiles": sorted(w.profiles),
+                "distinct_ips": len(w.ips),
+            },
+            "sample_request_ids": list(w.samples),
+        }
+
+
+def alerts_for(verdicts: Sequence[Verdict], settings: AlertSettings = AlertSettings()) -> list[dict[str, Any]]:
+    """Offline: the alerts a stream of verdicts causes, in event-time order."""
+    policy = AlertPolicy(settings)
+    return policy.observe(flagged_records(sorted(verdicts, key=lambda v: v.ts), settings))

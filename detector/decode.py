@@ -1,0 +1,378 @@
+"""Decoding of ClientRequest messages (event-schema.md section 1) into typed values.
+
+A Kafka message value holds one JSON object, a JSON array of objects, or NDJSON.
+Bad input is data, not an exception: every element that cannot be used comes back
+as a `Rejection` with its index and a one-line reason, and its valid siblings are
+still decoded. The shell turns rejections into dead-letter records (`dlq_record`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import lru_cache
+from typing import Any, Mapping
+
+import orjson
+
+from detector.model import ClientRequest
+
+HTTP_VERSIONS = frozenset({"1.0", "1.1", "2", "3"})
+_KNOWN_FIELDS = frozenset(
+    {
+        "request_id", "ts", "client_ip", "method", "path", "headers", "query",
+        "http_version", "body_sha256", "body_size", "params", "tls", "h2", "network",
+        "attestation", "account_id", "device_id", "session_id", "response_status", "label",
+    }
+)
+_OBJECT_FIELDS = ("tls", "h2", "network", "attestation", "label")
+_ID_FIELDS = ("account_id", "device_id", "session_id")
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeLimits:
+    """Bounds on what one message may carry (config `limits`). A message or element
+    over a bound is rejected whole, so an attacker cannot make the worker allocate
+    without limit."""
+
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_batch_elements: int = 10_000
+    max_headers: int = 128
+    max_header_bytes: int = 8192  # one name + value
+    max_field_chars: int = 8192  # any other string field
+    dlq_copy_bytes: int = 900_000  # larger originals are truncated in the DLQ record
+
+    def __post_init__(self) -> None:
+        for name in self.__slots__:  # type: ignore[attr-defined]
+            if getattr(self, name) <= 0:
+                raise ValueError(f"limits.{name} must be a positive integer")
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    index: int | None  # element index inside a batch message; None for the message itself
+    reason: str
+
+
+@dataclass(slots=True)
+class Decoded:
+    requests: list[ClientRequest] = field(default_factory=list)
+    indices: list[int | None] = field(default_factory=list)  # element index of each request
+    rejections: list[Rejection] = field(default_factory=list)
+    form: str = "object"  # object | array | ndjson | invalid
+
+
+class InvalidRequest(ValueError):
+    """One object failed validation; the message is the one-line reason."""
+
+
+def decode_message(value: bytes | None, limits: DecodeLimits = DecodeLimits()) -> Decoded:
+    """Decode one Kafka message value in any of the three forms."""
+    out = Decoded()
+    if value is None or len(value) == 0:
+        out.form = "invalid"
+        out.rejections.append(Rejection(None, "empty message"))
+        return out
+    if len(value) > limits.max_message_bytes:
+        out.form = "invalid"
+        out.rejections.append(
+            Rejection(None, f"message of {len(value)} bytes exceeds limits.max_message_bytes={limits.max_message_bytes}")
+        )
+        return out
+    stripped = value.lstrip()
+    if stripped[:1] == b"[":
+        out.form = "array"
+        try:
+            items = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            out.form = "invalid"
+            out.rejections.append(Rejection(None, _json_reason(value, exc)))
+            return out
+        if not isinstance(items, list):  # pragma: no cover - '[' always parses to a list
+            items = [items]
+        if len(items) > limits.max_batch_elements:
+            out.rejections.append(
+                Rejection(None, f"batch of {len(items)} elements exceeds limits.max_batch_elements={limits.max_batch_elements}")
+            )
+            return out
+        for i, item in enumerate(items):
+            _add(out, i, item, limits)
+        return out
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        if b"\n" in value.strip():
+            out.form = "ndjson"
+            _decode_ndjson(out, value, limits)
+            return out
+        out.form = "invalid"
+        out.rejections.append(Rejection(None, _json_reason(value, exc)))
+        return out
+    out.form = "object"
+    _add(out, None, obj, limits)
+    return out
+
+
+def decode_line(line: bytes | str, limits: DecodeLimits = DecodeLimits()) -> ClientRequest:
+    """Decode one JSONL line (offline scoring); raises InvalidRequest with the reason."""
+    raw = line.encode() if isinstance(line, str) else line
+    if len(raw) > limits.max_message_bytes:
+        raise InvalidRequest(f"line of {len(raw)} bytes exceeds limits.max_message_bytes={limits.max_message_bytes}")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(_json_reason(raw, exc)) from None
+    return request_from_obj(obj, limits)
+
+
+def _decode_ndjson(out: Decoded, value: bytes, limits: DecodeLimits) -> None:
+    lines = [ln for ln in value.split(b"\n") if ln.strip()]
+    if len(lines) > limits.max_batch_elements:
+        out.rejections.append(
+            Rejection(None, f"batch of {len(lines)} elements exceeds limits.max_batch_elements={limits.max_batch_elements}")
+        )
+        return
+    for i, ln in enumerate(lines):
+        try:
+            obj = orjson.loads(ln)
+        except orjson.JSONDecodeError as exc:
+            out.rejections.append(Rejection(i, _json_reason(ln, exc)))
+            continue
+        _add(out, i, obj, limits)
+
+
+def _add(out: Decoded, index: int | None, obj: Any, limits: DecodeLimits) -> None:
+    try:
+        req = request_from_obj(obj, limits)
+    except InvalidRequest as exc:
+        out.rejections.append(Rejection(index, str(exc)))
+        return
+    out.requests.append(req)
+    out.indices.append(index)
+
+
+def _json_reason(raw: bytes, exc: orjson.JSONDecodeError) -> str:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as uexc:
+        return f"invalid UTF-8 at byte {uexc.start}"
+    msg = str(exc).split(":", 1)[0]
+    return f"invalid JSON: {msg} at line {exc.lineno} column {exc.colno}"
+
+
+def _string(obj: Mapping[str, Any], name: str, limits: DecodeLimits, *, required: bool) -> str | None:
+    v = obj.get(name)
+    if v is None:
+        if required:
+            raise InvalidRequest(f"missing required field {name!r}")
+        return None
+    if not isinstance(v, str):
+        raise InvalidRequest(f"field {name!r} must be a string, got {_type(v)}")
+    if len(v) > limits.max_field_chars:
+        raise InvalidRequest(f"field {name!r} of {len(v)} chars exceeds limits.max_field_chars={limits.max_field_chars}")
+    return v
+
+
+def _type(v: Any) -> str:
+    if v is None:
+        return "null"
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}.get(
+        type(v), type(v).__name__
+    )
+
+
+@lru_cache(maxsize=65536)
+def _valid_ip(ip: str) -> bool:
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return True
+
+
+@lru_cache(maxsize=4096)
+def _parse_rfc3339(s: str) -> float:
+    dt = datetime.fromisoformat(s)
+    if dt.tzinfo is None:
+        raise ValueError("no time zone")
+    return dt.timestamp()
+
+
+def _timestamp(v: Any) -> float:
+    if isinstance(v, bool):
+        raise InvalidRequest("field 'ts' must be epoch seconds or an RFC 3339 string, got boolean")
+    if isinstance(v, (int, float)):
+        ts = float(v)
+        if not math.isfinite(ts) or ts < 0:
+            raise InvalidRequest(f"field 'ts' must be non-negative epoch seconds, got {v!r}")
+        return ts
+    if isinstance(v, str):
+        try:
+            return _parse_rfc3339(v)
+        except ValueError:
+            raise InvalidRequest(f"field 'ts' is not an RFC 3339 timestamp with a time zone: {v[:40]!r}") from None
+    if v is None:
+        raise InvalidRequest("missing required field 'ts'")
+    raise InvalidRequest(f"field 'ts' must be a number or string, got {_type(v)}")
+
+
+def _headers(v: Any, limits: DecodeLimits) -> tuple[tuple[str, str], ...]:
+    if v is None:
+        raise InvalidRequest("missing required field 'headers'")
+    if not isinstance(v, list):
+        raise InvalidRequest(f"field 'headers' must be an array of [name, value] pairs, got {_type(v)}")
+    if len(v) > limits.max_headers:
+        raise InvalidRequest(f"{len(v)} headers exceed limits.max_headers={limits.max_headers}")
+    out = []
+    for i, pair in enumerate(v):
+        if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str) and isinstance(pair[1], str)):
+            raise InvalidRequest(f"headers[{i}] must be a [name, value] pair of strings")
+        if len(pair[0]) + len(pair[1]) > limits.max_header_bytes:
+            raise InvalidRequest(f"headers[{i}] exceeds limits.max_header_bytes={limits.max_header_bytes}")
+        if not pair[0]:
+            raise InvalidRequest(f"headers[{i}] has an empty name")
+        out.append((pair[0], pair[1]))
+    return tuple(out)
+
+
+def request_from_obj(obj: Any, limits: DecodeLimits = DecodeLimits()) -> ClientRequest:
+    """Validate one decoded JSON value against the ClientRequest contract."""
+    if not isinstance(obj, dict):
+        raise InvalidRequest(f"a ClientRequest must be a JSON object, got {_type(obj)}")
+    request_id = _string(obj, "request_id", limits, required=True)
+    assert request_id is not None
+    if not 1 <= len(request_id) <= 128:
+        raise InvalidRequest(f"field 'request_id' must have 1..128 chars, got {len(request_id)}")
+    ts = _timestamp(obj.get("ts"))
+    client_ip = _string(obj, "client_ip", limits, required=True)
+    assert client_ip is not None
+    if not _valid_ip(client_ip):
+        raise InvalidRequest(f"field 'client_ip' is not an IPv4 or IPv6 address: {client_ip[:64]!r}")
+    method = _string(obj, "method", limits, required=True)
+    assert method is not None
+    if not method:
+        raise InvalidRequest("field 'method' is empty")
+    path = _string(obj, "path", limits, required=True)
+    assert path is not None
+    if not path.startswith("/") or "?" in path:
+        raise InvalidRequest(f"field 'path' must start with '/' and carry no query string: {path[:64]!r}")
+    headers = _headers(obj.get("headers"), limits)
+
+    query = _string(obj, "query", limits, required=False)
+    http_version = obj.get("http_version")
+    if http_version is not None:
+        if not isinstance(http_version, str):
+            raise InvalidRequest(f"field 'http_version' must be a string, got {_type(http_version)}")
+        if http_version not in HTTP_VERSIONS:
+            raise InvalidRequest(f"field 'http_version' must be one of 1.0, 1.1, 2, 3, got {http_version[:16]!r}")
+    body_sha256 = _string(obj, "body_sha256", limits, required=False)
+    if body_sha256 is not None and (len(body_sha256) != 64 or not _HEX.issuperset(body_sha256)):
+        raise InvalidRequest("field 'body_sha256' must be 64 hex characters")
+    body_size = _int(obj, "body_size", minimum=0)
+    response_status = _int(obj, "response_status", minimum=0)
+    params = obj.get("params")
+    if params is not None:
+        if not isinstance(params, dict):
+            raise InvalidRequest(f"field 'params' must be an object, got {_type(params)}")
+        for k, pv in params.items():
+            if not isinstance(pv, str):
+                raise InvalidRequest(f"params[{k[:40]!r}] must be a string, got {_type(pv)}")
+    objects: dict[str, Any] = {}
+    for name in _OBJECT_FIELDS:
+        ov = obj.get(name)
+        if ov is not None and not isinstance(ov, dict):
+            raise InvalidRequest(f"field {name!r} must be an object, got {_type(ov)}")
+        objects[name] = ov
+    ids = {name: _string(obj, name, limits, required=False) for name in _ID_FIELDS}
+    extra = None if _KNOWN_FIELDS.issuperset(obj) else {k: v for k, v in obj.items() if k not in _KNOWN_FIELDS}
+    return ClientRequest(
+        request_id=request_id,
+        ts=ts,
+        client_ip=client_ip,
+        method=method,
+        path=path,
+        headers=headers,
+        query=query,
+        http_version=http_version,
+        body_sha256=body_sha256,
+        body_size=body_size,
+        params=params,
+        tls=objects["tls"],
+        h2=objects["h2"],
+        network=objects["network"],
+        attestation=objects["attestation"],
+        label=objects["label"],
+        account_id=ids["account_id"],
+        device_id=ids["device_id"],
+        session_id=ids["session_id"],
+        response_status=response_status,
+        extra=extra,
+    )
+
+
+def _int(obj: Mapping[str, Any], name: str, *, minimum: int) -> int | None:
+    v = obj.get(name)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise InvalidRequest(f"field {name!r} must be an integer, got {_type(v)}")
+    if v < minimum:
+        raise InvalidRequest(f"field {name!r} must be >= {minimum}, got {v}")
+    return v
+
+
+def dlq_record(
+    value: bytes | None,
+    rejections: list[Rejection],
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    limits: DecodeLimits = DecodeLimits(),
+) -> dict[str, Any]:
+    """The dead-letter record for one source message: its whole original value (or,
+    when larger than `limits.dlq_copy_bytes`, a truncated copy with the original's
+    SHA-256 and size), where it came from, and why each rejected element was rejected.
+    `index`/`reason` name the first rejection; `errors` lists all of them."""
+    raw = value or b""
+    truncated = len(raw) > limits.dlq_copy_bytes
+    copy = raw[: limits.dlq_copy_bytes] if truncated else raw
+    try:
+        text: str = copy.decode("utf-8")
+        encoding = "utf-8"
+    except UnicodeDecodeError:
+        text = base64.b64encode(copy).decode("ascii")
+        encoding = "base64"
+    first = rejections[0]
+    return {
+        "schema": "dlq/1",
+        "reason": first.reason,
+        "index": first.index,
+        "errors": [{"index": r.index, "reason": r.reason} for r in rejections],
+        "source": {"topic": topic, "partition": partition, "offset": offset},
+        "message": text,
+        "message_encoding": encoding,
+        "truncated": truncated,
+        "size": len(raw),
+        "sha256": hashlib.sha256(raw).hexdigest(),
+    }
+
+
+def dlq_reason_class(reason: str) -> str:
+    """A closed set of reason classes for metrics labels (reasons carry values)."""
+    if reason.startswith("invalid UTF-8"):
+        return "invalid_utf8"
+    if reason.startswith("invalid JSON") or reason == "empty message":
+        return "invalid_json"
+    if reason.startswith("missing required"):
+        return "missing_field"
+    if "exceed" in reason:
+        return "oversized"
+    if "must be" in reason or "is not" in reason or "has an empty" in reason or "is empty" in reason:
+        return "invalid_field"
+    return "other"

@@ -1,0 +1,97 @@
+"""The detection engine as configured: profiles, scoring, decode limits and alert
+policy read from `config/detector.yaml` (detection sections), validated at load.
+
+Both the offline `detector score` and the stream worker build one of these, so the
+two apply exactly the same rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from detector.alerts import AlertPolicy, AlertSettings
+from detector.config import ConfigError, YamlDocument, require
+from detector.decode import DecodeLimits
+from detector.pipeline import Pipeline
+from detector.profile import ClientProfile, load_profiles
+from detector.scoring import ScoringPolicy
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "detector.yaml"
+
+
+@dataclass(frozen=True)
+class DetectionConfig:
+    path: Path
+    profiles: Mapping[str, ClientProfile]
+    default_profile: str
+    scoring: ScoringPolicy
+    limits: DecodeLimits
+    alerts: AlertSettings
+
+    @classmethod
+    def load(cls, path: Path = DEFAULT_CONFIG, overrides: Mapping[str, Any] | None = None) -> DetectionConfig:
+        doc = YamlDocument(path)
+        data = doc.data if isinstance(doc.data, dict) else {}
+        if not isinstance(doc.data, dict):
+            raise doc.error([], "the settings file must be a mapping")
+        data = {**data, **(overrides or {})}
+        pdir = Path(require(doc, data, ["profiles_dir"], str))
+        pdir = pdir if pdir.is_absolute() else path.parent / pdir
+        profiles = load_profiles(pdir)
+        default = require(doc, data, ["default_profile"], str, optional=True, default=next(iter(profiles)))
+        if default not in profiles:
+            raise doc.error(["default_profile"], f"no profile named {default!r} in {pdir} (have: {', '.join(profiles)})")
+
+        sc = require(doc, data, ["scoring"], dict)
+        weights = require(doc, sc, ["scoring", "weights"], dict)
+        try:
+            scoring = ScoringPolicy(
+                weights={str(k): float(v) for k, v in weights.items()},
+                suspicious=float(require(doc, sc, ["scoring", "suspicious"], (int, float))),
+                malicious=float(require(doc, sc, ["scoring", "malicious"], (int, float))),
+            )
+        except (TypeError, ValueError) as exc:
+            raise doc.error(["scoring"], str(exc)) from None
+
+        lim = require(doc, data, ["limits"], dict, optional=True, default={})
+        try:
+            limits = DecodeLimits(**{k: _int(doc, ["limits", k], v) for k, v in lim.items()})
+        except TypeError as exc:
+            raise doc.error(["limits"], f"unknown key: {exc}") from None
+        except ValueError as exc:
+            raise doc.error(["limits"], str(exc)) from None
+
+        al = dict(require(doc, data, ["alerts"], dict, optional=True, default={}))
+        for k in ("escalate_at", "entity_types"):
+            if k in al:
+                al[k] = tuple(al[k])
+        try:
+            alerts = AlertSettings(**al)
+        except TypeError as exc:
+            raise doc.error(["alerts"], f"unknown key: {exc}") from None
+        except ValueError as exc:
+            raise doc.error(["alerts"], str(exc)) from None
+
+        cfg = cls(path, profiles, default, scoring, limits, alerts)
+        try:
+            cfg.pipeline()
+        except ValueError as exc:
+            raise doc.error(["scoring", "weights"], str(exc)) from None
+        return cfg
+
+    def pipeline(self, disabled_families: Iterable[str] = ()) -> Pipeline:
+        return Pipeline(self.profiles, self.scoring, default_profile=self.default_profile, disabled_families=disabled_families)
+
+    def alert_policy(self) -> AlertPolicy:
+        return AlertPolicy(self.alerts)
+
+
+def _int(doc: YamlDocument, key: list[str | int], v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise doc.error(key, f"must be an integer, got {type(v).__name__}")
+    return v
+
+
+__all__ = ["DetectionConfig", "ConfigError", "DEFAULT_CONFIG"]

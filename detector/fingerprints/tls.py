@@ -1,0 +1,444 @@
+"""Which TLS stack opened a connection, decided from its raw ClientHello bytes alone.
+
+Parses the hello (a TLS record or a bare handshake message) and derives JA4 (FoxIO,
+BSD-3-Clause, technical_details/JA4.md) and JA3; pure Python, no I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import struct
+from dataclasses import dataclass
+from functools import lru_cache
+
+__all__ = [
+    "ClientHello",
+    "ClientHelloError",
+    "TlsFingerprint",
+    "fingerprints_from_b64",
+    "is_grease",
+    "ja3",
+    "ja4",
+    "parse_client_hello",
+]
+
+_CONTENT_HANDSHAKE = 0x16
+_HS_CLIENT_HELLO = 0x01
+# RFC 8446 5.1: a TLSPlaintext fragment MUST NOT exceed 2^14 bytes.
+_MAX_RECORD_LEN = 1 << 14
+# Larger than any real hello (post-quantum key shares push Chrome to ~1.8 KB), small
+# enough that a hostile length field cannot make us buffer much.
+_MAX_HELLO_LEN = 1 << 16
+
+EXT_SERVER_NAME = 0x0000
+EXT_SUPPORTED_GROUPS = 0x000A
+EXT_EC_POINT_FORMATS = 0x000B
+EXT_SIGNATURE_ALGORITHMS = 0x000D
+EXT_ALPN = 0x0010
+EXT_SUPPORTED_VERSIONS = 0x002B
+
+# JA4.md "TLS and DTLS Version"; anything else is "00".
+_JA4_VERSION = {
+    0x0304: "13",
+    0x0303: "12",
+    0x0302: "11",
+    0x0301: "10",
+    0x0300: "s3",
+    0x0002: "s2",
+    0xFEFF: "d1",
+    0xFEFD: "d2",
+    0xFEFC: "d3",
+}
+# OpenSSL's names (what nginx's $ssl_protocol and Python's SSLSocket.version() print),
+# so the value compares directly with what an edge logs.
+_VERSION_NAME = {
+    0x0304: "TLSv1.3",
+    0x0303: "TLSv1.2",
+    0x0302: "TLSv1.1",
+    0x0301: "TLSv1",
+    0x0300: "SSLv3",
+    0x0002: "SSLv2",
+    0xFEFF: "DTLSv1",
+    0xFEFD: "DTLSv1.2",
+    0xFEFC: "DTLSv1.3",
+}
+# JA4.md: "If there are no ciphers ... JA4_b is set to 000000000000" (same for JA4_c).
+_EMPTY_HASH = "000000000000"
+
+
+class ClientHelloError(ValueError):
+    """The bytes are not a well-formed TLS ClientHello; the message says why, on one line."""
+
+
+def is_grease(value: int) -> bool:
+    """RFC 8701 GREASE: 0x?A?A with both bytes equal (0x0A0A, 0x1A1A, ... 0xFAFA)."""
+    return (value & 0x0F0F) == 0x0A0A and (value >> 8) == (value & 0xFF)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientHello:
+    """The parts of a ClientHello that fingerprints read, as sent (GREASE included,
+    original order), so every fingerprint can apply its own rules."""
+
+    legacy_version: int
+    cipher_suites: tuple[int, ...]
+    compression_methods: bytes
+    extensions: tuple[int, ...]  # extension ids in wire order, duplicates kept
+    sni: str | None  # first host_name in server_name, None without one
+    alpn: tuple[bytes, ...]  # raw protocol ids: RFC 7301 allows any bytes
+    signature_algorithms: tuple[int, ...]
+    supported_groups: tuple[int, ...]
+    ec_point_formats: tuple[int, ...]
+    supported_versions: tuple[int, ...]
+    session_id: bytes = b""
+
+    @property
+    def max_version(self) -> int:
+        """Highest version offered: supported_versions minus GREASE when the extension is
+        there (RFC 8446 4.2.1 makes legacy_version 0x0303 then), else legacy_version."""
+        versions = [v for v in self.supported_versions if not is_grease(v)]
+        return max(versions) if versions else self.legacy_version
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFingerprint:
+    """Everything the checks compare for one hello."""
+
+    ja4: str
+    ja3: str  # md5 hex of ja3_full
+    ja3_full: str
+    alpn: str | None  # first ALPN id (latin-1 so any byte survives), None if no ALPN
+    tls_version: str  # highest version offered, OpenSSL naming ("TLSv1.3")
+
+
+class _Reader:
+    """Bounds-checked cursor: every short read becomes a ClientHelloError naming the field."""
+
+    __slots__ = ("buf", "end", "pos")
+
+    def __init__(self, buf: bytes, pos: int = 0, end: int | None = None) -> None:
+        self.buf = buf
+        self.pos = pos
+        self.end = len(buf) if end is None else end
+
+    def remaining(self) -> int:
+        return self.end - self.pos
+
+    def _need(self, n: int, what: str) -> None:
+        if self.end - self.pos < n:
+            raise ClientHelloError(
+                f"truncated {what}: needs {n} bytes at offset {self.pos}, "
+                f"only {self.end - self.pos} left"
+            )
+
+    def u8(self, what: str) -> int:
+        self._need(1, what)
+        v = self.buf[self.pos]
+        self.pos += 1
+        return v
+
+    def u16(self, what: str) -> int:
+        self._need(2, what)
+        p = self.pos
+        self.pos = p + 2
+        return (self.buf[p] << 8) | self.buf[p + 1]
+
+    def u24(self, what: str) -> int:
+        self._need(3, what)
+        p = self.pos
+        self.pos = p + 3
+        return (self.buf[p] << 16) | (self.buf[p + 1] << 8) | self.buf[p + 2]
+
+    def take(self, n: int, what: str) -> bytes:
+        self._need(n, what)
+        p = self.pos
+        self.pos = p + n
+        return self.buf[p : p + n]
+
+    def sub(self, n: int, what: str) -> _Reader:
+        """A reader over the next n bytes (a length-prefixed vector's body)."""
+        self._need(n, what)
+        r = _Reader(self.buf, self.pos, self.pos + n)
+        self.pos += n
+        return r
+
+    def u16_list(self, n: int, what: str) -> tuple[int, ...]:
+        if n % 2:
+            raise ClientHelloError(f"{what} has odd length {n}; it is a list of 16-bit values")
+        self._need(n, what)
+        vals: tuple[int, ...] = struct.unpack_from(f">{n // 2}H", self.buf, self.pos)
+        self.pos += n
+        return vals
+
+    def expect_end(self, what: str) -> None:
+        if self.pos != self.end:
+            raise ClientHelloError(f"{what} has {self.end - self.pos} unexpected trailing bytes")
+
+
+def _handshake_bytes(data: bytes) -> bytes:
+    """The handshake stream carried by the leading handshake records.
+
+    RFC 8446 5.1 lets a handshake message span several records, so records are joined
+    until the ClientHello's own length is covered; later bytes are ignored.
+    """
+    chunks: list[bytes] = []
+    got = 0
+    need = -1  # handshake bytes required, known once the 4-byte header is in
+    pos = 0
+    n = len(data)
+    while need < 0 or got < need:
+        if pos == n:
+            raise ClientHelloError(
+                f"truncated ClientHello: records carry {got} handshake bytes"
+                + (f", message needs {need}" if need >= 0 else "")
+            )
+        if n - pos < 5:
+            raise ClientHelloError(f"truncated record header at offset {pos}")
+        ctype = data[pos]
+        if ctype != _CONTENT_HANDSHAKE:
+            raise ClientHelloError(
+                f"record at offset {pos} has content type {ctype:#04x}, not handshake (0x16)"
+            )
+        if data[pos + 1] != 3:
+            raise ClientHelloError(
+                f"record at offset {pos} has version {data[pos + 1]:#04x}{data[pos + 2]:02x}, "
+                "not 0x03xx"
+            )
+        length = (data[pos + 3] << 8) | data[pos + 4]
+        if length == 0:
+            # RFC 8446 5.1: zero-length handshake fragments MUST NOT be sent.
+            raise ClientHelloError(f"record at offset {pos} is an empty handshake fragment")
+        if length > _MAX_RECORD_LEN:
+            raise ClientHelloError(f"record at offset {pos} is {length} bytes, over 2^14")
+        if n - pos - 5 < length:
+            raise ClientHelloError(
+                f"truncated record at offset {pos}: header says {length} bytes, "
+                f"{n - pos - 5} present"
+            )
+        chunks.append(data[pos + 5 : pos + 5 + length])
+        got += length
+        pos += 5 + length
+        if need < 0 and got >= 4:
+            head = chunks[0] if len(chunks[0]) >= 4 else b"".join(chunks)
+            need = 4 + ((head[1] << 16) | (head[2] << 8) | head[3])
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def parse_client_hello(data: bytes) -> ClientHello:
+    """Parse a ClientHello given as TLS record(s) (first byte 0x16) or as the bare
+    handshake message (first byte 0x01). Raises ClientHelloError on anything malformed."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ClientHelloError(f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if not data:
+        raise ClientHelloError("empty input")
+    first = data[0]
+    if first == _CONTENT_HANDSHAKE:
+        hs = _handshake_bytes(data)
+    elif first == _HS_CLIENT_HELLO:
+        hs = data
+    else:
+        # 0x80-0xff here is usually an SSLv2-compatible hello, which has no extensions
+        # and so no JA4 worth computing.
+        raise ClientHelloError(
+            f"first byte {first:#04x} is neither a handshake record (0x16) "
+            "nor a ClientHello message (0x01)"
+        )
+
+    r = _Reader(hs)
+    msg_type = r.u8("handshake type")
+    if msg_type != _HS_CLIENT_HELLO:
+        raise ClientHelloError(f"handshake type {msg_type} is not ClientHello (1)")
+    body_len = r.u24("handshake length")
+    if body_len > _MAX_HELLO_LEN:
+        raise ClientHelloError(f"ClientHello length {body_len} is implausibly large")
+    b = r.sub(body_len, "ClientHello body")
+
+    legacy_version = b.u16("legacy_version")
+    b.take(32, "random")
+    sid_len = b.u8("session_id length")
+    if sid_len > 32:
+        raise ClientHelloError(f"session_id length {sid_len} exceeds 32")
+    session_id = b.take(sid_len, "session_id")
+    cs_len = b.u16("cipher_suites length")
+    if cs_len == 0:
+        raise ClientHelloError("cipher_suites is empty")
+    cipher_suites = b.u16_list(cs_len, "cipher_suites")
+    cm_len = b.u8("compression_methods length")
+    if cm_len == 0:
+        raise ClientHelloError("compression_methods is empty")
+    compression_methods = b.take(cm_len, "compression_methods")
+
+    extensions: list[int] = []
+    sni: str | None = None
+    alpn: tuple[bytes, ...] = ()
+    sigalgs: tuple[int, ...] = ()
+    groups: tuple[int, ...] = ()
+    point_formats: tuple[int, ...] = ()
+    versions: tuple[int, ...] = ()
+    seen: set[int] = set()
+
+    # RFC 5246 7.4.1.2: a hello may end after compression_methods (no extensions block).
+    if b.remaining():
+        ext_total = b.u16("extensions length")
+        e = b.sub(ext_total, "extensions")
+        b.expect_end("ClientHello body")
+        while e.remaining():
+            ext_type = e.u16("extension type")
+            ext_len = e.u16(f"extension {ext_type:#06x} length")
+            x = e.sub(ext_len, f"extension {ext_type:#06x} data")
+            extensions.append(ext_type)
+            if ext_type in seen:
+                # RFC 8446 4.2: duplicates are illegal; keep the id (it is what was
+                # sent) but read values from the first occurrence only.
+                continue
+            seen.add(ext_type)
+            if ext_type == EXT_SERVER_NAME:
+                sni = _parse_sni(x)
+            elif ext_type == EXT_ALPN:
+                alpn = _parse_alpn(x)
+            elif ext_type == EXT_SIGNATURE_ALGORITHMS:
+                sigalgs = x.u16_list(x.u16("signature_algorithms length"), "signature_algorithms")
+                x.expect_end("signature_algorithms extension")
+            elif ext_type == EXT_SUPPORTED_GROUPS:
+                groups = x.u16_list(x.u16("supported_groups length"), "supported_groups")
+                x.expect_end("supported_groups extension")
+            elif ext_type == EXT_EC_POINT_FORMATS:
+                point_formats = tuple(x.take(x.u8("ec_point_formats length"), "ec_point_formats"))
+                x.expect_end("ec_point_formats extension")
+            elif ext_type == EXT_SUPPORTED_VERSIONS:
+                versions = x.u16_list(x.u8("supported_versions length"), "supported_versions")
+                x.expect_end("supported_versions extension")
+
+    return ClientHello(
+        legacy_version=legacy_version,
+        cipher_suites=cipher_suites,
+        compression_methods=compression_methods,
+        extensions=tuple(extensions),
+        sni=sni,
+        alpn=alpn,
+        signature_algorithms=sigalgs,
+        supported_groups=groups,
+        ec_point_formats=point_formats,
+        supported_versions=versions,
+        session_id=session_id,
+    )
+
+
+def _parse_sni(x: _Reader) -> str | None:
+    lst = x.sub(x.u16("server_name list length"), "server_name list")
+    x.expect_end("server_name extension")
+    host: str | None = None
+    while lst.remaining():
+        name_type = lst.u8("server_name type")
+        name = lst.take(lst.u16("server_name length"), "server_name")
+        if name_type == 0 and host is None:
+            # RFC 6066 3: host_name is ASCII; a broken client must not cost us the hello.
+            host = name.decode("ascii", "replace")
+    return host
+
+
+def _parse_alpn(x: _Reader) -> tuple[bytes, ...]:
+    lst = x.sub(x.u16("ALPN list length"), "ALPN list")
+    x.expect_end("ALPN extension")
+    protos: list[bytes] = []
+    while lst.remaining():
+        protos.append(lst.take(lst.u8("ALPN protocol length"), "ALPN protocol"))
+    return tuple(protos)
+
+
+def _hash12(s: str) -> str:
+    return hashlib.sha256(s.encode("ascii")).hexdigest()[:12]
+
+
+def _is_alnum(b: int) -> bool:
+    return 0x30 <= b <= 0x39 or 0x41 <= b <= 0x5A or 0x61 <= b <= 0x7A
+
+
+def _ja4_alpn(first: bytes) -> str:
+    # JA4.md "ALPN Extension Value": no/empty first value -> "00"; a one-byte value
+    # serves as both ends; a non-alphanumeric end byte switches to the first and last
+    # characters of the value's hex (0xAB -> "ab", 0x30 0xAB -> "3b").
+    if not first:
+        return "00"
+    a, z = first[0], first[-1]
+    if _is_alnum(a) and _is_alnum(z):
+        return chr(a) + chr(z)
+    h = first.hex()
+    return h[0] + h[-1]
+
+
+def ja4(ch: ClientHello) -> str:
+    """JA4 of a ClientHello seen over TCP (JA4.md; QUIC/DTLS are not our transport)."""
+    ciphers = [c for c in ch.cipher_suites if not is_grease(c)]
+    exts = [e for e in ch.extensions if not is_grease(e)]
+    version = _JA4_VERSION.get(ch.max_version, "00")
+    # JA4.md "SNI": presence of extension 0x0000 means a domain, not the name's content.
+    sni = "d" if EXT_SERVER_NAME in exts else "i"
+    alpn = _ja4_alpn(ch.alpn[0] if ch.alpn else b"")
+    # Counts exclude GREASE but include SCSVs, SNI and ALPN, capped at 99.
+    part_a = f"t{version}{sni}{min(len(ciphers), 99):02d}{min(len(exts), 99):02d}{alpn}"
+
+    part_b = _hash12(",".join(sorted(f"{c:04x}" for c in ciphers))) if ciphers else _EMPTY_HASH
+
+    # JA4.md "Extension hash": SNI and ALPN leave the hash (already in part a) so one
+    # client hashes the same to a domain or an IP; signature algorithms follow in wire
+    # order, GREASE removed, with no underscore when there are none.
+    hashed_exts = sorted(f"{e:04x}" for e in exts if e != EXT_SERVER_NAME and e != EXT_ALPN)
+    if hashed_exts:
+        c_in = ",".join(hashed_exts)
+        sigs = [f"{s:04x}" for s in ch.signature_algorithms if not is_grease(s)]
+        if sigs:
+            c_in += "_" + ",".join(sigs)
+        part_c = _hash12(c_in)
+    else:
+        part_c = _EMPTY_HASH
+    return f"{part_a}_{part_b}_{part_c}"
+
+
+def ja3(ch: ClientHello) -> tuple[str, str]:
+    """(JA3 string, its md5 hex): "SSLVersion,Ciphers,Extensions,EllipticCurves,
+    EllipticCurvePointFormats" in decimal, wire order, GREASE removed (Salesforce JA3)."""
+
+    def dec(values: tuple[int, ...]) -> str:
+        return "-".join(str(v) for v in values if not is_grease(v))
+
+    full = ",".join(
+        (
+            str(ch.legacy_version),
+            dec(ch.cipher_suites),
+            dec(ch.extensions),
+            dec(ch.supported_groups),
+            "-".join(str(v) for v in ch.ec_point_formats),
+        )
+    )
+    # md5 is the JA3 definition, not a security use.
+    return full, hashlib.md5(full.encode("ascii"), usedforsecurity=False).hexdigest()
+
+
+def fingerprint(ch: ClientHello) -> TlsFingerprint:
+    """All fingerprints of one parsed hello."""
+    ja3_full, ja3_hash = ja3(ch)
+    v = ch.max_version
+    return TlsFingerprint(
+        ja4=ja4(ch),
+        ja3=ja3_hash,
+        ja3_full=ja3_full,
+        alpn=ch.alpn[0].decode("latin-1") if ch.alpn else None,
+        tls_version=_VERSION_NAME.get(v, f"0x{v:04x}"),
+    )
+
+
+# Production sees a handful of distinct stacks, so the same base64 hello repeats
+# millions of times; a bounded LRU turns those into a dict lookup. Errors are not
+# cached (lru_cache does not store raised exceptions), which is fine: bad input is rare.
+@lru_cache(maxsize=65536)
+def fingerprints_from_b64(b64: str) -> TlsFingerprint:
+    """Fingerprints of a base64 (standard alphabet) ClientHello record or message."""
+    try:
+        raw = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise ClientHelloError(f"invalid base64: {exc}") from None
+    return fingerprint(parse_client_hello(raw))
