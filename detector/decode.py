@@ -31,6 +31,7 @@ _KNOWN_FIELDS = frozenset(
 )
 _OBJECT_FIELDS = ("tls", "h2", "network", "attestation", "label")
 _ID_FIELDS = ("account_id", "device_id", "session_id")
+_MAX_TS = 253402300799  # 9999-12-31T23:59:59Z: later times cannot be formatted as RFC 3339
 _HEX = frozenset("0123456789abcdefABCDEF")
 
 
@@ -208,8 +209,8 @@ def _timestamp(v: Any) -> float:
         raise InvalidRequest("field 'ts' must be epoch seconds or an RFC 3339 string, got boolean")
     if isinstance(v, (int, float)):
         ts = float(v)
-        if not math.isfinite(ts) or ts < 0:
-            raise InvalidRequest(f"field 'ts' must be non-negative epoch seconds, got {v!r}")
+        if not math.isfinite(ts) or ts < 0 or ts > _MAX_TS:
+            raise InvalidRequest(f"field 'ts' must be epoch seconds between 0 and {_MAX_TS} (year 9999), got {v!r}")
         return ts
     if isinstance(v, str):
         try:

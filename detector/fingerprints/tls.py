@@ -17,6 +17,7 @@ __all__ = [
     "ClientHello",
     "ClientHelloError",
     "TlsFingerprint",
+    "fingerprint",
     "fingerprints_from_b64",
     "is_grease",
     "ja3",
@@ -38,6 +39,16 @@ EXT_EC_POINT_FORMATS = 0x000B
 EXT_SIGNATURE_ALGORITHMS = 0x000D
 EXT_ALPN = 0x0010
 EXT_SUPPORTED_VERSIONS = 0x002B
+_PARSED_EXTENSIONS = frozenset(
+    {
+        EXT_SERVER_NAME,
+        EXT_SUPPORTED_GROUPS,
+        EXT_EC_POINT_FORMATS,
+        EXT_SIGNATURE_ALGORITHMS,
+        EXT_ALPN,
+        EXT_SUPPORTED_VERSIONS,
+    }
+)
 
 # JA4.md "TLS and DTLS Version"; anything else is "00".
 _JA4_VERSION = {
@@ -72,9 +83,14 @@ class ClientHelloError(ValueError):
     """The bytes are not a well-formed TLS ClientHello; the message says why, on one line."""
 
 
+# RFC 8701 GREASE: 0x?A?A with both bytes equal (0x0A0A, 0x1A1A, ... 0xFAFA). A set
+# lookup is what the hot loops use; it is several times cheaper than the bit test.
+_GREASE = frozenset(0x0A0A + 0x1010 * i for i in range(16))
+
+
 def is_grease(value: int) -> bool:
-    """RFC 8701 GREASE: 0x?A?A with both bytes equal (0x0A0A, 0x1A1A, ... 0xFAFA)."""
-    return (value & 0x0F0F) == 0x0A0A and (value >> 8) == (value & 0xFF)
+    """RFC 8701 GREASE value (0x0A0A, 0x1A1A, ... 0xFAFA)?"""
+    return value in _GREASE
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +114,7 @@ class ClientHello:
     def max_version(self) -> int:
         """Highest version offered: supported_versions minus GREASE when the extension is
         there (RFC 8446 4.2.1 makes legacy_version 0x0303 then), else legacy_version."""
-        versions = [v for v in self.supported_versions if not is_grease(v)]
+        versions = [v for v in self.supported_versions if v not in _GREASE]
         return max(versions) if versions else self.legacy_version
 
 
@@ -285,16 +301,30 @@ def parse_client_hello(data: bytes) -> ClientHello:
         ext_total = b.u16("extensions length")
         e = b.sub(ext_total, "extensions")
         b.expect_end("ClientHello body")
-        while e.remaining():
-            ext_type = e.u16("extension type")
-            ext_len = e.u16(f"extension {ext_type:#06x} length")
-            x = e.sub(ext_len, f"extension {ext_type:#06x} data")
+        # Inlined walk: this loop is most of the parse cost, so no per-extension
+        # reader or message formatting unless something is wrong.
+        buf, pos, end = e.buf, e.pos, e.end
+        while pos < end:
+            if end - pos < 4:
+                raise ClientHelloError(
+                    f"truncated extension header at offset {pos}: only {end - pos} bytes left"
+                )
+            ext_type = (buf[pos] << 8) | buf[pos + 1]
+            ext_len = (buf[pos + 2] << 8) | buf[pos + 3]
+            start = pos + 4
+            pos = start + ext_len
+            if pos > end:
+                raise ClientHelloError(
+                    f"truncated extension {ext_type:#06x} data: needs {ext_len} bytes "
+                    f"at offset {start}, only {end - start} left"
+                )
             extensions.append(ext_type)
-            if ext_type in seen:
+            if ext_type not in _PARSED_EXTENSIONS or ext_type in seen:
                 # RFC 8446 4.2: duplicates are illegal; keep the id (it is what was
                 # sent) but read values from the first occurrence only.
                 continue
             seen.add(ext_type)
+            x = _Reader(buf, start, pos)
             if ext_type == EXT_SERVER_NAME:
                 sni = _parse_sni(x)
             elif ext_type == EXT_ALPN:
@@ -349,6 +379,11 @@ def _parse_alpn(x: _Reader) -> tuple[bytes, ...]:
     return tuple(protos)
 
 
+def _hex_list(values: list[int]) -> str:
+    """ "002f,0035,..." in one C call (bytes.hex with a separator every 2 bytes)."""
+    return struct.pack(f">{len(values)}H", *values).hex(",", 2)
+
+
 def _hash12(s: str) -> str:
     return hashlib.sha256(s.encode("ascii")).hexdigest()[:12]
 
@@ -372,8 +407,8 @@ def _ja4_alpn(first: bytes) -> str:
 
 def ja4(ch: ClientHello) -> str:
     """JA4 of a ClientHello seen over TCP (JA4.md; QUIC/DTLS are not our transport)."""
-    ciphers = [c for c in ch.cipher_suites if not is_grease(c)]
-    exts = [e for e in ch.extensions if not is_grease(e)]
+    ciphers = [c for c in ch.cipher_suites if c not in _GREASE]
+    exts = [e for e in ch.extensions if e not in _GREASE]
     version = _JA4_VERSION.get(ch.max_version, "00")
     # JA4.md "SNI": presence of extension 0x0000 means a domain, not the name's content.
     sni = "d" if EXT_SERVER_NAME in exts else "i"
@@ -381,17 +416,18 @@ def ja4(ch: ClientHello) -> str:
     # Counts exclude GREASE but include SCSVs, SNI and ALPN, capped at 99.
     part_a = f"t{version}{sni}{min(len(ciphers), 99):02d}{min(len(exts), 99):02d}{alpn}"
 
-    part_b = _hash12(",".join(sorted(f"{c:04x}" for c in ciphers))) if ciphers else _EMPTY_HASH
+    # Sorting the ints equals sorting their fixed-width lowercase hex.
+    part_b = _hash12(_hex_list(sorted(ciphers))) if ciphers else _EMPTY_HASH
 
     # JA4.md "Extension hash": SNI and ALPN leave the hash (already in part a) so one
     # client hashes the same to a domain or an IP; signature algorithms follow in wire
     # order, GREASE removed, with no underscore when there are none.
-    hashed_exts = sorted(f"{e:04x}" for e in exts if e != EXT_SERVER_NAME and e != EXT_ALPN)
+    hashed_exts = sorted([e for e in exts if e != EXT_SERVER_NAME and e != EXT_ALPN])
     if hashed_exts:
-        c_in = ",".join(hashed_exts)
-        sigs = [f"{s:04x}" for s in ch.signature_algorithms if not is_grease(s)]
+        c_in = _hex_list(hashed_exts)
+        sigs = [s for s in ch.signature_algorithms if s not in _GREASE]
         if sigs:
-            c_in += "_" + ",".join(sigs)
+            c_in += "_" + _hex_list(sigs)
         part_c = _hash12(c_in)
     else:
         part_c = _EMPTY_HASH
@@ -403,7 +439,7 @@ def ja3(ch: ClientHello) -> tuple[str, str]:
     EllipticCurvePointFormats" in decimal, wire order, GREASE removed (Salesforce JA3)."""
 
     def dec(values: tuple[int, ...]) -> str:
-        return "-".join(str(v) for v in values if not is_grease(v))
+        return "-".join([str(v) for v in values if v not in _GREASE])
 
     full = ",".join(
         (
@@ -420,20 +456,60 @@ def ja3(ch: ClientHello) -> tuple[str, str]:
 
 def fingerprint(ch: ClientHello) -> TlsFingerprint:
     """All fingerprints of one parsed hello."""
+    # Every connection has a fresh random, session_id and key share, so identical hello
+    # bytes mostly come from replays; what repeats is the stack's shape. Keying on the
+    # fields the fingerprints read lets a deterministic stack (OkHttp, curl, Python)
+    # skip the hashing. Chrome-like stacks (random GREASE, permuted extensions) miss.
+    return _fingerprint_of_shape(
+        ch.legacy_version,
+        ch.cipher_suites,
+        ch.extensions,
+        ch.alpn[:1],
+        ch.signature_algorithms,
+        ch.supported_groups,
+        ch.ec_point_formats,
+        ch.supported_versions,
+    )
+
+
+@lru_cache(maxsize=16384)
+def _fingerprint_of_shape(
+    legacy_version: int,
+    cipher_suites: tuple[int, ...],
+    extensions: tuple[int, ...],
+    first_alpn: tuple[bytes, ...],
+    signature_algorithms: tuple[int, ...],
+    supported_groups: tuple[int, ...],
+    ec_point_formats: tuple[int, ...],
+    supported_versions: tuple[int, ...],
+) -> TlsFingerprint:
+    # JA4 and JA3 read none of sni's text, session_id, compression or later ALPN ids.
+    ch = ClientHello(
+        legacy_version=legacy_version,
+        cipher_suites=cipher_suites,
+        compression_methods=b"\x00",
+        extensions=extensions,
+        sni=None,
+        alpn=first_alpn,
+        signature_algorithms=signature_algorithms,
+        supported_groups=supported_groups,
+        ec_point_formats=ec_point_formats,
+        supported_versions=supported_versions,
+    )
     ja3_full, ja3_hash = ja3(ch)
     v = ch.max_version
     return TlsFingerprint(
         ja4=ja4(ch),
         ja3=ja3_hash,
         ja3_full=ja3_full,
-        alpn=ch.alpn[0].decode("latin-1") if ch.alpn else None,
+        alpn=first_alpn[0].decode("latin-1") if first_alpn else None,
         tls_version=_VERSION_NAME.get(v, f"0x{v:04x}"),
     )
 
 
-# Production sees a handful of distinct stacks, so the same base64 hello repeats
-# millions of times; a bounded LRU turns those into a dict lookup. Errors are not
-# cached (lru_cache does not store raised exceptions), which is fine: bad input is rare.
+# Identical hello bytes (an edge that replays or normalises the hello, retries of one
+# captured value) become a dict lookup. Bounded so hostile variety cannot grow memory;
+# errors are not cached (lru_cache does not store raised exceptions).
 @lru_cache(maxsize=65536)
 def fingerprints_from_b64(b64: str) -> TlsFingerprint:
     """Fingerprints of a base64 (standard alphabet) ClientHello record or message."""

@@ -22,6 +22,7 @@ from detector.fingerprints.tls import (
     ClientHello,
     ClientHelloError,
     TlsFingerprint,
+    fingerprint,
     fingerprints_from_b64,
     is_grease,
     ja3,
@@ -484,6 +485,29 @@ def test_fingerprints_from_b64_rejects_bad_input(bad: str) -> None:
         fingerprints_from_b64(bad)
 
 
+def test_fingerprint_reuses_work_across_connections_of_one_stack() -> None:
+    # Two connections of one stack differ in random, session_id and the SNI text; the
+    # fingerprints read none of them, so the second is served from the shape cache.
+    exts = [sni_ext("a.example"), alpn_ext([b"h2"]), versions_ext([0x0304])]
+    first = bytearray(hello_message(SPEC_CIPHERS, exts))
+    exts[0] = sni_ext("another-host.example")
+    second = bytearray(hello_message(SPEC_CIPHERS, exts))
+    second[6:38] = bytes(range(32))  # random
+    second[39:71] = bytes(range(100, 132))  # session_id
+    a, b = parse_client_hello(bytes(first)), parse_client_hello(bytes(second))
+    assert a != b
+    assert fingerprint(a) is fingerprint(b)
+    # A different later ALPN id changes no fingerprint either; a different first one does.
+    c = parse_client_hello(
+        hello_message(SPEC_CIPHERS, [exts[0], alpn_ext([b"h2", b"x"])] + exts[2:])
+    )
+    assert fingerprint(c) == fingerprint(a)
+    d = parse_client_hello(
+        hello_message(SPEC_CIPHERS, [exts[0], alpn_ext([b"http/1.1"])] + exts[2:])
+    )
+    assert fingerprint(d).alpn == "http/1.1" and fingerprint(d).ja4[8:10] == "h1"
+
+
 def test_client_hello_is_frozen() -> None:
     ch = parse_client_hello(_b64(VECTORS[0]))
     assert isinstance(ch, ClientHello)
@@ -496,13 +520,15 @@ def test_client_hello_is_frozen() -> None:
 
 
 def test_cross_check_with_ja4plus() -> None:
-    ja4plus = pytest.importorskip(
-        "ja4plus.fingerprinters.ja4",
-        reason="ja4plus (test-only cross-check, PyPI) is not installed",
-    )
-    tls_utils = pytest.importorskip("ja4plus.utils.tls_utils")
-    records_ = pytest.importorskip("scapy.layers.tls.record")
-    handshake = pytest.importorskip("scapy.layers.tls.handshake")
+    # Test-only cross-check against PyPI's ja4plus (an independent JA4 implementation)
+    # and its dependency scapy (an independent TLS parser, for JA3).
+    try:
+        from ja4plus.fingerprinters import ja4 as ja4plus
+        from ja4plus.utils import tls_utils
+        from scapy.layers.tls import handshake
+        from scapy.layers.tls import record as records_
+    except ImportError as exc:  # absent, or installed but broken
+        pytest.skip(f"ja4plus not importable ({exc}); pip install ja4plus to cross-check")
 
     hellos = list(VECTORS)
     if CAPTURED_PATH.exists():

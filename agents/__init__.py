@@ -1,0 +1,1 @@
+"""The I/O shell: Faust app, Kafka I/O, metrics, CLI."""

@@ -1,0 +1,225 @@
+"""`detector demo`: the embedded broker, a real worker process and the traffic
+simulator on one machine, with a live view of verdicts, alerts and dead letters read
+back from the output topics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, deque
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from agents.broker import EmbeddedBroker, port_open
+from agents.topics import ALERTS, CLIENT_REQUESTS_DLQ, VERDICTS, create_topics
+from detector.engine import DEFAULT_CONFIG, DetectionConfig
+from detector.simulate import mixed
+
+# Settings that suit the embedded broker (architecture.md): it holds a group join for
+# the whole rebalance timeout, so short timeouts make the first event arrive in ~5 s.
+EMBEDDED_WORKER_ENV = {
+    "DETECTOR_REBALANCE_TIMEOUT_S": "5",
+    "DETECTOR_SESSION_TIMEOUT_S": "6",
+    "DETECTOR_HEARTBEAT_INTERVAL_S": "1",
+}
+
+# A few malformed messages, sent during the demo so the dead-letter path shows.
+BAD_MESSAGES = (
+    b'{"request_id": "bad-1", "ts": ',
+    b'\xff\xfe not utf-8',
+    b'[{"request_id": "bad-3", "ts": 1, "client_ip": "10.0.0.1", "method": "GET", "headers": []}]',
+)
+
+
+def start_worker(bootstrap: str, web_port: int, log_path: Path, config: str | None = None,
+                 extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **EMBEDDED_WORKER_ENV, "DETECTOR_KAFKA_BOOTSTRAP": bootstrap,
+           "DETECTOR_WEB_PORT": str(web_port), **(extra_env or {})}
+    if config:
+        env["DETECTOR_CONFIG"] = str(config)
+    out = open(log_path, "ab")
+    return subprocess.Popen([sys.executable, "-m", "agents.cli", "run"], stdout=out, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+class DemoView:
+    def __init__(self) -> None:
+        self.levels: Counter[str] = Counter()
+        self.alerts = 0
+        self.alert_ids: set[str] = set()
+        self.severities: Counter[str] = Counter()
+        self.dlq = 0
+        self.latest: deque[dict[str, Any]] = deque(maxlen=8)
+        self.first_verdict_at: float | None = None
+        self.first_alert_at: float | None = None
+
+    @property
+    def verdicts(self) -> int:
+        return sum(self.levels.values())
+
+    def take(self, topic: str, value: bytes) -> None:
+        doc = orjson.loads(value)
+        now = time.monotonic()
+        if topic == VERDICTS.name:
+            self.levels[doc["verdict"]] += 1
+            self.first_verdict_at = self.first_verdict_at or now
+        elif topic == ALERTS.name:
+            self.alerts += 1
+            self.alert_ids.add(doc["alert_id"])
+            self.severities[doc["severity"]] += 1
+            self.latest.appendleft(doc)
+            self.first_alert_at = self.first_alert_at or now
+        elif topic == CLIENT_REQUESTS_DLQ.name:
+            self.dlq += 1
+
+    def render(self, elapsed: float, sent: int, duration: float) -> Any:
+        from rich.console import Group
+        from rich.table import Table
+
+        head = Table.grid(padding=(0, 2))
+        head.add_row(f"[b]detector demo[/b]  {elapsed:5.1f}/{duration:.0f} s", f"sent {sent}",
+                     f"verdicts {self.verdicts}", f"[green]clean {self.levels['clean']}[/]",
+                     f"[yellow]suspicious {self.levels['suspicious']}[/]", f"[red]malicious {self.levels['malicious']}[/]",
+                     f"alerts {self.alerts} ({len(self.alert_ids)} ids)", f"dlq {self.dlq}")
+        table = Table(title="latest alerts", expand=True)
+        table.add_column("sev", width=8)
+        table.add_column("rev", width=4)
+        table.add_column("entity", width=34)
+        table.add_column("summary")
+        for a in self.latest:
+            table.add_row(a["severity"], str(a["revision"]), f"{a['entity']['type']} {a['entity']['id']}", a["summary"])
+        return Group(head, table)
+
+
+async def _run(duration: float, rate: float, web_port: int, as_json: bool, broker_port: int | None,
+               config: str | None) -> dict[str, Any]:
+    if port_open("127.0.0.1", web_port):
+        raise SystemExit(f"detector demo: port {web_port} is in use (choose another with --web-port)")
+    workdir = Path(tempfile.mkdtemp(prefix="detector-demo-"))
+    broker = EmbeddedBroker(port=broker_port, log_path=workdir / "broker.log").start()
+    detection = DetectionConfig.load(Path(config) if config else DEFAULT_CONFIG)
+    await create_topics(broker.bootstrap, partitions=4)
+    started = time.monotonic()
+    worker = start_worker(broker.bootstrap, web_port, workdir / "worker.log", config)
+    view = DemoView()
+    stop = asyncio.Event()  # stops the producer
+    done = asyncio.Event()  # stops the view, once the outputs are drained
+    consumer = AIOKafkaConsumer(VERDICTS.name, ALERTS.name, CLIENT_REQUESTS_DLQ.name, bootstrap_servers=broker.bootstrap,
+                                group_id=None, auto_offset_reset="earliest")
+    await consumer.start()
+    profile = detection.profiles[detection.default_profile]
+    count = int(rate * duration)
+    events = mixed(profile, count, seed=int(time.time()), start_ts=time.time() + 1, rate=rate)
+    sent = {"n": 0}
+
+    async def produce() -> None:
+        # Paced in batches of 1/20 s, as a batching edge sends them; a malformed
+        # message now and then shows the dead-letter path.
+        it = iter(events)
+        batch = max(1, int(rate // 20))
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=5)
+        await producer.start()
+        try:
+            t0 = time.monotonic()
+            bad = list(BAD_MESSAGES)
+            while not stop.is_set():
+                chunk = [e for _, e in zip(range(batch), it)]
+                if not chunk:
+                    break
+                await producer.send_and_wait("client-requests", orjson.dumps(chunk))
+                sent["n"] += len(chunk)
+                if bad and sent["n"] > (len(BAD_MESSAGES) - len(bad) + 1) * count / 4:
+                    await producer.send_and_wait("client-requests", bad.pop(0))
+                ahead = sent["n"] / rate - (time.monotonic() - t0)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        finally:
+            await producer.stop()
+
+    async def consume() -> None:
+        while True:
+            batches = await consumer.getmany(timeout_ms=200)
+            for tp, msgs in batches.items():
+                for m in msgs:
+                    view.take(tp.topic, m.value)
+            if done.is_set() and not batches:
+                return
+
+    producer_task = asyncio.create_task(produce())
+    consumer_task = asyncio.create_task(consume())
+    live = None
+    if not as_json and sys.stdout.isatty():
+        from rich.live import Live
+
+        live = Live(view.render(0, 0, duration), refresh_per_second=4)
+        live.start()
+    try:
+        while time.monotonic() - started < duration:
+            await asyncio.sleep(0.25)
+            if worker.poll() is not None:
+                raise SystemExit(f"detector demo: the worker exited early; see {workdir / 'worker.log'}")
+            if live is not None:
+                live.update(view.render(time.monotonic() - started, sent["n"], duration))
+            elif not as_json and int((time.monotonic() - started) * 4) % 20 == 0:
+                print(f"{time.monotonic() - started:5.1f}s sent={sent['n']} verdicts={view.verdicts} "
+                      f"malicious={view.levels['malicious']} alerts={view.alerts} dlq={view.dlq}", flush=True)
+        stop.set()
+        await producer_task
+        drain_until = time.monotonic() + 15
+        while view.verdicts < sent["n"] and time.monotonic() < drain_until:
+            await asyncio.sleep(0.25)
+        await asyncio.sleep(1.0)
+    finally:
+        stop.set()
+        done.set()
+        if live is not None:
+            live.stop()
+        stop_process(worker)
+        await asyncio.wait_for(consumer_task, 10)
+        await consumer.stop()
+        broker.stop()
+    ran = time.monotonic() - started
+    return {
+        "verdicts": view.verdicts,
+        "alerts": view.alerts,
+        "alert_ids": len(view.alert_ids),
+        "dlq": view.dlq,
+        "sent": sent["n"],
+        "by_level": dict(view.levels),
+        "alerts_by_severity": dict(view.severities),
+        "first_verdict_s": round(view.first_verdict_at - started, 2) if view.first_verdict_at else None,
+        "first_alert_s": round(view.first_alert_at - started, 2) if view.first_alert_at else None,
+        "duration_s": round(ran, 1),
+        "logs": str(workdir),
+    }
+
+
+def run_demo(duration: float = 60.0, as_json: bool = False, rate: float = 400.0, web_port: int = 6066,
+             broker_port: int | None = None, config: str | None = None) -> int:
+    summary = asyncio.run(_run(duration, rate, web_port, as_json, broker_port, config))
+    if as_json:
+        print(orjson.dumps(summary).decode())
+    else:
+        print(f"\nsent {summary['sent']} requests: {summary['verdicts']} verdicts {summary['by_level']}, "
+              f"{summary['alerts']} alert revisions ({summary['alert_ids']} alerts), {summary['dlq']} dead letters; "
+              f"first verdict after {summary['first_verdict_s']} s, first alert after {summary['first_alert_s']} s. "
+              f"Logs: {summary['logs']}")
+    return 0 if summary["verdicts"] and summary["alerts"] else 1

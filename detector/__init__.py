@@ -1,0 +1,1 @@
+"""Pure detection library: no Kafka, Faust, HTTP or clock reads."""

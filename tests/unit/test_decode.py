@@ -1,0 +1,172 @@
+"""Decoding of ClientRequest messages in every form, and rejection of bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import jsonschema
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from detector.decode import DecodeLimits, InvalidRequest, decode_line, decode_message, dlq_reason_class, dlq_record, request_from_obj
+
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "config" / "schema"
+
+
+def req(i: int = 1, **over: object) -> dict:
+    base = {"request_id": f"r-{i}", "ts": 1763805600.5, "client_ip": "203.0.113.7", "method": "GET",
+            "path": "/api/v1/feed/timeline", "headers": [["user-agent", "x"], ["accept-encoding", "gzip"]]}
+    base.update(over)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def test_single_object_decodes_to_typed_request():
+    d = decode_message(orjson.dumps(req(account_id="a1", unknown_field={"x": 1})))
+    assert d.form == "object" and not d.rejections
+    (r,) = d.requests
+    assert r.request_id == "r-1" and r.ts == 1763805600.5 and r.headers[0] == ("user-agent", "x")
+    assert r.account_id == "a1" and r.extra == {"unknown_field": {"x": 1}}
+    assert d.indices == [None]
+
+
+def test_array_and_ndjson_forms_keep_order_and_indices():
+    arr = decode_message(orjson.dumps([req(1), req(2), req(3)]))
+    nd = decode_message(b"\n".join(orjson.dumps(req(i)) for i in (1, 2, 3)) + b"\n")
+    for d, form in ((arr, "array"), (nd, "ndjson")):
+        assert d.form == form
+        assert [r.request_id for r in d.requests] == ["r-1", "r-2", "r-3"]
+        assert d.indices == [0, 1, 2]
+
+
+def test_bad_element_in_batch_is_rejected_and_siblings_survive():
+    d = decode_message(orjson.dumps([req(1), req(2, path=None), req(3, ts="yesterday")]))
+    assert [r.request_id for r in d.requests] == ["r-1"]
+    assert [(x.index, x.reason.split(":")[0]) for x in d.rejections] == [
+        (1, "missing required field 'path'"), (2, "field 'ts' is not an RFC 3339 timestamp with a time zone")]
+
+
+def test_bad_line_in_ndjson_is_rejected_with_its_index():
+    raw = orjson.dumps(req(1)) + b"\n{not json\n" + orjson.dumps(req(3))
+    d = decode_message(raw)
+    assert [r.request_id for r in d.requests] == ["r-1", "r-3"]
+    assert d.rejections[0].index == 1 and d.rejections[0].reason.startswith("invalid JSON")
+
+
+@pytest.mark.parametrize(
+    "value, reason",
+    [
+        (b"{\"request_id\": ", "invalid JSON"),
+        (b"\xff\xfe{}", "invalid UTF-8 at byte 0"),
+        (b"", "empty message"),
+        (b"42", "a ClientRequest must be a JSON object, got integer"),
+    ],
+)
+def test_undecodable_messages_are_rejected_with_a_reason(value, reason):
+    d = decode_message(value)
+    assert not d.requests and d.rejections[0].index is None
+    assert d.rejections[0].reason.startswith(reason)
+
+
+@pytest.mark.parametrize(
+    "override, reason",
+    [
+        ({"request_id": None}, "missing required field 'request_id'"),
+        ({"headers": None}, "missing required field 'headers'"),
+        ({"ts": True}, "field 'ts' must be epoch seconds"),
+        ({"ts": -1}, "field 'ts' must be epoch seconds between 0 and"),
+        ({"ts": 1e29}, "field 'ts' must be epoch seconds between 0 and"),
+        ({"client_ip": "999.1.1.1"}, "field 'client_ip' is not an IPv4 or IPv6 address"),
+        ({"client_ip": 7}, "field 'client_ip' must be a string, got integer"),
+        ({"path": "feed"}, "field 'path' must start with '/'"),
+        ({"path": "/a?b=1"}, "field 'path' must start with '/' and carry no query string"),
+        ({"headers": {"a": "b"}}, "field 'headers' must be an array"),
+        ({"headers": [["a"]]}, "headers[0] must be a [name, value] pair"),
+        ({"headers": [["a", 1]]}, "headers[0] must be a [name, value] pair"),
+        ({"http_version": "2.0"}, "field 'http_version' must be one of"),
+        ({"body_size": "12"}, "field 'body_size' must be an integer, got string"),
+        ({"body_sha256": "abc"}, "field 'body_sha256' must be 64 hex"),
+        ({"params": {"a": 1}}, "params['a'] must be a string"),
+        ({"tls": "t13d"}, "field 'tls' must be an object, got string"),
+        ({"request_id": "x" * 129}, "field 'request_id' must have 1..128 chars"),
+    ],
+)
+def test_invalid_fields_are_named_in_the_reason(override, reason):
+    with pytest.raises(InvalidRequest) as exc:
+        request_from_obj(req(**override))
+    assert str(exc.value).startswith(reason)
+
+
+def test_rfc3339_timestamps_are_accepted():
+    r = request_from_obj(req(ts="2026-11-22T10:00:00.250Z"))
+    assert r.ts == pytest.approx(1795341600.25)
+    assert request_from_obj(req(ts="2026-11-22T11:00:00.250+01:00")).ts == r.ts
+
+
+def test_oversized_message_and_header_list_are_rejected():
+    limits = DecodeLimits(max_message_bytes=2000, max_headers=4)
+    big = orjson.dumps([req(i) for i in range(30)])
+    assert decode_message(big, limits).rejections[0].reason.startswith("message of")
+    many = req(headers=[["h", "v"]] * 5)
+    d = decode_message(orjson.dumps(many), limits)
+    assert d.rejections[0].reason == "5 headers exceed limits.max_headers=4"
+    assert dlq_reason_class(d.rejections[0].reason) == "oversized"
+    too_many = decode_message(orjson.dumps([req(i) for i in range(3)]), DecodeLimits(max_batch_elements=2))
+    assert too_many.rejections[0].reason.startswith("batch of 3 elements exceeds")
+
+
+def test_dlq_record_keeps_the_whole_original_and_validates():
+    raw = orjson.dumps([req(1), req(2, method=None)])
+    d = decode_message(raw)
+    rec = dlq_record(raw, d.rejections, topic="client-requests", partition=2, offset=41)
+    assert rec["message"].encode() == raw and not rec["truncated"] and rec["index"] == 1
+    assert rec["source"] == {"topic": "client-requests", "partition": 2, "offset": 41}
+    assert rec["sha256"] == hashlib.sha256(raw).hexdigest() and rec["size"] == len(raw)
+    jsonschema.validate(rec, json.loads((SCHEMA_DIR / "dlq.schema.json").read_text()))
+
+
+def test_dlq_record_truncates_oversized_originals_with_hash_and_size():
+    raw = b"[" + b" " * 5000 + b"1]"
+    rejections = decode_message(raw, DecodeLimits(max_message_bytes=1000)).rejections
+    rec = dlq_record(raw, rejections, topic="t", partition=0, offset=0, limits=DecodeLimits(dlq_copy_bytes=100))
+    assert rec["truncated"] and len(rec["message"]) == 100
+    assert rec["size"] == len(raw) and rec["sha256"] == hashlib.sha256(raw).hexdigest()
+
+
+def test_dlq_record_of_invalid_utf8_is_base64():
+    raw = b"\xff\xfe\x00"
+    rec = dlq_record(raw, decode_message(raw).rejections, topic="t", partition=0, offset=0)
+    assert rec["message_encoding"] == "base64" and rec["reason"] == "invalid UTF-8 at byte 0"
+
+
+def test_decode_line_reports_reason():
+    with pytest.raises(InvalidRequest, match="invalid JSON"):
+        decode_line(b"{oops")
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.floats(allow_nan=False) | st.text(max_size=5),
+                     lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3), max_leaves=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["request_id", "ts", "client_ip", "method", "path", "headers", "params", "tls",
+                                        "http_version", "body_size"]), _json, max_size=8) | _json)
+def test_decoder_never_raises_and_agrees_with_the_json_schema(obj):
+    """Anything the decoder accepts is valid under the published schema."""
+    schema = json.loads((SCHEMA_DIR / "client-request.schema.json").read_text())
+    raw = orjson.dumps(obj)
+    d = decode_message(raw)
+    assert len(d.requests) + len(d.rejections) >= (0 if obj == [] else 1)  # an empty batch carries nothing
+    for r, idx in zip(d.requests, d.indices):
+        src = obj if idx is None else obj[idx]
+        jsonschema.validate(src, schema)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_never_escape_as_exceptions(raw):
+    d = decode_message(raw)
+    assert d.requests or d.rejections
