@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast test-kafka kafka-jars lint clean
+.PHONY: venv demo test test-fast kafka-jars constraints clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,14 @@ test: venv
 
 test-fast: venv
 	DETECTOR_TEST_TIERS=embedded $(BIN)/python -m pytest -q -ra
+
+# Re-pin the tested versions after changing dependencies in pyproject.toml.
+constraints:
+	rm -rf .constraints-venv && $(PYTHON) -m venv .constraints-venv
+	.constraints-venv/bin/pip install -q -e '.[test]'
+	(echo "# Versions the test suite passed with (pip constraints). Regenerate: make constraints"; \
+	 .constraints-venv/bin/pip freeze --exclude-editable | grep -v '^-e' | sort) > constraints.txt
+	rm -rf .constraints-venv
 
 kafka-jars:
 	bash tests/kafka/fetch.sh

@@ -38,7 +38,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     def flush() -> None:
         verdicts = pipeline.score_batch(batch)
-        dst.write(b"".join(orjson.dumps(v.as_dict()) + b"\n" for v in verdicts))
+        dst.write(b"".join(v.to_json() + b"\n" for v in verdicts))
         if alerts_out is not None:
             for alert in policy.observe(flagged_records(verdicts, cfg.alerts)):
                 alerts_out.write(orjson.dumps(alert) + b"\n")
@@ -193,6 +193,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     broker_port=args.broker_port, config=args.config)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from agents.bench import run_bench
+
+    result = run_bench(n=args.count, batch=args.batch, bootstrap=args.bootstrap, seed=args.seed)
+    if args.json:
+        print(orjson.dumps(result).decode())
+    else:
+        print(f"{result['requests']} requests in {result['messages']} messages ({result['batch']} per message), "
+              f"broker {result['broker']}:\n"
+              f"  raw aiokafka consume + orjson parse: {result['baseline_events_per_s']:>9,} requests/s\n"
+              f"  worker, full pipeline to verdicts:   {result['events_per_s']:>9,} requests/s  "
+              f"(ratio {result['ratio']:.2f}, worker peak RSS {result['rss_mb']:.0f} MB)")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="detector", description="Find clients that pretend to be an official mobile app.")
     p.add_argument("--config", help="settings file (default config/detector.yaml or $DETECTOR_CONFIG)")
@@ -239,6 +254,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--broker-port", type=int, default=None)
     s.set_defaults(func=cmd_demo)
 
+    s = sub.add_parser("bench", help="worker throughput through a broker beside the raw-consumer baseline")
+    s.add_argument("--count", type=int, default=100_000, help="requests to produce")
+    s.add_argument("--batch", type=int, default=1, help="requests per Kafka message (1 = one request per message)")
+    s.add_argument("--bootstrap", help="a dedicated Kafka cluster instead of the embedded broker")
+    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--json", action="store_true", help="print one final JSON line")
+    s.set_defaults(func=cmd_bench)
+
     s = sub.add_parser("config", help="configuration tools")
     csub = s.add_subparsers(dest="config_command", required=True)
     c = csub.add_parser("check", help="validate settings and profiles; exit 2 on error")
@@ -249,7 +272,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The worker logs at INFO; the other commands print their own output.
+    logging.basicConfig(level=logging.INFO if args.command == "run" else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:

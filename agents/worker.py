@@ -30,6 +30,7 @@ from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents.metrics import Metrics
+from agents.publish import BatchPublisher
 from agents.settings import Settings
 from agents.topics import ALERTS, CLIENT_REQUESTS, CLIENT_REQUESTS_DLQ, ENTITY_FLAGS, VERDICTS, partitions_of
 from detector.alerts import FlaggedRequest
@@ -126,8 +127,7 @@ class IngestStage(Service):
         started = time.monotonic()
         limits = self.detection.limits
         requests = []
-        futures = []
-        send = self.producer.send
+        out = BatchPublisher(self.producer)
         n_messages = 0
         for tp, messages in batches.items():
             n_messages += len(messages)
@@ -137,17 +137,18 @@ class IngestStage(Service):
                 if decoded.rejections:
                     record = dlq_record(msg.value, decoded.rejections, topic=tp.topic, partition=tp.partition,
                                         offset=msg.offset, limits=limits)
-                    futures.append(await send(CLIENT_REQUESTS_DLQ.name, orjson.dumps(record)))
+                    await out.add(CLIENT_REQUESTS_DLQ.name, orjson.dumps(record))
                     for r in decoded.rejections:
                         self.metrics.dlq.labels(dlq_reason_class(r.reason)).inc()
                         log.warning("rejected input %s[%d]@%d index=%s: %s", tp.topic, tp.partition, msg.offset, r.index, r.reason)
         verdicts = self.pipeline.score_batch(requests)
+        dumps = orjson.dumps
         envelopes: dict[int, list[dict[str, Any]]] = defaultdict(list)
         counts = {"clean": 0, "suspicious": 0, "malicious": 0}
         for v in verdicts:
             counts[v.verdict] += 1
             key = v.entities.get("device") or v.request_id
-            futures.append(await send(VERDICTS.name, orjson.dumps(v.as_dict()), key=key.encode()))
+            await out.add(VERDICTS.name, v.to_json(), key=key.encode())
             if _LEVEL_RANK[v.verdict] >= self.min_rank:
                 for etype in self.entity_types:
                     eid = v.entities.get(etype)
@@ -156,9 +157,8 @@ class IngestStage(Service):
                             FlaggedRequest.from_verdict(v, etype, eid).as_dict()
                         )
         for partition, records in envelopes.items():
-            futures.append(await send(ENTITY_FLAGS.name, orjson.dumps(records), partition=partition))
-        if futures:
-            await asyncio.gather(*futures)  # every output acknowledged before the commit
+            await out.add(ENTITY_FLAGS.name, dumps(records), partition=partition)
+        await out.flush()  # every output acknowledged before the commit
         offsets = {tp: messages[-1].offset + 1 for tp, messages in batches.items()}
         try:
             await self.consumer.commit(offsets)

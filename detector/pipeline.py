@@ -74,14 +74,15 @@ class Pipeline:
         return parsed
 
     @staticmethod
-    def _entity(request: ClientRequest, profile: ClientProfile, kind: str, given: str | None) -> str | None:
+    def _entity(request: ClientRequest, headers: dict[str, str], profile: ClientProfile, kind: str,
+                given: str | None) -> str | None:
         if given:
             return given
         src = profile.ids.get(kind)
         if src is None:
             return None
         if src.header:
-            v = request.header(src.header)
+            v = headers.get(src.header)
             if v:
                 return v
         if src.param and request.params:
@@ -89,16 +90,21 @@ class Pipeline:
         return None
 
     def derive(self, request: ClientRequest) -> RequestContext:
-        ua_raw = request.header("user-agent")
+        headers: dict[str, str] = {}
+        for name, value in request.headers:
+            lname = name.lower()
+            if lname not in headers:
+                headers[lname] = value
+        ua_raw = headers.get("user-agent")
         profile = self.profile_for(ua_raw)
-        ctx = RequestContext(profile=profile, weight_of=self.scoring.weight_of)
+        ctx = RequestContext(profile=profile, weight_of=self.scoring.weight_of, headers=headers)
         d = ctx.derived
         d["ua_raw"] = ua_raw
         ua = self._parse_ua(profile, ua_raw) if ua_raw else None
         d["ua"] = ua
         entities: dict[str, str] = {"ip": request.client_ip}
         for kind, given in (("device", request.device_id), ("account", request.account_id), ("session", request.session_id)):
-            v = self._entity(request, profile, kind, given)
+            v = self._entity(request, headers, profile, kind, given)
             if v:
                 entities[kind] = v
         d["entities"] = entities

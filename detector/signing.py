@@ -16,13 +16,17 @@ def canonical_string(
     method: str,
     path: str,
     query: str | None,
-    headers: Sequence[tuple[str, str]],
+    headers: Sequence[tuple[str, str]] | Mapping[str, str],
     params: Mapping[str, str] | None,
     body_sha256: str | None,
 ) -> bytes:
-    lowered: dict[str, str] = {}
-    for name, value in headers:
-        lowered.setdefault(name.lower(), value)
+    """`headers` in wire order, or already as a lower-cased name -> first value map."""
+    if isinstance(headers, Mapping):
+        lowered = headers
+    else:
+        lowered = {}
+        for name, value in headers:
+            lowered.setdefault(name.lower(), value)
     parts = []
     for part in scheme.canonical:
         if part == "method":

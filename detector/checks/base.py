@@ -24,7 +24,12 @@ class RequestContext:
 
     profile: Any
     weight_of: Callable[[str], float]
+    headers: dict[str, str] = field(default_factory=dict)  # lower-cased name -> first value
     derived: dict[str, Any] = field(default_factory=dict)
+
+    def header(self, name: str) -> str | None:
+        """First value of a header by lower-case name (built once per request)."""
+        return self.headers.get(name)
 
     def signal(self, code: str, detail: str) -> Signal:
         return Signal(code, self.weight_of(code), detail)

@@ -40,7 +40,7 @@ class SignatureCheck:
         scheme = profile.signing
         if scheme is None:
             return
-        value = request.header(scheme.header)
+        value = ctx.header(scheme.header)
         if value is None:
             yield ctx.signal(MISSING, f"no {scheme.header} header although {profile.name} signs every request")
             return
@@ -64,7 +64,7 @@ class SignatureCheck:
                     KEY_NOT_IN_BUILD,
                     f"key {key_id} is not among the keys of app version {info.version} ({', '.join(sorted(info.keys))})",
                 )
-        ts_raw = request.header(scheme.timestamp_header)
+        ts_raw = ctx.header(scheme.timestamp_header)
         try:
             signed_at = float(ts_raw) if ts_raw is not None else None
         except ValueError:
@@ -82,7 +82,7 @@ class SignatureCheck:
             method=request.method,
             path=request.path,
             query=request.query,
-            headers=request.headers,
+            headers=ctx.headers,
             params=request.params,
             body_sha256=request.body_sha256,
         )
