@@ -14,6 +14,8 @@ from typing import Any, Iterable, Mapping
 from detector.alerts import AlertPolicy, AlertSettings
 from detector.config import ConfigError, YamlDocument, require
 from detector.decode import DecodeLimits
+from detector.devices import CatalogueError, DeviceCatalogue
+from detector.fingerprints.known import KnownStacks
 from detector.pipeline import Pipeline
 from detector.profile import ClientProfile, load_profiles
 from detector.scoring import ScoringPolicy
@@ -29,6 +31,9 @@ class DetectionConfig:
     scoring: ScoringPolicy
     limits: DecodeLimits
     alerts: AlertSettings
+    catalogue: DeviceCatalogue | None = None
+    known: KnownStacks | None = None
+    releases: Mapping[int, tuple[str, ...]] | None = None
 
     @classmethod
     def load(cls, path: Path = DEFAULT_CONFIG, overrides: Mapping[str, Any] | None = None) -> DetectionConfig:
@@ -74,7 +79,24 @@ class DetectionConfig:
         except ValueError as exc:
             raise doc.error(["alerts"], str(exc)) from None
 
-        cfg = cls(path, profiles, default, scoring, limits, alerts)
+        catalogue, releases = None, None
+        ddir = require(doc, data, ["devices_dir"], str, optional=True)
+        if ddir is not None:
+            dpath = Path(ddir) if Path(ddir).is_absolute() else path.parent / ddir
+            try:
+                catalogue = DeviceCatalogue.load(dpath)
+            except CatalogueError as exc:
+                raise ConfigError(exc.file, exc.where, exc.problem, exc.line) from None
+            rdoc = YamlDocument(dpath / "android_releases.yaml")
+            if not isinstance(rdoc.data, dict):
+                raise rdoc.error([], "must map API levels to release prefixes")
+            releases = {int(k): tuple(str(x) for x in v) for k, v in rdoc.data.items()}
+        known = None
+        kfile = require(doc, data, ["known_stacks"], str, optional=True)
+        if kfile is not None:
+            known = KnownStacks.load(Path(kfile) if Path(kfile).is_absolute() else path.parent / kfile)
+
+        cfg = cls(path, profiles, default, scoring, limits, alerts, catalogue, known, releases)
         try:
             cfg.pipeline()
         except ValueError as exc:
@@ -82,7 +104,9 @@ class DetectionConfig:
         return cfg
 
     def pipeline(self, disabled_families: Iterable[str] = ()) -> Pipeline:
-        return Pipeline(self.profiles, self.scoring, default_profile=self.default_profile, disabled_families=disabled_families)
+        return Pipeline(self.profiles, self.scoring, default_profile=self.default_profile,
+                        disabled_families=disabled_families, catalogue=self.catalogue, known=self.known,
+                        releases=self.releases)
 
     def alert_policy(self) -> AlertPolicy:
         return AlertPolicy(self.alerts)

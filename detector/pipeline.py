@@ -10,10 +10,20 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
+from detector.checks.attestation import AttestationCheck
 from detector.checks.base import Check, RequestContext
+from detector.checks.device import DeviceCheck
+from detector.checks.headers import HeadersCheck
+from detector.checks.identity import IdentityCheck
+from detector.checks.network import NetworkCheck
 from detector.checks.signature import SignatureCheck
+from detector.checks.tls import TlsCheck
+from detector.checks.transport import TransportCheck
 from detector.checks.ua import UserAgentCheck
-from detector.fingerprints.headers import header_order_fingerprint
+from detector.devices import DeviceCatalogue
+from detector.fingerprints.headers import names_fingerprint
+from detector.fingerprints.known import KnownStacks
+from detector.fingerprints.tls import ClientHelloError, fingerprints_from_b64
 from detector.model import ClientRequest, Signal, Verdict
 from detector.profile import ClientProfile
 from detector.scoring import ScoringPolicy
@@ -21,8 +31,23 @@ from detector.scoring import ScoringPolicy
 _CACHE_LIMIT = 200_000
 
 
-def default_checks() -> list[Check]:
-    return [UserAgentCheck(), SignatureCheck()]
+def default_checks(
+    catalogue: DeviceCatalogue | None = None,
+    known: KnownStacks | None = None,
+    releases: Mapping[int, tuple[str, ...]] | None = None,
+) -> list[Check]:
+    """Every stateless family, in the order their signals are listed in a verdict."""
+    return [
+        UserAgentCheck(),
+        DeviceCheck(catalogue, releases or {}),
+        HeadersCheck(),
+        TlsCheck(known),
+        TransportCheck(known),
+        SignatureCheck(),
+        AttestationCheck(),
+        IdentityCheck(),
+        NetworkCheck(),
+    ]
 
 
 class Pipeline:
@@ -34,6 +59,9 @@ class Pipeline:
         default_profile: str | None = None,
         checks: Sequence[Check] | None = None,
         disabled_families: Iterable[str] = (),
+        catalogue: DeviceCatalogue | None = None,
+        known: KnownStacks | None = None,
+        releases: Mapping[int, tuple[str, ...]] | None = None,
     ):
         if not profiles:
             raise ValueError("at least one client profile is needed")
@@ -41,12 +69,20 @@ class Pipeline:
         self.default_profile = self.profiles[default_profile or next(iter(self.profiles))]
         self.scoring = scoring
         disabled = set(disabled_families)
-        self.checks = [c for c in (checks if checks is not None else default_checks()) if c.name not in disabled]
+        all_checks = checks if checks is not None else default_checks(catalogue, known, releases)
+        self.checks = [c for c in all_checks if c.name not in disabled]
         self._disabled = disabled
         missing = scoring.missing(code for c in self.checks for code in c.codes)
         if missing:
             raise ValueError(f"no weight configured for signal codes: {', '.join(missing)}")
         self._ua_cache: dict[tuple[str, str], dict[str, str] | None] = {}
+        # Checks whose result depends only on the request's *shape* (profile, user
+        # agent, TLS/HTTP fingerprints, network): their signals are computed once per
+        # distinct shape and reused; shapes repeat across millions of requests.
+        self._shape_checks = [c for c in self.checks if getattr(c, "scope", "request") == "shape"]
+        self._request_checks = [c for c in self.checks if getattr(c, "scope", "request") != "shape"]
+        self._shape_cache: dict[tuple[Any, ...], tuple[Signal, ...]] = {}
+        self._names_cache: dict[tuple[str, ...], tuple[tuple[str, ...], bool, str]] = {}
         self._profile_by_prefix = sorted(self.profiles.values(), key=lambda p: -len(p.ua_prefix))
 
     @property
@@ -89,12 +125,27 @@ class Pipeline:
             return request.params.get(src.param) or None
         return None
 
+    def _names(self, names: tuple[str, ...]) -> tuple[tuple[str, ...], bool, str]:
+        """Per header-name sequence: lower-cased names, whether a name repeats, and the
+        header-order fingerprint (cached: a client stack sends few sequences)."""
+        found = self._names_cache.get(names)
+        if found is None:
+            lowered = tuple(n.lower() for n in names)
+            found = (lowered, len(set(lowered)) != len(lowered), names_fingerprint(names))
+            if len(self._names_cache) >= _CACHE_LIMIT:
+                self._names_cache.clear()
+            self._names_cache[names] = found
+        return found
+
     def derive(self, request: ClientRequest) -> RequestContext:
-        headers: dict[str, str] = {}
-        for name, value in request.headers:
-            lname = name.lower()
-            if lname not in headers:
-                headers[lname] = value
+        raw = request.headers
+        lowered, repeats, header_fp = self._names(tuple([n for n, _ in raw]))
+        if repeats:  # the first value of a repeated name counts
+            headers: dict[str, str] = {}
+            for lname, (_, value) in zip(lowered, raw):
+                headers.setdefault(lname, value)
+        else:
+            headers = dict(zip(lowered, [v for _, v in raw]))
         ua_raw = headers.get("user-agent")
         profile = self.profile_for(ua_raw)
         ctx = RequestContext(profile=profile, weight_of=self.scoring.weight_of, headers=headers)
@@ -108,13 +159,28 @@ class Pipeline:
             if v:
                 entities[kind] = v
         d["entities"] = entities
-        fps: dict[str, str] = {"headers": header_order_fingerprint(request.headers)}
+        fps: dict[str, str] = {"headers": header_fp}
         tls = request.tls
         if tls:
-            for k in ("ja4", "ja3"):
-                v = tls.get(k)
-                if isinstance(v, str):
-                    fps[k] = v
+            hello = tls.get("client_hello")
+            computed = None
+            if isinstance(hello, str):
+                # The raw ClientHello wins over what the edge computed: we know our JA4.
+                try:
+                    computed = fingerprints_from_b64(hello)
+                except ClientHelloError as exc:
+                    d["tls_error"] = str(exc)
+            if computed is not None:
+                fps["ja4"], fps["ja3"] = computed.ja4, computed.ja3
+                d["alpn"] = computed.alpn or ""
+            else:
+                for k in ("ja4", "ja3"):
+                    v = tls.get(k)
+                    if isinstance(v, str):
+                        fps[k] = v
+                alpn = tls.get("alpn")
+                if isinstance(alpn, str):
+                    d["alpn"] = alpn
         if request.h2 and isinstance(request.h2.get("fingerprint"), str):
             fps["h2"] = request.h2["fingerprint"]
         if ua is not None:
@@ -122,10 +188,28 @@ class Pipeline:
         d["fingerprints"] = fps
         return ctx
 
+    def _shape_key(self, request: ClientRequest, ctx: RequestContext) -> tuple[Any, ...]:
+        d = ctx.derived
+        fps = d["fingerprints"]
+        net = request.network
+        net_key = (net.get("hosting"), net.get("asn"), net.get("as_org"), net.get("country")) if net else None
+        return (ctx.profile.name, d["ua_raw"], fps.get("ja4"), d.get("alpn"), d.get("tls_error"),
+                request.http_version, fps.get("h2"), net_key)
+
     def score_one(self, request: ClientRequest) -> Verdict:
         ctx = self.derive(request)
-        signals: list[Signal] = []
-        for c in self.checks:
+        key = self._shape_key(request, ctx)
+        shaped = self._shape_cache.get(key)
+        if shaped is None:
+            found: list[Signal] = []
+            for c in self._shape_checks:
+                found.extend(c.check(request, ctx))
+            shaped = tuple(found)
+            if len(self._shape_cache) >= _CACHE_LIMIT:
+                self._shape_cache.clear()
+            self._shape_cache[key] = shaped
+        signals = list(shaped)
+        for c in self._request_checks:
             signals.extend(c.check(request, ctx))
         score = self.scoring.score(signals)
         return Verdict(

@@ -82,6 +82,92 @@ class SigningScheme:
 class IdSource:
     header: str | None = None
     param: str | None = None
+    regex: re.Pattern[str] | None = None  # the format the app gives this id
+    uuid_version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ValueRule:
+    one_of: frozenset[str] | None = None
+    pattern: re.Pattern[str] | None = None
+
+    def accepts(self, value: str) -> bool:
+        if self.one_of is not None and value not in self.one_of:
+            return False
+        return self.pattern is None or self.pattern.fullmatch(value) is not None
+
+    def describe(self) -> str:
+        if self.one_of is not None:
+            return "one of " + ", ".join(sorted(self.one_of))
+        return f"matching {self.pattern.pattern if self.pattern else ''}"
+
+
+@dataclass(frozen=True, slots=True)
+class ConsistencyRule:
+    """Two fields that must agree when both are present. Fields are addressed as
+    header:<name>, param:<name>, ua:<grammar field> or request:<field>."""
+
+    rule: Literal["equal", "locale", "checksum"]
+    a: str
+    b: str
+    algorithm: str | None = None  # checksum: hashlib name
+    length: int | None = None  # checksum: leading hex digits
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderRules:
+    order: tuple[str, ...]
+    required: frozenset[str]
+    forbidden: frozenset[str]
+    ignore_prefixes: tuple[str, ...]
+    name_case: Literal["lower", "any"]
+    values: Mapping[str, ValueRule]
+    consistency: tuple[ConsistencyRule, ...]
+
+    @property
+    def known(self) -> frozenset[str]:
+        return frozenset(self.order)
+
+
+@dataclass(frozen=True, slots=True)
+class Ja4Rule:
+    value: str
+    min_version: tuple[int, ...] | None = None
+    max_version: tuple[int, ...] | None = None
+
+    def covers(self, version: str | None) -> bool:
+        if version is None:
+            return True
+        key = version_key(version)
+        return (self.min_version is None or key >= self.min_version) and (self.max_version is None or key <= self.max_version)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsPolicy:
+    required: bool
+    ja4: tuple[Ja4Rule, ...]
+    alpn_first: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TransportPolicy:
+    http_versions: frozenset[str]
+    h2_fingerprints: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class AttestationPolicy:
+    required: bool
+    providers: frozenset[str]
+    app_recognition: frozenset[str]
+    device_recognition: str | None
+    max_token_age_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkPolicy:
+    hosting: bool = False
+    locale_country: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +180,20 @@ class ClientProfile:
     versions: Mapping[str, AppVersion]
     signing: SigningScheme | None
     ids: Mapping[str, IdSource]  # entity type (device, account, session) -> where it lives
+    headers: HeaderRules | None = None
+    tls: TlsPolicy | None = None
+    transport: TransportPolicy | None = None
+    attestation: AttestationPolicy | None = None
+    network: NetworkPolicy = NetworkPolicy()
+    endpoints: Mapping[str, tuple[re.Pattern[str], ...]] = field(default_factory=dict)
     source: str = ""
+
+    def endpoint_class(self, path: str) -> str | None:
+        for name, patterns in self.endpoints.items():
+            for p in patterns:
+                if p.match(path):
+                    return name
+        return None
 
     @property
     def newest_version(self) -> AppVersion:
@@ -209,7 +308,15 @@ def load_profile(path: Path) -> ClientProfile:
     for ent, spec in (require(doc, data, ["ids"], dict, optional=True, default={}) or {}).items():
         if not isinstance(spec, dict):
             raise doc.error(["ids", ent], "must be a mapping with header and/or param")
-        ids[str(ent)] = IdSource(header=(spec.get("header") or "").lower() or None, param=spec.get("param"))
+        fmt = spec.get("format") or {}
+        if not isinstance(fmt, dict):
+            raise doc.error(["ids", ent, "format"], "must be {regex: ...} or {uuid: VERSION}")
+        regex = _compile(doc, ["ids", ent, "format", "regex"], fmt["regex"]) if "regex" in fmt else None
+        uuid_version = fmt.get("uuid")
+        if uuid_version is not None and (not isinstance(uuid_version, int) or not 1 <= uuid_version <= 8):
+            raise doc.error(["ids", ent, "format", "uuid"], "must be a UUID version 1..8")
+        ids[str(ent)] = IdSource(header=(spec.get("header") or "").lower() or None, param=spec.get("param"),
+                                 regex=regex, uuid_version=uuid_version)
 
     return ClientProfile(
         name=name,
@@ -220,8 +327,135 @@ def load_profile(path: Path) -> ClientProfile:
         versions=versions,
         signing=signing,
         ids=ids,
+        headers=_header_rules(doc, data),
+        tls=_tls_policy(doc, data),
+        transport=_transport_policy(doc, data),
+        attestation=_attestation_policy(doc, data),
+        network=_network_policy(doc, data),
+        endpoints=_endpoints(doc, data),
         source=str(path),
     )
+
+
+def _names(doc: YamlDocument, obj: dict[str, Any], key: list[str | int], *, optional: bool = True) -> list[str]:
+    items = require(doc, obj, key, list, optional=optional, default=[])
+    for i, n in enumerate(items):
+        if not isinstance(n, str) or not n:
+            raise doc.error(key + [i], "must be a non-empty string")
+    return [n.lower() for n in items]
+
+
+_FIELD_KINDS = ("header:", "param:", "ua:", "request:")
+
+
+def _header_rules(doc: YamlDocument, data: dict[str, Any]) -> HeaderRules | None:
+    h = require(doc, data, ["headers"], dict, optional=True)
+    if h is None:
+        return None
+    order = _names(doc, h, ["headers", "order"], optional=False)
+    if len(set(order)) != len(order):
+        raise doc.error(["headers", "order"], "lists a header twice")
+    required = _names(doc, h, ["headers", "required"])
+    for i, n in enumerate(required):
+        if n not in order:
+            raise doc.error(["headers", "required", i], f"{n} is required but not in headers.order")
+    forbidden = _names(doc, h, ["headers", "forbidden"])
+    for i, n in enumerate(forbidden):
+        if n in order:
+            raise doc.error(["headers", "forbidden", i], f"{n} is both forbidden and in headers.order")
+    case = require(doc, h, ["headers", "name_case"], str, optional=True, default="any")
+    if case not in ("lower", "any"):
+        raise doc.error(["headers", "name_case"], "must be lower or any")
+    values: dict[str, ValueRule] = {}
+    for name, spec in (require(doc, h, ["headers", "values"], dict, optional=True, default={}) or {}).items():
+        k: list[str | int] = ["headers", "values", name]
+        if not isinstance(spec, dict) or not ({"one_of", "pattern"} & spec.keys()):
+            raise doc.error(k, "must be {one_of: [...]} or {pattern: REGEX}")
+        one_of = spec.get("one_of")
+        if one_of is not None and (not isinstance(one_of, list) or not all(isinstance(x, str) for x in one_of)):
+            raise doc.error(k + ["one_of"], "must be a list of strings")
+        pattern = _compile(doc, k + ["pattern"], spec["pattern"]) if "pattern" in spec else None
+        values[str(name).lower()] = ValueRule(frozenset(one_of) if one_of is not None else None, pattern)
+    rules = []
+    for i, spec in enumerate(require(doc, h, ["headers", "consistency"], list, optional=True, default=[])):
+        k = ["headers", "consistency", i]
+        kind = require(doc, spec, k + ["rule"], str)
+        if kind not in ("equal", "locale", "checksum"):
+            raise doc.error(k + ["rule"], "must be equal, locale or checksum")
+        a = require(doc, spec, k + ["a"], str)
+        b = require(doc, spec, k + ["b"], str)
+        for side, f in (("a", a), ("b", b)):
+            if not f.startswith(_FIELD_KINDS):
+                raise doc.error(k + [side], f"must start with one of {', '.join(_FIELD_KINDS)}")
+        algorithm = spec.get("algorithm")
+        if kind == "checksum":
+            import hashlib
+
+            if algorithm not in hashlib.algorithms_guaranteed:
+                raise doc.error(k + ["algorithm"], f"must be a hashlib algorithm (e.g. sha256), got {algorithm!r}")
+        rules.append(ConsistencyRule(kind, _lower_header(a), _lower_header(b), algorithm, spec.get("length")))
+    prefixes = tuple(_names(doc, h, ["headers", "ignore_prefixes"]))
+    return HeaderRules(tuple(order), frozenset(required), frozenset(forbidden), prefixes, case, values, tuple(rules))
+
+
+def _lower_header(field_ref: str) -> str:
+    return field_ref.lower() if field_ref.startswith("header:") else field_ref
+
+
+def _tls_policy(doc: YamlDocument, data: dict[str, Any]) -> TlsPolicy | None:
+    t = require(doc, data, ["tls"], dict, optional=True)
+    if t is None:
+        return None
+    rules = []
+    for i, r in enumerate(require(doc, t, ["tls", "ja4"], list)):
+        k: list[str | int] = ["tls", "ja4", i]
+        value = require(doc, r, k + ["value"], str)
+        if not re.fullmatch(r"[tqd]\d\d[di]\d{4}[0-9a-z]{2}_[0-9a-f]{12}_[0-9a-f]{12}", value):
+            raise doc.error(k + ["value"], f"is not a JA4 fingerprint: {value!r}")
+        lo, hi = r.get("min_version"), r.get("max_version")
+        rules.append(Ja4Rule(value, version_key(str(lo)) if lo else None, version_key(str(hi)) if hi else None))
+    return TlsPolicy(bool(t.get("required", False)), tuple(rules), t.get("alpn_first"))
+
+
+def _transport_policy(doc: YamlDocument, data: dict[str, Any]) -> TransportPolicy | None:
+    t = require(doc, data, ["transport"], dict, optional=True)
+    if t is None:
+        return None
+    versions = [str(v) for v in require(doc, t, ["transport", "http_versions"], list)]
+    for i, v in enumerate(versions):
+        if v not in ("1.0", "1.1", "2", "3"):
+            raise doc.error(["transport", "http_versions", i], f"must be 1.0, 1.1, 2 or 3, got {v!r}")
+    fps = require(doc, t, ["transport", "h2_fingerprints"], list, optional=True, default=[])
+    return TransportPolicy(frozenset(versions), frozenset(map(str, fps)))
+
+
+def _attestation_policy(doc: YamlDocument, data: dict[str, Any]) -> AttestationPolicy | None:
+    a = require(doc, data, ["attestation"], dict, optional=True)
+    if a is None:
+        return None
+    age = require(doc, a, ["attestation", "max_token_age_s"], (int, float), optional=True)
+    return AttestationPolicy(
+        required=bool(a.get("required", False)),
+        providers=frozenset(map(str, a.get("providers") or [])),
+        app_recognition=frozenset(map(str, a.get("app_recognition") or [])),
+        device_recognition=a.get("device_recognition"),
+        max_token_age_s=float(age) if age is not None else None,
+    )
+
+
+def _network_policy(doc: YamlDocument, data: dict[str, Any]) -> NetworkPolicy:
+    n = require(doc, data, ["network"], dict, optional=True, default={})
+    return NetworkPolicy(hosting=bool(n.get("hosting", False)), locale_country=bool(n.get("locale_country", False)))
+
+
+def _endpoints(doc: YamlDocument, data: dict[str, Any]) -> dict[str, tuple[re.Pattern[str], ...]]:
+    e = require(doc, data, ["endpoints"], dict, optional=True, default={})
+    out = {}
+    for name, patterns in e.items():
+        if not isinstance(patterns, list):
+            raise doc.error(["endpoints", name], "must be a list of path regular expressions")
+        out[str(name)] = tuple(_compile(doc, ["endpoints", name, i], p) for i, p in enumerate(patterns))
+    return out
 
 
 def load_profiles(directory: Path) -> dict[str, ClientProfile]:

@@ -3,7 +3,6 @@ HMAC-SHA256. The signature check verifies with it; the simulator signs with it."
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from typing import Mapping, Sequence
 
@@ -45,7 +44,8 @@ def canonical_string(
 
 
 def mac(secret: bytes, canonical: bytes) -> str:
-    return hmac.new(secret, canonical, hashlib.sha256).hexdigest()
+    # hmac.digest is the one-shot C path: about twice as fast as hmac.new(...).hexdigest()
+    return hmac.digest(secret, canonical, "sha256").hex()
 
 
 def signature_value(key_id: str, mac_hex: str) -> str:

@@ -1,32 +1,45 @@
-"""Labelled traffic for demos, tests and evaluation: genuine app sessions built from
-the client profile, and attack scenarios that imitate the app the way real tools do.
+"""Labelled traffic for demos, tests and evaluation: a genuine population of the app's
+users built from the client profile and the device catalogue, and attack scenarios that
+imitate the app the way real tools do.
 
-Deterministic for a seed: every random draw comes from one `random.Random(seed)`, and
-time is the events' own (`start_ts` plus simulated gaps), never the clock.
+Deterministic for a seed: every random draw comes from one `random.Random` per
+scenario, nothing iterates an unordered set, and time is the events' own (`start_ts`
+plus simulated gaps), never the clock.
 """
 
 from __future__ import annotations
 
 import hashlib
 import heapq
+import inspect
+import ipaddress
+import math
 import random
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from detector.profile import ClientProfile, signing_key_for
+from detector.devices import DeviceCatalogue, ModelFacts
+from detector.profile import AppVersion, ClientProfile, signing_key_for
 from detector.signing import canonical_string, mac, signature_value
 
 DEFAULT_START_TS = 1795860000.0  # 2026-11-29T10:00:00Z, a fixed origin for reproducible files
 
-# OkHttp 4 on Android's platform TLS (Conscrypt): public facts about the app's stack.
+# OkHttp 4 on Android's platform TLS (Conscrypt): public facts about the app's stack,
+# used when a profile does not name its own.
 OKHTTP_JA4 = "t13d1513h2_8daaf6152771_eca864cca44a"
 OKHTTP_H2 = "4:16777216|16711681|0|m,p,a,s"
-# Python requests/urllib3 on OpenSSL 3 (desktop), as captured from a default client.
-PYTHON_REQUESTS_JA4 = "t13d1812h1_85036bcba153_375ca2c5e164"
+# Python requests/urllib3 on OpenSSL 3 (desktop), as captured from a default client
+# (tests/data/client_hellos.json).
+PYTHON_REQUESTS_JA4 = "t13d1812h1_85036bcba153_b26ce05bbdd6"
+TLS_SNI = "api.example-social.test"
 
 
 @dataclass(frozen=True, slots=True)
 class DeviceSpec:
+    """One handset as the user agent reports it (Build.* values and DisplayMetrics)."""
+
     manufacturer: str
     model: str
     device: str
@@ -39,44 +52,6 @@ class DeviceSpec:
     weight: float = 1.0
 
 
-# A small built-in population used when no device catalogue is given (real models,
-# their Build values and the screen sizes apps report).
-BUILTIN_DEVICES: tuple[DeviceSpec, ...] = (
-    DeviceSpec("samsung", "SM-S911B", "dm1q", "qcom", 450, 1080, 2340, 34, "14", 6),
-    DeviceSpec("samsung", "SM-A546B", "a54x", "s5e8835", 450, 1080, 2340, 34, "14", 8),
-    DeviceSpec("samsung", "SM-A155F", "a15", "mt6789", 450, 1080, 2340, 34, "14", 7),
-    DeviceSpec("Google", "Pixel 7", "panther", "panther", 420, 1080, 2400, 34, "14", 4),
-    DeviceSpec("Google", "Pixel 6a", "bluejay", "bluejay", 420, 1080, 2400, 34, "14", 3),
-    DeviceSpec("Xiaomi", "23021RAA2Y", "topaz", "qcom", 440, 1080, 2400, 33, "13", 6),
-    DeviceSpec("Xiaomi", "2201117TY", "spes", "qcom", 440, 1080, 2400, 33, "13", 5),
-    DeviceSpec("OnePlus", "CPH2449", "OP5958L1", "qcom", 450, 1240, 2772, 34, "14", 2),
-    DeviceSpec("motorola", "moto g54 5G", "cancunf", "mt6855", 400, 1080, 2400, 34, "14", 3),
-    DeviceSpec("OPPO", "CPH2591", "OP5A0BL1", "mt6789", 480, 1080, 2412, 34, "14", 2),
-)
-
-COUNTRIES = (
-    # country, locales, mobile ASNs (asn, org), wifi ASNs, weight
-    ("US", ("en_US", "es_US"), ((21928, "T-Mobile USA"), (22394, "Verizon Wireless")), ((7922, "Comcast"), (20115, "Charter")), 30),
-    ("BR", ("pt_BR",), ((26599, "TIM Brasil"), (28573, "Claro Brasil")), ((18881, "Vivo Fibra"),), 15),
-    ("IN", ("en_IN", "hi_IN"), ((55836, "Reliance Jio"), (45609, "Bharti Airtel")), ((24560, "Airtel Broadband"),), 20),
-    ("DE", ("de_DE",), ((3320, "Deutsche Telekom"), (3209, "Vodafone DE")), ((6805, "Telefonica DE"),), 10),
-    ("ID", ("id_ID",), ((23693, "Telkomsel"),), ((7713, "Telkom Indonesia"),), 10),
-    ("GB", ("en_GB",), ((25135, "Vodafone UK"),), ((2856, "BT"),), 8),
-)
-
-BROWSE_PATHS = ("/api/v1/feed/timeline", "/api/v1/media/{id}/info", "/api/v1/users/{id}/info", "/api/v1/explore")
-STARTUP_PATHS = ("/api/v1/launcher/sync", "/api/v1/config", "/api/v1/notifications/badge", "/api/v1/feed/timeline")
-ACTION_PATHS = ("/api/v1/media/{id}/like", "/api/v1/friendships/{id}/follow", "/api/v1/media/{id}/comment")
-
-
-def _hex(rng: random.Random, n: int) -> str:
-    return "".join(rng.choice("0123456789abcdef") for _ in range(n))
-
-
-def _body_hash(rng: random.Random) -> str:
-    return hashlib.sha256(rng.randbytes(32)).hexdigest()
-
-
 def ua_string(profile_app: str, version: str, code: int, d: DeviceSpec, locale: str) -> str:
     return (
         f"{profile_app} {version} Android ({d.sdk_int}/{d.release}; {d.dpi}dpi; {d.width}x{d.height}; "
@@ -84,8 +59,315 @@ def ua_string(profile_app: str, version: str, code: int, d: DeviceSpec, locale: 
     )
 
 
+# --------------------------------------------------------------------------------------
+# Android facts
+
+# Build.VERSION.RELEASE as devices report it per API level (developer.android.com,
+# "Platform codenames, versions, API levels"; 8.x reported three parts, 9+ one).
+# Agrees with config/devices/android_releases.yaml, which holds the accepted prefixes.
+ANDROID_RELEASE: Mapping[int, str] = {
+    21: "5.0.2", 22: "5.1.1", 23: "6.0.1", 24: "7.0", 25: "7.1.2", 26: "8.0.0", 27: "8.1.0",
+    28: "9", 29: "10", 30: "11", 31: "12", 32: "12", 33: "13", 34: "14", 35: "15", 36: "16",
+}
+NEWEST_SDK = max(ANDROID_RELEASE)
+
+# OS upgrades a model gets after launch when the catalogue leaves `sdk_max` out (still
+# supported): Google and Samsung promise more than most (an estimate, and an upper
+# bound only where the catalogue says nothing).
+_UPGRADES = {"google": 5, "samsung": 4, "oneplus": 3}
+_DEFAULT_UPGRADES = 2
+
+# DisplayMetrics density values devices report (DENSITY_* constants and common OEM
+# values), for models whose catalogue entry lists no dpi.
+_DENSITIES = (240, 260, 280, 300, 320, 340, 360, 380, 400, 420, 440, 450, 460, 480, 500, 520, 560, 600, 640)
+
+# Build.MANUFACTURER for catalogue entries that name only the retail brand.
+_MANUFACTURER_OF_BRAND = {"tecno": "TECNO", "infinix": "INFINIX", "itel": "ITEL", "nokia": "HMD Global",
+                          "redmi": "Xiaomi", "poco": "Xiaomi", "lenovo": "LENOVO"}
+
+
+def _facts(manufacturer: str, model: str, device: str, hardware: str, dpi: tuple[int, ...], res: tuple[int, int],
+           sdk_min: int, sdk_max: int | None, popularity: float) -> ModelFacts:
+    return ModelFacts(model=model, manufacturer=manufacturer, brand=None, name=None, devices=(device,),
+                      hardware=(hardware,), soc=None, soc_vendor=None, dpi=dpi, dpi_exhaustive=False,
+                      resolutions=(res,), sdk_min=sdk_min, sdk_max=sdk_max, abis=(), arm_only=True,
+                      popularity=popularity, source="copy of config/devices/models.yaml")
+
+
+# A small population for when no device catalogue is given: copies of popular entries
+# of config/devices/models.yaml (the same facts, so they pass its checks).
+BUILTIN_MODELS: tuple[ModelFacts, ...] = (
+    _facts("samsung", "SM-A125F", "a12", "mt6765", (280, 300, 320), (720, 1600), 29, None, 2.2),
+    _facts("samsung", "SM-A135F", "a13", "exynos850", (420, 450, 480), (1080, 2408), 31, None, 2.0),
+    _facts("samsung", "SM-A546B", "a54x", "s5e8835", (420, 450, 480), (1080, 2340), 33, None, 1.6),
+    _facts("samsung", "SM-S911B", "dm1q", "qcom", (420, 450, 480), (1080, 2340), 33, None, 0.8),
+    _facts("Xiaomi", "M2006C3LG", "dandelion", "mt6762", (320,), (720, 1600), 29, None, 2.0),
+    _facts("Xiaomi", "2201117TG", "spes", "qcom", (440,), (1080, 2400), 30, None, 1.5),
+    _facts("Xiaomi", "Redmi Note 8", "ginkgo", "qcom", (440,), (1080, 2340), 28, 30, 1.6),
+    _facts("Google", "Pixel 7", "panther", "panther", (356, 420, 460, 500, 540), (1080, 2400), 33, None, 0.35),
+    _facts("Google", "Pixel 8", "shiba", "shiba", (356, 420, 460, 500, 540), (1080, 2400), 34, None, 0.35),
+    _facts("OPPO", "CPH1931", "OP4B79L1", "qcom", (320,), (720, 1600), 28, 30, 0.5),
+    _facts("realme", "RMX2020", "RMX2020", "mt6768", (320,), (720, 1600), 29, None, 0.5),
+    _facts("vivo", "V2027", "2027", "qcom", (320,), (720, 1600), 29, None, 0.5),
+    _facts("OnePlus", "EB2103", "OnePlusNordCE", "qcom", (420, 480), (1080, 2400), 30, 33, 0.2),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Model:
+    """A catalogue model the simulator can draw handsets of (all needed facts known)."""
+
+    facts: ModelFacts
+    manufacturer: str
+    hardware: tuple[str, ...]
+    sdk_min: int
+    sdk_max: int
+    screens: tuple[tuple[int, int, tuple[int, ...], int], ...]  # (width, height, dpi choices, default dpi)
+
+
+def _dp_range(width: int, height: int) -> tuple[float, float]:
+    # Phones report 320..480 dp of width; squarish inner screens of foldables 500..800.
+    return (500.0, 800.0) if height < 1.45 * width else (320.0, 480.0)
+
+
+def _screens(facts: ModelFacts) -> tuple[tuple[int, int, tuple[int, ...], int], ...]:
+    out = []
+    for w, h in facts.resolutions:
+        lo, hi = _dp_range(w, h)
+        listed = facts.dpi or _DENSITIES
+        fits = tuple(d for d in listed if lo <= w * 160 / d <= hi)
+        if not fits:
+            continue
+        # The factory default is the density closest to the typical 400 dp (phones) or
+        # 600 dp (inner screens) of width; the others come from display-size settings.
+        target = 400.0 if lo < 500 else 620.0
+        default = min(fits, key=lambda d: (abs(w * 160 / d - target), d))
+        choices = fits if facts.dpi else (default,)
+        out.append((w, h, choices, default))
+    return tuple(out)
+
+
+def _prepare(facts: ModelFacts) -> _Model | None:
+    """The handset facts of a catalogue model, or None when one the user agent needs is
+    unknown and cannot be inferred (a made-up codename or SoC would be a lie)."""
+    manufacturer = facts.manufacturer or _MANUFACTURER_OF_BRAND.get((facts.brand or "").lower()) or facts.brand
+    if not manufacturer or not facts.devices or not facts.resolutions:
+        return None
+    hardware = facts.hardware
+    if not hardware:
+        if facts.soc_vendor == "qualcomm":
+            hardware = ("qcom",)  # every current Snapdragon phone reports Build.HARDWARE "qcom"
+        elif manufacturer == "Google":
+            hardware = facts.devices[:1]  # Pixels report their codename
+        else:
+            return None
+    sdk_min = facts.sdk_min or 28
+    sdk_max = facts.sdk_max or min(NEWEST_SDK, sdk_min + _UPGRADES.get(manufacturer.lower(), _DEFAULT_UPGRADES))
+    sdk_max = min(sdk_max, NEWEST_SDK)
+    if sdk_min > sdk_max or sdk_min not in ANDROID_RELEASE:
+        return None
+    screens = _screens(facts)
+    if not screens:
+        return None
+    return _Model(facts, manufacturer, hardware, sdk_min, sdk_max, screens)
+
+
+def _models(catalogue: DeviceCatalogue | None) -> tuple[list[_Model], list[float]]:
+    pool = catalogue.models_for_simulation() if catalogue is not None else [(f, f.popularity) for f in BUILTIN_MODELS]
+    models, weights = [], []
+    for facts, popularity in pool:
+        m = _prepare(facts)
+        if m is not None:
+            models.append(m)
+            weights.append(popularity)
+    if not models:
+        raise ValueError("no model of the device catalogue has the facts a simulated handset needs")
+    return models, weights
+
+
+def _draw_handset(rng: random.Random, m: _Model) -> DeviceSpec:
+    # Multi-resolution panels (Samsung flagships) ship at FHD+ and most users keep it;
+    # a foldable's app runs on the cover screen more often than on the inner one.
+    if len(m.screens) == 1:
+        w, h, choices, default = m.screens[0]
+    else:
+        weights = [4.0 if 1000 <= s[0] <= 1100 or _is_cover_screen(s) else 1.0 for s in m.screens]
+        w, h, choices, default = rng.choices(m.screens, weights=weights)[0]
+    dpi = default if len(choices) == 1 or rng.random() < 0.8 else rng.choice(choices)
+    # DisplayMetrics: the full panel (edge-to-edge, gesture navigation) or the panel
+    # minus the 48 dp navigation bar; never taller than the panel.
+    r = rng.random()
+    if r < 0.55:
+        height = h
+    elif r < 0.85:
+        height = h - round(48 * dpi / 160)
+    else:
+        height = h - round(24 * dpi / 160)
+    span = m.sdk_max - m.sdk_min
+    # Most users run the newest release their model got; some never update.
+    sdk = m.sdk_max - min(span, int(rng.expovariate(1.3)))
+    return DeviceSpec(manufacturer=m.manufacturer, model=m.facts.model, device=rng.choice(m.facts.devices),
+                      hardware=rng.choice(m.hardware), dpi=dpi, width=w, height=height, sdk_int=sdk,
+                      release=ANDROID_RELEASE[sdk])
+
+
+def _is_cover_screen(screen: tuple[int, int, Any, Any]) -> bool:
+    """A foldable's cover screen: tall and narrow."""
+    return screen[1] >= 2.2 * screen[0]
+
+
+# --------------------------------------------------------------------------------------
+# Networks and places
+
+
+@dataclass(frozen=True, slots=True)
+class Country:
+    code: str
+    utc_offsets: tuple[float, ...]  # hours, the zones most users live in
+    locales: tuple[tuple[str, float], ...]
+    mobile: tuple[tuple[int, str], ...]  # carriers (asn, org)
+    wifi: tuple[tuple[int, str], ...]  # home ISPs (asn, org)
+    mobile_share: float  # share of sessions on the mobile network in daytime
+    nr_share: float  # share of mobile sessions on 5G
+    legacy_share: float  # share of mobile sessions on 3G/2G
+    weight: float  # share of the app's users
+
+
+# Weights: a rough split of a global social app's Android users; ASNs are the
+# countries' large carriers and home ISPs.
+COUNTRIES: tuple[Country, ...] = (
+    Country("IN", (5.5,), (("en_IN", 0.7), ("hi_IN", 0.3)),
+            ((55836, "Reliance Jio Infocomm"), (45609, "Bharti Airtel"), (55410, "Vodafone Idea")),
+            ((55836, "Reliance Jio Infocomm"), (24560, "Bharti Airtel Broadband"), (24309, "Atria Convergence")),
+            0.7, 0.25, 0.04, 18),
+    Country("BR", (-3.0,), (("pt_BR", 1.0),),
+            ((26615, "TIM Brasil"), (26599, "Telefonica Brasil"), (28573, "Claro")),
+            ((27699, "Telefonica Brasil (Vivo)"), (28573, "Claro NET"), (7738, "Oi")), 0.5, 0.2, 0.03, 11),
+    Country("ID", (7.0, 8.0), (("id_ID", 1.0),),
+            ((23693, "Telkomsel"), (4761, "Indosat Ooredoo"), (24203, "XL Axiata")),
+            ((7713, "Telkom Indonesia"), (17451, "Biznet")), 0.65, 0.1, 0.04, 10),
+    Country("US", (-5.0, -6.0, -8.0), (("en_US", 0.88), ("es_US", 0.12)),
+            ((21928, "T-Mobile USA"), (6167, "Verizon Wireless"), (20057, "AT&T Mobility")),
+            ((7922, "Comcast Cable"), (20115, "Charter Communications"), (7018, "AT&T Services"), (701, "Verizon Fios")),
+            0.4, 0.5, 0.0, 10),
+    Country("MX", (-6.0,), (("es_MX", 1.0),),
+            ((28403, "Telcel"), (32098, "AT&T Mexico")), ((8151, "Telmex"), (22884, "Totalplay"), (13999, "Megacable")),
+            0.5, 0.1, 0.03, 6),
+    Country("TR", (3.0,), (("tr_TR", 1.0),),
+            ((16135, "Turkcell"), (15897, "Vodafone Turkey"), (34984, "Turk Telekom Mobil")),
+            ((9121, "Turk Telekom"), (34984, "Superonline")), 0.5, 0.0, 0.02, 5),
+    Country("PH", (8.0,), (("en_PH", 0.6), ("fil_PH", 0.4)),
+            ((132199, "Globe Telecom"), (10139, "Smart Communications")), ((9299, "PLDT"), (17639, "Converge ICT")),
+            0.55, 0.15, 0.03, 5),
+    Country("VN", (7.0,), (("vi_VN", 1.0),),
+            ((7552, "Viettel"), (45899, "VNPT")), ((18403, "FPT Telecom"), (7552, "Viettel")), 0.45, 0.1, 0.03, 4),
+    Country("NG", (1.0,), (("en_NG", 1.0),),
+            ((29465, "MTN Nigeria"), (36873, "Airtel Nigeria"), (37148, "Globacom")), ((37282, "MainOne"),),
+            0.85, 0.05, 0.08, 4),
+    Country("EG", (2.0,), (("ar_EG", 1.0),),
+            ((36935, "Vodafone Egypt"), (37069, "Orange Egypt")), ((8452, "Telecom Egypt"),), 0.6, 0.0, 0.05, 4),
+    Country("DE", (1.0,), (("de_DE", 1.0),),
+            ((3320, "Deutsche Telekom"), (3209, "Vodafone Germany"), (6805, "Telefonica Germany")),
+            ((3320, "Deutsche Telekom"), (3209, "Vodafone Germany"), (8881, "1&1 Versatel")), 0.35, 0.35, 0.0, 4),
+    Country("GB", (0.0,), (("en_GB", 1.0),),
+            ((12576, "EE"), (25135, "Vodafone UK"), (35228, "O2 UK")),
+            ((2856, "British Telecom"), (5089, "Virgin Media"), (5607, "Sky Broadband")), 0.35, 0.35, 0.0, 4),
+    Country("FR", (1.0,), (("fr_FR", 1.0),),
+            ((3215, "Orange France"), (15557, "SFR"), (51207, "Free Mobile")),
+            ((3215, "Orange France"), (12322, "Free SAS"), (5410, "Bouygues Telecom")), 0.35, 0.3, 0.0, 4),
+    Country("IT", (1.0,), (("it_IT", 1.0),),
+            ((30722, "Vodafone Italia"), (1267, "WIND TRE")), ((3269, "Telecom Italia"), (12874, "Fastweb")),
+            0.4, 0.3, 0.0, 3),
+    Country("ES", (1.0,), (("es_ES", 1.0),),
+            ((3352, "Telefonica de Espana"), (12430, "Vodafone Spain"), (12479, "Orange Espagne")),
+            ((3352, "Telefonica de Espana"), (12479, "Orange Espagne")), 0.35, 0.3, 0.0, 3),
+    Country("TH", (7.0,), (("th_TH", 1.0),),
+            ((131445, "Advanced Wireless Network (AIS)"), (24378, "True Move")), ((7470, "True Internet"), (45758, "3BB")),
+            0.55, 0.2, 0.01, 3),
+    Country("SA", (3.0,), (("ar_SA", 0.8), ("en_SA", 0.2)),
+            ((25019, "Saudi Telecom"), (35819, "Mobily")), ((25019, "Saudi Telecom"), (35753, "ITC")), 0.5, 0.35, 0.0, 2),
+)
+_COUNTRY = {c.code: c for c in COUNTRIES}
+
+# Consumer VPNs exit from hosting networks.
+VPN_NETWORKS = ((9009, "M247 Europe"), (60068, "Datacamp Limited"), (212238, "Datacamp Limited"), (136787, "TEFINCOM"))
+VPN_EXITS = ("US", "NL", "GB", "DE", "SG")
+
+# Carriers that give most phones an IPv6 address (T-Mobile US runs IPv6-only with
+# 464XLAT; Jio is IPv6-first), with one of their real prefixes.
+_IPV6_CARRIERS = {21928: "2607:fb90", 55836: "2409:4040"}
+
+# Activity of a social app by local hour (share of the evening peak).
+_DIURNAL = (0.55, 0.35, 0.22, 0.15, 0.12, 0.15, 0.3, 0.55, 0.7, 0.75, 0.78, 0.8,
+            0.88, 0.85, 0.8, 0.8, 0.85, 0.9, 0.95, 1.0, 1.0, 1.0, 0.9, 0.75)
+_RESERVED_FIRST_OCTETS = {0, 10, 100, 127, 169, 172, 192, 198, 203}
+
+
+def _diurnal(local_hour: float) -> float:
+    h = local_hour % 24.0
+    i = int(h)
+    frac = h - i
+    return _DIURNAL[i] * (1 - frac) + _DIURNAL[(i + 1) % 24] * frac
+
+
+def _prefixes(asn: int) -> tuple[tuple[int, int], ...]:
+    """Four stable /16 blocks per ASN, so an ASN's addresses look like its allocations
+    (a generator of its own: the blocks never depend on the scenario's seed)."""
+    r = random.Random(f"asn:{asn}")
+    out: list[tuple[int, int]] = []
+    while len(out) < 4:
+        a = r.randint(2, 223)
+        if a not in _RESERVED_FIRST_OCTETS:
+            out.append((a, r.randint(0, 255)))
+    return tuple(out)
+
+
+def _ipv4(rng: random.Random, asn: int) -> str:
+    a, b = rng.choice(_prefixes(asn))
+    return f"{a}.{b}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
+
+
+def _ip(rng: random.Random, asn: int) -> str:
+    prefix = _IPV6_CARRIERS.get(asn)
+    if prefix is not None and rng.random() < 0.7:
+        groups = [f"{rng.getrandbits(16):x}" for _ in range(6)]
+        return str(ipaddress.IPv6Address(f"{prefix}:{':'.join(groups)}"))
+    return _ipv4(rng, asn)
+
+
+# --------------------------------------------------------------------------------------
+# The app's endpoints (the profile's endpoint classes: startup, browse, action)
+
+STARTUP_PATHS = ("/api/v1/launcher/sync", "/api/v1/config", "/api/v1/notifications/badge", "/api/v1/feed/timeline")
+BADGE_PATH = "/api/v1/notifications/badge"
+BROWSE_PATHS = ("/api/v1/feed/timeline", "/api/v1/media/{id}/info", "/api/v1/users/{id}/info", "/api/v1/explore")
+ACTION_PATHS = ("/api/v1/media/{id}/like", "/api/v1/friendships/{id}/follow", "/api/v1/media/{id}/comment")
+_FORM = "application/x-www-form-urlencoded; charset=UTF-8"
+
+
+def _hex(rng: random.Random, n: int) -> str:
+    return f"{rng.getrandbits(4 * n):0{n}x}"
+
+
+def _uuid4(rng: random.Random) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def _fill(path: str, rng: random.Random) -> str:
+    return path.replace("{id}", str(rng.randint(10**9, 10**10)))
+
+
+def _title(name: str) -> str:
+    """How HTTP libraries write header names: Title-Case (the app's `ES` kept upper)."""
+    return "-".join("ES" if p == "es" else p.capitalize() for p in name.split("-"))
+
+
+# --------------------------------------------------------------------------------------
+# Building signed requests
+
+
 class _Builder:
-    """Builds signed requests the way a given client would send them."""
+    """Assembles one signed request from its headers in wire order."""
 
     def __init__(self, profile: ClientProfile, rng: random.Random, scenario: str, malicious: bool):
         self.profile = profile
@@ -93,7 +375,7 @@ class _Builder:
         self.scenario = scenario
         self.malicious = malicious
         self.n = 0
-        self.app_token = profile.user_agent.pattern.pattern.split("(?P<app_name>", 1)[-1].split(")", 1)[0]
+        self.app_token = app_token(profile)
 
     def request(
         self,
@@ -102,62 +384,47 @@ class _Builder:
         ip: str,
         method: str,
         path: str,
-        ids: dict[str, str],
-        ua: str,
+        headers: Sequence[tuple[str, str | None]],
         key_id: str | None,
-        lead_headers: Sequence[tuple[str, str]] = (),
-        tail_headers: Sequence[tuple[str, str]] = (),
+        query: str | None = None,
+        body_size: int | None = None,
         title_case: bool = False,
         http_version: str = "2",
         tls: dict[str, Any] | None = None,
-        h2: str | None = OKHTTP_H2,
+        h2: str | None = None,
         network: dict[str, Any] | None = None,
         attestation: dict[str, Any] | None = None,
-        signed_at: float | None = None,
-        corrupt_signature: bool = False,
     ) -> dict[str, Any]:
+        """`headers`: (lower-case name, value) in wire order; the signature header's value
+        is None and filled in here, over the canonical string of the other headers."""
         self.n += 1
         rid = f"{self.scenario}-{self.n:08d}-{_hex(self.rng, 8)}"
-        body = _body_hash(self.rng) if method == "POST" else None
-        signed_at = ts if signed_at is None else signed_at
-
-        def name(n: str) -> str:
-            return "-".join(p.capitalize() for p in n.split("-")) if title_case else n
-
-        headers: list[tuple[str, str]] = [(name(k), v) for k, v in lead_headers]
-        headers.append((name("x-es-device-id"), ids["device"]))
-        if "session" in ids:
-            headers.append((name("x-es-session-id"), ids["session"]))
-        if "account" in ids:
-            headers.append((name("x-es-user-id"), ids["account"]))
-        headers.append((name("x-es-timestamp"), f"{signed_at:.0f}"))
+        body = hashlib.sha256(self.rng.randbytes(16)).hexdigest() if body_size is not None else None
         scheme = self.profile.signing
-        if scheme is not None and key_id is not None:
-            key = scheme.keys[key_id]
-            canonical = canonical_string(
-                scheme, method=method, path=path, query=None, headers=headers, params=None, body_sha256=body
-            )
-            m = mac(key.secret, canonical)
-            if corrupt_signature:
-                m = m[:-4] + ("0000" if m[-4:] != "0000" else "1111")
-            headers.append((name("x-es-signature"), signature_value(key_id, m)))
-        if method == "POST":
-            headers.append((name("content-type"), "application/x-www-form-urlencoded; charset=UTF-8"))
-            headers.append((name("content-length"), str(self.rng.randint(40, 400))))
-        headers.extend((name(k), v) for k, v in tail_headers)
-        headers.append((name("user-agent"), ua))
+        signed: list[tuple[str, str]] = []
+        for name, value in headers:
+            if value is None:
+                if scheme is None or key_id is None or name != scheme.header:
+                    continue
+                canonical = canonical_string(scheme, method=method, path=path, query=query,
+                                             headers=[h for h in headers if h[1] is not None],  # type: ignore[misc]
+                                             params=None, body_sha256=body)
+                value = signature_value(key_id, mac(scheme.keys[key_id].secret, canonical))
+            signed.append((_title(name) if title_case else name, value))
         out: dict[str, Any] = {
             "request_id": rid,
             "ts": round(ts, 3),
             "client_ip": ip,
             "method": method,
             "path": path,
-            "headers": [list(h) for h in headers],
-            "http_version": http_version,
         }
-        if body:
+        if query is not None:
+            out["query"] = query
+        out["headers"] = [list(h) for h in signed]
+        out["http_version"] = http_version
+        if body is not None:
             out["body_sha256"] = body
-            out["body_size"] = self.rng.randint(40, 400)
+            out["body_size"] = body_size
         if tls:
             out["tls"] = tls
         if h2 and http_version == "2":
@@ -170,88 +437,466 @@ class _Builder:
         return out
 
 
-def _fill(path: str, rng: random.Random) -> str:
-    return path.replace("{id}", str(rng.randint(10**9, 10**10)))
+def app_token(profile: ClientProfile) -> str:
+    """The app's name as its user agent writes it (the grammar's `app_name` group)."""
+    return profile.user_agent.pattern.pattern.split("(?P<app_name>", 1)[-1].split(")", 1)[0]
 
 
-def _ip(rng: random.Random, asn: int) -> str:
-    # A stable /16 per ASN so IP blocks look like real allocations.
-    a = 11 + asn % 200
-    b = (asn // 200) % 250
-    return f"{a}.{b}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
+def device_checksum(profile: ClientProfile, device_id: str) -> str:
+    """The checksum header's value, computed as the profile's checksum rule says."""
+    for r in profile.headers.consistency if profile.headers else ():
+        if r.rule == "checksum":
+            return hashlib.new(r.algorithm or "sha256", device_id.encode()).hexdigest()[: r.length or None]
+    return hashlib.sha256(device_id.encode()).hexdigest()[:8]
+
+
+def resign(profile: ClientProfile, request: dict[str, Any], key_id: str | None = None) -> dict[str, Any]:
+    """A copy of `request` with its signature recomputed (with `key_id`, or the key it
+    names): for tests that vary a signed field and want only that variation seen."""
+    scheme = profile.signing
+    if scheme is None:
+        return dict(request)
+    headers = [list(h) for h in request["headers"]]
+    idx = next((i for i, (n, _) in enumerate(headers) if n.lower() == scheme.header), None)
+    if idx is None:
+        return {**request, "headers": headers}
+    if key_id is None:
+        m = scheme.format.fullmatch(headers[idx][1])
+        key_id = m["key_id"] if m else None
+    if key_id is None or key_id not in scheme.keys:
+        raise ValueError(f"no signing key to re-sign with (got {key_id!r})")
+    canonical = canonical_string(scheme, method=request["method"], path=request["path"], query=request.get("query"),
+                                 headers=[(n, v) for n, v in headers], params=request.get("params"),
+                                 body_sha256=request.get("body_sha256"))
+    headers[idx][1] = signature_value(key_id, mac(scheme.keys[key_id].secret, canonical))
+    return {**request, "headers": headers}
+
+
+# --------------------------------------------------------------------------------------
+# The genuine population
+
+
+def _release_ts(v: AppVersion) -> float | None:
+    if not v.released:
+        return None
+    try:
+        return datetime.strptime(str(v.released), "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        return None
+
+
+@dataclass(slots=True)
+class _Release:
+    version: AppVersion
+    ts: float  # when its staged roll-out started
+    codes: tuple[int, ...]
+    key_id: str | None
+
+
+def _releases(profile: ClientProfile, start_ts: float) -> list[_Release]:
+    """The versions a genuine user can run (not retired), newest first, with their
+    roll-out start; a version without a `released` date is put two weeks before the
+    next newer one (or two weeks before the simulation for the newest)."""
+    live = sorted((v for v in profile.versions.values() if v.status != "retired"), key=lambda v: v.sort_key,
+                  reverse=True)
+    if not live:
+        raise ValueError(f"profile {profile.name} has no version that is not retired")
+    out: list[_Release] = []
+    newer_ts = start_ts
+    for v in live:
+        ts = _release_ts(v)
+        ts = newer_ts - 14 * 86400 if ts is None else ts
+        newer_ts = min(newer_ts, ts)
+        out.append(_Release(v, ts, tuple(sorted(v.codes)), signing_key_for(profile, v)))
+    return out
+
+
+ROLLOUT_S = 7 * 86400.0  # a staged roll-out reaches every user within a week
+
+
+@dataclass(slots=True)
+class _Session:
+    sid: str
+    account: str | None
+    ip: str
+    network: dict[str, Any]
+    conn: str
+    bandwidth: float
+    release: _Release
+    code: int
+    length: int
+    token_ts: float
+    step: int = 0
+    cursor: int = 0
+    last_badge: float = 0.0
+    media: list[str] = field(default_factory=list)
+    users: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _User:
+    handset: DeviceSpec
+    country: Country
+    locale: str
+    utc_offset: float  # hours, with the user's own rhythm folded in
+    device_id: str
+    accounts: list[str]  # empty: not logged in
+    home: tuple[int, str, str]  # home ISP (asn, org) and the household's address
+    carrier: tuple[int, str]
+    activity: float  # sessions per second at the evening peak
+    lag_s: float  # how long after a roll-out reaches the user the update is installed
+    rollout_u: float  # the user's place in staged roll-outs
+    split: float  # which per-ABI/density build of a version the device gets
+    strong_integrity: bool
+    abroad: Country | None = None  # travelling: Wi-Fi sessions from this country's networks
+    vpn: bool = False
+    reinstall_at: float | None = None
+    session: _Session | None = None
+    sec: int = -1  # the current second of event time, and what was requested in it
+    sec_keys: set[tuple[str, str, str | None]] = field(default_factory=set)
+
+
+class _Population:
+    """Users, their handsets, places and habits, and the sessions they run."""
+
+    # Shares of devices, drawn as exact counts (rounded down) so that small samples
+    # are plain and large ones carry every kind of user.
+    TRAVELLERS = 0.015
+    EXPATS = 0.01
+    VPN = 0.008
+    SHARED = 0.03
+    REINSTALLS = 0.02
+    LOGGED_OUT = 0.02
+    ACTION_SHARE = 0.10
+
+    def __init__(self, profile: ClientProfile, rng: random.Random, catalogue: DeviceCatalogue | None,
+                 count: int, start_ts: float, span: float):
+        self.profile = profile
+        self.rng = rng
+        self.start_ts = start_ts
+        self.span = span
+        self.releases = _releases(profile, start_ts)
+        self.models, self.model_weights = _models(catalogue)
+        self.account_ids: set[str] = set()
+        n = max(1, min(count, max(5, round(count / 18))))
+        self.users = self._households(n)
+        self._special(n)
+        self._calibrate(count)
+
+    # ---------------------------------------------------------------- who
+
+    def _account(self) -> str:
+        while True:
+            # Older accounts have shorter ids; the profile's format is 5..20 digits.
+            digits = self.rng.choices((8, 9, 10, 11), weights=(1, 3, 4, 2))[0]
+            a = str(self.rng.randint(10 ** (digits - 1), 10**digits - 1))
+            if a not in self.account_ids:
+                self.account_ids.add(a)
+                return a
+
+    def _households(self, n: int) -> list[_User]:
+        rng = self.rng
+        users: list[_User] = []
+        weights = [c.weight for c in COUNTRIES]
+        while len(users) < n:
+            country = rng.choices(COUNTRIES, weights=weights)[0]
+            home_isp = rng.choice(country.wifi)
+            home = (home_isp[0], home_isp[1], _ipv4(rng, home_isp[0]))
+            offset = rng.choice(country.utc_offsets)
+            size = rng.choices((1, 2, 3, 4), weights=(60, 25, 10, 5))[0]
+            for _ in range(min(size, n - len(users))):
+                locales = [loc for loc, _ in country.locales]
+                locale = rng.choices(locales, weights=[w for _, w in country.locales])[0]
+                users.append(_User(
+                    handset=_draw_handset(rng, rng.choices(self.models, weights=self.model_weights)[0]),
+                    country=country, locale=locale, utc_offset=offset + rng.gauss(0, 1.0),
+                    device_id=f"android-{_hex(rng, 16)}", accounts=[self._account()], home=home,
+                    carrier=rng.choice(country.mobile), activity=rng.lognormvariate(0, 0.6),
+                    lag_s=rng.lognormvariate(math.log(7 * 86400), 1.4), rollout_u=rng.random(), split=rng.random(),
+                    strong_integrity=rng.random() < 0.4,
+                ))
+        return users
+
+    def _special(self, n: int) -> None:
+        rng, users = self.rng, self.users
+
+        def pick(share: float) -> list[_User]:
+            return rng.sample(users, int(share * n))
+
+        for u in pick(self.TRAVELLERS):
+            u.abroad = rng.choice([c for c in COUNTRIES if c.code != u.country.code])
+        for u in pick(self.EXPATS):  # living abroad, phone still set to the home language
+            home = rng.choice([c for c in COUNTRIES if c.code != u.country.code])
+            u.locale = home.locales[0][0]
+        for u in pick(self.VPN):
+            u.vpn = True
+        for u in pick(self.SHARED):  # a family device: a second account logs in on it
+            u.accounts.append(self._account())
+        for u in pick(self.REINSTALLS):
+            u.reinstall_at = self.start_ts + rng.uniform(0.1, 0.9) * self.span
+        for u in pick(self.LOGGED_OUT):
+            u.accounts = []
+
+    # ---------------------------------------------------------------- when
+
+    def _calibrate(self, count: int) -> None:
+        """Scale every user's session rate so the expected number of requests over the
+        span is `count` (mean session length times expected sessions)."""
+        mean_len = len(STARTUP_PATHS) + 0.15 * 1.5 + 0.85 * min(150.0, 12 * math.exp(0.8**2 / 2))
+        steps = 24
+        expected = 0.0
+        for u in self.users:
+            avg = sum(self._rhythm(u, self.start_ts + self.span * i / steps) for i in range(steps + 1)) / (steps + 1)
+            expected += u.activity * avg * self.span * mean_len
+        scale = count / max(expected, 1e-9)
+        for u in self.users:
+            u.activity *= scale
+
+    @staticmethod
+    def _rhythm(u: _User, ts: float) -> float:
+        return _diurnal(ts / 3600.0 + u.utc_offset)
+
+    def next_session(self, u: _User, after: float) -> float:
+        """The next session start after `after`: a Poisson process thinned by the
+        user's local time of day (fewer sessions at night)."""
+        rng = self.rng
+        t = after
+        while True:
+            t += rng.expovariate(u.activity)
+            if rng.random() < self._rhythm(u, t):
+                return t
+
+    # ---------------------------------------------------------------- what
+
+    def release_at(self, u: _User, ts: float) -> _Release:
+        delay = u.rollout_u * ROLLOUT_S
+        for r in self.releases:
+            if r.ts + delay + u.lag_s <= ts:
+                return r
+        # Retired versions force an update: the newest the roll-out has reached.
+        for r in self.releases:
+            if r.ts + delay <= ts:
+                return r
+        return self.releases[-1]
+
+    def start_session(self, u: _User, ts: float) -> _Session:
+        rng = self.rng
+        if u.reinstall_at is not None and ts >= u.reinstall_at:
+            # Reinstalled: a new ANDROID_ID, the newest build from the store, same login.
+            u.device_id = f"android-{_hex(rng, 16)}"
+            u.reinstall_at, u.lag_s = None, 0.0
+        release = self.release_at(u, ts)
+        code = release.codes[min(len(release.codes) - 1, int(u.split * len(release.codes)))]
+        account = None
+        if u.accounts:
+            account = u.accounts[0] if len(u.accounts) == 1 or rng.random() < 0.65 else rng.choice(u.accounts[1:])
+        local = (ts / 3600.0 + u.utc_offset) % 24
+        daytime = 8 <= local < 22
+        c = u.country
+        mobile = rng.random() < min(0.95, c.mobile_share * (1.15 if daytime else 0.6))
+        if mobile:
+            r = rng.random()
+            if r < c.legacy_share:
+                conn = rng.choices(("MOBILE.HSPA", "MOBILE.UMTS", "MOBILE.EDGE"), weights=(6, 3, 1))[0]
+            elif r < c.legacy_share + c.nr_share:
+                conn = "MOBILE.NR"
+            else:
+                conn = "MOBILE.LTE"
+            asn, org = u.carrier  # roaming is routed through the home carrier
+            net_country, ip = c.code, _ip(rng, asn)
+        else:
+            conn = "WIFI"
+            if u.abroad is not None:  # hotel or café Wi-Fi
+                asn, org = rng.choice(u.abroad.wifi)
+                net_country, ip = u.abroad.code, _ipv4(rng, asn)
+            else:
+                asn, org, ip = u.home
+                net_country = c.code
+        network: dict[str, Any] = {"asn": asn, "as_org": org, "country": net_country, "hosting": False}
+        if u.vpn and rng.random() < 0.6:
+            asn, org = rng.choice(VPN_NETWORKS)
+            exit_country = c.code if rng.random() < 0.5 else rng.choice(VPN_EXITS)
+            network = {"asn": asn, "as_org": org, "country": exit_country, "hosting": True}
+            ip = _ipv4(rng, asn)
+        median_kbps = {"WIFI": 30000, "MOBILE.NR": 60000, "MOBILE.LTE": 12000, "MOBILE.HSPA": 2500,
+                       "MOBILE.UMTS": 800, "MOBILE.EDGE": 150}[conn]
+        # A quick look (the start-up calls and a little more) or a real visit.
+        length = len(STARTUP_PATHS) + (rng.randint(0, 3) if rng.random() < 0.15 else
+                                       min(150, int(rng.lognormvariate(math.log(12), 0.8))))
+        return _Session(sid=_uuid4(rng), account=account, ip=ip, network=network, conn=conn,
+                        bandwidth=median_kbps * rng.lognormvariate(0, 0.5), release=release, code=code,
+                        length=length, token_ts=ts - rng.uniform(0.3, 2.0), last_badge=ts)
+
+    def next_call(self, s: _Session, ts: float) -> tuple[str, str, str | None, int | None]:
+        """(method, path, query, body size) of the session's next request."""
+        rng = self.rng
+        step = s.step
+        if step < len(STARTUP_PATHS):
+            path = STARTUP_PATHS[step]
+            if step == 0:
+                return "POST", path, None, rng.randint(180, 900)
+            return "GET", path, None, None
+        if ts - s.last_badge > 120:
+            s.last_badge = ts
+            return "GET", BADGE_PATH, None, None
+        if s.account is not None and rng.random() < self.ACTION_SHARE:
+            kind = rng.choices(("like", "follow", "comment"), weights=(70, 18, 12))[0]
+            if kind == "follow":
+                uid = rng.choice(s.users) if s.users else str(rng.randint(10**8, 10**10))
+                return "POST", f"/api/v1/friendships/{uid}/follow", None, rng.randint(40, 120)
+            mid = rng.choice(s.media) if s.media else str(rng.randint(10**17, 10**18))
+            size = rng.randint(50, 110) if kind == "like" else rng.randint(80, 700)
+            return "POST", f"/api/v1/media/{mid}/{kind}", None, size
+        r = rng.random()
+        if r < 0.35:
+            s.cursor += 1
+            return "GET", "/api/v1/feed/timeline", f"max_id={rng.randint(10**17, 10**18)}&page={s.cursor}", None
+        if r < 0.7:
+            mid = str(rng.randint(10**17, 10**18))
+            s.media = (s.media + [mid])[-20:]
+            return "GET", f"/api/v1/media/{mid}/info", None, None
+        if r < 0.85:
+            uid = str(rng.randint(10**8, 10**10))
+            s.users = (s.users + [uid])[-20:]
+            return "GET", f"/api/v1/users/{uid}/info", None, None
+        return "GET", "/api/v1/explore", None, None
+
+    def gap(self, s: _Session, step: int, path: str) -> float:
+        """Seconds until request `step` of the session: the start-up calls leave together
+        (OkHttp multiplexes them on one connection), then a user reads and scrolls."""
+        rng = self.rng
+        if step < len(STARTUP_PATHS):
+            return rng.uniform(0.02, 0.35)
+        if "/like" in path or "/follow" in path:
+            return rng.uniform(0.8, 8.0)
+        if "/comment" in path:
+            return rng.uniform(6.0, 45.0)
+        return min(120.0, max(0.3, rng.lognormvariate(math.log(4.0), 0.9)))
 
 
 def genuine(profile: ClientProfile, count: int, seed: int, start_ts: float = DEFAULT_START_TS,
-            devices: Sequence[DeviceSpec] = BUILTIN_DEVICES, rate: float | None = None) -> Iterator[dict[str, Any]]:
-    """Real users of the app: many devices, versions spread over the supported window
-    with the newest releases most common (staged roll-outs), mobile and Wi-Fi
-    networks whose country matches the locale, sessions that open with the app's
-    start-up burst and then browse with the occasional action."""
+            rate: float | None = None, *, catalogue: DeviceCatalogue | None = None) -> Iterator[dict[str, Any]]:
+    """Real users of the app: about one handset per 18 requests, drawn from the device
+    catalogue's models by popularity (a small built-in list without a catalogue); app
+    versions spread over the releases that are not retired, the newest most common and
+    growing with event time (staged roll-outs and users' update lag); mobile and Wi-Fi
+    networks of the users' countries, a few travellers, expats and VPN users; sessions
+    that open with the app's start-up burst and then browse with the occasional
+    action, more of them in the users' evening than at night; family devices shared by
+    two accounts and reinstalls that change the device id. `rate` (requests per second
+    of event time) sets the time span; without it, 20 per second."""
     rng = random.Random(f"genuine:{seed}")
-    b = _Builder(profile, rng, "genuine", False)
-    live = sorted((v for v in profile.versions.values() if v.status != "retired"), key=lambda v: v.sort_key, reverse=True)
-    version_weights = [1.0 / (i + 1) ** 1.2 for i in range(len(live))]
-    n_devices = max(20, count // 30)
-    users = []
-    for _ in range(n_devices):
-        d = rng.choices(devices, weights=[x.weight for x in devices])[0]
-        country = rng.choices(COUNTRIES, weights=[c[4] for c in COUNTRIES])[0]
-        v = rng.choices(live, weights=version_weights)[0]
-        code = rng.choice(sorted(v.codes))
-        key_id = signing_key_for(profile, v)
-        users.append({
-            "device": d, "country": country, "locale": rng.choice(country[1]), "version": v.version, "code": code,
-            "key": key_id, "device_id": f"android-{_hex(rng, 16)}", "account": str(rng.randint(10**9, 10**11)),
-        })
-    # Sessions are interleaved in event time with a heap of (next_ts, user index, state).
+    if count <= 0:
+        return
     span = count / rate if rate else max(600.0, count / 20.0)
-    heap: list[tuple[float, int, int]] = []
-    for i in range(len(users)):
-        heapq.heappush(heap, (start_ts + rng.uniform(0, span * 0.8), i, 0))
-    sessions: dict[int, dict[str, Any]] = {}
+    pop = _Population(profile, rng, catalogue, count, start_ts, span)
+    b = _Builder(profile, rng, "genuine", False)
+    scheme = profile.signing
+    tls_policy, transport, att = profile.tls, profile.transport, profile.attestation
+    http_version = sorted(transport.http_versions)[0] if transport and transport.http_versions else "2"
+    h2_fps = sorted(transport.h2_fingerprints) if transport and transport.h2_fingerprints else [OKHTTP_H2]
+    alpn = tls_policy.alpn_first if tls_policy and tls_policy.alpn_first else "h2"
+    provider = sorted(att.providers)[0] if att and att.providers else "play_integrity"
+    app_verdict = sorted(att.app_recognition)[0] if att and att.app_recognition else "PLAY_RECOGNIZED"
+    device_verdict = att.device_recognition if att and att.device_recognition else "MEETS_DEVICE_INTEGRITY"
+    max_age = min(att.max_token_age_s or 600.0, 600.0) if att else 600.0
+    sig_header = scheme.header if scheme else None
+    ts_header = scheme.timestamp_header if scheme else "x-es-timestamp"
+    order = profile.headers.order if profile.headers else (
+        "x-es-device-id", "x-es-device-checksum", "x-es-session-id", "x-es-user-id", ts_header, sig_header or "",
+        "accept-language", "x-es-connection-type", "x-es-bandwidth-kbps", "content-type", "content-length",
+        "accept-encoding", "user-agent")
+    dev_h = (profile.ids.get("device").header if profile.ids.get("device") else None) or "x-es-device-id"
+    acct_h = (profile.ids.get("account").header if profile.ids.get("account") else None) or "x-es-user-id"
+    sess_h = (profile.ids.get("session").header if profile.ids.get("session") else None) or "x-es-session-id"
+
+    def ja4_for(version: str) -> str:
+        if tls_policy:
+            for rule in tls_policy.ja4:
+                if rule.covers(version):
+                    return rule.value
+        return OKHTTP_JA4
+
+    heap: list[tuple[float, int]] = []
+    for i, u in enumerate(pop.users):
+        heap.append((pop.next_session(u, start_ts), i))
+    heapq.heapify(heap)
+    pending: dict[int, tuple[str, str, str | None, int | None]] = {}
     emitted = 0
     while emitted < count and heap:
-        ts, i, step = heapq.heappop(heap)
-        u = users[i]
-        if step == 0:
-            on_mobile = rng.random() < 0.55
-            asn, org = rng.choice(u["country"][2] if on_mobile else u["country"][3])
-            sessions[i] = {
-                "sid": f"{_hex(rng, 8)}-{_hex(rng, 4)}-4{_hex(rng, 3)}-{rng.choice('89ab')}{_hex(rng, 3)}-{_hex(rng, 12)}",
-                "ip": _ip(rng, asn),
-                "network": {"asn": asn, "as_org": org, "country": u["country"][0], "hosting": False},
-                "conn": "MOBILE.LTE" if on_mobile else "WIFI",
-                "length": rng.randint(6, 40),
-            }
-        s = sessions[i]
-        if step < len(STARTUP_PATHS):
-            method, path = "GET" if step != 0 else "POST", STARTUP_PATHS[step]
-        elif rng.random() < 0.12:
-            method, path = "POST", _fill(rng.choice(ACTION_PATHS), rng)
-        else:
-            method, path = "GET", _fill(rng.choice(BROWSE_PATHS), rng)
-        d = u["device"]
+        ts, i = heapq.heappop(heap)
+        u = pop.users[i]
+        if u.session is None:
+            u.session = pop.start_session(u, ts)
+            pending[i] = pop.next_call(u.session, ts)
+        s = u.session
+        method, path, query, body_size = pending.pop(i)
+        sec = int(ts)
+        if sec != u.sec:
+            u.sec, u.sec_keys = sec, set()
+        u.sec_keys.add((method, path, query))
+        d = u.handset
+        # Play Integrity tokens are requested at session start and renewed before they
+        # age out.
+        age = ts - s.token_ts
+        if age > max_age * 0.5:
+            s.token_ts, age = ts - rng.uniform(0.3, 2.0), rng.uniform(0.3, 2.0)
+        lang = u.locale.replace("_", "-")
+        s.bandwidth = min(999999.0, max(20.0, s.bandwidth * rng.lognormvariate(0, 0.08)))
+        values: dict[str, str | None] = {
+            dev_h: u.device_id,
+            "x-es-device-checksum": device_checksum(profile, u.device_id),
+            sess_h: s.sid,
+            ts_header: str(int(ts)),
+            "accept-language": lang,
+            "x-es-connection-type": s.conn,
+            "accept-encoding": "gzip",
+            "user-agent": ua_string(b.app_token, s.release.version.version, s.code, d, u.locale),
+        }
+        if sig_header:
+            values[sig_header] = None
+        if s.account is not None:
+            values[acct_h] = s.account
+        if s.step > 0:  # the first call of a session leaves before any bandwidth sample
+            values["x-es-bandwidth-kbps"] = str(int(s.bandwidth))
+        if body_size is not None:
+            values["content-type"] = _FORM
+            values["content-length"] = str(body_size)
+        headers = [(n, values[n]) for n in order if n in values]
+        strong = ["MEETS_STRONG_INTEGRITY"] if u.strong_integrity and d.sdk_int >= 31 else []
         yield b.request(
-            ts, ip=s["ip"], method=method, path=path,
-            ids={"device": u["device_id"], "account": u["account"], "session": s["sid"]},
-            ua=ua_string(b.app_token, u["version"], u["code"], d, u["locale"]), key_id=u["key"],
-            lead_headers=(),
-            tail_headers=(("accept-language", u["locale"].replace("_", "-")), ("x-es-connection-type", s["conn"]),
-                          ("x-es-bandwidth-kbps", str(int(rng.gauss(8000 if s["conn"] == "WIFI" else 3000, 600)))),
-                          ("accept-encoding", "gzip")),
-            tls={"ja4": OKHTTP_JA4, "alpn": "h2", "version": "1.3", "sni": "api.example-social.test"},
-            network=s["network"],
-            attestation={"provider": "play_integrity", "app_recognition": "PLAY_RECOGNIZED",
-                         "device_recognition": ["MEETS_DEVICE_INTEGRITY", "MEETS_BASIC_INTEGRITY"],
-                         "request_hash_ok": True, "token_age_s": round(rng.uniform(1, 240), 1)},
+            ts, ip=s.ip, method=method, path=path, query=query, headers=headers, key_id=s.release.key_id,
+            body_size=body_size, http_version=http_version,
+            tls={"ja4": ja4_for(s.release.version.version), "alpn": alpn, "version": "1.3", "sni": TLS_SNI},
+            h2=h2_fps[i % len(h2_fps)], network=s.network,
+            attestation={"provider": provider, "app_recognition": app_verdict,
+                         "device_recognition": ["MEETS_BASIC_INTEGRITY", device_verdict, *strong],
+                         "request_hash_ok": True, "token_age_s": round(age, 1)},
         )
         emitted += 1
-        if step + 1 < s["length"]:
-            gap = rng.uniform(0.05, 0.4) if step + 1 < len(STARTUP_PATHS) else rng.lognormvariate(1.6, 0.9)
-            heapq.heappush(heap, (ts + gap, i, step + 1))
+        s.step += 1
+        if s.step < s.length:
+            nxt = pop.next_call(s, ts)
+            t = ts + pop.gap(s, s.step, nxt[1])
+            # The signature covers method, path, query, the second and the device: the
+            # app never sends the same call twice in one second.
+            if int(t) == u.sec and nxt[:3] in u.sec_keys:
+                t = u.sec + 1 + rng.uniform(0.01, 0.5)
+            pending[i] = nxt
+            heapq.heappush(heap, (t, i))
         else:
-            heapq.heappush(heap, (ts + rng.uniform(span * 0.2, span), i, 0))
+            u.session = None
+            heapq.heappush(heap, (pop.next_session(u, ts + 30.0), i))
 
+
+def genuine_request(profile: ClientProfile, seed: int, catalogue: DeviceCatalogue | None = None) -> dict[str, Any]:
+    """One signed genuine request (a session's first call, a POST with a body), for tests
+    that derive variations of it (see `resign` to re-sign after changing a signed field)."""
+    return next(genuine(profile, 1, seed, catalogue=catalogue))
+
+
+# --------------------------------------------------------------------------------------
+# Attacks
 
 # The hard-coded default device of a popular private-API library: every install
 # of the library sends this same tuple (detections.md, adversary 1).
@@ -262,9 +907,13 @@ def private_api_library(profile: ClientProfile, count: int, seed: int, start_ts:
                         evasion: int = 0, rate: float | None = None) -> Iterator[dict[str, Any]]:
     """A script reproducing the private API from servers: desktop TLS, HTTP/1.1, the
     library's header order and case, one hard-coded default device for every account,
-    a fixed delay between calls, datacenter IPs. It signs with a key extracted from an
-    old build. `evasion` 0..2: how closely it copies the app (2 = current version
-    string and lower-case headers, but the same desktop stack underneath)."""
+    a fixed delay between calls, datacenter IPs, no attestation. It copies the app's
+    headers and signing (a checksum computed right, a content length that matches the
+    body) with a key extracted from an old build. `evasion` 0..2: how closely it copies
+    the app. 0: python-requests' defaults first, Title-Case names, only the identity,
+    signing and locale headers; 1: also the network headers (a random bandwidth on
+    every call, where the app reports a measurement); 2: the current version and its
+    key, the app's header names, order and case, but the same desktop stack beneath."""
     rng = random.Random(f"private_api_library:{seed}")
     b = _Builder(profile, rng, "private_api_library", True)
     retired = [v for v in profile.versions.values() if v.status == "retired" and v.keys]
@@ -273,19 +922,37 @@ def private_api_library(profile: ClientProfile, count: int, seed: int, start_ts:
     key_id = signing_key_for(profile, old)
     accounts = [str(rng.randint(10**9, 10**11)) for _ in range(max(5, count // 50))]
     device_id = f"android-{_hex(rng, 16)}"
+    checksum = device_checksum(profile, device_id)
     delay = 2.0 if rate is None else 1.0 / rate
     ts = start_ts + rng.uniform(0, 5)
     hosts = [(16509, "Amazon.com"), (14061, "DigitalOcean"), (24940, "Hetzner Online")]
+    scheme = profile.signing
+    sig = scheme.header if scheme else "x-es-signature"
+    stamp = scheme.timestamp_header if scheme else "x-es-timestamp"
+    ua = ua_string(b.app_token, version, code, LIBRARY_DEFAULT_DEVICE, "en_US")
     for i in range(count):
         asn, org = hosts[i // 200 % len(hosts)]
         acct = accounts[i % len(accounts)]
-        lead = () if evasion >= 2 else (("accept-encoding", "gzip, deflate"), ("accept", "*/*"), ("connection", "keep-alive"))
+        post = i % 3 == 0
+        method = "POST" if post else "GET"
+        path = _fill(rng.choice(ACTION_PATHS if post else BROWSE_PATHS), rng)
+        body_size = rng.randint(40, 400) if post else None
+        h: list[tuple[str, str | None]] = []
+        if evasion < 2:  # requests.Session's default headers come first
+            h += [("accept-encoding", "gzip, deflate"), ("accept", "*/*"), ("connection", "keep-alive")]
+        h += [("x-es-device-id", device_id), ("x-es-device-checksum", checksum), ("x-es-user-id", acct),
+              (stamp, f"{ts:.0f}"), (sig, None), ("accept-language", "en-US")]
+        if evasion >= 1:
+            conn = "WIFI" if evasion >= 2 else rng.choice(("WIFI", "MOBILE.LTE"))
+            h += [("x-es-connection-type", conn), ("x-es-bandwidth-kbps", str(rng.randint(500, 60000)))]
+        if body_size is not None:
+            h += [("content-type", _FORM), ("content-length", str(body_size))]
+        if evasion >= 2:
+            h.append(("accept-encoding", "gzip"))
+        h.append(("user-agent", ua))
         yield b.request(
-            ts, ip=f"{3 + asn % 50}.{asn % 250}.{i // 200 % 250}.{10 + i % 200}", method="POST" if i % 3 == 0 else "GET",
-            path=_fill(rng.choice(ACTION_PATHS if i % 3 == 0 else BROWSE_PATHS), rng),
-            ids={"device": device_id, "account": acct},
-            ua=ua_string(b.app_token, version, code, LIBRARY_DEFAULT_DEVICE, "en_US"), key_id=key_id,
-            lead_headers=lead, title_case=evasion < 2, http_version="1.1", h2=None,
+            ts, ip=f"{3 + asn % 50}.{asn % 250}.{i // 200 % 250}.{10 + i % 200}", method=method, path=path,
+            headers=h, key_id=key_id, body_size=body_size, title_case=evasion < 2, http_version="1.1",
             tls={"ja4": PYTHON_REQUESTS_JA4, "alpn": "http/1.1", "version": "1.3"},
             network={"asn": asn, "as_org": org, "country": "US", "hosting": True},
         )
@@ -299,22 +966,32 @@ SCENARIOS: dict[str, Callable[..., Iterator[dict[str, Any]]]] = {
 
 
 def simulate(scenario: str, profile: ClientProfile, count: int, seed: int, start_ts: float = DEFAULT_START_TS,
-             rate: float | None = None) -> Iterator[dict[str, Any]]:
+             rate: float | None = None, *, catalogue: DeviceCatalogue | None = None) -> Iterator[dict[str, Any]]:
     try:
         gen = SCENARIOS[scenario]
     except KeyError:
         raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(sorted(SCENARIOS))}") from None
+    if "catalogue" in inspect.signature(gen).parameters:
+        return gen(profile, count, seed, start_ts, rate=rate, catalogue=catalogue)
     return gen(profile, count, seed, start_ts, rate=rate)
 
 
 def mixed(profile: ClientProfile, count: int, seed: int, start_ts: float = DEFAULT_START_TS,
-          attack_share: float = 0.05, rate: float | None = None) -> list[dict[str, Any]]:
+          attack_share: float = 0.05, rate: float | None = None, *,
+          catalogue: DeviceCatalogue | None = None) -> list[dict[str, Any]]:
     """Genuine traffic with attacks interleaved in event time."""
     n_attack = int(count * attack_share)
-    events = list(genuine(profile, count - n_attack, seed, start_ts, rate=rate))
+    events = list(genuine(profile, count - n_attack, seed, start_ts, rate=rate, catalogue=catalogue))
     if n_attack:
         span = (events[-1]["ts"] - start_ts) if events else 60.0
         arate = n_attack / max(span, 1.0)
         events.extend(private_api_library(profile, n_attack, seed, start_ts, rate=arate))
     events.sort(key=lambda e: e["ts"])
     return events
+
+
+__all__ = [
+    "ANDROID_RELEASE", "BUILTIN_MODELS", "COUNTRIES", "DEFAULT_START_TS", "DeviceSpec", "LIBRARY_DEFAULT_DEVICE",
+    "OKHTTP_H2", "OKHTTP_JA4", "PYTHON_REQUESTS_JA4", "SCENARIOS", "app_token", "device_checksum", "genuine",
+    "genuine_request", "mixed", "private_api_library", "resign", "simulate", "ua_string",
+]

@@ -36,7 +36,12 @@ class RequestContext:
 
 
 class Check(Protocol):
-    """A stateless detection: `check(request, ctx) -> Iterable[Signal]`."""
+    """A stateless detection: `check(request, ctx) -> Iterable[Signal]`.
+
+    `scope = "shape"` declares that the check reads only the request's shape (profile,
+    user agent, TLS and HTTP fingerprints, ALPN, HTTP version, network facts), so the
+    pipeline may reuse its signals for every request of the same shape; any other
+    check runs on every request (`scope = "request"`, the default)."""
 
     name: ClassVar[str]
     codes: ClassVar[Mapping[str, str]]  # code -> one-line meaning

@@ -19,6 +19,7 @@ VERSION_CODE_MISMATCH = "ua.version_code_mismatch"
 
 class UserAgentCheck:
     name: ClassVar[str] = "ua"
+    scope: ClassVar[str] = "shape"
     codes: ClassVar[dict[str, str]] = {
         MISSING: "no User-Agent header",
         MALFORMED: "User-Agent does not follow the profile's grammar",

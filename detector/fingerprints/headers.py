@@ -17,7 +17,8 @@ from typing import Sequence
 
 
 @lru_cache(maxsize=65536)
-def _fingerprint(names: tuple[str, ...]) -> str:
+def names_fingerprint(names: tuple[str, ...]) -> str:
+    """The fingerprint of a sequence of header names as received."""
     if all(n == n.lower() for n in names):
         case = "l"
     elif all(n == "-".join(p[:1].upper() + p[1:].lower() for p in n.split("-")) for n in names):
@@ -29,4 +30,4 @@ def _fingerprint(names: tuple[str, ...]) -> str:
 
 
 def header_order_fingerprint(headers: Sequence[tuple[str, str]]) -> str:
-    return _fingerprint(tuple(name for name, _ in headers))
+    return names_fingerprint(tuple(name for name, _ in headers))

@@ -19,8 +19,8 @@ CHECKS = default_checks()
 
 
 @pytest.fixture(scope="module")
-def traffic(profile):
-    evs = list(genuine(profile, 300, seed=5)) + list(private_api_library(profile, 100, seed=5))
+def traffic(profile, detection):
+    evs = list(genuine(profile, 300, seed=5, catalogue=detection.catalogue)) + list(private_api_library(profile, 100, seed=5))
     return [request_from_obj(e) for e in evs]
 
 
@@ -48,9 +48,16 @@ def test_check_is_deterministic_and_emits_only_declared_codes(check, detection, 
             assert 0 < s.weight <= 1
 
 
+# Genuine users do travel and use VPNs: the network family may fire on a few genuine
+# requests (its weights keep them clean); every other family must stay silent.
+EXPECTED_ON_GENUINE = {"network": 0.05}
+
+
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.name)
 def test_no_signal_on_genuine_requests(check, detection, profile):
     pipe = detection.pipeline()
-    for e in genuine(profile, 500, seed=9):
+    fired = []
+    for e in genuine(profile, 1000, seed=9, catalogue=detection.catalogue):
         r = request_from_obj(e)
-        assert list(check.check(r, pipe.derive(r))) == []
+        fired.extend(s.detail for s in check.check(r, pipe.derive(r)))
+    assert len(fired) <= 1000 * EXPECTED_ON_GENUINE.get(check.name, 0.0), fired[:3]

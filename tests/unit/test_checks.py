@@ -14,8 +14,8 @@ def pipeline(detection):
 
 
 @pytest.fixture(scope="module")
-def base(profile):
-    return next(genuine(profile, 1, seed=3))
+def base(profile, detection):
+    return next(genuine(profile, 1, seed=3, catalogue=detection.catalogue))
 
 
 def codes(pipeline, obj) -> list[str]:
@@ -107,8 +107,8 @@ def test_private_api_library_is_malicious(pipeline, profile):
     assert {"ua.retired_version", "signature.retired_key"} <= {s.code for s in verdicts[0].signals}
 
 
-def test_genuine_traffic_scores_clean(pipeline, profile):
-    reqs = [request_from_obj(e) for e in genuine(profile, 3000, seed=11)]
+def test_genuine_traffic_scores_clean(pipeline, profile, detection):
+    reqs = [request_from_obj(e) for e in genuine(profile, 3000, seed=11, catalogue=detection.catalogue)]
     verdicts = pipeline.score_batch(reqs)
     flagged = [v for v in verdicts if v.verdict != "clean"]
     assert len(flagged) <= len(verdicts) * 0.001, flagged[:3]

@@ -1,0 +1,141 @@
+"""Header checks: names, order and case against the official client's, values in
+their allowed sets or formats, and fields that must agree with each other.
+
+HTTP libraries each emit their own header order and case (requests puts
+`Accept-Encoding`, `Accept`, `Connection` first, Title-Cased), so a script that copies
+the app's custom headers still gives itself away by where and how it writes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import ClassVar, Iterable
+
+from detector.checks.base import RequestContext
+from detector.model import ClientRequest, Signal
+from detector.profile import ClientProfile, HeaderRules
+
+MISSING_REQUIRED = "headers.missing_required"
+FORBIDDEN = "headers.forbidden"
+UNEXPECTED = "headers.unexpected"
+ORDER_MISMATCH = "headers.order_mismatch"
+NAME_CASE = "headers.name_case"
+VALUE_INVALID = "headers.value_invalid"
+INCONSISTENT = "headers.inconsistent"
+CHECKSUM_MISMATCH = "headers.checksum_mismatch"
+
+_CACHE_LIMIT = 50_000
+
+
+def _shorten(names: list[str], n: int = 4) -> str:
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+class HeadersCheck:
+    name: ClassVar[str] = "headers"
+    codes: ClassVar[dict[str, str]] = {
+        MISSING_REQUIRED: "a header the official client always sends is missing",
+        FORBIDDEN: "a header the official client never sends (typical of HTTP libraries and browsers)",
+        UNEXPECTED: "a header name the profile does not list",
+        ORDER_MISMATCH: "headers in another order than the official client's",
+        NAME_CASE: "header names written in another case than the official client's",
+        VALUE_INVALID: "a header value outside its allowed set or format",
+        INCONSISTENT: "two fields that must agree (a header and a body parameter, the locale, the length) differ",
+        CHECKSUM_MISMATCH: "a checksum field does not match the field it is computed from",
+    }
+
+    def __init__(self) -> None:
+        self._names_cache: dict[tuple[str, tuple[str, ...]], tuple[tuple[str, str], ...]] = {}
+        self._value_ok: dict[tuple[str, str, str], bool] = {}  # (profile, name, value) -> accepted
+
+    def check(self, request: ClientRequest, ctx: RequestContext) -> Iterable[Signal]:
+        profile: ClientProfile = ctx.profile
+        rules = profile.headers
+        if rules is None:
+            return []
+        names = tuple(n for n, _ in request.headers)
+        key = (profile.name, names)
+        found = self._names_cache.get(key)
+        if found is None:
+            found = tuple(self._names(rules, names))
+            if len(self._names_cache) >= _CACHE_LIMIT:
+                self._names_cache.clear()
+            self._names_cache[key] = found
+        out = [ctx.signal(code, detail) for code, detail in found]
+        out.extend(ctx.signal(code, detail) for code, detail in self._values(rules, request, ctx))
+        return out
+
+    @staticmethod
+    def _names(rules: HeaderRules, names: tuple[str, ...]) -> Iterable[tuple[str, str]]:
+        judged = [n for n in names if not n.lower().startswith(rules.ignore_prefixes)]
+        lowered = [n.lower() for n in judged]
+        present = set(lowered)
+        missing = sorted(rules.required - present)
+        if missing:
+            yield MISSING_REQUIRED, f"missing {_shorten(missing)}, which the official client always sends"
+        forbidden = [n for n in lowered if n in rules.forbidden]
+        if forbidden:
+            yield FORBIDDEN, f"sends {_shorten(forbidden)}, which the official client never sends"
+        known = rules.known
+        unexpected = [n for n in lowered if n not in known and n not in rules.forbidden]
+        if unexpected:
+            yield UNEXPECTED, f"sends {_shorten(unexpected)}, not among the official client's headers"
+        rank = {n: i for i, n in enumerate(rules.order)}
+        ordered = [n for n in lowered if n in rank]
+        for prev, cur in zip(ordered, ordered[1:]):
+            if rank[cur] < rank[prev]:
+                yield ORDER_MISMATCH, (f"{cur} comes after {prev}; the official client sends "
+                                       f"{_shorten([n for n in rules.order if n in present], 6)} in that order")
+                break
+        if rules.name_case == "lower":
+            upper = [n for n in judged if n != n.lower()]
+            if upper:
+                yield NAME_CASE, f"header names {_shorten(upper, 3)} are not lower-case as the official client writes them"
+
+    @staticmethod
+    def _field(ref: str, request: ClientRequest, ctx: RequestContext) -> str | None:
+        kind, _, name = ref.partition(":")
+        if kind == "header":
+            return ctx.headers.get(name)
+        if kind == "param":
+            return (request.params or {}).get(name)
+        if kind == "ua":
+            ua = ctx.derived.get("ua")
+            return ua.get(name) if ua else None
+        value = getattr(request, name, None)
+        return None if value is None else str(value)
+
+    def _values(self, rules: HeaderRules, request: ClientRequest, ctx: RequestContext) -> Iterable[tuple[str, str]]:
+        headers = ctx.headers
+        bad = []
+        cache = self._value_ok
+        pname = ctx.profile.name
+        for name, rule in rules.values.items():
+            v = headers.get(name)
+            if v is None:
+                continue
+            key = (pname, name, v)
+            ok = cache.get(key)
+            if ok is None:
+                ok = rule.accepts(v)
+                if len(cache) >= _CACHE_LIMIT:
+                    cache.clear()
+                cache[key] = ok
+            if not ok:
+                shown = v if len(v) <= 40 else v[:37] + "..."
+                bad.append(f"{name} {shown!r} (expected {rule.describe()})")
+        if bad:
+            yield VALUE_INVALID, "invalid value: " + "; ".join(bad[:3])
+        for r in rules.consistency:
+            a = self._field(r.a, request, ctx)
+            b = self._field(r.b, request, ctx)
+            if a is None or b is None:
+                continue
+            if r.rule == "equal" and a != b:
+                yield INCONSISTENT, f"{r.a} is {a[:40]!r} but {r.b} is {b[:40]!r}"
+            elif r.rule == "locale" and a.replace("-", "_") != b:
+                yield INCONSISTENT, f"{r.a} {a[:20]!r} does not match {r.b} {b[:20]!r}"
+            elif r.rule == "checksum":
+                expected = hashlib.new(r.algorithm or "sha256", b.encode()).hexdigest()[: r.length or None]
+                if a != expected:
+                    yield CHECKSUM_MISMATCH, f"{r.a} {a[:16]!r} is not the {r.algorithm} checksum of {r.b}"

@@ -1,0 +1,54 @@
+"""Identity checks: device, account and session ids in the formats the official app
+gives them. Scripts invent ids (random strings, wrong prefixes) or use time-based
+UUIDs (version 1), which also leak the generating host's MAC address."""
+
+from __future__ import annotations
+
+import re
+from typing import ClassVar, Iterable
+
+from detector.checks.base import RequestContext
+from detector.model import ClientRequest, Signal
+from detector.profile import ClientProfile
+
+INVALID_DEVICE_ID = "identity.invalid_device_id"
+INVALID_ACCOUNT_ID = "identity.invalid_account_id"
+INVALID_SESSION_ID = "identity.invalid_session_id"
+TIME_BASED_UUID = "identity.time_based_uuid"
+
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-([0-9a-f])[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+_CODE = {"device": INVALID_DEVICE_ID, "account": INVALID_ACCOUNT_ID, "session": INVALID_SESSION_ID}
+
+
+class IdentityCheck:
+    name: ClassVar[str] = "identity"
+    codes: ClassVar[dict[str, str]] = {
+        INVALID_DEVICE_ID: "device id not in the official app's format",
+        INVALID_ACCOUNT_ID: "account id not in the official app's format",
+        INVALID_SESSION_ID: "session id not in the official app's format",
+        TIME_BASED_UUID: "a time-based (version 1) UUID where the app uses random ones; it leaks a MAC address",
+    }
+
+    def check(self, request: ClientRequest, ctx: RequestContext) -> Iterable[Signal]:
+        profile: ClientProfile = ctx.profile
+        entities = ctx.derived["entities"]
+        for kind, code in _CODE.items():
+            src = profile.ids.get(kind)
+            value = entities.get(kind)
+            if src is None or value is None:
+                continue
+            shown = value if len(value) <= 40 else value[:37] + "..."
+            if src.regex is not None and not src.regex.fullmatch(value):
+                yield ctx.signal(code, f"{kind} id {shown!r} does not match {src.regex.pattern}")
+            elif src.uuid_version is not None:
+                m = _UUID.fullmatch(value.lower())
+                if m is None:
+                    yield ctx.signal(code, f"{kind} id {shown!r} is not a UUID")
+                elif int(m.group(1), 16) != src.uuid_version:
+                    if m.group(1) == "1":
+                        node = value[-12:]
+                        yield ctx.signal(TIME_BASED_UUID, f"{kind} id {shown!r} is a time-based UUID (node "
+                                                          f"{node}); the app uses version {src.uuid_version}")
+                    else:
+                        yield ctx.signal(code, f"{kind} id {shown!r} is a version {m.group(1)} UUID, the app uses "
+                                               f"version {src.uuid_version}")
