@@ -128,7 +128,7 @@ async def _run(n: int, batch: int, bootstrap: str | None, seed: int) -> dict[str
     try:
         await create_topics(bootstrap, partitions=4)
         detection = DetectionConfig.load(DEFAULT_CONFIG)
-        events = mixed(detection.profiles[detection.default_profile], n, seed)
+        events = mixed(detection.profiles[detection.default_profile], n, seed, catalogue=detection.catalogue)
         t = time.perf_counter()
         messages = await _produce(bootstrap, events, batch)
         produce_s = time.perf_counter() - t

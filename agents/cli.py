@@ -73,10 +73,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     profile = cfg.profiles[cfg.default_profile]
     start = time.time() if args.start == "now" else (float(args.start) if args.start else DEFAULT_START_TS)
     if args.scenario == "mixed":
-        events = iter(mixed(profile, args.count, args.seed, start, rate=args.rate))
+        events = iter(mixed(profile, args.count, args.seed, start, rate=args.rate, catalogue=cfg.catalogue))
     else:
         try:
-            events = simulate(args.scenario, profile, args.count, args.seed, start, rate=args.rate)
+            events = simulate(args.scenario, profile, args.count, args.seed, start, rate=args.rate,
+                              catalogue=cfg.catalogue)
         except ValueError as exc:
             print(f"detector simulate: {exc}", file=sys.stderr)
             return 2

@@ -127,7 +127,8 @@ async def _run(duration: float, rate: float, web_port: int, as_json: bool, broke
     await consumer.start()
     profile = detection.profiles[detection.default_profile]
     count = int(rate * duration)
-    events = mixed(profile, count, seed=int(time.time()), start_ts=time.time() + 1, rate=rate)
+    events = mixed(profile, count, seed=int(time.time()), start_ts=time.time() + 1, rate=rate,
+                   catalogue=detection.catalogue)
     sent = {"n": 0}
 
     async def produce() -> None:

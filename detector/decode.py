@@ -152,31 +152,27 @@ def _decode_ndjson(out: Decoded, value: bytes, limits: DecodeLimits) -> None:
 
 
 def _add(out: Decoded, index: int | None, obj: Any, limits: DecodeLimits) -> None:
-    req = _fast_path(limits)(obj)
-    if req is None:  # invalid, or outside what the fast path accepts: the reference decides
-        try:
-            req = request_from_obj(obj, limits)
-        except InvalidRequest as exc:
-            out.rejections.append(Rejection(index, str(exc)))
-            return
+    """The reference validator's verdict on an object the fast path did not accept:
+    it is invalid (and the reference names why) or valid but unusual."""
+    try:
+        req = request_from_obj(obj, limits)
+    except InvalidRequest as exc:
+        out.rejections.append(Rejection(index, str(exc)))
+        return
     out.requests.append(req)
     out.indices.append(index)
 
 
 def _add_all(out: Decoded, items: list[Any], limits: DecodeLimits) -> None:
-    """`_add` for every element of a batch, with the per-element work hoisted."""
     fast = _fast_path(limits)
     requests, indices = out.requests, out.indices
     for i, item in enumerate(items):
         req = fast(item)
         if req is None:
-            try:
-                req = request_from_obj(item, limits)
-            except InvalidRequest as exc:
-                out.rejections.append(Rejection(i, str(exc)))
-                continue
-        requests.append(req)
-        indices.append(i)
+            _add(out, i, item, limits)
+        else:
+            requests.append(req)
+            indices.append(i)
 
 
 def _json_reason(raw: bytes, exc: orjson.JSONDecodeError) -> str:
@@ -374,11 +370,10 @@ def _int(obj: Mapping[str, Any], name: str, *, minimum: int) -> int | None:
 # common case with nothing left to do in Python for `ts` and `extra`; when it fails,
 # `lenient` (RFC 3339 `ts` allowed, unknown fields ignored) is tried before giving up.
 #
-# Deliberately conservative (valid, but left to the reference validator):
-# - a header whose name is longer than `_header_split(limits)[0]` (256 by default) or
-#   whose value is longer than the rest of `max_header_bytes`: msgspec bounds each
-#   string, not the pair's sum, so the bound is split between name and value;
-# - `body_sha256` when `max_field_chars` < 64.
+# Deliberately conservative (valid, but left to the reference validator): a header whose
+# name is longer than `_header_split(limits)[0]` (256 by default) or whose value is
+# longer than the rest of `max_header_bytes`. msgspec bounds each string, not a pair's
+# sum, so the pair bound is split between name and value.
 
 _MAX_HEADER_NAME = 256
 _WIRE_FIELDS = (
@@ -473,7 +468,7 @@ def _build_fast_path(limits: DecodeLimits) -> Callable[[Any], ClientRequest | No
             or type(w.label) not in objects
         ):
             return None
-        return make(*astuple(w), None)
+        return make(*astuple(w))  # `extra` stays None: the strict type forbids unknown fields
 
     def slower(obj: Any) -> ClientRequest | None:
         """`fast` for objects with an RFC 3339 `ts` or unknown fields."""

@@ -9,6 +9,7 @@ plus simulated gaps), never the clock.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import inspect
@@ -578,7 +579,12 @@ class _Population:
         self.releases = _releases(profile, start_ts)
         self.models, self.model_weights = _models(catalogue)
         self.account_ids: set[str] = set()
-        n = max(1, min(count, max(5, round(count / 18))))
+        mean_len, mean_dur, mean_gap = _session_shape()
+        # About one handset per 15 requests; more when the rate is so high that a device
+        # could not send its share within the span (half its capacity at most).
+        busy = mean_dur + SESSION_PAUSE_S
+        capacity = mean_len * span / busy if span > busy else max(1.0, span / mean_gap)
+        n = max(1, min(count, max(5, round(count / 15), math.ceil(2 * count / capacity))))
         self.users = self._households(n)
         self._special(n)
         self._calibrate(count)
@@ -626,8 +632,8 @@ class _Population:
         for u in pick(self.TRAVELLERS):
             u.abroad = rng.choice([c for c in COUNTRIES if c.code != u.country.code])
         for u in pick(self.EXPATS):  # living abroad, phone still set to the home language
-            home = rng.choice([c for c in COUNTRIES if c.code != u.country.code])
-            u.locale = home.locales[0][0]
+            origin = rng.choice([c for c in COUNTRIES if c.code != u.country.code])
+            u.locale = origin.locales[0][0]
         for u in pick(self.VPN):
             u.vpn = True
         for u in pick(self.SHARED):  # a family device: a second account logs in on it
@@ -641,16 +647,28 @@ class _Population:
 
     def _calibrate(self, count: int) -> None:
         """Scale every user's session rate so the expected number of requests over the
-        span is `count` (mean session length times expected sessions)."""
-        mean_len = len(STARTUP_PATHS) + 0.15 * 1.5 + 0.85 * min(150.0, 12 * math.exp(0.8**2 / 2))
+        span is `count`: a user starts sessions at rate k * activity * rhythm while idle
+        and is busy for a session's duration and pause after each, so the expected
+        sessions over the span are span / (1 / (k * activity * rhythm) + busy)."""
+        mean_len, mean_dur, _ = _session_shape()
+        busy = mean_dur + SESSION_PAUSE_S
         steps = 24
-        expected = 0.0
+        base = []
         for u in self.users:
             avg = sum(self._rhythm(u, self.start_ts + self.span * i / steps) for i in range(steps + 1)) / (steps + 1)
-            expected += u.activity * avg * self.span * mean_len
-        scale = count / max(expected, 1e-9)
+            base.append(u.activity * avg)
+
+        def expected(k: float) -> float:
+            return sum(self.span * mean_len / (1.0 / (k * b) + busy) for b in base)
+
+        lo, hi = 1e-12, 1.0
+        while expected(hi) < count and hi < 1e6:
+            hi *= 10
+        for _ in range(60):
+            mid = math.sqrt(lo * hi)
+            lo, hi = (mid, hi) if expected(mid) < count else (lo, mid)
         for u in self.users:
-            u.activity *= scale
+            u.activity *= hi
 
     @staticmethod
     def _rhythm(u: _User, ts: float) -> float:
@@ -721,8 +739,7 @@ class _Population:
         median_kbps = {"WIFI": 30000, "MOBILE.NR": 60000, "MOBILE.LTE": 12000, "MOBILE.HSPA": 2500,
                        "MOBILE.UMTS": 800, "MOBILE.EDGE": 150}[conn]
         # A quick look (the start-up calls and a little more) or a real visit.
-        length = len(STARTUP_PATHS) + (rng.randint(0, 3) if rng.random() < 0.15 else
-                                       min(150, int(rng.lognormvariate(math.log(12), 0.8))))
+        length = _session_length(rng)
         return _Session(sid=_uuid4(rng), account=account, ip=ip, network=network, conn=conn,
                         bandwidth=median_kbps * rng.lognormvariate(0, 0.5), release=release, code=code,
                         length=length, token_ts=ts - rng.uniform(0.3, 2.0), last_badge=ts)
@@ -741,10 +758,11 @@ class _Population:
             return "GET", BADGE_PATH, None, None
         if s.account is not None and rng.random() < self.ACTION_SHARE:
             kind = rng.choices(("like", "follow", "comment"), weights=(70, 18, 12))[0]
+            # Users act on what they just looked at, once.
             if kind == "follow":
-                uid = rng.choice(s.users) if s.users else str(rng.randint(10**8, 10**10))
+                uid = s.users.pop(rng.randrange(len(s.users))) if s.users else str(rng.randint(10**8, 10**10))
                 return "POST", f"/api/v1/friendships/{uid}/follow", None, rng.randint(40, 120)
-            mid = rng.choice(s.media) if s.media else str(rng.randint(10**17, 10**18))
+            mid = s.media.pop(rng.randrange(len(s.media))) if s.media else str(rng.randint(10**17, 10**18))
             size = rng.randint(50, 110) if kind == "like" else rng.randint(80, 700)
             return "POST", f"/api/v1/media/{mid}/{kind}", None, size
         r = rng.random()
@@ -761,17 +779,50 @@ class _Population:
             return "GET", f"/api/v1/users/{uid}/info", None, None
         return "GET", "/api/v1/explore", None, None
 
-    def gap(self, s: _Session, step: int, path: str) -> float:
-        """Seconds until request `step` of the session: the start-up calls leave together
-        (OkHttp multiplexes them on one connection), then a user reads and scrolls."""
-        rng = self.rng
-        if step < len(STARTUP_PATHS):
-            return rng.uniform(0.02, 0.35)
-        if "/like" in path or "/follow" in path:
-            return rng.uniform(0.8, 8.0)
-        if "/comment" in path:
-            return rng.uniform(6.0, 45.0)
-        return min(120.0, max(0.3, rng.lognormvariate(math.log(4.0), 0.9)))
+    def gap(self, step: int, path: str) -> float:
+        kind = "like" if "/like" in path or "/follow" in path else "comment" if "/comment" in path else "browse"
+        return _gap(self.rng, step, kind)
+
+
+def _session_length(rng: random.Random) -> int:
+    """Requests in a session: a quick look (the start-up calls and a little more) or a
+    real visit."""
+    if rng.random() < 0.15:
+        return len(STARTUP_PATHS) + rng.randint(0, 3)
+    return len(STARTUP_PATHS) + min(150, int(rng.lognormvariate(math.log(12), 0.8)))
+
+
+def _gap(rng: random.Random, step: int, kind: str) -> float:
+    """Seconds until request `step` of a session: the start-up calls leave together
+    (OkHttp multiplexes them on one connection), then a user reads and scrolls."""
+    if step < len(STARTUP_PATHS):
+        return rng.uniform(0.02, 0.35)
+    if kind == "like":
+        return rng.uniform(0.8, 8.0)
+    if kind == "comment":
+        return rng.uniform(6.0, 45.0)
+    return min(120.0, max(0.3, rng.lognormvariate(math.log(4.0), 0.9)))
+
+
+SESSION_PAUSE_S = 30.0  # the least time between two sessions of one device
+
+
+@functools.lru_cache(maxsize=1)
+def _session_shape() -> tuple[float, float, float]:
+    """(mean requests, mean duration in seconds, mean gap) of a session, by sampling
+    the same distributions with a fixed generator of its own (no effect on a seed's
+    traffic): what the population needs to size itself to a count and a rate."""
+    rng = random.Random("session-shape")
+    n, total_len, total_dur, gaps = 4000, 0, 0.0, 0
+    for _ in range(n):
+        length = _session_length(rng)
+        total_len += length
+        for step in range(1, length):
+            r = rng.random()
+            kind = "browse" if r >= _Population.ACTION_SHARE else "comment" if r < 0.012 else "like"
+            total_dur += _gap(rng, step, kind)
+            gaps += 1
+    return total_len / n, total_dur / n, total_dur / max(gaps, 1)
 
 
 def genuine(profile: ClientProfile, count: int, seed: int, start_ts: float = DEFAULT_START_TS,
@@ -817,8 +868,10 @@ def genuine(profile: ClientProfile, count: int, seed: int, start_ts: float = DEF
                     return rule.value
         return OKHTTP_JA4
 
-    heap: list[tuple[float, int]] = []
-    for i, u in enumerate(pop.users):
+    # The stream opens with a session starting at `start_ts`; every other user's first
+    # session comes when their own rhythm brings it.
+    heap: list[tuple[float, int]] = [(start_ts, 0)]
+    for i, u in enumerate(pop.users[1:], start=1):
         heap.append((pop.next_session(u, start_ts), i))
     heapq.heapify(heap)
     pending: dict[int, tuple[str, str, str | None, int | None]] = {}
@@ -877,7 +930,7 @@ def genuine(profile: ClientProfile, count: int, seed: int, start_ts: float = DEF
         s.step += 1
         if s.step < s.length:
             nxt = pop.next_call(s, ts)
-            t = ts + pop.gap(s, s.step, nxt[1])
+            t = ts + pop.gap(s.step, nxt[1])
             # The signature covers method, path, query, the second and the device: the
             # app never sends the same call twice in one second.
             if int(t) == u.sec and nxt[:3] in u.sec_keys:
@@ -886,7 +939,7 @@ def genuine(profile: ClientProfile, count: int, seed: int, start_ts: float = DEF
             heapq.heappush(heap, (t, i))
         else:
             u.session = None
-            heapq.heappush(heap, (pop.next_session(u, ts + 30.0), i))
+            heapq.heappush(heap, (pop.next_session(u, ts + SESSION_PAUSE_S), i))
 
 
 def genuine_request(profile: ClientProfile, seed: int, catalogue: DeviceCatalogue | None = None) -> dict[str, Any]:

@@ -7,11 +7,13 @@ import json
 from pathlib import Path
 
 import jsonschema
+import msgspec
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from detector import decode
 from detector.decode import DecodeLimits, InvalidRequest, decode_line, decode_message, dlq_reason_class, dlq_record, request_from_obj
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "config" / "schema"
@@ -170,3 +172,129 @@ def test_decoder_never_raises_and_agrees_with_the_json_schema(obj):
 def test_arbitrary_bytes_never_escape_as_exceptions(raw):
     d = decode_message(raw)
     assert d.requests or d.rejections
+
+
+# --- The fast path against the reference validator -------------------------------------
+#
+# `decode_message`/`decode_line` first try `decode._fast_path(limits)` (msgspec-typed
+# conversion) and fall back to `request_from_obj`, the reference, when it returns None.
+# The fast path must never accept what the reference rejects, must build the very same
+# ClientRequest when it accepts, and may decline a valid object only in the documented
+# conservative case (a header name or value beyond `decode._header_split(limits)`).
+
+
+_text = st.text(max_size=6)
+_id = st.text(min_size=1, max_size=6)
+_long_id = st.text(alphabet="r", min_size=126, max_size=128)
+_header = st.tuples(_id, st.text(max_size=9)).map(list)
+_object = st.dictionaries(_text, _json, max_size=3)
+
+# Values the reference accepts (under default limits) ...
+_VALID = {
+    "request_id": _id | _long_id,
+    "ts": st.floats(0, 253402300799) | st.integers(0, 253402300799)
+          | st.sampled_from([0, -0.0, 253402300799, 253402300799.0, "2026-11-22T10:00:00Z", "2026-11-22T11:00:00.250+01:00"]),
+    "client_ip": st.sampled_from(["203.0.113.7", "::1", "2001:db8::1", "fe80::1%eth0"]),
+    "method": st.sampled_from(["GET", "POST"]) | _id,
+    "path": st.sampled_from(["/", "/api/v1/feed"]) | _text.filter(lambda s: "?" not in s).map(lambda s: "/" + s),
+    "headers": st.lists(_header, max_size=6),
+    "query": _text,
+    "http_version": st.sampled_from(["1.0", "1.1", "2", "3"]),
+    "body_sha256": st.sampled_from(["a" * 64, "0123456789ABCDEF" * 4]),
+    "body_size": st.integers(0, 2**63 - 1),
+    "response_status": st.integers(0, 600),
+    "params": st.dictionaries(_text, _text, max_size=3),
+    **{name: _object for name in ("tls", "h2", "network", "attestation", "label")},
+    **{name: _id for name in ("account_id", "device_id", "session_id")},
+    **{name: _json for name in ("extra", "unknown_field", "Request_Id")},  # unknown fields, kept in `extra`
+}
+_REQUIRED = ("request_id", "ts", "client_ip", "method", "path", "headers")
+# ... and values it rejects, or that sit just beyond a bound
+_ODD = {
+    "request_id": st.sampled_from(["", "r" * 129, "r" * 130]),
+    "ts": st.sampled_from([-1, -0.5, 253402300799.5, 253402300800, 1e29, True, False, "yesterday", "2026-11-22T10:00:00", ""]),
+    "client_ip": st.sampled_from(["999.1.1.1", "1.2.3", " 1.2.3.4", "", "203.0.113.7/24"]),
+    "method": st.just(""),
+    "path": st.sampled_from(["/a?b=1", "/?", "feed", "", "?/"]),
+    "headers": st.lists(_header | st.sampled_from([["", "v"], ["a"], ["a", "b", "c"], ["a", 1], [None, "v"], {"a": "b"}, "ab"]),
+                        min_size=1, max_size=4) | st.just({"a": "b"}),
+    "query": st.integers(),
+    "http_version": st.sampled_from(["2.0", "", "HTTP/2", "1"]),
+    "body_sha256": st.sampled_from(["a" * 63, "a" * 65, "g" * 64, "a" * 63 + "\n", "a" * 64 + "\n", ""]),
+    "body_size": st.integers(-2, -1) | st.floats(0, 10) | st.booleans(),
+    "response_status": st.integers(-2, -1) | st.floats(0, 10) | st.booleans(),
+    "params": st.dictionaries(_text, _json, min_size=1, max_size=2),
+    **{name: st.lists(_json, max_size=2) | _text | st.booleans() for name in ("tls", "h2", "network", "attestation", "label")},
+    **{name: st.just("") | st.integers() for name in ("account_id", "device_id", "session_id")},
+}
+
+
+@st.composite
+def _requests(draw: st.DrawFn) -> dict:
+    """A valid request with zero to two fields made odd (or any JSON, or removed)."""
+    obj = draw(st.fixed_dictionaries({n: _VALID[n] for n in _REQUIRED},
+                                     optional={n: v for n, v in _VALID.items() if n not in _REQUIRED}))
+    for name in draw(st.lists(st.sampled_from(sorted(_ODD)), max_size=2, unique=True)):
+        obj[name] = draw(st.one_of(_ODD[name], _ODD[name], _ODD[name], _json))
+    return obj
+
+
+_limits = st.one_of(
+    st.just(DecodeLimits()),
+    st.builds(DecodeLimits,
+              max_headers=st.integers(1, 6),
+              max_header_bytes=st.integers(1, 20),
+              max_field_chars=st.sampled_from([1, 3, 6, 10, 11, 12, 63, 64, 127, 128]) | st.integers(1, 140)),
+)
+
+
+def _outcome(fn, *args):  # type: ignore[no-untyped-def]
+    try:
+        return fn(*args)
+    except InvalidRequest as exc:
+        return str(exc)
+
+
+def _field_types(r) -> list:  # type: ignore[no-untyped-def]
+    return [type(v) for v in msgspec.structs.astuple(r)] + [type(p) for p in r.headers]
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.one_of(_requests(), _requests(), _requests(), st.dictionaries(st.sampled_from(sorted(_VALID)), _json, max_size=6), _json), _limits)
+def test_fast_path_agrees_with_the_reference_validator(obj, limits):
+    obj = orjson.loads(orjson.dumps(obj))  # what the decoder sees: orjson output
+    ref = _outcome(request_from_obj, obj, limits)
+    fast = decode._fast_path(limits)(obj)
+    if fast is not None:
+        assert not isinstance(ref, str), f"fast path accepted what the reference rejects: {ref}"
+        assert fast == ref and _field_types(fast) == _field_types(ref)
+    elif not isinstance(ref, str):  # valid, declined: only the documented conservative case
+        name_max, value_max = decode._header_split(limits)
+        assert any(len(n) > name_max or len(v) > value_max for n, v in ref.headers)
+    # and the decoder as a whole answers exactly as the reference, reasons included
+    assert _outcome(decode_line, orjson.dumps(obj), limits) == ref
+    d = decode_message(orjson.dumps([obj]), limits)
+    assert (d.requests, [r.reason for r in d.rejections]) == (([], [ref]) if isinstance(ref, str) else ([ref], []))
+
+
+def test_fast_path_takes_rfc3339_timestamps_and_unknown_fields():
+    fast = decode._fast_path(DecodeLimits())
+    for obj in (req(ts="2026-11-22T11:00:00.250+01:00"), req(unknown_field=[1], extra={"a": 1}), req(query="a=1", params={"k": "v"})):
+        r = fast(obj)
+        assert r is not None and r == request_from_obj(obj)
+    assert fast(req(unknown_field=1)).extra == {"unknown_field": 1}
+
+
+def test_header_beyond_the_fast_path_split_is_still_accepted():
+    limits = DecodeLimits(max_header_bytes=600)
+    name_max, _ = decode._header_split(limits)
+    obj = req(headers=[["x" * (name_max + 1), "v"]])
+    assert decode._fast_path(limits)(obj) is None  # declined, so the reference decides
+    d = decode_message(orjson.dumps(obj), limits)
+    assert not d.rejections and d.requests[0].headers == (("x" * (name_max + 1), "v"),)
+
+
+def test_request_from_obj_stays_strict_about_python_values():
+    """The reference is not bypassed for non-JSON values (msgspec would take tuples)."""
+    with pytest.raises(InvalidRequest, match="field 'headers' must be an array"):
+        request_from_obj(req(headers=(("a", "b"),)))
