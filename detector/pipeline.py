@@ -139,7 +139,8 @@ class Pipeline:
 
     def derive(self, request: ClientRequest) -> RequestContext:
         raw = request.headers
-        lowered, repeats, header_fp = self._names(tuple([n for n, _ in raw]))
+        names = tuple([n for n, _ in raw])
+        lowered, repeats, header_fp = self._names(names)
         if repeats:  # the first value of a repeated name counts
             headers: dict[str, str] = {}
             for lname, (_, value) in zip(lowered, raw):
@@ -151,6 +152,7 @@ class Pipeline:
         ctx = RequestContext(profile=profile, weight_of=self.scoring.weight_of, headers=headers)
         d = ctx.derived
         d["ua_raw"] = ua_raw
+        d["header_names"] = names
         ua = self._parse_ua(profile, ua_raw) if ua_raw else None
         d["ua"] = ua
         entities: dict[str, str] = {"ip": request.client_ip}

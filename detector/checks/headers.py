@@ -53,7 +53,9 @@ class HeadersCheck:
         rules = profile.headers
         if rules is None:
             return []
-        names = tuple(n for n, _ in request.headers)
+        names = ctx.derived.get("header_names")
+        if names is None:
+            names = tuple(n for n, _ in request.headers)
         key = (profile.name, names)
         found = self._names_cache.get(key)
         if found is None:
@@ -94,9 +96,9 @@ class HeadersCheck:
 
     @staticmethod
     def _field(ref: str, request: ClientRequest, ctx: RequestContext) -> str | None:
+        if ref.startswith("header:"):
+            return ctx.headers.get(ref[7:])
         kind, _, name = ref.partition(":")
-        if kind == "header":
-            return ctx.headers.get(name)
         if kind == "param":
             return (request.params or {}).get(name)
         if kind == "ua":

@@ -29,26 +29,44 @@ class IdentityCheck:
         TIME_BASED_UUID: "a time-based (version 1) UUID where the app uses random ones; it leaks a MAC address",
     }
 
+    def __init__(self) -> None:
+        # ids repeat for every request of a device, account or session
+        self._cache: dict[tuple[str, str, str], tuple[tuple[str, str], ...]] = {}
+
     def check(self, request: ClientRequest, ctx: RequestContext) -> Iterable[Signal]:
         profile: ClientProfile = ctx.profile
         entities = ctx.derived["entities"]
-        for kind, code in _CODE.items():
-            src = profile.ids.get(kind)
+        out = []
+        for kind in _CODE:
             value = entities.get(kind)
-            if src is None or value is None:
+            if value is None:
                 continue
-            shown = value if len(value) <= 40 else value[:37] + "..."
-            if src.regex is not None and not src.regex.fullmatch(value):
-                yield ctx.signal(code, f"{kind} id {shown!r} does not match {src.regex.pattern}")
-            elif src.uuid_version is not None:
-                m = _UUID.fullmatch(value.lower())
-                if m is None:
-                    yield ctx.signal(code, f"{kind} id {shown!r} is not a UUID")
-                elif int(m.group(1), 16) != src.uuid_version:
-                    if m.group(1) == "1":
-                        node = value[-12:]
-                        yield ctx.signal(TIME_BASED_UUID, f"{kind} id {shown!r} is a time-based UUID (node "
-                                                          f"{node}); the app uses version {src.uuid_version}")
-                    else:
-                        yield ctx.signal(code, f"{kind} id {shown!r} is a version {m.group(1)} UUID, the app uses "
-                                               f"version {src.uuid_version}")
+            key = (profile.name, kind, value)
+            found = self._cache.get(key)
+            if found is None:
+                found = tuple(self._judge(profile, kind, value))
+                if len(self._cache) >= 100_000:
+                    self._cache.clear()
+                self._cache[key] = found
+            out.extend(ctx.signal(code, detail) for code, detail in found)
+        return out
+
+    @staticmethod
+    def _judge(profile: ClientProfile, kind: str, value: str) -> Iterable[tuple[str, str]]:
+        src = profile.ids.get(kind)
+        if src is None:
+            return
+        code = _CODE[kind]
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        if src.regex is not None and not src.regex.fullmatch(value):
+            yield code, f"{kind} id {shown!r} does not match {src.regex.pattern}"
+        elif src.uuid_version is not None:
+            m = _UUID.fullmatch(value.lower())
+            if m is None:
+                yield code, f"{kind} id {shown!r} is not a UUID"
+            elif int(m.group(1), 16) != src.uuid_version:
+                if m.group(1) == "1":
+                    yield TIME_BASED_UUID, (f"{kind} id {shown!r} is a time-based UUID (node {value[-12:]}); "
+                                            f"the app uses version {src.uuid_version}")
+                else:
+                    yield code, f"{kind} id {shown!r} is a version {m.group(1)} UUID, the app uses version {src.uuid_version}"
