@@ -78,6 +78,7 @@ class Verdict(msgspec.Struct, frozen=True, gc=False):
     entities: Mapping[str, str]
     fingerprints: Mapping[str, str]
     signals: Sequence[Signal] = ()
+    app_version: str | None = None  # the version the user agent claims (optional field)
     schema: str = "verdict/1"
 
     def to_json(self) -> bytes:
@@ -95,6 +96,7 @@ class Verdict(msgspec.Struct, frozen=True, gc=False):
             "entities": dict(self.entities),
             "fingerprints": dict(self.fingerprints),
             "signals": [s.as_dict() for s in self.signals],
+            "app_version": self.app_version,
         }
 
 

@@ -223,6 +223,7 @@ class Pipeline:
             entities=ctx.derived["entities"],
             fingerprints=ctx.derived["fingerprints"],
             signals=tuple(signals),
+            app_version=ua["app_version"] if (ua := ctx.derived["ua"]) is not None else None,
         )
 
     def score_batch(self, requests: Sequence[ClientRequest], state: Any = None) -> list[Verdict]:
