@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast kafka-jars constraints clean
+.PHONY: venv demo test test-fast test-deps kafka-jars constraints clean
 
 venv: $(STAMP)
 
@@ -17,9 +17,28 @@ $(STAMP): pyproject.toml constraints.txt
 demo: venv
 	$(BIN)/detector demo
 
+# System packages of the observability tests, installed with apt when missing:
+# prometheus (prometheus + promtool: dashboard queries, alert-rule tests),
+# prometheus-alertmanager (amtool) and docker-compose 1.29 (compose file validation).
+# Without root or password-less sudo it only says what is missing; those tests then
+# skip with the reason.
+TEST_DEBS := prometheus:promtool prometheus:prometheus prometheus-alertmanager:amtool docker-compose:docker-compose
+
+test-deps:
+	@missing=""; for pair in $(TEST_DEBS); do \
+		pkg=$${pair%%:*}; cmd=$${pair#*:}; \
+		command -v $$cmd >/dev/null 2>&1 || case " $$missing " in *" $$pkg "*) ;; *) missing="$$missing $$pkg";; esac; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; else \
+		echo "NOTE: missing test packages:$$missing (apt-get install them as root): their tests will be SKIPPED"; exit 0; fi; \
+	echo "installing test packages:$$missing"; \
+	$$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null \
+		|| echo "NOTE: could not install$$missing: their tests will be SKIPPED"
+
 # Both broker tiers: the embedded broker always; real Apache Kafka where Java and
 # Maven exist (tests/kafka/fetch.sh fetches its jars from Maven Central).
-test: venv
+test: venv test-deps
 	@if command -v java >/dev/null && command -v mvn >/dev/null; then \
 		bash tests/kafka/fetch.sh || exit 1; \
 	else \
@@ -27,7 +46,7 @@ test: venv
 	fi
 	$(BIN)/python -m pytest -q -ra
 
-test-fast: venv
+test-fast: venv test-deps
 	DETECTOR_TEST_TIERS=embedded $(BIN)/python -m pytest -q -ra
 
 # Re-pin the tested versions after changing dependencies in pyproject.toml.

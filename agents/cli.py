@@ -24,63 +24,67 @@ def _detection(args: argparse.Namespace) -> DetectionConfig:
 
 # --- detector score --------------------------------------------------------------
 def cmd_score(args: argparse.Namespace) -> int:
-    from detector.alerts import AlertPolicy, flagged_records
+    """Offline scoring with the stream's rules: stateless checks per request, and the
+    behaviour detectors in event-time order (flags apply to the requests after the
+    one that raised them). Verdicts come out in input order."""
+    from detector.behaviour.offline import OfflineScorer
     from detector.decode import InvalidRequest, decode_line
 
     cfg = _detection(args)
-    pipeline = cfg.pipeline()
-    policy = AlertPolicy(cfg.alerts)
+    _tune_gc()
     src: IO[bytes] = sys.stdin.buffer if args.input in (None, "-") else open(args.input, "rb")
-    dst: IO[bytes] = sys.stdout.buffer if args.output in (None, "-") else open(args.output, "wb")
-    alerts_out: IO[bytes] | None = open(args.alerts, "wb") if args.alerts else None
     rejected = 0
-    batch: list[Any] = []
-
-    def flush() -> None:
-        verdicts = pipeline.score_batch(batch)
-        dst.write(b"".join(v.to_json() + b"\n" for v in verdicts))
-        if alerts_out is not None:
-            for alert in policy.observe(flagged_records(verdicts, cfg.alerts)):
-                alerts_out.write(orjson.dumps(alert) + b"\n")
-        batch.clear()
-
+    requests: list[Any] = []
     try:
         for lineno, line in enumerate(src, 1):
             if not line.strip():
                 continue
             try:
-                batch.append(decode_line(line, cfg.limits))
+                requests.append(decode_line(line, cfg.limits))
             except InvalidRequest as exc:
                 rejected += 1
                 print(f"line {lineno}: rejected: {exc}", file=sys.stderr)
-                continue
-            if len(batch) >= 2000:
-                flush()
-        flush()
+    finally:
+        if src is not sys.stdin.buffer:
+            src.close()
+    verdicts, alerts = OfflineScorer(cfg).score(requests)
+    dst: IO[bytes] = sys.stdout.buffer if args.output in (None, "-") else open(args.output, "wb")
+    try:
+        for i in range(0, len(verdicts), 2000):
+            dst.write(b"".join(v.to_json() + b"\n" for v in verdicts[i:i + 2000]))
     finally:
         dst.flush()
-        for f in (src, dst, alerts_out):
-            if f is not None and f not in (sys.stdin.buffer, sys.stdout.buffer):
-                f.close()
+        if dst is not sys.stdout.buffer:
+            dst.close()
+    if args.alerts:
+        with open(args.alerts, "wb") as f:
+            f.write(b"".join(orjson.dumps(a) + b"\n" for a in alerts))
     return 1 if rejected else 0
+
+
+def _tune_gc() -> None:
+    """Long-lived state (caches, behaviour state, config) would be re-scanned by every
+    full collection; freeze what exists and collect the young generation less often."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
 
 # --- detector simulate -------------------------------------------------------------
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from detector.simulate import DEFAULT_START_TS, mixed, simulate
+    from detector.simulate import DEFAULT_START_TS, simulate
 
     cfg = _detection(args)
     profile = cfg.profiles[cfg.default_profile]
     start = time.time() if args.start == "now" else (float(args.start) if args.start else DEFAULT_START_TS)
-    if args.scenario == "mixed":
-        events = iter(mixed(profile, args.count, args.seed, start, rate=args.rate, catalogue=cfg.catalogue))
-    else:
-        try:
-            events = simulate(args.scenario, profile, args.count, args.seed, start, rate=args.rate,
-                              catalogue=cfg.catalogue)
-        except ValueError as exc:
-            print(f"detector simulate: {exc}", file=sys.stderr)
-            return 2
+    try:
+        events = simulate(args.scenario, profile, args.count, args.seed, start, rate=args.rate,
+                          catalogue=cfg.catalogue, evasion=args.evasion)
+    except ValueError as exc:
+        print(f"detector simulate: {exc}", file=sys.stderr)
+        return 2
     if args.to == "kafka":
         from agents.produce import produce_events
 
@@ -165,6 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.create_topics:
         asyncio.run(create_topics(settings.kafka_bootstrap, settings.topic_partitions, settings.topic_replication))
     app = build_app(settings, detection, Metrics())
+    _tune_gc()
     import faust
 
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
@@ -208,15 +213,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     from agents.bench import run_bench
 
-    result = run_bench(n=args.count, batch=args.batch, bootstrap=args.bootstrap, seed=args.seed)
+    result = run_bench(n=args.count, batch=args.batch, bootstrap=args.bootstrap, seed=args.seed,
+                       latency_rate=args.latency_rate, latency_seconds=args.latency_seconds)
     if args.json:
         print(orjson.dumps(result).decode())
     else:
         print(f"{result['requests']} requests in {result['messages']} messages ({result['batch']} per message), "
               f"broker {result['broker']}:\n"
-              f"  raw aiokafka consume + orjson parse: {result['baseline_events_per_s']:>9,} requests/s\n"
-              f"  worker, full pipeline to verdicts:   {result['events_per_s']:>9,} requests/s  "
-              f"(ratio {result['ratio']:.2f}, worker peak RSS {result['rss_mb']:.0f} MB)")
+              f"  raw aiokafka consume + orjson parse:      {result['baseline_events_per_s']:>9,} requests/s\n"
+              f"  worker, full pipeline to verdicts+alerts: {result['events_per_s']:>9,} requests/s  "
+              f"(ratio {result['ratio']:.2f}, {result['alerts']} alert revisions, worker peak RSS "
+              f"{result['rss_mb']:.0f} MB)\n"
+              f"  end-to-end latency at {result['latency_offered_per_s']} requests/s offered: "
+              f"p50 {result['latency_p50_ms']} ms, p99 {result['latency_p99_ms']} ms (request sent to verdict "
+              f"consumed; worker histogram, ts to verdict acknowledged: p50 {result['worker_latency_p50_ms']} ms, "
+              f"p99 {result['worker_latency_p99_ms']} ms)")
     return 0
 
 
@@ -232,7 +243,11 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_score)
 
     s = sub.add_parser("simulate", help="labelled ClientRequest traffic")
-    s.add_argument("--scenario", default="genuine", help="genuine, private_api_library or mixed")
+    s.add_argument("--scenario", default="genuine",
+                   help="genuine, private_api_library, emulator_farm, synthetic_devices, bot_network, replay, "
+                        "low_and_slow, fingerprint_spoofing or mixed (docs/evaluation.md)")
+    s.add_argument("--evasion", type=int, choices=[0, 1, 2],
+                   help="how careful the attacker is (default 0; mixed: drawn per attack)")
     s.add_argument("--count", type=int, default=1000)
     s.add_argument("--seed", type=int, default=1)
     s.add_argument("--rate", type=float, help="requests per second of event time (and of sending, with --to kafka)")
@@ -274,7 +289,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one final JSON line")
     s.add_argument("--offline", action="store_true", help="the offline pipeline alone (detector score minus file I/O)")
     s.add_argument("--rounds", type=int, default=5, help="rounds for --offline (the median is reported)")
+    s.add_argument("--latency-rate", type=float, default=1000.0, help="requests/s offered in the latency phase")
+    s.add_argument("--latency-seconds", type=float, default=10.0, help="duration of the latency phase")
     s.set_defaults(func=cmd_bench)
+
+    from agents.eval_cli import add_parser as add_eval_parser
+
+    add_eval_parser(sub)
 
     s = sub.add_parser("config", help="configuration tools")
     csub = s.add_subparsers(dest="config_command", required=True)
@@ -286,8 +307,19 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    # The worker logs at INFO; the other commands print their own output.
-    logging.basicConfig(level=logging.INFO if args.command == "run" else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The worker logs at INFO, one JSON object per line unless DETECTOR_LOG_FORMAT=text
+    # (agents/logs.py; the Faust worker re-applies the same set-up when it starts); the
+    # other commands print their own output.
+    if args.command == "run":
+        from agents import logs
+
+        try:
+            logs.configure(os.environ.get("DETECTOR_LOG_LEVEL") or "INFO")
+        except ValueError as exc:
+            print(f"detector: configuration error: {exc}", file=sys.stderr)
+            return 2
+    else:
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:

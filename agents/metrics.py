@@ -1,41 +1,390 @@
 """Prometheus metrics of the worker, declared in one place on a registry passed in
-(tests use a fresh one). Labels come from closed sets only: never an IP, device,
-account or fingerprint."""
+(tests use a fresh one). Every label value comes from a closed set fixed at start-up
+from config (`LabelSets.from_config`): never an IP, device, account, user agent or a
+fingerprint taken from traffic, which an attacker could vary to explode cardinality."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import bisect
+import itertools
+import math
+import os
+import platform
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import faust
+import yaml
+from prometheus_client import CollectorRegistry, Counter as PromCounter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily
+
+from detector.fingerprints.headers import names_fingerprint
+from detector.model import Verdict
 
 VERDICT_LEVELS = ("clean", "suspicious", "malicious")
 DLQ_REASONS = ("invalid_json", "invalid_utf8", "missing_field", "invalid_field", "oversized", "other")
 SEVERITIES = ("low", "medium", "high", "critical")
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# The final outcome of one alert revision at one endpoint (event-schema.md section 4):
+# delivered (2xx), rejected (a 4xx other than 429: never retried, sent to alerts-dlq),
+# failed (retries exhausted on network errors, 429 or 5xx: sent to alerts-dlq).
+WEBHOOK_OUTCOMES = ("delivered", "rejected", "failed")
+FINGERPRINT_KINDS = ("ja4", "headers", "device")
+# The consumers whose lag agents/lag.py measures: the ingest stage's, the entity-shard
+# agent's (Faust) and the flag feed's (every worker reads the behaviour flags).
+CONSUMERS = ("ingest", "entity-shard", "flag-feed")
+# In-process state whose size is exported: entities held by the behaviour shards of
+# this worker, and behaviour-flagged entities in the broadcast map every worker holds.
+STATE_NAMES = ("behaviour_entities", "flagged_entities")
+OTHER = "other"  # any value outside a closed set
+NONE = "none"  # the request did not carry (or we could not derive) the value
+EMULATOR = "emulator"
+EMULATOR_CODE = "device.emulator"
+TOP_DEVICE_MODELS = 50
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def _official_header_orders(order: Sequence[str], required: Iterable[str]) -> Iterable[tuple[str, ...]]:
+    """Every header-name sequence the official client can send: the profile's order
+    with any subset of its optional names left out (2^optional sequences; a profile
+    has a handful of optional headers)."""
+    req = set(required)
+    optional = [n for n in order if n not in req]
+    if len(optional) > 10:  # at most 1024 orders per profile, whatever the profile says
+        optional = optional[:10]
+    for k in range(len(optional) + 1):
+        for dropped in itertools.combinations(optional, k):
+            drop = set(dropped)
+            yield tuple(n for n in order if n not in drop)
+
+
+@dataclass(frozen=True)
+class LabelSets:
+    """The closed label sets, derived from configuration once at start-up."""
+
+    profiles: tuple[str, ...]
+    app_versions: Mapping[str, frozenset[str]]  # profile -> the versions of its release table
+    signal_codes: tuple[str, ...]  # the configured signal weights
+    ja4: Mapping[str, str]  # fingerprint -> label: a profile's allowed JA4 (itself) or a known stack's name
+    headers: Mapping[str, str]  # header-order fingerprint -> label (the official ones)
+    devices: Mapping[str, str]  # Build.MODEL -> label (the most popular catalogue models)
+    webhook_endpoints: tuple[str, ...] = ()
+
+    @classmethod
+    def from_config(cls, detection: Any, webhook_endpoints: Iterable[str] = (),
+                    top_devices: int = TOP_DEVICE_MODELS) -> LabelSets:
+        profiles = tuple(detection.profiles)
+        versions = {name: frozenset(p.versions) for name, p in detection.profiles.items()}
+        codes = tuple(sorted(detection.scoring.weights))
+        ja4: dict[str, str] = {}
+        if detection.known is not None:
+            ja4.update(detection.known.ja4)
+        headers: dict[str, str] = {}
+        for p in detection.profiles.values():
+            if p.tls is not None:
+                for rule in p.tls.ja4:
+                    ja4[rule.value] = rule.value  # the allowlist wins over a known-stack name
+            if p.headers is not None:
+                for names in _official_header_orders(p.headers.order, p.headers.required):
+                    fp = names_fingerprint(names)
+                    headers[fp] = fp
+        devices: dict[str, str] = {}
+        if detection.catalogue is not None:
+            ranked = sorted(detection.catalogue.all_models(), key=lambda f: (-f.popularity, f.model))
+            devices = {f.model: f.model for f in ranked[:top_devices] if f.popularity > 0}
+        return cls(profiles, versions, codes, ja4, headers, devices, tuple(dict.fromkeys(webhook_endpoints)))
+
+    def version_bucket(self, profile: str | None, version: str | None) -> str:
+        if version is None:
+            return NONE
+        return version if version in self.app_versions.get(profile or "", ()) else OTHER
+
+    def device_label(self, device_fp: str | None) -> str:
+        """The label of a verdict's device tuple `manufacturer/model/device`."""
+        if device_fp is None:
+            return NONE
+        parts = device_fp.split("/")
+        return self.devices.get(parts[1], OTHER) if len(parts) == 3 else OTHER
+
+    def profile_label(self, profile: str | None) -> str:
+        if profile is None:
+            return NONE
+        return profile if profile in self.app_versions else OTHER
+
+
+def webhook_endpoint_names(config_path: Path | str) -> tuple[str, ...]:
+    """Endpoint names from the settings file's `webhooks` section: a list of mappings
+    with a `name`, or a mapping from name to endpoint settings. (The webhook sender
+    defines the rest of the section; only the names matter for metric labels.)"""
+    try:
+        data = yaml.safe_load(Path(config_path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return ()
+    hooks = data.get("webhooks") if isinstance(data, dict) else None
+    if isinstance(hooks, dict):
+        hooks = hooks.get("endpoints", hooks)
+    if isinstance(hooks, dict):
+        return tuple(str(k) for k in hooks)
+    if isinstance(hooks, list):
+        return tuple(str(h["name"]) for h in hooks if isinstance(h, dict) and h.get("name"))
+    return ()
+
+
+class BatchHistogram:
+    """A histogram observed one batch at a time: the bucket counts of a whole batch
+    come from bisecting its sorted values, not from one `observe` per value (a lock
+    and a bucket search each). Exposed through the collector interface, so it reads
+    like any prometheus_client histogram."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry):
+        self.name = name
+        self.documentation = documentation
+        self.upper = tuple(float(b) for b in buckets)
+        self._counts = [0] * (len(self.upper) + 1)  # per bucket, the last one is +Inf
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe(self, value: float) -> None:
+        with self._lock:
+            self._counts[bisect.bisect_left(self.upper, value)] += 1
+            self._sum += value
+
+    def observe_many(self, values: list[float], floor: float = 0.0) -> None:
+        """Observe every value (sorted in place); values below `floor` count as `floor`
+        (an age from a timestamp in the future: clock skew between the edge and us)."""
+        if not values:
+            return
+        values.sort()
+        n = len(values)
+        low = bisect.bisect_left(values, floor)
+        total = low * floor + math.fsum(values[low:])
+        # value <= bound, as prometheus_client buckets them: cumulative counts at once
+        cumulative = [bisect.bisect_right(values, b) if b >= floor else 0 for b in self.upper]
+        with self._lock:
+            prev = 0
+            for i, c in enumerate(cumulative):
+                self._counts[i] += c - prev
+                prev = c
+            self._counts[-1] += n - prev
+            self._sum += total
+
+    def describe(self) -> list[HistogramMetricFamily]:
+        return [HistogramMetricFamily(self.name, self.documentation)]
+
+    def collect(self) -> list[HistogramMetricFamily]:
+        with self._lock:
+            counts, total = list(self._counts), self._sum
+        cumulative = list(itertools.accumulate(counts))
+        buckets = [(_fmt(b), c) for b, c in zip(self.upper, cumulative)] + [("+Inf", cumulative[-1])]
+        return [HistogramMetricFamily(self.name, self.documentation, buckets=buckets, sum_value=total)]
+
+
+def _fmt(b: float) -> str:
+    return repr(float(b))
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None):
+    def __init__(self, registry: CollectorRegistry | None = None, labels: LabelSets | None = None,
+                 build: Mapping[str, str] | None = None):
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.messages_in = Counter("detector_ingest_messages_total", "Kafka messages read from client-requests", registry=r)
-        self.requests_in = Counter("detector_requests_total", "ClientRequests decoded and scored", registry=r)
-        self.verdicts = Counter("detector_verdicts_total", "Verdicts produced, by level", ["verdict"], registry=r)
-        self.dlq = Counter("detector_dlq_records_total", "Rejected input elements sent to the DLQ, by reason class", ["reason"], registry=r)
-        self.alerts = Counter("detector_alerts_total", "Alert revisions produced, by severity", ["severity"], registry=r)
-        self.latency = Histogram(
-            "detector_end_to_end_latency_seconds", "From the request's event time (ts) to its verdict being acknowledged",
-            buckets=LATENCY_BUCKETS, registry=r,
+        self.messages_in = PromCounter("detector_ingest_messages_total", "Kafka messages read from client-requests", registry=r)
+        self.requests_in = PromCounter("detector_requests_total", "ClientRequests decoded and scored", registry=r)
+        self.profile_requests = PromCounter(
+            "detector_profile_requests_total",
+            "Requests by the client profile they claim and the app version bucket (a version outside the "
+            "profile's release table is 'other', no parsable version 'none')",
+            ["profile", "app_version"], registry=r,
+        )
+        self.verdicts = PromCounter("detector_verdicts_total", "Verdicts produced, by level", ["verdict"], registry=r)
+        self.signals = PromCounter("detector_signals_total", "Signals raised, by code", ["code"], registry=r)
+        self.fingerprints = PromCounter(
+            "detector_fingerprint_requests_total",
+            "Requests by fingerprint class: kind ja4 (a profile's allowed JA4, a known stack's name), headers "
+            "(an official header order), device (a top catalogue model, 'emulator'); anything else is 'other'",
+            ["kind", "fingerprint", "verdict"], registry=r,
+        )
+        self.dlq = PromCounter("detector_dlq_records_total", "Rejected input elements sent to the DLQ, by reason class",
+                               ["reason"], registry=r)
+        self.alerts = PromCounter("detector_alerts_total", "Alert revisions produced, by severity", ["severity"], registry=r)
+        self.webhook_deliveries = PromCounter(
+            "detector_webhook_deliveries_total",
+            "Final outcome of alert revisions sent to each configured webhook endpoint",
+            ["endpoint", "outcome"], registry=r,
+        )
+        self.latency = BatchHistogram(
+            "detector_end_to_end_latency_seconds",
+            "From the request's event time (ts) to its verdict being acknowledged by the broker",
+            LATENCY_BUCKETS, r,
         )
         self.batch_seconds = Histogram(
-            "detector_batch_duration_seconds", "Wall time to decode, score and publish one ingest batch",
-            buckets=LATENCY_BUCKETS, registry=r,
+            "detector_batch_duration_seconds", "Wall time to decode, score, publish and commit one ingest batch",
+            buckets=BATCH_BUCKETS, registry=r,
         )
         self.batch_size = Histogram(
-            "detector_batch_requests", "Requests per ingest batch", buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000, 10000), registry=r,
+            "detector_batch_requests", "Requests per ingest batch", buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000, 10000),
+            registry=r,
         )
-        self.alert_state = Gauge("detector_alert_open_windows", "Open (entity, window) aggregations in the alert policy", registry=r)
+        self.consumer_lag = Gauge(
+            "detector_consumer_lag_messages",
+            "Messages behind the partition's end (high watermark minus position), per assigned partition",
+            ["consumer", "topic", "partition"], registry=r,
+        )
+        self.state_entries = Gauge("detector_state_entries", "Entries held in in-process state, by state", ["state"],
+                                   registry=r)
+        self.state_entities = self.state_entries.labels("behaviour_entities")
+        self.flagged_entities = self.state_entries.labels("flagged_entities")
+        self.state_writes = PromCounter(
+            "detector_state_writes_total", "Behaviour state buckets written to the changelog (one record each)", registry=r,
+        )
+        self.late_records = PromCounter(
+            "detector_late_records_total", "Records older than the allowed lateness, left out of behaviour state",
+            registry=r,
+        )
+        self.flag_delay = Histogram(
+            "detector_flag_delay_seconds",
+            "From a behaviour flag's publication to this worker applying it (the broadcast delay a verdict may lag by)",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.rebalances = PromCounter("detector_rebalances_total", "Consumer-group rebalances of the Faust app",
+                                      registry=r)
+        self.build_info = Gauge("detector_build_info", "Build of the running worker (value 1)",
+                                ["version", "commit", "faust", "python"], registry=r)
+        self.label_sets: LabelSets | None = None
+        b = dict(build or {})
+        self.build_info.labels(b.get("version") or _version("app-impersonation-detector"), b.get("commit") or os.environ.get("DETECTOR_BUILD_COMMIT") or "unknown",
+                               b.get("faust") or _version("faust-streaming"),
+                               b.get("python") or platform.python_version()).set(1)
         for level in VERDICT_LEVELS:
             self.verdicts.labels(level)
         for reason in DLQ_REASONS:
             self.dlq.labels(reason)
         for sev in SEVERITIES:
             self.alerts.labels(sev)
+        for state in STATE_NAMES:
+            self.state_entries.labels(state)
+        if labels is not None:
+            self.bind(labels)
+
+    def bind(self, labels: LabelSets) -> None:
+        """Fix the closed label sets and create every labelled series at zero, so
+        dashboards and rates see them before the first request."""
+        self.label_sets = labels
+        for profile in labels.profiles:
+            for version in sorted(labels.app_versions[profile]) + [OTHER, NONE]:
+                self.profile_requests.labels(profile, version)
+        for code in labels.signal_codes:
+            self.signals.labels(code)
+        closed = {"ja4": set(labels.ja4.values()) | {OTHER, NONE},
+                  "headers": set(labels.headers.values()) | {OTHER, NONE},
+                  "device": set(labels.devices.values()) | {EMULATOR, OTHER, NONE}}
+        for kind in FINGERPRINT_KINDS:
+            for value in sorted(closed[kind]):
+                for level in VERDICT_LEVELS:
+                    self.fingerprints.labels(kind, value, level)
+        for endpoint in labels.webhook_endpoints:
+            for outcome in WEBHOOK_OUTCOMES:
+                self.webhook_deliveries.labels(endpoint, outcome)
+
+    def webhook_endpoint(self, name: str) -> str:
+        """The label of an endpoint name (for the webhook sender)."""
+        ls = self.label_sets
+        return name if ls is not None and name in ls.webhook_endpoints else OTHER
+
+    def track_state(self, state: str, size: Callable[[], float]) -> None:
+        """Export the size of an in-process state, read at scrape time."""
+        if state not in STATE_NAMES:
+            raise ValueError(f"unknown state {state!r}: add it to STATE_NAMES (a closed set)")
+        self.state_entries.labels(state).set_function(size)
+
+    def observe_batch(self, verdicts: Sequence[Verdict], *, messages: int, now: float, seconds: float) -> None:
+        """Everything one ingest batch adds: per-batch aggregates (a Counter over the
+        few fields the labels come from), then one `inc(n)` per label value."""
+        self.messages_in.inc(messages)
+        self.requests_in.inc(len(verdicts))
+        self.batch_size.observe(len(verdicts))
+        self.batch_seconds.observe(seconds)
+        if not verdicts:
+            return
+        self.latency.observe_many([now - v.ts for v in verdicts])
+        # Two aggregates: request shapes repeat (a few per batch); device tuples vary
+        # more, so they are counted apart and folded with one look-up each.
+        shapes = Counter([(v.profile, v.app_version, v.verdict, f.get("ja4"), f.get("headers"))
+                          for v in verdicts for f in (v.fingerprints,)])
+        devices = Counter([(v.fingerprints.get("device"), v.verdict) for v in verdicts])
+        flagged = [v for v in verdicts if v.signals]
+        codes: Counter[str] = Counter()
+        emulated: Counter[tuple[str | None, str]] = Counter()
+        for v in flagged:
+            cs = [s.code for s in v.signals]
+            codes.update(cs)
+            if EMULATOR_CODE in cs:
+                emulated[(v.fingerprints.get("device"), v.verdict)] += 1
+
+        ls = self.label_sets
+        if ls is None:  # not bound: the unlabelled families only
+            levels: Counter[str] = Counter()
+            for (_, _, level, _, _), n in shapes.items():
+                levels[level] += n
+            for level, n in levels.items():
+                self.verdicts.labels(level).inc(n)
+            return
+        requests: Counter[tuple[str, str]] = Counter()
+        levels = Counter()
+        fps: Counter[tuple[str, str, str]] = Counter()
+        for (profile, version, level, ja4, headers), n in shapes.items():
+            requests[(ls.profile_label(profile), ls.version_bucket(profile, version))] += n
+            levels[level] += n
+            fps[("ja4", NONE if ja4 is None else ls.ja4.get(ja4, OTHER), level)] += n
+            fps[("headers", NONE if headers is None else ls.headers.get(headers, OTHER), level)] += n
+        device_label = ls.device_label
+        for (device, level), n in devices.items():
+            fps[("device", device_label(device), level)] += n
+        for (device, level), n in emulated.items():
+            fps[("device", ls.device_label(device), level)] -= n
+            fps[("device", EMULATOR, level)] += n
+        known_codes = set(ls.signal_codes)
+        by_code: Counter[str] = Counter()
+        for code, n in codes.items():
+            by_code[code if code in known_codes else OTHER] += n
+
+        for (profile, version), n in requests.items():
+            self.profile_requests.labels(profile, version).inc(n)
+        for level, n in levels.items():
+            self.verdicts.labels(level).inc(n)
+        for code, n in by_code.items():
+            self.signals.labels(code).inc(n)
+        for key, n in fps.items():
+            if n:
+                self.fingerprints.labels(*key).inc(n)
+
+
+class FaustSensor(faust.Sensor):
+    """The one Faust event worth a metric here: rebalances of its consumer group.
+    Faust's own Prometheus sensor is not installed: it updates several labelled
+    metrics per message and reports latencies in milliseconds (ours are in seconds),
+    and what it would add is covered by our own metrics (lag, state writes)."""
+
+    def __init__(self, metrics: Metrics, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.metrics = metrics
+
+    def on_rebalance_start(self, app: Any) -> dict[str, Any]:
+        self.metrics.rebalances.inc()
+        return {}
+
+
+__all__ = ["Metrics", "LabelSets", "BatchHistogram", "FaustSensor", "webhook_endpoint_names"]

@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     ingest_max_records: int = Field(5000, gt=0)
     ingest_poll_timeout_ms: int = Field(100, ge=0)
     topic_partitions: int = Field(4, gt=0)
+    state_flush_interval_s: float = Field(2.0, gt=0)  # behaviour state snapshot cadence
     topic_replication: int = Field(1, gt=0)
     log_level: str = "info"
 

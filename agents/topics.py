@@ -34,11 +34,15 @@ CLIENT_REQUESTS_DLQ = TopicSpec(
 )
 VERDICTS = TopicSpec("verdicts", "one Verdict per request", 3 * DAY_MS)
 ALERTS = TopicSpec("alerts", "entity alerts, keyed by alert_id; the latest revision survives compaction", 30 * DAY_MS, compact=True)
+ENTITY_EVENTS = TopicSpec(
+    "detector-entity-events", "internal: compact entity records re-keyed to the entity shards, in batch envelopes", DAY_MS
+)
 ENTITY_FLAGS = TopicSpec(
-    "detector-entity-flags", "internal: flagged requests re-keyed to the entity shards, in batch envelopes", DAY_MS
+    "detector-entity-flags", "internal: current behavioural flags per entity, read by every worker", 2 * DAY_MS,
+    compact=True,
 )
 
-ALL_TOPICS: tuple[TopicSpec, ...] = (CLIENT_REQUESTS, CLIENT_REQUESTS_DLQ, VERDICTS, ALERTS, ENTITY_FLAGS)
+ALL_TOPICS: tuple[TopicSpec, ...] = (CLIENT_REQUESTS, CLIENT_REQUESTS_DLQ, VERDICTS, ALERTS, ENTITY_EVENTS, ENTITY_FLAGS)
 
 
 def partitions_of(spec: TopicSpec, default: int) -> int:

@@ -29,11 +29,16 @@ from aiohttp import web
 from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from agents.metrics import Metrics
+from agents import logs
+from agents.lag import ConsumerLag
+from agents.metrics import FaustSensor, LabelSets, Metrics, webhook_endpoint_names
 from agents.publish import BatchPublisher
 from agents.settings import Settings
-from agents.topics import ALERTS, CLIENT_REQUESTS, CLIENT_REQUESTS_DLQ, ENTITY_FLAGS, VERDICTS, partitions_of
-from detector.alerts import FlaggedRequest
+from agents.topics import (ALERTS, CLIENT_REQUESTS, CLIENT_REQUESTS_DLQ, ENTITY_EVENTS, ENTITY_FLAGS, VERDICTS,
+                           partitions_of)
+from detector.behaviour.engine import BehaviourEngine
+from detector.behaviour.flags import FlagMap, decode_update, encode_update
+from detector.behaviour.records import Envelope, decode_envelope, encode_envelope, records_for
 from detector.decode import decode_message, dlq_reason_class, dlq_record
 from detector.engine import DetectionConfig
 
@@ -43,8 +48,8 @@ _LEVEL_RANK = {"clean": 0, "suspicious": 1, "malicious": 2}
 
 
 def shard_of(entity_type: str, entity_id: str, partitions: int) -> int:
-    """The entity-flags partition of an entity: stable across processes and restarts
-    (crc32, not Python's salted hash)."""
+    """The shard partition of an entity: stable across processes and restarts (crc32,
+    not Python's salted hash)."""
     return zlib.crc32(f"{entity_type}:{entity_id}".encode()) % partitions
 
 
@@ -70,11 +75,13 @@ class IngestStage(Service):
         self.detection = detection
         self.metrics = metrics
         self.pipeline = detection.pipeline()
-        self.min_rank = _LEVEL_RANK[detection.alerts.min_level]
-        self.entity_types = detection.alerts.entity_types
-        self.flag_partitions = partitions_of(ENTITY_FLAGS, settings.topic_partitions)
+        self.shard_partitions = partitions_of(ENTITY_EVENTS, settings.topic_partitions)
+        # flags of behaviour-flagged entities, broadcast by the shards (see _follow_flags)
+        self.flags = FlagMap(detection.scoring.weight_of)
+        self.watermark = 0.0
         self._lock = asyncio.Lock()
         self.consumer: AIOKafkaConsumer | None = None
+        self.flag_consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.ready = asyncio.Event()
         self.first_event_at: float | None = None
@@ -95,10 +102,17 @@ class IngestStage(Service):
         )
         self.consumer.subscribe([CLIENT_REQUESTS.name], listener=_CommitGate(self._lock))
         await self.consumer.start()
+        self.flag_consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.kafka_bootstrap, group_id=None, client_id=f"{s.app_id}-flags",
+            enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=100,
+        )
+        await self.flag_consumer.start()
         log.info("ingest stage started: group %s-ingest on %s", s.app_id, s.kafka_bootstrap)
 
     async def on_stop(self) -> None:
         async with self._lock:  # let the batch in flight finish and commit
+            if self.flag_consumer is not None:
+                await self.flag_consumer.stop()
             if self.consumer is not None:
                 await self.consumer.stop()
             if self.producer is not None:
@@ -122,11 +136,50 @@ class IngestStage(Service):
             async with self._lock:
                 await self._process(batches)
 
+    @Service.task
+    async def _follow_flags(self) -> None:
+        """Every worker reads every partition of the (compacted) flags topic from the
+        start: the map of flagged entities is small, since only flagged ones travel."""
+        consumer = self.flag_consumer
+        assert consumer is not None
+        while not self.should_stop:
+            await consumer.topics()  # refreshes metadata
+            parts = consumer.partitions_for_topic(ENTITY_FLAGS.name)
+            if parts:
+                from aiokafka import TopicPartition
+
+                consumer.assign([TopicPartition(ENTITY_FLAGS.name, p) for p in sorted(parts)])
+                await consumer.seek_to_beginning()
+                break
+            await asyncio.sleep(1)
+        while not self.should_stop:
+            try:
+                batches = await consumer.getmany(timeout_ms=200, max_records=5000)
+            except KafkaError as exc:
+                log.warning("flag feed poll failed, retrying: %s", exc)
+                await asyncio.sleep(1)
+                continue
+            now = time.time()
+            for msgs in batches.values():
+                updates = []
+                for m in msgs:
+                    try:
+                        updates.append(decode_update(m.value))
+                    except Exception as exc:  # a malformed update must not stop the feed
+                        log.error("dropping malformed flag update at offset %d: %s", m.offset, exc)
+                        continue
+                    self.metrics.flag_delay.observe(max(0.0, now - m.timestamp / 1000))
+                self.flags.apply(updates)
+            if batches:
+                self.flags.expire(self.watermark - self.detection.behaviour.allowed_lateness_s)
+                self.metrics.flagged_entities.set(len(self.flags))
+
     async def _process(self, batches: dict[Any, list[Any]]) -> None:
         assert self.consumer is not None and self.producer is not None
         started = time.monotonic()
         limits = self.detection.limits
         requests = []
+        sources: list[tuple[int, int, int]] = []
         out = BatchPublisher(self.producer)
         n_messages = 0
         for tp, messages in batches.items():
@@ -134,6 +187,7 @@ class IngestStage(Service):
             for msg in messages:
                 decoded = decode_message(msg.value, limits)
                 requests.extend(decoded.requests)
+                sources.extend((tp.partition, msg.offset, idx or 0) for idx in decoded.indices)
                 if decoded.rejections:
                     record = dlq_record(msg.value, decoded.rejections, topic=tp.topic, partition=tp.partition,
                                         offset=msg.offset, limits=limits)
@@ -141,23 +195,26 @@ class IngestStage(Service):
                     for r in decoded.rejections:
                         self.metrics.dlq.labels(dlq_reason_class(r.reason)).inc()
                         log.warning("rejected input %s[%d]@%d index=%s: %s", tp.topic, tp.partition, msg.offset, r.index, r.reason)
-        verdicts = self.pipeline.score_batch(requests)
-        dumps = orjson.dumps
-        envelopes: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        assess = self.pipeline.assess
+        flags = self.flags
+        verdicts = []
+        envelopes: dict[int, Envelope] = defaultdict(Envelope)
         counts = {"clean": 0, "suspicious": 0, "malicious": 0}
-        for v in verdicts:
+        shards = self.shard_partitions
+        for r, src in zip(requests, sources):
+            v, ctx = assess(r, flags)
+            verdicts.append(v)
             counts[v.verdict] += 1
             key = v.entities.get("device") or v.request_id
             await out.add(VERDICTS.name, v.to_json(), key=key.encode())
-            if _LEVEL_RANK[v.verdict] >= self.min_rank:
-                for etype in self.entity_types:
-                    eid = v.entities.get(etype)
-                    if eid:
-                        envelopes[shard_of(etype, eid, self.flag_partitions)].append(
-                            FlaggedRequest.from_verdict(v, etype, eid).as_dict()
-                        )
-        for partition, records in envelopes.items():
-            await out.add(ENTITY_FLAGS.name, dumps(records), partition=partition)
+            for rec in records_for(r, ctx, v):
+                env = envelopes[shard_of(rec.etype, rec.key, shards)]
+                env.records.append(rec)
+                env.sources.append(src)
+            if r.ts > self.watermark:
+                self.watermark = r.ts
+        for partition, env in envelopes.items():
+            await out.add(ENTITY_EVENTS.name, encode_envelope(env), partition=partition)
         await out.flush()  # every output acknowledged before the commit
         offsets = {tp: messages[-1].offset + 1 for tp, messages in batches.items()}
         try:
@@ -167,19 +224,88 @@ class IngestStage(Service):
             # commit and re-emits identical records (deterministic ids).
             log.warning("ingest commit failed after a rebalance, batch will be re-delivered: %s", exc)
         now = time.time()
-        m = self.metrics
-        m.messages_in.inc(n_messages)
-        m.requests_in.inc(len(requests))
-        for level, n in counts.items():
-            if n:
-                m.verdicts.labels(level).inc(n)
-        for v in verdicts:
-            m.latency.observe(max(0.0, now - v.ts))
-        m.batch_size.observe(len(requests))
-        m.batch_seconds.observe(time.monotonic() - started)
+        # Per-batch aggregates, one inc(n) per label value (agents/metrics.py).
+        self.metrics.observe_batch(verdicts, messages=n_messages, now=now, seconds=time.monotonic() - started)
         if requests and self.first_event_at is None:
             self.first_event_at = now
             log.info("first request processed")
+
+
+class ShardState:
+    """The behaviour engines of the shard partitions this worker owns, restored from
+    the state table on first use and flushed to it in bulk."""
+
+    def __init__(self, behaviour: Any, detection: DetectionConfig, table: Any, metrics: Metrics, interval: float):
+        self.behaviour = behaviour
+        self.detection = detection
+        self.table = table
+        self.metrics = metrics
+        self.interval = interval
+        self.engines: dict[int, BehaviourEngine] = {}
+        self.pending: dict[int, list[Any]] = defaultdict(list)
+        self.last_flush: dict[int, float] = {}
+
+    def engine(self, p: int) -> BehaviourEngine:
+        engine = self.engines.get(p)
+        if engine is None:
+            d = self.detection
+            engine = self.engines[p] = BehaviourEngine(self.behaviour, d.alerts, d.scoring.weight_of)
+            restored = stale = 0
+            for b in range(self.behaviour.buckets):
+                key = f"{p}:{b}"
+                # keys restored from the changelog may come back as bytes (raw key codec)
+                raw = self.table.data.get(key) or self.table.data.get(key.encode())
+                if raw:
+                    if engine.load_bucket(b, raw):
+                        restored += 1
+                    else:
+                        stale += 1
+            log.info("shard %d: restored %d state buckets (%d entities)%s", p, restored, engine.entity_count(),
+                     f", discarded {stale} of another state version" if stale else "")
+            self.last_flush[p] = time.monotonic()
+        return engine
+
+    def hold(self, p: int, event: Any) -> None:
+        self.pending[p].append(event)
+
+    def maybe_flush(self, p: int) -> None:
+        if time.monotonic() - self.last_flush.get(p, 0.0) >= self.interval:
+            self.flush(p)
+
+    def flush_due(self) -> None:
+        now = time.monotonic()
+        for p in list(self.pending):
+            if self.pending[p] and now - self.last_flush.get(p, 0.0) >= self.interval:
+                self.flush(p)
+
+    def flush(self, p: int) -> None:
+        """Send the changed buckets of partition p to the changelog, then acknowledge
+        the envelopes they include. A bounded number of writes: at most `buckets`."""
+        engine = self.engines.get(p)
+        if engine is not None:
+            written = 0
+            for b, raw in engine.dirty_buckets():
+                key = f"{p}:{b}"
+                self.table.data[key] = raw
+                self.table.send_changelog(p, key, raw)
+                written += 1
+            if written:
+                self.metrics.state_writes.inc(written)
+            self.metrics.state_entities.set(sum(e.entity_count() for e in self.engines.values()))
+        for event in self.pending.pop(p, []):
+            try:
+                event.ack()
+            except Exception as exc:  # noqa: BLE001 - a revoked partition's events cannot be acked
+                log.debug("could not ack an event of partition %d: %s", p, exc)
+        self.last_flush[p] = time.monotonic()
+
+    def release(self, partitions: set[int]) -> None:
+        """A rebalance takes these partitions away: snapshot them for the next owner."""
+        for p in sorted(partitions):
+            if p in self.engines:
+                self.flush(p)
+                del self.engines[p]
+                log.info("shard %d: released", p)
 
 
 def build_app(settings: Settings, detection: DetectionConfig, metrics: Metrics | None = None) -> faust.App:
@@ -219,38 +345,77 @@ def build_app(settings: Settings, detection: DetectionConfig, metrics: Metrics |
 
     app.on_start = on_start  # type: ignore[method-assign]
 
-    flags_topic = app.topic(
-        ENTITY_FLAGS.name, value_serializer="raw", key_serializer="raw",
-        partitions=partitions_of(ENTITY_FLAGS, s.topic_partitions),
-    )
+    n_shards = partitions_of(ENTITY_EVENTS, s.topic_partitions)
+    events_topic = app.topic(ENTITY_EVENTS.name, value_serializer="raw", key_serializer="raw", partitions=n_shards)
+    flags_topic = app.topic(ENTITY_FLAGS.name, value_serializer="raw", key_serializer="raw")
     alerts_topic = app.topic(ALERTS.name, value_serializer="raw", key_serializer="raw")
-    policy = detection.alert_policy()
+    behaviour = detection.behaviour
+    # Durable behaviour state: one table key per (partition, bucket), written in bulk
+    # (only the buckets changed since the last flush) through Faust's changelog.
+    state_table = app.Table("behaviour-state", default=None, key_type=str, value_type=bytes, partitions=n_shards)
+    shard = ShardState(behaviour, detection, state_table, metrics, s.state_flush_interval_s)
+    app.detector_shard = shard  # type: ignore[attr-defined]
 
-    @app.agent(flags_topic, name="entity-shard")
+    @app.agent(events_topic, name="entity-shard")
     async def entity_shard(stream: Any) -> None:
-        async for envelope in stream:
+        # Acks are manual: an envelope is acknowledged (and its offset committed) only
+        # once a state snapshot that includes it was sent to the changelog.
+        async for event in stream.noack().events():
+            p, offset = event.message.partition, event.message.offset
             try:
-                records = [FlaggedRequest.from_dict(r) for r in orjson.loads(envelope)]
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                log.error("dropping malformed entity-flags envelope: %s", exc)
+                env = decode_envelope(event.value)
+            except Exception as exc:  # noqa: BLE001 - a malformed envelope must not stop the shard
+                log.error("dropping malformed entity envelope %s[%d]@%d: %s", ENTITY_EVENTS.name, p, offset, exc)
+                event.ack()
                 continue
-            for alert in policy.observe(records):
+            out = shard.engine(p).observe(env.records, offset=offset, sources=env.sources)
+            for u in out.flags:
+                await flags_topic.send(key=f"{u.etype}|{u.key}".encode(), value=encode_update(u))
+            for alert in out.alerts:
                 await alerts_topic.send(key=alert["alert_id"].encode(), value=orjson.dumps(alert))
                 metrics.alerts.labels(alert["severity"]).inc()
-                log.info("alert %s rev %d %s: %s", alert["alert_id"], alert["revision"], alert["severity"], alert["summary"])
-            metrics.alert_state.set(len(policy))
+                log.info("alert %s rev %d %s: %s", alert["alert_id"], alert["revision"], alert["severity"],
+                         alert["summary"])
+            shard.hold(p, event)
+            if out.late:
+                metrics.late_records.inc(out.late)
+            shard.maybe_flush(p)
+
+    @app.timer(interval=max(0.5, s.state_flush_interval_s / 2))
+    async def flush_idle_shards() -> None:
+        shard.flush_due()
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(app_: Any, revoked: Any, **_: Any) -> None:
+        shard.release({tp.partition for tp in revoked if tp.topic == ENTITY_EVENTS.name})
+
+    # Observability: closed label sets from config (series at zero up front), our
+    # Faust sensor, consumer lag sampled at scrape time, the worker's log format.
+    if metrics.label_sets is None:
+        metrics.bind(LabelSets.from_config(detection, webhook_endpoint_names(s.config)))
+    app.sensors.add(FaustSensor(metrics))
+    app.conf.logging_config = logs.logging_config(s.log_level, getattr(s, "log_format", None))
+    lag = ConsumerLag(metrics)
+    lag.watch_aiokafka("ingest", lambda: ingest.consumer)
+    lag.watch_aiokafka("flag-feed", lambda: getattr(ingest, "flag_consumer", None))
+    lag.watch_faust("entity-shard", app, [ENTITY_EVENTS.name])
 
     @app.page("/metrics")
     async def metrics_page(web_: Any, request: Any) -> Any:
+        await lag.sample()
         return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     @app.page("/healthz")
     async def healthz(web_: Any, request: Any) -> Any:
+        # Liveness: the process serves pages and the ingest stage has not crashed.
+        if ingest.crashed:
+            return web_.json({"status": "failed", "reason": str(ingest.crash_reason)}, status=503)
         return web_.json({"status": "ok"})
 
     @app.page("/readyz")
     async def readyz(web_: Any, request: Any) -> Any:
-        ready = ingest.ready.is_set()
+        # Ready once the ingest consumer has polled, until it stops (or crashes).
+        ready = ingest.ready.is_set() and not ingest.should_stop
         return web_.json({"ready": ready}, status=200 if ready else 503)
 
     return app

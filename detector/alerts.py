@@ -104,7 +104,9 @@ def flagged_records(verdicts: Iterable[Verdict], settings: AlertSettings) -> lis
 
 
 @dataclass(slots=True)
-class _Window:
+class AlertWindow:
+    """The aggregation behind one alert: an entity's flagged requests in one window."""
+
     first_ts: float
     last_ts: float
     count: int = 0
@@ -115,6 +117,40 @@ class _Window:
     profiles: set[str] = field(default_factory=set)
     ips: set[str] = field(default_factory=set)
     samples: list[str] = field(default_factory=list)
+
+    def update(self, r: FlaggedRequest, s: AlertSettings) -> bool:
+        """Count one flagged request; True when this makes a new alert revision."""
+        self.first_ts = min(self.first_ts, r.ts)
+        self.last_ts = max(self.last_ts, r.ts)
+        self.count += 1
+        self.max_score = max(self.max_score, r.score)
+        self.codes.update(r.codes)
+        if r.profile:
+            self.profiles.add(r.profile)
+        if len(self.ips) < 1000:
+            self.ips.add(r.ip)
+        if len(self.samples) < s.samples:
+            self.samples.append(r.request_id)
+        severity = s.severity(self.count)
+        escalated = self.count >= s.min_count and (
+            self.revision == 0 or self.count in s.escalate_at
+            or _SEVERITIES.index(severity) > _SEVERITIES.index(self.severity)
+        )
+        if escalated:
+            self.revision += 1
+            self.severity = severity
+        return escalated
+
+    def dump(self) -> list[Any]:
+        return [self.first_ts, self.last_ts, self.count, self.max_score, self.revision, self.severity,
+                dict(self.codes), sorted(self.profiles), sorted(self.ips), self.samples]
+
+    @classmethod
+    def load(cls, d: list[Any]) -> AlertWindow:
+        return cls(d[0], d[1], d[2], d[3], d[4], d[5], Counter(d[6]), set(d[7]), set(d[8]), list(d[9]))
+
+
+_Window = AlertWindow
 
 
 class AlertPolicy:
@@ -145,26 +181,9 @@ class AlertPolicy:
             key = (r.entity_type, r.entity_id, start)
             w = self._windows.get(key)
             if w is None:
-                w = self._windows[key] = _Window(first_ts=r.ts, last_ts=r.ts)
-            w.first_ts = min(w.first_ts, r.ts)
-            w.last_ts = max(w.last_ts, r.ts)
-            w.count += 1
-            w.max_score = max(w.max_score, r.score)
-            w.codes.update(r.codes)
-            if r.profile:
-                w.profiles.add(r.profile)
-            if len(w.ips) < 1000:
-                w.ips.add(r.ip)
-            if len(w.samples) < s.samples:
-                w.samples.append(r.request_id)
-            severity = s.severity(w.count)
-            escalated = w.count >= s.min_count and (
-                w.revision == 0 or w.count in s.escalate_at or _SEVERITIES.index(severity) > _SEVERITIES.index(w.severity)
-            )
-            if escalated:
-                w.revision += 1
-                w.severity = severity
-                out.append(self._alert(r.entity_type, r.entity_id, start, w))
+                w = self._windows[key] = AlertWindow(first_ts=r.ts, last_ts=r.ts)
+            if w.update(r, s):
+                out.append(build_alert(r.entity_type, r.entity_id, start, w, s))
         self._expire()
         return out
 
@@ -180,36 +199,35 @@ class AlertPolicy:
                 for key in sorted(self._windows, key=lambda k: self._windows[k].last_ts)[: len(self._windows) - s.max_open_windows]:
                     del self._windows[key]
 
-    def _alert(self, etype: str, eid: str, start: int, w: _Window) -> dict[str, Any]:
-        s = self.settings
-        top = w.codes.most_common()
-        minutes = s.window_s / 60
-        top_text = ", ".join(f"{c} ({n})" for c, n in top[:3])
-        summary = (
-            f"{etype} {eid} sent {w.count} requests judged {s.min_level} or worse in a {minutes:g}-minute window "
-            f"from {len(w.ips)} IP(s); top evidence: {top_text}"
-        )
-        return {
-            "schema": "alert/1",
-            "alert_id": alert_id(RULE_FLAGGED_ENTITY, etype, eid, start),
-            "revision": w.revision,
-            "rule": RULE_FLAGGED_ENTITY,
-            "created_at": iso(w.first_ts),
-            "updated_at": iso(w.last_ts),
-            "severity": w.severity,
-            "entity": {"type": etype, "id": eid},
-            "codes": sorted(w.codes),
-            "score": round(w.max_score, 4),
-            "summary": summary,
-            "window": {"start": iso(start), "end": iso(start + s.window_s)},
-            "count": w.count,
-            "evidence": {
-                "code_counts": dict(sorted(w.codes.items())),
-                "profiles": sorted(w.profiles),
-                "distinct_ips": len(w.ips),
-            },
-            "sample_request_ids": list(w.samples),
-        }
+def build_alert(etype: str, eid: str, start: int, w: AlertWindow, s: AlertSettings) -> dict[str, Any]:
+    top = w.codes.most_common()
+    minutes = s.window_s / 60
+    top_text = ", ".join(f"{c} ({n})" for c, n in top[:3])
+    summary = (
+        f"{etype} {eid}: {w.count} flagged requests in a {minutes:g}-minute window "
+        f"from {len(w.ips)} IP(s); top evidence: {top_text}"
+    )
+    return {
+        "schema": "alert/1",
+        "alert_id": alert_id(RULE_FLAGGED_ENTITY, etype, eid, start),
+        "revision": w.revision,
+        "rule": RULE_FLAGGED_ENTITY,
+        "created_at": iso(w.first_ts),
+        "updated_at": iso(w.last_ts),
+        "severity": w.severity,
+        "entity": {"type": etype, "id": eid},
+        "codes": sorted(w.codes),
+        "score": round(w.max_score, 4),
+        "summary": summary,
+        "window": {"start": iso(start), "end": iso(start + s.window_s)},
+        "count": w.count,
+        "evidence": {
+            "code_counts": dict(sorted(w.codes.items())),
+            "profiles": sorted(w.profiles),
+            "distinct_ips": len(w.ips),
+        },
+        "sample_request_ids": list(w.samples),
+    }
 
 
 def alerts_for(verdicts: Sequence[Verdict], settings: AlertSettings = AlertSettings()) -> list[dict[str, Any]]:

@@ -263,9 +263,10 @@ def request_from_obj(obj: Any, limits: DecodeLimits = DecodeLimits()) -> ClientR
     """Validate one decoded JSON value against the ClientRequest contract.
 
     This is the reference validator: it names the first problem in the reason, and it
-    is what decides whenever the fast path (`_fast_path`) does not accept an object.
-    It also accepts any Python value (e.g. tuples where JSON has arrays are rejected
-    exactly as before), which the fast path, meant for `orjson.loads` output only, does not."""
+    decides whenever the fast path (`_fast_path`, used by `decode_message` and
+    `decode_line`) does not accept an object. It takes any Python value and judges it as
+    it always has (tuples where the contract has arrays are rejected, for one); the fast
+    path is only for `orjson.loads` output and is not used here."""
     if not isinstance(obj, dict):
         raise InvalidRequest(f"a ClientRequest must be a JSON object, got {_type(obj)}")
     request_id = _string(obj, "request_id", limits, required=True)
@@ -515,6 +516,7 @@ def _fast_path(limits: DecodeLimits) -> Callable[[Any], ClientRequest | None]:
     fn = _build_fast_path(limits)
     _fast_path_last = (limits, fn)
     return fn
+
 
 def dlq_record(
     value: bytes | None,

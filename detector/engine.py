@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from detector.alerts import AlertPolicy, AlertSettings
+from detector.behaviour.engine import behaviour_codes
+from detector.behaviour.records import BehaviourSettings
 from detector.config import ConfigError, YamlDocument, require
 from detector.decode import DecodeLimits
 from detector.devices import CatalogueError, DeviceCatalogue
@@ -34,6 +36,7 @@ class DetectionConfig:
     catalogue: DeviceCatalogue | None = None
     known: KnownStacks | None = None
     releases: Mapping[int, tuple[str, ...]] | None = None
+    behaviour: BehaviourSettings = BehaviourSettings()
 
     @classmethod
     def load(cls, path: Path = DEFAULT_CONFIG, overrides: Mapping[str, Any] | None = None) -> DetectionConfig:
@@ -96,7 +99,26 @@ class DetectionConfig:
         if kfile is not None:
             known = KnownStacks.load(Path(kfile) if Path(kfile).is_absolute() else path.parent / kfile)
 
-        cfg = cls(path, profiles, default, scoring, limits, alerts, catalogue, known, releases)
+        centroids: dict[str, tuple[float, float]] = {}
+        gfile = require(doc, data, ["country_centroids"], str, optional=True)
+        if gfile is not None:
+            gdoc = YamlDocument(Path(gfile) if Path(gfile).is_absolute() else path.parent / gfile)
+            if not isinstance(gdoc.data, dict):
+                raise gdoc.error([], "must map ISO country codes to [latitude, longitude]")
+            for code, ll in gdoc.data.items():
+                if not (isinstance(ll, list) and len(ll) == 2 and all(isinstance(x, (int, float)) for x in ll)):
+                    raise gdoc.error([code], "must be [latitude, longitude]")
+                centroids[str(code)] = (float(ll[0]), float(ll[1]))
+        beh = require(doc, data, ["behaviour"], dict, optional=True, default={})
+        try:
+            behaviour = BehaviourSettings.from_dict(beh, centroids)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise doc.error(["behaviour"], str(exc)) from None
+        missing = scoring.missing(behaviour_codes())
+        if missing:
+            raise doc.error(["scoring", "weights"], f"no weight configured for signal codes: {', '.join(missing)}")
+
+        cfg = cls(path, profiles, default, scoring, limits, alerts, catalogue, known, releases, behaviour)
         try:
             cfg.pipeline()
         except ValueError as exc:

@@ -20,6 +20,8 @@ from detector.checks.signature import SignatureCheck
 from detector.checks.tls import TlsCheck
 from detector.checks.transport import TransportCheck
 from detector.checks.ua import UserAgentCheck
+from detector.behaviour.flags import FlagMap
+from detector.behaviour.records import ip_block, population_fingerprint
 from detector.devices import DeviceCatalogue
 from detector.fingerprints.headers import names_fingerprint
 from detector.fingerprints.known import KnownStacks
@@ -160,6 +162,12 @@ class Pipeline:
             v = self._entity(request, headers, profile, kind, given)
             if v:
                 entities[kind] = v
+        if profile.signing is not None:
+            sig = headers.get(profile.signing.header)
+            m = profile.signing.format.fullmatch(sig) if sig else None
+            if m is not None:
+                entities["signature"] = m["mac"]
+        entities["ip_block"] = ip_block(request.client_ip)
         d["entities"] = entities
         fps: dict[str, str] = {"headers": header_fp}
         tls = request.tls
@@ -188,6 +196,9 @@ class Pipeline:
         if ua is not None:
             fps["device"] = f"{ua.get('manufacturer', '')}/{ua.get('model', '')}/{ua.get('device', '')}"
         d["fingerprints"] = fps
+        pop = population_fingerprint(ctx)
+        if pop is not None:
+            entities["fingerprint"] = pop
         return ctx
 
     def _shape_key(self, request: ClientRequest, ctx: RequestContext) -> tuple[Any, ...]:
@@ -198,7 +209,12 @@ class Pipeline:
         return (ctx.profile.name, d["ua_raw"], fps.get("ja4"), d.get("alpn"), d.get("tls_error"),
                 request.http_version, fps.get("h2"), net_key)
 
-    def score_one(self, request: ClientRequest) -> Verdict:
+    def score_one(self, request: ClientRequest, flags: FlagMap | None = None) -> Verdict:
+        return self.assess(request, flags)[0]
+
+    def assess(self, request: ClientRequest, flags: FlagMap | None = None) -> tuple[Verdict, RequestContext]:
+        """The verdict and what was derived on the way (the behaviour stage needs it).
+        `flags`: the behavioural flags known for the request's entities."""
         ctx = self.derive(request)
         key = self._shape_key(request, ctx)
         shaped = self._shape_cache.get(key)
@@ -213,6 +229,8 @@ class Pipeline:
         signals = list(shaped)
         for c in self._request_checks:
             signals.extend(c.check(request, ctx))
+        if flags is not None:
+            signals.extend(flags.signals_for(ctx.derived["entities"], request.ts))
         score = self.scoring.score(signals)
         return Verdict(
             request_id=request.request_id,
@@ -224,10 +242,10 @@ class Pipeline:
             fingerprints=ctx.derived["fingerprints"],
             signals=tuple(signals),
             app_version=ua["app_version"] if (ua := ctx.derived["ua"]) is not None else None,
-        )
+        ), ctx
 
-    def score_batch(self, requests: Sequence[ClientRequest], state: Any = None) -> list[Verdict]:
-        """Score a batch in order. `state` is the behavioural state backend; the
-        stateless pipeline ignores it (stateful detectors plug in here)."""
+    def score_batch(self, requests: Sequence[ClientRequest], state: FlagMap | None = None) -> list[Verdict]:
+        """Score a batch in order. `state`: the flags of behaviour-flagged entities,
+        whose signals join each verdict (see detector.behaviour)."""
         score_one = self.score_one
-        return [score_one(r) for r in requests]
+        return [score_one(r, state) for r in requests]

@@ -17,7 +17,7 @@ import ipaddress
 import math
 import random
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -950,23 +950,242 @@ def genuine_request(profile: ClientProfile, seed: int, catalogue: DeviceCatalogu
 
 # --------------------------------------------------------------------------------------
 # Attacks
+#
+# Every attack yields exactly `count` requests in event-time order, labelled with its
+# scenario, and is deterministic for a seed. `rate` is the whole attack's requests per
+# second of event time; `evasion` (0..2) is how careful the attacker is: 0 a tool with
+# its defaults, 1 a tool tuned to look like the app, 2 the best such tools do today.
+
+EVASION_LEVELS = (0, 1, 2)
 
 # The hard-coded default device of a popular private-API library: every install
 # of the library sends this same tuple (detections.md, adversary 1).
 LIBRARY_DEFAULT_DEVICE = DeviceSpec("OnePlus", "ONEPLUS A3010", "OnePlus3T", "qcom", 420, 1080, 1920, 26, "8.0.0")
+
+# Stacks beneath the headers, as the edge reports them. JA4 values of desktop stacks are
+# the captured ones of config/fingerprints/known-stacks.yaml.
+CURL_JA4 = "t13d3112h2_e8f1e7e78f70_b26ce05bbdd6"  # curl 7.88 on OpenSSL 3 (PHP curl, pycurl)
+CURL_H2 = "3:100;4:10485760;2:0|1048510465|0|m,p,s,a"  # curl with nghttp2
+# Go's x/net/http2 transport: ENABLE_PUSH 0, INITIAL_WINDOW_SIZE 4 MiB, MAX_HEADER_LIST_SIZE
+# 10 MiB, a 1 GiB connection window, pseudo-headers written :authority, :method, :path,
+# :scheme (encodeHeaders). uTLS can copy OkHttp's ClientHello; this stays Go's.
+GO_H2 = "2:0;4:4194304;6:10485760|1073741824|0|a,m,p,s"
+# OkHttp's SETTINGS copied into a custom HTTP/2 writer that still orders the
+# pseudo-headers like Go does.
+OKHTTP_SETTINGS_GO_PSEUDO = "4:16777216|16711681|0|a,m,p,s"
+
+# Datacenter networks scripts and farms rent (asn, org, country).
+HOSTING_NETWORKS = ((16509, "Amazon.com", "US"), (14061, "DigitalOcean", "US"), (24940, "Hetzner Online", "DE"),
+                    (16276, "OVH SAS", "FR"), (63949, "Akamai Connected Cloud", "US"), (45102, "Alibaba Cloud", "SG"),
+                    (8075, "Microsoft Azure", "US"))
+
+# Emulator images as their build properties show in the user agent. Level 0: stock
+# images (Android Studio AVDs, Genymotion). Attestation: Play images of the Android
+# Emulator meet virtual integrity only; AOSP and Genymotion images meet nothing.
+AVD_IMAGES: tuple[tuple[DeviceSpec, tuple[str, ...]], ...] = (
+    (DeviceSpec("Google", "sdk_gphone64_x86_64", "emu64xa", "ranchu", 420, 1080, 1794, 34, "14"),
+     ("MEETS_VIRTUAL_INTEGRITY",)),
+    (DeviceSpec("Google", "sdk_gphone_x86", "generic_x86_arm", "ranchu", 420, 1080, 1794, 30, "11"),
+     ("MEETS_VIRTUAL_INTEGRITY",)),
+    (DeviceSpec("unknown", "Android SDK built for x86", "generic_x86", "ranchu", 320, 768, 1184, 28, "9"), ()),
+    (DeviceSpec("Genymobile", "Google Pixel 3", "vbox86p", "vbox86", 440, 1080, 2028, 29, "10"), ()),
+)
+# Level 1: third-party emulators that present a real phone's model but leak their own
+# Build.HARDWARE (LDPlayer ttVM_x86, Nox nox, MEmu memu) or run at their default window
+# (BlueStacks 1600x900 at 240 dpi, which leaks only the board, not in the user agent).
+THIRD_PARTY_EMULATORS = (("LDPlayer", "ttVM_x86", None), ("Nox", "nox", None), ("MEmu", "memu", None),
+                         ("BlueStacks", None, (240, 900, 1600)))
+
+_ACTIONS = (("like", 70), ("follow", 20), ("comment", 10))
+_SOC_HARDWARE = {"qualcomm": ("qcom", "sm8250", "sdm660"), "mediatek": ("mt6765", "mt6785", "mt6877"),
+                 "samsung": ("exynos9820", "s5e8825"), "hisilicon": ("kirin980", "hi6250"),
+                 "unisoc": ("ums512", "sc9863a")}
+_COMMON_WIDTHS = (480, 540, 600, 720, 800, 828, 900, 1080, 1170, 1200, 1284, 1440, 1600)
+
+
+def _check_evasion(evasion: int) -> None:
+    if evasion not in EVASION_LEVELS:
+        raise ValueError(f"evasion must be 0, 1 or 2, got {evasion!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Stack:
+    """The TLS and HTTP stack beneath a client's headers, as the edge reports it."""
+
+    tls: Mapping[str, Any]
+    http_version: str
+    h2: str | None = None
+
+
+def _app_stack(profile: ClientProfile, version: str, h2: str | None = None) -> _Stack:
+    """OkHttp on Conscrypt: the app's own stack, and what OkHttp with Conscrypt on a
+    server JVM (or uTLS replaying OkHttp's ClientHello) presents."""
+    tls_policy, transport = profile.tls, profile.transport
+    ja4 = OKHTTP_JA4
+    for rule in tls_policy.ja4 if tls_policy else ():
+        if rule.covers(version):
+            ja4 = rule.value
+            break
+    alpn = tls_policy.alpn_first if tls_policy and tls_policy.alpn_first else "h2"
+    http = sorted(transport.http_versions)[0] if transport and transport.http_versions else "2"
+    fp = sorted(transport.h2_fingerprints)[0] if transport and transport.h2_fingerprints else OKHTTP_H2
+    return _Stack({"ja4": ja4, "alpn": alpn, "version": "1.3", "sni": TLS_SNI}, http, h2 or fp)
+
+
+PYTHON_STACK = _Stack({"ja4": PYTHON_REQUESTS_JA4, "alpn": "http/1.1", "version": "1.3"}, "1.1")
+CURL_H2_STACK = _Stack({"ja4": CURL_JA4, "alpn": "h2", "version": "1.3", "sni": TLS_SNI}, "2", CURL_H2)
+
+
+class _AppHeaders:
+    """The app's own header names and values, for clients that reproduce them."""
+
+    def __init__(self, profile: ClientProfile):
+        scheme = profile.signing
+        self.sig = scheme.header if scheme else "x-es-signature"
+        self.stamp = scheme.timestamp_header if scheme else "x-es-timestamp"
+        ids = profile.ids
+        self.dev = (ids["device"].header if "device" in ids else None) or "x-es-device-id"
+        self.acct = (ids["account"].header if "account" in ids else None) or "x-es-user-id"
+        self.sess = (ids["session"].header if "session" in ids else None) or "x-es-session-id"
+        self.order: tuple[str, ...] = profile.headers.order if profile.headers else (
+            self.dev, "x-es-device-checksum", self.sess, self.acct, self.stamp, self.sig, "accept-language",
+            "x-es-connection-type", "x-es-bandwidth-kbps", "content-type", "content-length", "accept-encoding",
+            "user-agent")
+        self.profile = profile
+
+    def values(self, *, device_id: str, session_id: str | None, account: str | None, signed_at: float, locale: str,
+               conn: str | None, bandwidth: float | None, ua: str, body_size: int | None) -> dict[str, str | None]:
+        v: dict[str, str | None] = {
+            self.dev: device_id,
+            "x-es-device-checksum": device_checksum(self.profile, device_id),
+            self.stamp: str(int(signed_at)),
+            self.sig: None,
+            "accept-language": locale.replace("_", "-"),
+            "accept-encoding": "gzip",
+            "user-agent": ua,
+        }
+        if session_id is not None:
+            v[self.sess] = session_id
+        if account is not None:
+            v[self.acct] = account
+        if conn is not None:
+            v["x-es-connection-type"] = conn
+        if bandwidth is not None:
+            v["x-es-bandwidth-kbps"] = str(int(bandwidth))
+        if body_size is not None:
+            v["content-type"] = _FORM
+            v["content-length"] = str(body_size)
+        return v
+
+    def ordered(self, values: Mapping[str, str | None]) -> list[tuple[str, str | None]]:
+        """In the app's order (what OkHttp's interceptors produce)."""
+        return [(n, values[n]) for n in self.order if n in values]
+
+
+def _attestation(profile: ClientProfile, recognition: Sequence[str], age: float,
+                 hash_ok: bool = True) -> dict[str, Any]:
+    att = profile.attestation
+    provider = sorted(att.providers)[0] if att and att.providers else "play_integrity"
+    app_verdict = sorted(att.app_recognition)[0] if att and att.app_recognition else "PLAY_RECOGNIZED"
+    return {"provider": provider, "app_recognition": app_verdict, "device_recognition": list(recognition),
+            "request_hash_ok": hash_ok, "token_age_s": round(age, 1)}
+
+
+def _real_device_attestation(profile: ClientProfile, rng: random.Random, age: float | None = None) -> dict[str, Any]:
+    """What a real, unmodified phone gets (a phone farm, or a token relayed from one)."""
+    att = profile.attestation
+    needed = att.device_recognition if att and att.device_recognition else "MEETS_DEVICE_INTEGRITY"
+    return _attestation(profile, ["MEETS_BASIC_INTEGRITY", needed],
+                        rng.uniform(0.3, 280.0) if age is None else age)
+
+
+def _hosting(rng: random.Random, asn_org_country: tuple[int, str, str]) -> tuple[str, dict[str, Any]]:
+    asn, org, country = asn_org_country
+    return _ipv4(rng, asn), {"asn": asn, "as_org": org, "country": country, "hosting": True}
+
+
+def _carrier_blocks(rng: random.Random, country: Country, n: int) -> list[tuple[str, dict[str, Any]]]:
+    """`n` /24 blocks of the country's carriers and ISPs: where a residential or mobile
+    proxy provider's exits sit (they concentrate in the blocks it has devices in)."""
+    out = []
+    nets = list(country.mobile) + list(country.wifi)
+    for _ in range(n):
+        asn, org = rng.choice(nets)
+        a, b = rng.choice(_prefixes(asn))
+        out.append((f"{a}.{b}.{rng.randint(0, 255)}",
+                    {"asn": asn, "as_org": org, "country": country.code, "hosting": False}))
+    return out
+
+
+def _residential(rng: random.Random, country: Country) -> tuple[str, dict[str, Any]]:
+    """An exit of a residential/mobile proxy network: a real carrier or ISP address."""
+    asn, org = rng.choice(list(country.mobile) + list(country.wifi))
+    return _ipv4(rng, asn), {"asn": asn, "as_org": org, "country": country.code, "hosting": False}
+
+
+def _browse_call(rng: random.Random, page: int) -> tuple[str, str, str | None, int | None]:
+    r = rng.random()
+    if r < 0.5:
+        return "GET", "/api/v1/feed/timeline", f"max_id={rng.randint(10**17, 10**18)}&page={page}", None
+    if r < 0.8:
+        return "GET", f"/api/v1/media/{rng.randint(10**17, 10**18)}/info", None, None
+    return "GET", "/api/v1/explore", None, None
+
+
+def _action_call(rng: random.Random) -> tuple[str, str, str | None, int | None]:
+    kind = rng.choices([k for k, _ in _ACTIONS], weights=[w for _, w in _ACTIONS])[0]
+    if kind == "follow":
+        return "POST", f"/api/v1/friendships/{rng.randint(10**8, 10**10)}/follow", None, rng.randint(40, 120)
+    size = rng.randint(50, 110) if kind == "like" else rng.randint(80, 700)
+    return "POST", f"/api/v1/media/{rng.randint(10**17, 10**18)}/{kind}", None, size
+
+
+def _startup_call(rng: random.Random, step: int) -> tuple[str, str, str | None, int | None]:
+    if step == 0:
+        return "POST", STARTUP_PATHS[0], None, rng.randint(180, 900)
+    return "GET", STARTUP_PATHS[step], None, None
+
+
+def _app_release(profile: ClientProfile, start_ts: float) -> tuple[str, int, str | None]:
+    """The newest build real users run (farms and bots keep the app current)."""
+    rel = _releases(profile, start_ts)[0]
+    return rel.version.version, rel.codes[0], rel.key_id
+
+
+def _in_order(events: list[dict[str, Any]], count: int) -> Iterator[dict[str, Any]]:
+    events.sort(key=lambda e: e["ts"])
+    yield from events[:count]
+
+
+def _account_id(rng: random.Random) -> str:
+    return str(rng.randint(10**8, 10**11 - 1))
+
+
+def _copy_request(b: _Builder, request: dict[str, Any], ts: float, **changes: Any) -> dict[str, Any]:
+    """The same request sent again: every signed field identical, a new request id."""
+    b.n += 1
+    return {**request, "request_id": f"{b.scenario}-{b.n:08d}-{_hex(b.rng, 8)}", "ts": round(ts, 3), **changes}
+
+
+# --------------------------------------------------------------------------------------
+# private_api_library
 
 
 def private_api_library(profile: ClientProfile, count: int, seed: int, start_ts: float = DEFAULT_START_TS,
                         evasion: int = 0, rate: float | None = None) -> Iterator[dict[str, Any]]:
     """A script reproducing the private API from servers: desktop TLS, HTTP/1.1, the
     library's header order and case, one hard-coded default device for every account,
-    a fixed delay between calls, datacenter IPs, no attestation. It copies the app's
-    headers and signing (a checksum computed right, a content length that matches the
-    body) with a key extracted from an old build. `evasion` 0..2: how closely it copies
-    the app. 0: python-requests' defaults first, Title-Case names, only the identity,
-    signing and locale headers; 1: also the network headers (a random bandwidth on
-    every call, where the app reports a measurement); 2: the current version and its
-    key, the app's header names, order and case, but the same desktop stack beneath."""
+    a fixed delay between calls, identical retries when the API answers 429, datacenter
+    IPs, no attestation. It copies the app's headers and signing (a checksum computed
+    right, a content length that matches the body) with a key extracted from an old
+    build. `evasion` 0..2: how closely it copies the app. 0: python-requests' defaults
+    first, Title-Case names, only the identity, signing and locale headers, one device
+    id for every account; 1: also the network headers (a random bandwidth on every call,
+    where the app reports a measurement) and a device id derived from each account name
+    (the tuple stays the library's default); 2: the current version and its key, the
+    app's header names, order and case, jittered delays, but the same desktop stack
+    beneath."""
+    _check_evasion(evasion)
     rng = random.Random(f"private_api_library:{seed}")
     b = _Builder(profile, rng, "private_api_library", True)
     retired = [v for v in profile.versions.values() if v.status == "retired" and v.keys]
@@ -974,18 +1193,24 @@ def private_api_library(profile: ClientProfile, count: int, seed: int, start_ts:
     version, code = old.version, min(old.codes)
     key_id = signing_key_for(profile, old)
     accounts = [str(rng.randint(10**9, 10**11)) for _ in range(max(5, count // 50))]
-    device_id = f"android-{_hex(rng, 16)}"
-    checksum = device_checksum(profile, device_id)
+    shared_device = f"android-{_hex(rng, 16)}"
+    # Libraries derive the id from the account name (md5 of a seed): one per account.
+    per_account = {a: "android-" + hashlib.md5(f"{seed}:{a}".encode()).hexdigest()[:16] for a in accounts}
     delay = 2.0 if rate is None else 1.0 / rate
+    retry_after = 1.0  # the library's fixed back-off before an identical retry
     ts = start_ts + rng.uniform(0, 5)
     hosts = [(16509, "Amazon.com"), (14061, "DigitalOcean"), (24940, "Hetzner Online")]
     scheme = profile.signing
     sig = scheme.header if scheme else "x-es-signature"
     stamp = scheme.timestamp_header if scheme else "x-es-timestamp"
     ua = ua_string(b.app_token, version, code, LIBRARY_DEFAULT_DEVICE, "en_US")
-    for i in range(count):
+    emitted = 0
+    i = 0
+    while emitted < count:
         asn, org = hosts[i // 200 % len(hosts)]
         acct = accounts[i % len(accounts)]
+        device_id = shared_device if evasion == 0 else per_account[acct]
+        checksum = device_checksum(profile, device_id)
         post = i % 3 == 0
         method = "POST" if post else "GET"
         path = _fill(rng.choice(ACTION_PATHS if post else BROWSE_PATHS), rng)
@@ -1003,48 +1228,627 @@ def private_api_library(profile: ClientProfile, count: int, seed: int, start_ts:
         if evasion >= 2:
             h.append(("accept-encoding", "gzip"))
         h.append(("user-agent", ua))
-        yield b.request(
+        req = b.request(
             ts, ip=f"{3 + asn % 50}.{asn % 250}.{i // 200 % 250}.{10 + i % 200}", method=method, path=path,
             headers=h, key_id=key_id, body_size=body_size, title_case=evasion < 2, http_version="1.1",
             tls={"ja4": PYTHON_REQUESTS_JA4, "alpn": "http/1.1", "version": "1.3"},
             network={"asn": asn, "as_org": org, "country": "US", "hosting": True},
         )
+        # The API throttles the script now and then; it re-sends the very same request
+        # (same signature, timestamp and body) after its fixed back-off.
+        throttled = emitted + 1 < count and rng.random() < 0.05
+        if throttled:
+            req["response_status"] = 429
+        yield req
+        emitted += 1
+        if throttled:  # a blocking script: the next call waits for the retry
+            ts += retry_after
+            yield _copy_request(b, {k: v for k, v in req.items() if k != "response_status"}, ts)
+            emitted += 1
+        ts += delay if evasion < 2 else delay * rng.uniform(0.7, 1.3)
+        i += 1
+
+
+# --------------------------------------------------------------------------------------
+# emulator_farm
+
+
+def emulator_farm(profile: ClientProfile, count: int, seed: int, start_ts: float = DEFAULT_START_TS,
+                  evasion: int = 0, rate: float | None = None, *,
+                  catalogue: DeviceCatalogue | None = None) -> Iterator[dict[str, Any]]:
+    """The real app (current version: right headers, TLS, HTTP/2 and signature) on
+    emulators: host servers of 12 emulator instances each, every instance logged in to
+    four accounts in turn; all instances of the farm run one image (identical device
+    tuples and screens) and one script, started together every round (synchronised
+    schedules: the same calls with the same pauses). Play Integrity sees a virtual or
+    failing device. `evasion` 0: stock emulator images (Android Studio AVDs, Genymotion),
+    instances cloned from one snapshot (one ANDROID_ID per host), the hosts' datacenter
+    addresses; 1: LDPlayer / Nox / MEmu / BlueStacks presenting a real phone's model but
+    leaking their hardware or default window, one ANDROID_ID per instance; 2: build
+    properties spoofed to a real catalogue phone with its own screen, residential
+    proxies; only the attestation verdict, and the farm's behaviour, show it."""
+    _check_evasion(evasion)
+    rng = random.Random(f"emulator_farm:{seed}")
+    b = _Builder(profile, rng, "emulator_farm", True)
+    if count <= 0:
+        return
+    rate = rate or 5.0
+    models, weights = _models(catalogue)
+    version, code, key_id = _app_release(profile, start_ts)
+    stack = _app_stack(profile, version)
+    hdrs = _AppHeaders(profile)
+    script_len = 10  # start-up burst, two browse calls, four actions
+    instances = max(2, min(240, count // (3 * script_len)))
+    per_host = 12
+    hosts = max(1, math.ceil(instances / per_host))
+    gap = 1.5 if evasion == 0 else 2.5  # the script's pause between calls
+    cycle = max(script_len * gap * 2.5, instances * script_len / rate)
+    rounds = math.ceil(count / (instances * script_len))
+    country = rng.choice([c for c in COUNTRIES if c.code in ("US", "BR", "IN", "ID", "VN")])
+    locale = country.locales[0][0] if evasion == 2 else "en_US"
+
+    # One image per host, two images in the farm.
+    images: list[tuple[DeviceSpec, tuple[str, ...]]] = []
+    for _ in range(2):
+        if evasion == 0:
+            images.append(rng.choice(AVD_IMAGES))
+            continue
+        model = rng.choices(models, weights=weights)[0]
+        handset = _draw_handset(rng, model)
+        if evasion == 1:
+            _, hardware, window = rng.choice(THIRD_PARTY_EMULATORS)
+            if hardware is not None:
+                handset = DeviceSpec(handset.manufacturer, handset.model, handset.device, hardware, handset.dpi,
+                                     handset.width, handset.height, handset.sdk_int, handset.release)
+            if window is not None:
+                dpi, w, h = window
+                handset = DeviceSpec(handset.manufacturer, handset.model, handset.device, handset.hardware, dpi, w, h,
+                                     handset.sdk_int, handset.release)
+            images.append((handset, rng.choice(((), ("MEETS_BASIC_INTEGRITY",)))))
+        else:
+            images.append((handset, rng.choice((("MEETS_BASIC_INTEGRITY",), ("MEETS_VIRTUAL_INTEGRITY",)))))
+    datacenter = [rng.choice(HOSTING_NETWORKS) for _ in range(hosts)]
+    host_ip = [_hosting(rng, dc) for dc in datacenter]
+    snapshot_id = [f"android-{_hex(rng, 16)}" for _ in range(hosts)]
+    proxies = _carrier_blocks(rng, country, 6)
+    events: list[dict[str, Any]] = []
+    for inst in range(instances):
+        host = inst // per_host
+        device, recognition = images[host % len(images)]
+        device_id = snapshot_id[host] if evasion == 0 else f"android-{_hex(rng, 16)}"
+        accounts = [_account_id(rng) for _ in range(4)]
+        ua = ua_string(b.app_token, version, code, device, locale)
+        for r in range(rounds):
+            account = accounts[r % len(accounts)]
+            ts = start_ts + r * cycle + rng.uniform(0, 2.0 if evasion == 0 else 10.0 * evasion)
+            if evasion == 2:
+                block, network = rng.choice(proxies)
+                ip = f"{block}.{rng.randint(2, 254)}"
+            else:
+                ip, network = host_ip[host]
+            sid, conn, bandwidth = _uuid4(rng), "WIFI", rng.uniform(20000, 90000)
+            calls = [_startup_call(rng, s) for s in range(len(STARTUP_PATHS))]
+            calls += [_browse_call(rng, p + 1) for p in range(2)]
+            calls += [_action_call(rng) for _ in range(script_len - len(calls))]
+            token_ts = ts - rng.uniform(0.3, 2.0)
+            for step, (method, path, query, body_size) in enumerate(calls):
+                values = hdrs.values(device_id=device_id, session_id=sid, account=account, signed_at=ts,
+                                     locale=locale, conn=conn, bandwidth=bandwidth if step else None, ua=ua,
+                                     body_size=body_size)
+                events.append(b.request(
+                    ts, ip=ip, method=method, path=path, query=query, headers=hdrs.ordered(values), key_id=key_id,
+                    body_size=body_size, http_version=stack.http_version, tls=dict(stack.tls), h2=stack.h2,
+                    network=network, attestation=_attestation(profile, recognition, ts - token_ts)))
+                ts += (rng.uniform(0.02, 0.3) if step < len(STARTUP_PATHS) - 1
+                       else gap + (rng.uniform(0, 0.2) if evasion == 0 else rng.uniform(-1.0, 1.5)))
+    yield from _in_order(events, count)
+
+
+# --------------------------------------------------------------------------------------
+# synthetic_devices
+
+
+def _impossible_device(rng: random.Random, m: _Model, flaws: int, codenames: Sequence[str]) -> DeviceSpec:
+    """A handset of model `m` with `flaws` of its facts made physically impossible,
+    judged from the model's own facts (panel widths, densities, SoC vendor, the Android
+    versions it shipped with or received, its codenames)."""
+    d = _draw_handset(rng, m)
+    f = m.facts
+    options = ["sdk_release"]
+    if f.dpi:
+        options.append("dpi")
+    if f.resolutions:
+        options += ["width", "height"]
+    if f.soc_vendor in _SOC_HARDWARE:
+        options.append("hardware")
+    if f.sdk_min is not None and f.sdk_min > min(ANDROID_RELEASE):
+        options.append("sdk_low")
+    if f.sdk_max is not None and f.sdk_max < NEWEST_SDK:
+        options.append("sdk_high")
+    foreign = [c for c in codenames if c not in f.devices]
+    if foreign:
+        options.append("codename")
+    for flaw in rng.sample(options, min(flaws, len(options))):
+        if flaw == "dpi":  # far outside what display-size settings reach (0.85x..1.5x)
+            widths = [w for w, _ in f.resolutions] or [d.width]
+            low = 0.6 * min(f.dpi) * min(widths) / max(widths)
+            lows = [x for x in (100, 120, 140, 160, 180, 200, 213, 240) if x < low]
+            high = rng.choice((880, 960)) if max(f.dpi) * 1.7 < 880 else 1200
+            d = replace(d, dpi=rng.choice(lows) if lows else high)
+        elif flaw == "width":  # a panel width the model does not have
+            w = rng.choice([x for x in _COMMON_WIDTHS if x not in {pw for pw, _ in f.resolutions}])
+            d = replace(d, width=w, height=round(w * d.height / d.width))
+        elif flaw == "height":  # taller than the model's panel of that width
+            same = [h for w, h in f.resolutions if w == d.width]
+            d = replace(d, height=max(same or [h for _, h in f.resolutions]) + rng.randint(120, 480))
+        elif flaw == "hardware":  # another vendor's SoC
+            vendor = rng.choice([v for v in _SOC_HARDWARE if v != f.soc_vendor])
+            d = replace(d, hardware=rng.choice(_SOC_HARDWARE[vendor]))
+        elif flaw == "sdk_low" and f.sdk_min is not None:  # older than the model's launch
+            sdk = rng.randint(max(min(ANDROID_RELEASE), f.sdk_min - 5), f.sdk_min - 1)
+            d = replace(d, sdk_int=sdk, release=ANDROID_RELEASE[sdk])
+        elif flaw == "sdk_high" and f.sdk_max is not None:  # newer than its last upgrade
+            sdk = rng.randint(f.sdk_max + 1, NEWEST_SDK)
+            d = replace(d, sdk_int=sdk, release=ANDROID_RELEASE[sdk])
+        elif flaw == "sdk_release":
+            major = int(ANDROID_RELEASE[d.sdk_int].split(".")[0])
+            if rng.random() < 0.5:  # the two swapped: "14/34"
+                d = replace(d, sdk_int=max(10, major), release=str(d.sdk_int))
+            else:  # a release that never shipped with that API level
+                d = replace(d, release=str(major + rng.choice((-2, -1, 1))))
+        elif flaw == "codename":  # another model's codename
+            d = replace(d, device=rng.choice(foreign))
+    return d
+
+
+def synthetic_devices(profile: ClientProfile, count: int, seed: int, start_ts: float = DEFAULT_START_TS,
+                      evasion: int = 0, rate: float | None = None, *,
+                      catalogue: DeviceCatalogue | None = None) -> Iterator[dict[str, Any]]:
+    """A library that gives every account a device from a large pool of generated device
+    strings, each physically impossible: a real model with facts it cannot have (a
+    density far outside its panel's, a panel width or height it does not have, another
+    vendor's SoC, an Android version it never ran, API level and release swapped, another
+    model's codename). Calls go out at a fixed pace, accounts in turn. `evasion` 0:
+    Python requests (desktop TLS, HTTP/1.1, its own header order), a retired build's
+    key, datacenter addresses, two or three flaws per device; 1: PHP curl over HTTP/2
+    with the app's header order, the current build's key, two flaws; 2: OkHttp with
+    Conscrypt on a server JVM (the app's TLS and HTTP/2), Play Integrity tokens relayed
+    from real phones, residential proxies, one flaw per device: only the device tuple
+    gives it away."""
+    _check_evasion(evasion)
+    rng = random.Random(f"synthetic_devices:{seed}")
+    b = _Builder(profile, rng, "synthetic_devices", True)
+    if count <= 0:
+        return
+    models, weights = _models(catalogue)
+    codenames = sorted({c for m in models for c in m.facts.devices})
+    if evasion == 0:
+        retired = [v for v in profile.versions.values() if v.status == "retired" and v.keys]
+        old = max(retired, key=lambda v: v.sort_key) if retired else profile.newest_version
+        version, code, key_id = old.version, min(old.codes), signing_key_for(profile, old)
+    else:
+        version, code, key_id = _app_release(profile, start_ts)
+    stack = PYTHON_STACK if evasion == 0 else CURL_H2_STACK if evasion == 1 else _app_stack(profile, version)
+    hdrs = _AppHeaders(profile)
+    delay = 1.0 / (rate or 2.0)
+    n_accounts = max(5, count // 8)
+    flaws = (2, 2, 1)[evasion] + (rng.random() < 0.5 if evasion == 0 else 0)
+    country = _COUNTRY["US"]
+    accounts = []
+    for _ in range(n_accounts):
+        m = rng.choices(models, weights=weights)[0]
+        device = _impossible_device(rng, m, flaws, codenames)
+        accounts.append((_account_id(rng), f"android-{_hex(rng, 16)}", device, rng.choice(country.locales)[0]))
+    host = rng.choice(HOSTING_NETWORKS)
+    ts = start_ts + rng.uniform(0, 3)
+    for i in range(count):
+        account, device_id, device, locale = accounts[i % n_accounts]
+        method, path, query, body_size = _action_call(rng) if i % 3 == 0 else _browse_call(rng, 1 + i // n_accounts)
+        if evasion == 2:
+            ip, network = _residential(rng, country)
+        else:
+            ip, network = _hosting(rng, host)
+        ua = ua_string(b.app_token, version, code, device, locale)
+        values = hdrs.values(device_id=device_id, session_id=_uuid4(rng) if evasion else None, account=account,
+                             signed_at=ts, locale=locale, conn="WIFI" if evasion else None,
+                             bandwidth=rng.uniform(5000, 50000) if evasion else None, ua=ua, body_size=body_size)
+        if evasion == 0:
+            values["accept-encoding"] = "gzip, deflate"
+            headers = [("accept", "*/*"), ("connection", "keep-alive")] + hdrs.ordered(values)
+        else:
+            headers = hdrs.ordered(values)
+        yield b.request(ts, ip=ip, method=method, path=path, query=query, headers=headers, key_id=key_id,
+                        body_size=body_size, title_case=evasion == 0, http_version=stack.http_version,
+                        tls=dict(stack.tls), h2=stack.h2, network=network,
+                        attestation=_real_device_attestation(profile, rng) if evasion == 2 else None)
         ts += delay
 
 
-SCENARIOS: dict[str, Callable[..., Iterator[dict[str, Any]]]] = {
-    "genuine": genuine,
+# --------------------------------------------------------------------------------------
+# bot_network
+
+
+def bot_network(profile: ClientProfile, count: int, seed: int, start_ts: float = DEFAULT_START_TS,
+                evasion: int = 0, rate: float | None = None, *,
+                catalogue: DeviceCatalogue | None = None) -> Iterator[dict[str, Any]]:
+    """A credential-harvesting network: its users handed over their logins, and it runs
+    their accounts (likes, follows, comments sold as engagement). Many accounts per device
+    identity (a pool of about one identity per 25 accounts, each session of an account on
+    whichever identity is free: accounts hop between devices) and per IP block (the few
+    /24 blocks the network exits from), sessions of actions only, with none of the
+    start-up and browsing calls of a real session. Devices are real catalogue phones and
+    requests carry the current build's headers, TLS, HTTP/2 and a valid signature at
+    every level. `evasion` 0: OkHttp on servers in datacenters, no attestation, a fixed
+    3 s between actions; 1: residential proxies, Play Integrity tokens reused long after
+    they were issued, 2-6 s between actions; 2: a phone farm behind mobile proxies:
+    fresh tokens, human-like pauses, a config call before the actions. Per request it is
+    then the app; only behaviour gives it away."""
+    _check_evasion(evasion)
+    rng = random.Random(f"bot_network:{seed}")
+    b = _Builder(profile, rng, "bot_network", True)
+    if count <= 0:
+        return
+    rate = rate or 3.0
+    models, weights = _models(catalogue)
+    version, code, key_id = _app_release(profile, start_ts)
+    stack = _app_stack(profile, version)
+    hdrs = _AppHeaders(profile)
+    span = count / rate
+    n_accounts = max(10, count // 12)
+    n_identities = max(2, n_accounts // 25)
+    country = rng.choice([c for c in COUNTRIES if c.code in ("IN", "BR", "ID", "TR", "US")])
+    locales = [loc for loc, _ in country.locales]
+    identities = [(f"android-{_hex(rng, 16)}", _draw_handset(rng, rng.choices(models, weights=weights)[0]),
+                   rng.choice(locales)) for _ in range(n_identities)]
+    accounts = [_account_id(rng) for _ in range(n_accounts)]
+    if evasion == 0:
+        dcs = rng.sample(HOSTING_NETWORKS, 2)
+        blocks = []
+        for dc in dcs:
+            for _ in range(2):
+                a, bb = rng.choice(_prefixes(dc[0]))
+                blocks.append((f"{a}.{bb}.{rng.randint(0, 255)}",
+                               {"asn": dc[0], "as_org": dc[1], "country": dc[2], "hosting": True}))
+    else:
+        blocks = _carrier_blocks(rng, country, 6 if evasion == 1 else 10)
+    events: list[dict[str, Any]] = []
+    while len(events) < count:
+        ts = start_ts + rng.uniform(0, span)
+        account = rng.choice(accounts)
+        device_id, device, locale = rng.choice(identities)
+        block, network = rng.choice(blocks)
+        ip = f"{block}.{rng.randint(2, 254)}"
+        ua = ua_string(b.app_token, version, code, device, locale)
+        sid = _uuid4(rng)
+        conn = "WIFI" if evasion == 0 else rng.choice(("MOBILE.LTE", "MOBILE.LTE", "WIFI"))
+        bandwidth = rng.uniform(3000, 40000)
+        calls = [("GET", "/api/v1/config", None, None)] if evasion == 2 else []
+        calls += [_action_call(rng) for _ in range(rng.randint(3, 8))]
+        token_ts = ts - (rng.uniform(900, 3600) if evasion == 1 else rng.uniform(0.3, 2.0))
+        for step, (method, path, query, body_size) in enumerate(calls):
+            values = hdrs.values(device_id=device_id, session_id=sid, account=account, signed_at=ts, locale=locale,
+                                 conn=conn, bandwidth=bandwidth if step else None, ua=ua, body_size=body_size)
+            att = None if evasion == 0 else _real_device_attestation(profile, rng, ts - token_ts)
+            events.append(b.request(
+                ts, ip=ip, method=method, path=path, query=query, headers=hdrs.ordered(values), key_id=key_id,
+                body_size=body_size, http_version=stack.http_version, tls=dict(stack.tls), h2=stack.h2,
+                network=network, attestation=att))
+            ts += 3.0 if evasion == 0 else rng.uniform(2.0, 6.0) if evasion == 1 else min(
+                60.0, rng.lognormvariate(math.log(5.0), 0.6))
+    yield from _in_order(events, count)
+
+
+# --------------------------------------------------------------------------------------
+# replay
+
+
+def replay(profile: ClientProfile, count: int, seed: int, start_ts: float = DEFAULT_START_TS,
+           evasion: int = 0, rate: float | None = None, *,
+           catalogue: DeviceCatalogue | None = None) -> Iterator[dict[str, Any]]:
+    """Captured requests re-sent later: the attacker runs the real app on a few phones
+    of its own behind an intercepting proxy, keeps the signed requests (mostly likes and
+    follows, some feed calls) and re-sends each of them several times from other
+    addresses and networks, byte for byte where it is signed (same signature, signing
+    timestamp, device id, body hash, attestation token). The captured originals are in
+    the output too, labelled `{"scenario": "replay", "malicious": false, "role":
+    "captured"}`: real app traffic, which a replay detector needs to have seen. `evasion`
+    0: a Python script re-sends them 15-30 minutes later from datacenters; 1: the app's
+    TLS (uTLS), residential proxies abroad, 7-25 minutes later (signing timestamps and
+    tokens out of date); 2: the app's stack, residential proxies of the same country on
+    other carriers, 20-250 s later: inside the signature's clock skew and the token's
+    lifetime, so per request it is the original; only the reuse gives it away."""
+    _check_evasion(evasion)
+    rng = random.Random(f"replay:{seed}")
+    b = _Builder(profile, rng, "replay", True)
+    if count <= 0:
+        return
+    rate = rate or 3.0
+    span = count / rate
+    n_captured = max(1, count // 8)
+    delays = ((900.0, 1800.0), (420.0, 1500.0), (20.0, 250.0))[evasion]
+    # The capture phones: a small population of real users (the attacker's own phones).
+    capture_span = max(60.0, 0.4 * span - delays[0] / 2)
+    captured = list(genuine(profile, n_captured, seed=int(rng.getrandbits(31)), start_ts=start_ts,
+                            rate=n_captured / capture_span, catalogue=catalogue))
+    events: list[dict[str, Any]] = []
+    for k, e in enumerate(captured):
+        e["request_id"] = f"replay-captured-{k:08d}-{_hex(rng, 8)}"
+        e["label"] = {"scenario": "replay", "malicious": False, "role": "captured"}
+        events.append(e)
+    worth = [e for e in captured if e["method"] == "POST" and "launcher" not in e["path"]] or captured
+    feed = [e for e in captured if e["path"] == "/api/v1/feed/timeline"]
+    n_replays = count - len(events)
+    python_headers = [["accept", "*/*"], ["connection", "keep-alive"]]
+    for _ in range(n_replays):
+        orig = rng.choice(worth) if rng.random() < 0.85 or not feed else rng.choice(feed)
+        delay = rng.uniform(*delays)
+        ts = orig["ts"] + delay
+        changes: dict[str, Any] = {"label": {"scenario": "replay", "malicious": True}}
+        if evasion == 0:
+            ip, network = _hosting(rng, rng.choice(HOSTING_NETWORKS))
+            changes.update(http_version="1.1", tls={"ja4": PYTHON_REQUESTS_JA4, "alpn": "http/1.1", "version": "1.3"},
+                           headers=python_headers + [list(h) for h in orig["headers"]])
+            changes["h2"] = None
+        else:
+            home = _COUNTRY.get(orig["network"]["country"], _COUNTRY["US"])
+            if evasion == 1:
+                ip, network = _residential(rng, rng.choice([c for c in COUNTRIES if c.code != home.code]))
+            else:  # the original's country, another carrier or ISP
+                nets = [n for n in list(home.mobile) + list(home.wifi) if n[0] != orig["network"]["asn"]]
+                asn, org = rng.choice(nets or list(home.mobile))
+                ip, network = _ipv4(rng, asn), {"asn": asn, "as_org": org, "country": home.code, "hosting": False}
+        changes.update(client_ip=ip, network=network)
+        if "attestation" in orig:
+            att = dict(orig["attestation"])
+            att["token_age_s"] = round(att.get("token_age_s", 0.0) + delay, 1)
+            changes["attestation"] = att
+        copy = _copy_request(b, orig, ts, **changes)
+        if copy.get("h2") is None:
+            copy.pop("h2", None)
+        events.append(copy)
+    yield from _in_order(events, count)
+
+
+# --------------------------------------------------------------------------------------
+# low_and_slow
+
+
+def low_and_slow(profile: ClientProfile, count: int, seed: int, start_ts: float = DEFAULT_START_TS,
+                 evasion: int = 0, rate: float | None = None, *,
+                 catalogue: DeviceCatalogue | None = None) -> Iterator[dict[str, Any]]:
+    """Engagement bots that stay under every rate threshold: hundreds of accounts
+    registered in bulk (neighbouring account ids), one device id each, and one short
+    session per account every 30-60 minutes (a like or a follow, nothing more), each
+    from a fresh residential address. Every account runs the same cloned phone image:
+    one device tuple, one app build, one locale across the fleet. Nothing is fast; what
+    gives it away is the fingerprint. `evasion` 0: Python requests beneath (desktop TLS,
+    HTTP/1.1, its header order and case); 1: uTLS with OkHttp's ClientHello but Go's
+    HTTP/2; 2: OkHttp with Conscrypt, relayed Play Integrity tokens and full app
+    sessions (start-up burst, a look at the feed, then the action): per request it is
+    the app, and only population signals (one device fingerprint on hundreds of new
+    device ids and accounts) can see it."""
+    _check_evasion(evasion)
+    rng = random.Random(f"low_and_slow:{seed}")
+    b = _Builder(profile, rng, "low_and_slow", True)
+    if count <= 0:
+        return
+    rate = rate or 1.0
+    models, weights = _models(catalogue)
+    version, code, key_id = _app_release(profile, start_ts)
+    stack = PYTHON_STACK if evasion == 0 else _app_stack(profile, version, GO_H2 if evasion == 1 else None)
+    hdrs = _AppHeaders(profile)
+    session_len = len(STARTUP_PATHS) + 2 if evasion == 2 else 2
+    interval = (1800.0, 3600.0)  # between two sessions of one account
+    # Enough accounts that the fleet's total is `rate` while each stays slow.
+    n_accounts = max(3, round(rate * sum(interval) / 2 / session_len))
+    device = _draw_handset(rng, rng.choices(models, weights=weights)[0])
+    country = _COUNTRY["US"]
+    locale = "en_US"
+    ua = ua_string(b.app_token, version, code, device, locale)
+    base = rng.randint(10**10, 5 * 10**10)
+    accounts = []
+    heap: list[tuple[float, int]] = []
+    for k in range(n_accounts):
+        base += rng.randint(1, 60)  # registered in one batch: ids close together
+        accounts.append((str(base), f"android-{_hex(rng, 16)}"))
+        heap.append((start_ts + rng.uniform(0, interval[1]), k))
+    heapq.heapify(heap)
+    exits = [c for c in COUNTRIES if c.code in ("US", "GB", "DE", "BR", "IN")] if evasion == 0 else [country]
+    events: list[dict[str, Any]] = []
+    while len(events) < count:
+        ts, k = heapq.heappop(heap)
+        account, device_id = accounts[k]
+        ip, network = _residential(rng, rng.choice(exits))
+        sid = _uuid4(rng)
+        conn = rng.choice(("WIFI", "MOBILE.LTE"))
+        bandwidth = rng.uniform(3000, 40000)
+        if evasion == 2:
+            calls = [_startup_call(rng, s) for s in range(len(STARTUP_PATHS))]
+            calls += [_browse_call(rng, 1), _action_call(rng)]
+        else:
+            calls = [("GET", "/api/v1/feed/timeline", None, None), _action_call(rng)]
+        token_ts = ts - rng.uniform(0.3, 2.0)
+        t = ts
+        for step, (method, path, query, body_size) in enumerate(calls):
+            values = hdrs.values(device_id=device_id, session_id=sid, account=account, signed_at=t, locale=locale,
+                                 conn=conn, bandwidth=bandwidth if step else None, ua=ua, body_size=body_size)
+            if evasion == 0:
+                values["accept-encoding"] = "gzip, deflate"
+                headers = [("accept", "*/*"), ("connection", "keep-alive")] + hdrs.ordered(values)
+            else:
+                headers = hdrs.ordered(values)
+            events.append(b.request(
+                t, ip=ip, method=method, path=path, query=query, headers=headers, key_id=key_id,
+                body_size=body_size, title_case=evasion == 0, http_version=stack.http_version,
+                tls=dict(stack.tls), h2=stack.h2, network=network,
+                attestation=_real_device_attestation(profile, rng, t - token_ts) if evasion == 2 else None))
+            t += rng.uniform(0.05, 0.3) if step < len(calls) - 2 else rng.uniform(3.0, 20.0)
+        heapq.heappush(heap, (ts + rng.uniform(*interval), k))
+    yield from _in_order(events, count)
+
+
+# --------------------------------------------------------------------------------------
+# fingerprint_spoofing
+
+
+def fingerprint_spoofing(profile: ClientProfile, count: int, seed: int, start_ts: float = DEFAULT_START_TS,
+                         evasion: int = 0, rate: float | None = None, *,
+                         catalogue: DeviceCatalogue | None = None) -> Iterator[dict[str, Any]]:
+    """A client that impersonates the app's TLS exactly (Go with uTLS replaying OkHttp's
+    ClientHello: the app's JA4) with the current build's user agent, key and a real
+    catalogue phone per account, from residential proxies, but gets the header order or
+    the HTTP/2 fingerprint wrong. `evasion` 0: Go's HTTP/2 and Go's header order (a map:
+    a new order on every request), no attestation; 1: Go's HTTP/2 and one fixed order
+    copied from a capture with the user agent and encoding moved to the front, no
+    attestation; 2: each client instance has one flaw left: OkHttp's SETTINGS copied but
+    Go's pseudo-header order, or a perfect HTTP/2 writer with two of the app's headers
+    swapped; Play Integrity tokens relayed from real phones."""
+    _check_evasion(evasion)
+    rng = random.Random(f"fingerprint_spoofing:{seed}")
+    b = _Builder(profile, rng, "fingerprint_spoofing", True)
+    if count <= 0:
+        return
+    rate = rate or 2.0
+    models, weights = _models(catalogue)
+    version, code, key_id = _app_release(profile, start_ts)
+    hdrs = _AppHeaders(profile)
+    span = count / rate
+    n_clients = max(2, count // 60)
+    country = rng.choice([c for c in COUNTRIES if c.code in ("US", "GB", "DE", "FR", "MX")])
+    swap_at = [i for i, n in enumerate(hdrs.order[:-1]) if n in (hdrs.stamp, "accept-language")]
+    clients = []
+    for k in range(n_clients):
+        flaw = "h2" if evasion < 2 or k % 2 == 0 else "order"
+        h2 = GO_H2 if evasion < 2 else OKHTTP_SETTINGS_GO_PSEUDO if flaw == "h2" else None
+        clients.append((_account_id(rng), f"android-{_hex(rng, 16)}",
+                        _draw_handset(rng, rng.choices(models, weights=weights)[0]),
+                        rng.choice(country.locales)[0], _app_stack(profile, version, h2), flaw))
+    events: list[dict[str, Any]] = []
+    while len(events) < count:
+        account, device_id, device, locale, stack, flaw = rng.choice(clients)
+        ts = start_ts + rng.uniform(0, span)
+        ip, network = _residential(rng, country)
+        ua = ua_string(b.app_token, version, code, device, locale)
+        sid = _uuid4(rng)
+        calls = [_startup_call(rng, s) for s in range(len(STARTUP_PATHS))]
+        calls += [_browse_call(rng, p + 1) if rng.random() < 0.6 else _action_call(rng)
+                  for p in range(rng.randint(2, 10))]
+        token_ts = ts - rng.uniform(0.3, 2.0)
+        for step, (method, path, query, body_size) in enumerate(calls):
+            values = hdrs.values(device_id=device_id, session_id=sid, account=account, signed_at=ts, locale=locale,
+                                 conn="WIFI", bandwidth=rng.uniform(8000, 60000) if step else None, ua=ua,
+                                 body_size=body_size)
+            headers = hdrs.ordered(values)
+            if evasion == 0:
+                rng.shuffle(headers)
+                if [n for n, _ in headers] == [n for n, _ in hdrs.ordered(values)]:
+                    headers.reverse()
+            elif evasion == 1:
+                front = [h for h in headers if h[0] in ("user-agent", "accept-encoding")]
+                headers = front[::-1] + [h for h in headers if h[0] not in ("user-agent", "accept-encoding")]
+            elif flaw == "order":
+                names = [n for n, _ in headers]
+                i = names.index(hdrs.order[swap_at[0]]) if swap_at and hdrs.order[swap_at[0]] in names else 0
+                headers[i], headers[i + 1] = headers[i + 1], headers[i]
+            att = _real_device_attestation(profile, rng, ts - token_ts) if evasion == 2 else None
+            events.append(b.request(
+                ts, ip=ip, method=method, path=path, query=query, headers=headers, key_id=key_id,
+                body_size=body_size, http_version=stack.http_version, tls=dict(stack.tls), h2=stack.h2,
+                network=network, attestation=att))
+            ts += rng.uniform(0.02, 0.35) if step < len(STARTUP_PATHS) - 1 else rng.uniform(1.0, 12.0)
+    yield from _in_order(events, count)
+
+
+# --------------------------------------------------------------------------------------
+# Scenarios
+
+ATTACKS: dict[str, Callable[..., Iterator[dict[str, Any]]]] = {
     "private_api_library": private_api_library,
+    "emulator_farm": emulator_farm,
+    "synthetic_devices": synthetic_devices,
+    "bot_network": bot_network,
+    "replay": replay,
+    "low_and_slow": low_and_slow,
+    "fingerprint_spoofing": fingerprint_spoofing,
 }
 
+# Attacks that per-request (stateless) checks must catch at every evasion level, and
+# those that at their strongest look like the app per request, so that only behaviour,
+# replay or population state can catch them (docs/evaluation.md).
+STATELESS_DETECTABLE = ("private_api_library", "emulator_farm", "synthetic_devices", "fingerprint_spoofing")
+NEEDS_STATE = ("bot_network", "replay", "low_and_slow")
 
-def simulate(scenario: str, profile: ClientProfile, count: int, seed: int, start_ts: float = DEFAULT_START_TS,
-             rate: float | None = None, *, catalogue: DeviceCatalogue | None = None) -> Iterator[dict[str, Any]]:
-    try:
-        gen = SCENARIOS[scenario]
-    except KeyError:
-        raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(sorted(SCENARIOS))}") from None
-    if "catalogue" in inspect.signature(gen).parameters:
-        return gen(profile, count, seed, start_ts, rate=rate, catalogue=catalogue)
-    return gen(profile, count, seed, start_ts, rate=rate)
+
+def _call(gen: Callable[..., Iterator[dict[str, Any]]], profile: ClientProfile, count: int, seed: int,
+          start_ts: float, rate: float | None, catalogue: DeviceCatalogue | None,
+          evasion: int | None) -> Iterator[dict[str, Any]]:
+    params = inspect.signature(gen).parameters
+    kwargs: dict[str, Any] = {"rate": rate}
+    if "catalogue" in params:
+        kwargs["catalogue"] = catalogue
+    if evasion is not None and "evasion" in params:
+        kwargs["evasion"] = evasion
+    return gen(profile, count, seed, start_ts, **kwargs)
 
 
 def mixed(profile: ClientProfile, count: int, seed: int, start_ts: float = DEFAULT_START_TS,
           attack_share: float = 0.05, rate: float | None = None, *,
-          catalogue: DeviceCatalogue | None = None) -> list[dict[str, Any]]:
-    """Genuine traffic with attacks interleaved in event time."""
+          catalogue: DeviceCatalogue | None = None, attacks: Sequence[str] = ("private_api_library",),
+          evasion: int | None = 0) -> list[dict[str, Any]]:
+    """Genuine traffic with attacks interleaved in event time: `attack_share` of the
+    requests, split evenly between `attacks`, each spread over the genuine traffic's
+    span. `evasion` None draws each attack's level from the seed."""
     n_attack = int(count * attack_share)
     events = list(genuine(profile, count - n_attack, seed, start_ts, rate=rate, catalogue=catalogue))
-    if n_attack:
+    if n_attack and attacks:
         span = (events[-1]["ts"] - start_ts) if events else 60.0
-        arate = n_attack / max(span, 1.0)
-        events.extend(private_api_library(profile, n_attack, seed, start_ts, rate=arate))
+        rng = random.Random(f"mixed:{seed}")
+        for k, name in enumerate(attacks):
+            n = n_attack // len(attacks) + (1 if k < n_attack % len(attacks) else 0)
+            if n == 0:
+                continue
+            level = rng.choice(EVASION_LEVELS) if evasion is None else evasion
+            offset = rng.uniform(0, 0.2 * span) if len(attacks) > 1 else 0.0
+            arate = n / max(span - offset, 1.0)
+            events.extend(_call(ATTACKS[name], profile, n, seed, start_ts + offset, arate, catalogue, level))
     events.sort(key=lambda e: e["ts"])
     return events
 
 
+def realistic_day(profile: ClientProfile, count: int, seed: int, start_ts: float = DEFAULT_START_TS,
+                  evasion: int | None = None, rate: float | None = None, *,
+                  catalogue: DeviceCatalogue | None = None) -> Iterator[dict[str, Any]]:
+    """The `mixed` scenario: about 99% genuine traffic with every attack interleaved,
+    each at an evasion level drawn from the seed (or the one given)."""
+    yield from mixed(profile, count, seed, start_ts, attack_share=0.01, rate=rate, catalogue=catalogue,
+                     attacks=tuple(ATTACKS), evasion=evasion)
+
+
+SCENARIOS: dict[str, Callable[..., Iterator[dict[str, Any]]]] = {
+    "genuine": genuine,
+    **ATTACKS,
+    "mixed": realistic_day,
+}
+
+
+def simulate(scenario: str, profile: ClientProfile, count: int, seed: int, start_ts: float = DEFAULT_START_TS,
+             rate: float | None = None, *, catalogue: DeviceCatalogue | None = None,
+             evasion: int | None = None) -> Iterator[dict[str, Any]]:
+    """`count` labelled requests of a scenario (SCENARIOS). `evasion`: the attack's
+    level (0..2; default each scenario's own, 0 for the attacks); ignored by genuine."""
+    try:
+        gen = SCENARIOS[scenario]
+    except KeyError:
+        raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}") from None
+    if evasion is not None:
+        _check_evasion(evasion)
+    return _call(gen, profile, count, seed, start_ts, rate, catalogue, evasion)
+
+
 __all__ = [
-    "ANDROID_RELEASE", "BUILTIN_MODELS", "COUNTRIES", "DEFAULT_START_TS", "DeviceSpec", "LIBRARY_DEFAULT_DEVICE",
-    "OKHTTP_H2", "OKHTTP_JA4", "PYTHON_REQUESTS_JA4", "SCENARIOS", "app_token", "device_checksum", "genuine",
-    "genuine_request", "mixed", "private_api_library", "resign", "simulate", "ua_string",
+    "ANDROID_RELEASE", "ATTACKS", "BUILTIN_MODELS", "COUNTRIES", "DEFAULT_START_TS", "DeviceSpec", "EVASION_LEVELS",
+    "LIBRARY_DEFAULT_DEVICE", "NEEDS_STATE", "OKHTTP_H2", "OKHTTP_JA4", "PYTHON_REQUESTS_JA4", "SCENARIOS",
+    "STATELESS_DETECTABLE", "app_token", "bot_network", "device_checksum", "emulator_farm", "fingerprint_spoofing",
+    "genuine", "genuine_request", "low_and_slow", "mixed", "private_api_library", "realistic_day", "replay", "resign",
+    "simulate", "synthetic_devices", "ua_string",
 ]

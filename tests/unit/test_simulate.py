@@ -309,3 +309,15 @@ def test_simulate_and_mixed_dispatch(profile, detection):
     labels = collections.Counter(e["label"]["scenario"] for e in evs)
     assert labels == {"genuine": 1900, "private_api_library": 100}
     assert [e["ts"] for e in evs] == sorted(e["ts"] for e in evs)
+
+
+def test_simulate_passes_the_evasion_level_and_mixed_splits_its_attacks(profile, detection):
+    cat = detection.catalogue
+    a = jsonl(simulate("private_api_library", profile, 50, 3, catalogue=cat, evasion=2))
+    assert a == jsonl(private_api_library(profile, 50, 3, evasion=2)) != jsonl(private_api_library(profile, 50, 3))
+    # genuine has no evasion level: it is ignored, not an error
+    assert jsonl(simulate("genuine", profile, 50, 3, catalogue=cat, evasion=1)) == jsonl(genuine(profile, 50, 3, catalogue=cat))
+    evs = mixed(profile, 2000, 3, catalogue=cat, attack_share=0.1, attacks=("emulator_farm", "replay"), evasion=1)
+    labels = collections.Counter(e["label"]["scenario"] for e in evs)
+    assert labels["genuine"] == 1800 and labels["emulator_farm"] == 100 and labels["replay"] == 100
+    assert [e["ts"] for e in evs] == sorted(e["ts"] for e in evs)

@@ -1,0 +1,158 @@
+"""`detector eval`: runs the simulator's scenarios through the offline pipeline
+(`detector.evaluate`) and prints per-scenario precision, recall, false-positive rate and
+time-to-detect as Markdown tables (`--json`: one final JSON line), optionally with an
+ablation table (`--ablation`) and a precision-recall plot (`--plot FILE`, PNG)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import orjson
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    s: argparse.ArgumentParser = sub.add_parser(
+        "eval", help="precision, recall and time-to-detect per attack scenario, on simulated labelled traffic")
+    s.add_argument("--scenario", action="append", default=[], metavar="NAME",
+                   help="an attack scenario or mixed (repeatable; default: every attack, then mixed)")
+    s.add_argument("--evasion", type=int, choices=[0, 1, 2],
+                   help="only this evasion level (default: each level; top-level figures are the strongest)")
+    s.add_argument("--without", action="append", default=[], metavar="FAMILY",
+                   help="disable a signal family (repeatable), e.g. --without tls --without transport")
+    s.add_argument("--ablation", action="store_true",
+                   help="also the recall of each scenario with each family disabled in turn (at --evasion, default 2)")
+    s.add_argument("--json", action="store_true", help="print one final JSON line")
+    s.add_argument("--plot", metavar="FILE", help="write precision-recall curves over the score threshold (PNG)")
+    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--genuine", type=int, default=20_000, help="genuine requests each attack is mixed into")
+    s.add_argument("--count", type=int, default=1_500, help="attack requests per scenario run")
+    s.add_argument("--level", choices=["suspicious", "malicious"], default="suspicious",
+                   help="the verdict level from which a request counts as flagged")
+    s.set_defaults(func=cmd_eval)
+    return s
+
+
+_STATE = {True: "yes", False: "no", None: "partly"}
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render(report: dict[str, Any], ablation: dict[str, dict[str, float | None]] | None = None,
+           ablation_evasion: int = 2) -> str:
+    """The report as Markdown: one row per scenario (its strongest evasion run), one per
+    scenario and level, and the ablation table."""
+    sc = report["scenarios"]
+    st = report["settings"]
+    out = [f"Flagged = verdict `{st['level']}` or worse. Each attack run: {st['attack_count']} attack requests mixed "
+           f"into {st['genuine_count']} genuine requests (seed {st['seed']})"
+           + (f"; families disabled: {', '.join(st['without'])}" if st["without"] else "") + ".", ""]
+    out.append(_table(
+        ["scenario", "evasion", "needs state", "attack / all requests", "precision", "recall", "F1", "genuine FPR",
+         "recall (malicious)", "entity recall", "time to detect (s)", "covered after detection"],
+        [[name, "drawn" if m["evasion"] is None else m["evasion"], _STATE[m["needs_state"]],
+          f"{m['attack_requests']} / {m['requests']}", m["precision"], m["recall"], m["f1"],
+          _fmt(m["false_positive_rate"], 5), m["recall_malicious"], m["entity_recall"], m["time_to_detect_s"],
+          m["covered_after_detection"]] for name, m in sc.items()]))
+    if any(len(m["by_evasion"]) > 1 for m in sc.values()):
+        out += ["", "By evasion level (recall / recall at malicious / entity recall / time to detect in s):", ""]
+        levels = sorted({lv for m in sc.values() for lv in m["by_evasion"]})
+        out.append(_table(["scenario", *[f"evasion {lv}" for lv in levels]], [
+            [name, *[(" / ".join(_fmt(b[k]) for k in ("recall", "recall_malicious", "entity_recall", "time_to_detect_s"))
+                      if (b := m["by_evasion"].get(lv)) else "") for lv in levels]]
+            for name, m in sc.items()]))
+    g = report["genuine"]
+    out += ["", f"Genuine traffic over all runs: {g['requests']} requests, {g['false_positives']} flagged "
+                f"(false-positive rate {_fmt(g['false_positive_rate'], 5)})."]
+    if ablation:
+        fams = list(next(iter(ablation.values())))
+        out += ["", f"Ablation at evasion {ablation_evasion}: recall with one family disabled ('none': all enabled):", ""]
+        out.append(_table(["scenario", *fams], [[name, *[row[f] for f in fams]] for name, row in ablation.items()]))
+    return "\n".join(out)
+
+
+def plot(report: dict[str, Any], path: str) -> None:
+    """Precision against recall as the score threshold falls, one line per scenario."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 6), dpi=110)
+    for name, m in report["scenarios"].items():
+        pts = [(r, p) for _, p, r in m.get("pr_curve", ()) if p is not None and r is not None]
+        if not pts:
+            continue
+        ax.plot([0.0, *[r for r, _ in pts]], [pts[0][1], *[p for _, p in pts]], drawstyle="steps-post",
+                marker=".", label=f"{name} (evasion {'drawn' if m['evasion'] is None else m['evasion']})")
+    ax.set_xlabel("recall (attack requests at or above the score threshold)")
+    ax.set_ylabel("precision")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(0.0, 1.02)
+    ax.grid(True, alpha=0.3)
+    ax.set_title("detector eval: precision-recall over the score threshold")
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+
+
+def json_line(report: dict[str, Any], ablation: dict[str, dict[str, float | None]] | None) -> bytes:
+    scenarios = {name: {k: v for k, v in m.items() if k != "pr_curve"} for name, m in report["scenarios"].items()}
+    doc: dict[str, Any] = {"scenarios": scenarios, "genuine": report["genuine"], "settings": report["settings"]}
+    if ablation is not None:
+        doc["ablation"] = ablation
+    return orjson.dumps(doc)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from agents.cli import _detection
+    from detector.evaluate import EvalSettings, ablation, evaluate, families
+    from detector.simulate import ATTACKS
+
+    cfg = _detection(args)
+    known = families(cfg)
+    unknown = [f for f in args.without if f not in known]
+    if unknown:
+        print(f"detector eval: unknown signal family {', '.join(unknown)}; known: {', '.join(known)}", file=sys.stderr)
+        return 2
+    bad = [s for s in args.scenario if s not in ATTACKS and s != "mixed"]
+    if bad:
+        print(f"detector eval: unknown scenario {', '.join(bad)}; known: {', '.join([*ATTACKS, 'mixed'])}",
+              file=sys.stderr)
+        return 2
+    try:
+        settings = EvalSettings(seed=args.seed, genuine_count=args.genuine, attack_count=args.count, level=args.level)
+    except ValueError as exc:
+        print(f"detector eval: {exc}", file=sys.stderr)
+        return 2
+    report = evaluate(cfg, args.scenario, args.evasion, args.without, settings, curves=bool(args.plot))
+    table = None
+    ablation_level = 2 if args.evasion is None else args.evasion
+    if args.ablation:
+        fams = [f for f in known if f not in args.without]
+        table = ablation(cfg, fams, args.scenario, ablation_level, settings)
+    if args.plot:
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        plot(report, args.plot)
+    if not args.json:
+        print(render(report, table, ablation_level))
+        if args.plot:
+            print(f"\nprecision-recall plot: {args.plot}")
+    if args.json:
+        print(json_line(report, table).decode())
+    return 0

@@ -1,0 +1,199 @@
+"""The behaviour engine of one shard: per-entity state in compact in-process
+structures, the detectors of each entity type, flags with an event-time TTL, and the
+entity alerts.
+
+State is split into `buckets` (by crc32 of the entity) so persistence is bulk and
+bounded: `dirty_buckets()` returns only the buckets changed since the last snapshot,
+each serialised whole with the input offset it includes, so a restart restores
+them and skips what they already contain (`observe(records, offset)`), neither losing
+nor double-counting. Re-sent records (an upstream worker re-processing a batch after a
+crash) are recognised by their source position and ignored.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import orjson
+
+from detector.alerts import AlertSettings, AlertWindow, FlaggedRequest, build_alert
+from detector.behaviour.activity import ActionOnlySessions, Activity
+from detector.behaviour.fanout import AccountFanout, DeviceFanout, HostingAsnFanout, IpBlockFanout
+from detector.behaviour.flags import Flag, FlagUpdate
+from detector.behaviour.population import Population
+from detector.behaviour.records import ENTITY_TYPES, BehaviourSettings, EntityRecord
+from detector.behaviour.replay import ReplayDetector
+from detector.behaviour.travel import Travel
+
+_ETYPE_RANK = {e: i for i, e in enumerate(ENTITY_TYPES)}
+
+
+def all_detectors() -> dict[str, list[Any]]:
+    """Entity type -> its detectors, each `observe(state, record, settings)`."""
+    return {
+        "device": [DeviceFanout(), Activity("device"), ActionOnlySessions()],
+        "account": [AccountFanout(), Activity("account"), Travel()],
+        "ip_block": [IpBlockFanout()],
+        "asn": [HostingAsnFanout()],
+        "signature": [ReplayDetector()],
+        "fingerprint": [Population()],
+    }
+
+
+def behaviour_codes() -> dict[str, str]:
+    return {code: meaning for ds in all_detectors().values() for d in ds for code, meaning in d.codes.items()}
+
+
+def bucket_of(etype: str, key: str, buckets: int) -> int:
+    return zlib.crc32(f"{etype}:{key}".encode()) % buckets
+
+
+@dataclass
+class Bucket:
+    entities: dict[str, dict[str, Any]] = field(default_factory=dict)  # "etype|key" -> state
+    offset: int = -1  # last input offset included
+    marks: dict[str, list[int]] = field(default_factory=dict)  # source partition -> [offset, index, etype]
+    watermark: float = 0.0
+    late: int = 0
+
+
+@dataclass
+class Output:
+    flags: list[FlagUpdate] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    late: int = 0
+    applied: int = 0
+
+
+class BehaviourEngine:
+    def __init__(self, settings: BehaviourSettings, alerts: AlertSettings, weight_of: Callable[[str], float],
+                 disabled_families: Iterable[str] = ()):
+        self.s = settings
+        self.alerts = alerts
+        self.weight_of = weight_of
+        off = set(disabled_families)
+        self.detectors = {etype: [d for d in ds if not {c.split(".")[0] for c in d.codes} <= off]
+                          for etype, ds in all_detectors().items()}
+        self.buckets = [Bucket() for _ in range(settings.buckets)]
+        self.dirty: set[int] = set()
+        self._per_bucket_cap = max(1, settings.max_entities // settings.buckets)
+
+    # --- processing -------------------------------------------------------------------
+    def observe(self, records: Iterable[EntityRecord], offset: int | None = None,
+                sources: Iterable[tuple[int, int, int]] | None = None) -> Output:
+        """Apply records in order. `offset`: the input offset of the envelope holding
+        them (stream); `sources`: per record, its (source partition, source offset,
+        index) so a re-sent record is applied once."""
+        out = Output()
+        s = self.s
+        src_iter = iter(sources) if sources is not None else None
+        take: dict[int, bool] = {}  # bucket -> does this envelope apply to it?
+        for r in records:
+            src = next(src_iter) if src_iter is not None else None
+            b = bucket_of(r.etype, r.key, s.buckets)
+            bucket = self.buckets[b]
+            if offset is not None:
+                ok = take.get(b)
+                if ok is None:
+                    ok = take[b] = offset > bucket.offset  # else: already in the restored snapshot
+                if not ok:
+                    continue
+            if src is not None:
+                mark = [src[1], src[2], _ETYPE_RANK.get(r.etype, 0)]
+                prev = bucket.marks.get(str(src[0]))
+                if prev is not None and mark <= prev:
+                    continue  # re-sent by the upstream stage
+                bucket.marks[str(src[0])] = mark
+            self.dirty.add(b)
+            if offset is not None:
+                bucket.offset = offset
+            if r.ts > bucket.watermark:
+                bucket.watermark = r.ts
+            elif r.ts < bucket.watermark - s.allowed_lateness_s:
+                bucket.late += 1
+                out.late += 1
+                continue  # later than the allowed lateness: dropped from state
+            out.applied += 1
+            self._apply(bucket, r, out)
+        return out
+
+    def _apply(self, bucket: Bucket, r: EntityRecord, out: Output) -> None:
+        s = self.s
+        ekey = f"{r.etype}|{r.key}"
+        ents = bucket.entities
+        st = ents.pop(ekey, None)
+        if st is None:
+            st = {"v": s.state_version}
+            if len(ents) >= self._per_bucket_cap:  # bounded: evict the least recently seen
+                del ents[next(iter(ents))]
+        ents[ekey] = st  # most recent last
+        st["last"] = r.ts
+        raised: list[tuple[str, str]] = []
+        for d in self.detectors.get(r.etype, ()):
+            raised.extend(d.observe(st.setdefault(type(d).__name__, {}), r, s))
+        flags: dict[str, list[Any]] = st.setdefault("flags", {})
+        changed = False
+        for code in [c for c, (_, until) in flags.items() if until < r.ts]:
+            del flags[code]
+            changed = True
+        for code, detail in raised:
+            prev = flags.get(code)
+            until = r.ts + s.flag_ttl_s
+            # re-broadcast a flag when new, or when half its TTL has passed (refresh)
+            if prev is None or prev[1] - r.ts < s.flag_ttl_s / 2:
+                changed = True
+            flags[code] = [detail, until if prev is None or prev[1] - r.ts < s.flag_ttl_s / 2 else prev[1]]
+        if not flags:
+            del st["flags"]
+        if changed:
+            out.flags.append(FlagUpdate(r.etype, r.key, tuple(Flag(c, d, u) for c, (d, u) in sorted(flags.items())),
+                                        r.ts))
+        self._alert(st, r, flags, out)
+
+    def _alert(self, st: dict[str, Any], r: EntityRecord, flags: dict[str, list[Any]], out: Output) -> None:
+        a = self.alerts
+        stateless = r.level >= 2 and r.etype in self.s.alert_entity_types
+        if not flags and not stateless:
+            return
+        codes = tuple(sorted(flags)) + (r.codes if stateless else ())
+        keep = 1.0 - (r.score if stateless else 0.0)
+        for c in flags:
+            keep *= 1.0 - self.weight_of(c)
+        fr = FlaggedRequest(r.etype, r.key, r.request_id, r.ts, round(1.0 - keep, 4), "malicious", r.profile, r.ip, codes)
+        start = int(r.ts // a.window_s) * a.window_s
+        windows: dict[str, list[Any]] = st.setdefault("aw", {})
+        for old in [k for k in windows if int(k) < start - a.window_s]:
+            del windows[old]  # closed windows: only the current and the previous stay
+        raw = windows.get(str(start))
+        w = AlertWindow.load(raw) if raw is not None else AlertWindow(first_ts=r.ts, last_ts=r.ts)
+        if w.update(fr, a):
+            out.alerts.append(build_alert(r.etype, r.key, start, w, a))
+        windows[str(start)] = w.dump()
+
+    # --- persistence ----------------------------------------------------------------
+    def dirty_buckets(self) -> list[tuple[int, bytes]]:
+        """The changed buckets, serialised, and marks them clean."""
+        out = [(b, self.dump_bucket(b)) for b in sorted(self.dirty)]
+        self.dirty.clear()
+        return out
+
+    def dump_bucket(self, b: int) -> bytes:
+        bucket = self.buckets[b]
+        return orjson.dumps({"v": self.s.state_version, "offset": bucket.offset, "marks": bucket.marks,
+                             "wm": bucket.watermark, "late": bucket.late, "e": bucket.entities})
+
+    def load_bucket(self, b: int, raw: bytes) -> bool:
+        """Restore one bucket; False (and an empty bucket) when its state version is
+        not this engine's: stale state is never read with a new meaning."""
+        data = orjson.loads(raw)
+        if data.get("v") != self.s.state_version:
+            self.buckets[b] = Bucket()
+            return False
+        self.buckets[b] = Bucket(entities=data["e"], offset=data["offset"], marks=data["marks"],
+                                 watermark=data["wm"], late=data.get("late", 0))
+        return True
+
+    def entity_count(self) -> int:
+        return sum(len(b.entities) for b in self.buckets)

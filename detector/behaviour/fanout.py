@@ -1,0 +1,84 @@
+"""Fan-out: too many distinct accounts or devices around one entity within a sliding
+window: one device identity used by many accounts (a library's default device,
+credential harvesting), one account on many devices (account hopping), many accounts
+or devices behind one IP block or one hosting ASN (farms and proxies)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from detector.behaviour.records import BehaviourSettings, EntityRecord, Fanout
+from detector.behaviour.state import count_since, touch
+
+DEVICE_ACCOUNTS = "behaviour.device_account_fanout"
+ACCOUNT_DEVICES = "behaviour.account_device_fanout"
+IP_BLOCK_ACCOUNTS = "behaviour.ip_block_account_fanout"
+IP_BLOCK_DEVICES = "behaviour.ip_block_device_fanout"
+HOSTING_ASN_ACCOUNTS = "behaviour.hosting_asn_account_fanout"
+
+
+def _fanout(st: dict[str, Any], name: str, member: str | None, r: EntityRecord, f: Fanout, cap: int) -> int:
+    seen = st.setdefault(name, {})
+    if member:
+        touch(seen, member, r.ts, cap)
+    return count_since(seen, r.ts - f.window_s)
+
+
+def _window(f: Fanout) -> str:
+    return f"{f.window_s / 3600:g} h" if f.window_s >= 3600 else f"{f.window_s / 60:g} min"
+
+
+class DeviceFanout:
+    etype: ClassVar[str] = "device"
+    codes: ClassVar[dict[str, str]] = {DEVICE_ACCOUNTS: "one device identity used by too many accounts"}
+
+    def observe(self, st: dict[str, Any], r: EntityRecord, s: BehaviourSettings) -> list[tuple[str, str]]:
+        n = _fanout(st, "acc", r.account, r, s.device_accounts, s.max_distinct)
+        if n >= s.device_accounts.threshold:
+            return [(DEVICE_ACCOUNTS, f"device {r.key} used by {n} accounts within {_window(s.device_accounts)}")]
+        return []
+
+
+class AccountFanout:
+    etype: ClassVar[str] = "account"
+    codes: ClassVar[dict[str, str]] = {ACCOUNT_DEVICES: "one account used from too many devices"}
+
+    def observe(self, st: dict[str, Any], r: EntityRecord, s: BehaviourSettings) -> list[tuple[str, str]]:
+        n = _fanout(st, "dev", r.device, r, s.account_devices, s.max_distinct)
+        if n >= s.account_devices.threshold:
+            return [(ACCOUNT_DEVICES, f"account {r.key} used from {n} devices within {_window(s.account_devices)}")]
+        return []
+
+
+class IpBlockFanout:
+    etype: ClassVar[str] = "ip_block"
+    codes: ClassVar[dict[str, str]] = {
+        IP_BLOCK_ACCOUNTS: "too many accounts behind one IP block",
+        IP_BLOCK_DEVICES: "too many devices behind one IP block",
+    }
+
+    def observe(self, st: dict[str, Any], r: EntityRecord, s: BehaviourSettings) -> list[tuple[str, str]]:
+        out = []
+        n = _fanout(st, "acc", r.account, r, s.ip_block_accounts, s.max_distinct)
+        if n >= s.ip_block_accounts.threshold:
+            out.append((IP_BLOCK_ACCOUNTS, f"{n} accounts behind {r.key} within {_window(s.ip_block_accounts)}"))
+        n = _fanout(st, "dev", r.device, r, s.ip_block_devices, s.max_distinct)
+        if n >= s.ip_block_devices.threshold:
+            out.append((IP_BLOCK_DEVICES, f"{n} devices behind {r.key} within {_window(s.ip_block_devices)}"))
+        return out
+
+
+class HostingAsnFanout:
+    """Only hosting ASNs: a mobile carrier's ASN carries millions of accounts."""
+
+    etype: ClassVar[str] = "asn"
+    codes: ClassVar[dict[str, str]] = {HOSTING_ASN_ACCOUNTS: "too many accounts from one hosting network"}
+
+    def observe(self, st: dict[str, Any], r: EntityRecord, s: BehaviourSettings) -> list[tuple[str, str]]:
+        if not r.hosting:
+            return []
+        n = _fanout(st, "acc", r.account, r, s.hosting_asn_accounts, s.max_distinct)
+        if n >= s.hosting_asn_accounts.threshold:
+            return [(HOSTING_ASN_ACCOUNTS, f"{n} accounts from hosting network {r.key} within "
+                                           f"{_window(s.hosting_asn_accounts)}")]
+        return []

@@ -1,0 +1,91 @@
+"""The map of flagged entities that every worker holds: only entities with an active
+behavioural flag travel (so it stays small), each flag with the event time until
+which it holds. Verdicts read it to carry the behavioural signals of their entities.
+
+In the stream a flag reaches the ingest stage after the shard raised it (the
+broadcast delay), so a verdict can lag a flag; offline the map is updated right after
+each request, which is the zero-delay limit of the same rule: a flag applies to the
+requests after the one that raised it."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Mapping
+
+import msgspec
+
+from detector.model import Signal
+
+
+class Flag(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    code: str
+    detail: str
+    until: float  # event time
+
+
+class FlagUpdate(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """The complete current flags of one entity (empty: the entity is clear)."""
+
+    etype: str
+    key: str
+    flags: tuple[Flag, ...]
+    raised_at: float  # event time of the record that caused the update
+
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(FlagUpdate).decode
+
+
+def encode_update(u: FlagUpdate) -> bytes:
+    return _encode(u)
+
+
+def decode_update(value: bytes) -> FlagUpdate:
+    return _decode(value)
+
+
+class FlagMap:
+    def __init__(self, weight_of: Callable[[str], float]):
+        self.weight_of = weight_of
+        self._flags: dict[tuple[str, str], tuple[Flag, ...]] = {}
+        self._signals: dict[tuple[str, str], tuple[Signal, ...]] = {}
+
+    def __len__(self) -> int:
+        return len(self._flags)
+
+    def apply(self, updates: Iterable[FlagUpdate]) -> None:
+        for u in updates:
+            key = (u.etype, u.key)
+            if u.flags:
+                self._flags[key] = u.flags
+                self._signals[key] = tuple(
+                    Signal(f.code, self.weight_of(f.code), f"{u.etype} {_short(u.key)}: {f.detail}") for f in u.flags)
+            else:
+                self._flags.pop(key, None)
+                self._signals.pop(key, None)
+
+    def signals_for(self, entities: Mapping[str, str], ts: float) -> list[Signal]:
+        if not self._flags:
+            return []
+        out: list[Signal] = []
+        for etype, key in entities.items():
+            flags = self._flags.get((etype, key))
+            if flags is None:
+                continue
+            for f, sig in zip(flags, self._signals[(etype, key)]):
+                if f.until >= ts:
+                    out.append(sig)
+        return out
+
+    def expire(self, watermark: float) -> None:
+        """Drop entities whose every flag ended before `watermark` (event time)."""
+        stale = [k for k, fl in self._flags.items() if all(f.until < watermark for f in fl)]
+        for k in stale:
+            del self._flags[k]
+            self._signals.pop(k, None)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {f"{e}|{k}": [f.code for f in fl] for (e, k), fl in self._flags.items()}
+
+
+def _short(key: str) -> str:
+    return key if len(key) <= 40 else key[:37] + "..."

@@ -1,0 +1,330 @@
+#!/usr/bin/env python3
+"""Grafana dashboards as code: writes config/grafana/dashboards/*.json from the panel
+lists below (run it after changing them; a test checks the committed JSON equals its
+output, and another runs every panel's query against a real Prometheus).
+
+    python scripts/build_dashboards.py           # write the JSON files
+    python scripts/build_dashboards.py --check   # exit 1 when a file is stale
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+OUT_DIR = Path(__file__).resolve().parent.parent / "config" / "grafana" / "dashboards"
+SCHEMA_VERSION = 39
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+# Every query is filtered by these two variables.
+SEL = 'job=~"$job", instance=~"$instance"'
+RI = "$__rate_interval"
+
+
+@dataclass
+class Query:
+    expr: str
+    legend: str = ""
+    instant: bool = False
+
+
+@dataclass
+class Panel:
+    title: str
+    queries: list[Query]
+    kind: str = "timeseries"  # timeseries | stat | bargauge | table
+    unit: str = "short"
+    width: int = 12
+    height: int = 8
+    description: str = ""
+    stacked: bool = False
+    decimals: int | None = None
+    thresholds: list[tuple[float | None, str]] = field(default_factory=list)
+
+
+def q(expr: str, legend: str = "", instant: bool = False) -> Query:
+    return Query(" ".join(expr.split()), legend, instant)
+
+
+def _variables(extra: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def query_var(name: str, label: str, query: str, *, include_all: bool, current: str) -> dict[str, Any]:
+        var: dict[str, Any] = {
+            "name": name, "label": label, "type": "query", "datasource": DATASOURCE,
+            "query": {"query": query, "refId": f"{name}-values"}, "definition": query,
+            "refresh": 2, "sort": 1, "multi": include_all, "includeAll": include_all,
+            "current": {"selected": True, "text": current, "value": current},
+            "options": [], "hide": 0,
+        }
+        if include_all:
+            var["allValue"] = ".*"
+            var["current"] = {"selected": True, "text": ["All"], "value": ["$__all"]}
+        return var
+
+    return [
+        {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
+         "current": {"selected": True, "text": "Prometheus", "value": "prometheus"}, "hide": 0, "options": [],
+         "refresh": 1, "regex": ""},
+        query_var("job", "Job", "label_values(detector_build_info, job)", include_all=False, current="detector"),
+        query_var("instance", "Worker", 'label_values(detector_build_info{job=~"$job"}, instance)', include_all=True,
+                  current="All"),
+        *[query_var(**e) for e in extra],
+    ]
+
+
+def _panel(p: Panel, pid: int, x: int, y: int) -> dict[str, Any]:
+    targets = []
+    for i, query in enumerate(p.queries):
+        t: dict[str, Any] = {"refId": chr(ord("A") + i), "datasource": DATASOURCE, "expr": query.expr,
+                             "legendFormat": query.legend or "__auto", "range": not query.instant,
+                             "instant": query.instant}
+        if p.kind == "table":
+            t["format"] = "table"
+        targets.append(t)
+    defaults: dict[str, Any] = {"unit": p.unit}
+    if p.decimals is not None:
+        defaults["decimals"] = p.decimals
+    steps = [{"color": c, "value": v} for v, c in (p.thresholds or [(None, "green")])]
+    defaults["thresholds"] = {"mode": "absolute", "steps": steps}
+    options: dict[str, Any] = {}
+    if p.kind == "timeseries":
+        defaults["custom"] = {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 20 if p.stacked else 5,
+                              "stacking": {"mode": "normal" if p.stacked else "none", "group": "A"},
+                              "showPoints": "never", "spanNulls": True}
+        options = {"legend": {"displayMode": "table", "placement": "right", "calcs": ["lastNotNull", "max"],
+                              "showLegend": True},
+                   "tooltip": {"mode": "multi", "sort": "desc"}}
+    elif p.kind == "stat":
+        defaults["color"] = {"mode": "thresholds"}
+        options = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                   "colorMode": "value", "graphMode": "area", "textMode": "auto"}
+    elif p.kind == "bargauge":
+        defaults["color"] = {"mode": "continuous-GrYlRd"}
+        options = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                   "orientation": "horizontal", "displayMode": "gradient", "showUnfilled": True}
+    elif p.kind == "table":
+        options = {"showHeader": True, "sortBy": [{"desc": True, "displayName": "Value"}]}
+    panel: dict[str, Any] = {
+        "id": pid, "type": p.kind, "title": p.title, "datasource": DATASOURCE,
+        "gridPos": {"h": p.height, "w": p.width, "x": x, "y": y},
+        "fieldConfig": {"defaults": defaults, "overrides": []}, "options": options, "targets": targets,
+    }
+    if p.description:
+        panel["description"] = p.description
+    if p.kind == "table":
+        panel["transformations"] = [{"id": "organize", "options": {"excludeByName": {"Time": True}}}]
+    return panel
+
+
+def dashboard(uid: str, title: str, description: str, rows: list[tuple[str, list[Panel]]],
+              extra_vars: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    panels: list[dict[str, Any]] = []
+    pid, y = 1, 0
+    for row_title, row in rows:
+        panels.append({"id": pid, "type": "row", "title": row_title, "collapsed": False, "panels": [],
+                       "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}})
+        pid, y, x, row_h = pid + 1, y + 1, 0, 0
+        for p in row:
+            if x + p.width > 24:
+                x, y, row_h = 0, y + row_h, 0
+            panels.append(_panel(p, pid, x, y))
+            pid, x, row_h = pid + 1, x + p.width, max(row_h, p.height)
+        y += row_h
+    return {
+        "uid": uid, "title": title, "description": description, "tags": ["detector"], "editable": True,
+        "schemaVersion": SCHEMA_VERSION, "version": 1, "time": {"from": "now-1h", "to": "now"},
+        "refresh": "30s", "timezone": "browser", "graphTooltip": 1, "fiscalYearStartMonth": 0,
+        "liveNow": False, "weekStart": "", "timepicker": {},
+        "templating": {"list": _variables(extra_vars or [])},
+        "annotations": {"list": [{"builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+                                  "enable": True, "hide": True, "iconColor": "rgba(0, 211, 255, 1)",
+                                  "name": "Annotations & Alerts", "type": "dashboard"}]},
+        "links": [{"type": "dashboards", "tags": ["detector"], "asDropdown": False, "title": "Detector",
+                   "includeVars": True, "keepTime": True}],
+        "panels": panels,
+    }
+
+
+# --------------------------------------------------------------------- overview
+def overview() -> dict[str, Any]:
+    psel = SEL + ', profile=~"$profile"'
+    rows = [
+        ("Now", [
+            Panel("Requests / s", [q(f"sum(rate(detector_requests_total{{{SEL}}}[{RI}]))")], kind="stat",
+                  unit="reqps", width=6, height=4),
+            Panel("Malicious share", [q(f"""sum(rate(detector_verdicts_total{{{SEL}, verdict="malicious"}}[{RI}]))
+                  / clamp_min(sum(rate(detector_verdicts_total{{{SEL}}}[{RI}])), 1e-9)""")], kind="stat",
+                  unit="percentunit", width=6, height=4, decimals=1,
+                  thresholds=[(None, "green"), (0.05, "orange"), (0.2, "red")]),
+            Panel("Alert revisions in range", [q(f"sum(increase(detector_alerts_total{{{SEL}}}[$__range]))")],
+                  kind="stat", width=6, height=4, decimals=0,
+                  thresholds=[(None, "green"), (1, "orange")]),
+            Panel("Workers up", [q('sum(up{job=~"$job", instance=~"$instance"})')], kind="stat", width=6, height=4,
+                  decimals=0, thresholds=[(None, "red"), (1, "green")]),
+        ]),
+        ("Traffic", [
+            Panel("Requests by profile and app version", [
+                q(f"sum by (profile, app_version) (rate(detector_profile_requests_total{{{psel}}}[{RI}]))",
+                  "{{profile}} {{app_version}}")], unit="reqps", stacked=True,
+                  description="App versions outside the profile's release table are 'other'; requests whose user "
+                              "agent carries no parsable version are 'none'."),
+            Panel("Verdict mix", [q(f"sum by (verdict) (rate(detector_verdicts_total{{{SEL}}}[{RI}]))", "{{verdict}}")],
+                  unit="reqps", stacked=True),
+        ]),
+        ("Signals and alerts", [
+            Panel("Top signals", [q(f"topk(10, sum by (code) (rate(detector_signals_total{{{SEL}}}[{RI}])))",
+                                    "{{code}}")], unit="reqps",
+                  description="Signal codes and their weights: docs/detections.md."),
+            Panel("Alert revisions by severity", [
+                q(f"sum by (severity) (rate(detector_alerts_total{{{SEL}}}[{RI}]))", "{{severity}}")],
+                  unit="ops", stacked=True),
+            Panel("Signals in range", [
+                q(f"topk(20, sum by (code) (increase(detector_signals_total{{{SEL}}}[$__range])))", "{{code}}",
+                  instant=True)], kind="bargauge", width=24, height=10, decimals=0),
+        ]),
+    ]
+    profile_var = {"name": "profile", "label": "Profile",
+                   "query": 'label_values(detector_profile_requests_total{job=~"$job"}, profile)',
+                   "include_all": True, "current": "All"}
+    return dashboard("detector-overview", "Detector / Overview",
+                     "Traffic, verdict mix, top signals and alert rate of the app-impersonation detector.", rows,
+                     [profile_var])
+
+
+# ----------------------------------------------------------------- fingerprints
+def fingerprints() -> dict[str, Any]:
+    def fp(kind: str) -> str:
+        return f'detector_fingerprint_requests_total{{{SEL}, kind="{kind}"}}'
+
+    rows = [
+        ("TLS (JA4)", [
+            Panel("Top JA4 fingerprints in range", [
+                q(f"topk(10, sum by (fingerprint) (increase({fp('ja4')}[$__range])))", "{{fingerprint}}",
+                  instant=True)], kind="bargauge", decimals=0,
+                  description="A profile's allowed JA4 by value, a known non-app stack by its name "
+                              "(config/fingerprints/known-stacks.yaml); anything else is 'other', no TLS facts 'none'."),
+            Panel("JA4 by verdict", [q(f"sum by (fingerprint, verdict) (rate({fp('ja4')}[{RI}]))",
+                                       "{{fingerprint}} {{verdict}}")], unit="reqps"),
+        ]),
+        ("Devices (user-agent device tuples)", [
+            Panel("Top device models in range", [
+                q(f"topk(15, sum by (fingerprint) (increase({fp('device')}[$__range])))", "{{fingerprint}}",
+                  instant=True)], kind="bargauge", decimals=0,
+                  description="The most popular catalogue models by Build.MODEL; 'emulator' when an emulator marker "
+                              "fired, 'other' for any other model, 'none' when the user agent did not parse."),
+            Panel("Emulators and unlisted devices by verdict", [
+                q(f'sum by (fingerprint, verdict) (rate(detector_fingerprint_requests_total{{{SEL}, kind="device", '
+                  f'fingerprint=~"emulator|other|none"}}[{RI}]))', "{{fingerprint}} {{verdict}}")], unit="reqps"),
+        ]),
+        ("Header order", [
+            Panel("Header-order fingerprints by verdict", [
+                q(f"sum by (fingerprint, verdict) (rate({fp('headers')}[{RI}]))", "{{fingerprint}} {{verdict}}")],
+                  unit="reqps",
+                  description="Official orders are the profile's headers.order with optional headers left out "
+                              "(hv1 fingerprints, detector/fingerprints/headers.py); anything else is 'other'."),
+            Panel("Non-official header order share", [
+                q(f"""sum(rate(detector_fingerprint_requests_total{{{SEL}, kind="headers", fingerprint="other"}}[{RI}]))
+                  / clamp_min(sum(rate({fp('headers')}[{RI}])), 1e-9)""", "share")], unit="percentunit"),
+            Panel("Fingerprints by verdict in range", [
+                q(f"topk(30, sum by (kind, fingerprint, verdict) "
+                  f"(increase(detector_fingerprint_requests_total{{{SEL}}}[$__range])))", instant=True)],
+                  kind="table", width=24, height=10, decimals=0),
+        ]),
+    ]
+    return dashboard("detector-fingerprints", "Detector / Fingerprints",
+                     "TLS, device and header-order fingerprints by verdict (closed label sets from config).", rows)
+
+
+# -------------------------------------------------------------- pipeline health
+def pipeline() -> dict[str, Any]:
+    def quantiles(metric: str) -> list[Query]:
+        return [q(f"histogram_quantile({p}, sum by (le) (rate({metric}_bucket{{{SEL}}}[{RI}])))", f"p{int(p * 100)}")
+                for p in (0.5, 0.95, 0.99)]
+
+    rows = [
+        ("Kafka consumers", [
+            Panel("Consumer lag", [q(f"sum by (consumer) (detector_consumer_lag_messages{{{SEL}}})", "{{consumer}}")],
+                  unit="short",
+                  description="Messages behind each partition's end, summed per consumer: ingest (client-requests), "
+                              "entity-shard (entity events), flag-feed (behaviour flags)."),
+            Panel("Lag per partition", [
+                q(f"max by (consumer, topic, partition) (detector_consumer_lag_messages{{{SEL}}})",
+                  "{{consumer}} {{topic}}[{{partition}}]")], unit="short"),
+            Panel("Throughput per worker", [
+                q(f"sum by (instance) (rate(detector_requests_total{{{SEL}}}[{RI}]))", "{{instance}} requests"),
+                q(f"sum by (instance) (rate(detector_ingest_messages_total{{{SEL}}}[{RI}]))", "{{instance}} messages")],
+                  unit="ops"),
+            Panel("Rebalances in range", [q(f"sum(increase(detector_rebalances_total{{{SEL}}}[$__range]))")],
+                  kind="stat", width=6, decimals=0),
+            Panel("Workers up", [q('up{job=~"$job", instance=~"$instance"}', "{{instance}}")], kind="stat",
+                  width=6, decimals=0, thresholds=[(None, "red"), (1, "green")]),
+        ]),
+        ("Latency", [
+            Panel("End-to-end latency (event ts to verdict)", quantiles("detector_end_to_end_latency_seconds"),
+                  unit="s"),
+            Panel("Batch processing time", quantiles("detector_batch_duration_seconds"), unit="s"),
+            Panel("Requests per batch", [
+                q(f"""sum(rate(detector_batch_requests_sum{{{SEL}}}[{RI}]))
+                  / clamp_min(sum(rate(detector_batch_requests_count{{{SEL}}}[{RI}])), 1e-9)""", "mean")]),
+            Panel("Behaviour flag broadcast delay", quantiles("detector_flag_delay_seconds"), unit="s",
+                  description="From a behaviour flag's publication to a worker applying it: how far a verdict can "
+                              "lag behind a flag (empty until a flag is raised)."),
+        ]),
+        ("Dead letters and webhooks", [
+            Panel("Dead letters by reason", [
+                q(f"sum by (reason) (rate(detector_dlq_records_total{{{SEL}}}[{RI}]))", "{{reason}}")],
+                  unit="ops", stacked=True),
+            Panel("Webhook deliveries by endpoint and outcome", [
+                q(f"sum by (endpoint, outcome) (rate(detector_webhook_deliveries_total{{{SEL}}}[{RI}]))",
+                  "{{endpoint}} {{outcome}}")], unit="ops"),
+            Panel("Webhook failure ratio", [
+                q(f"""sum by (endpoint) (rate(detector_webhook_deliveries_total{{{SEL}, outcome!="delivered"}}[{RI}]))
+                  / clamp_min(sum by (endpoint) (rate(detector_webhook_deliveries_total{{{SEL}}}[{RI}])), 1e-9)""",
+                  "{{endpoint}}")], unit="percentunit",
+                  description="Rejected (4xx) and failed (retries exhausted) deliveries over all, per endpoint; "
+                              "both go to alerts-dlq."),
+        ]),
+        ("State", [
+            Panel("State entries", [q(f"sum by (state) (detector_state_entries{{{SEL}}})", "{{state}}")]),
+            Panel("State writes and late records", [
+                q(f"sum(rate(detector_state_writes_total{{{SEL}}}[{RI}]))", "changelog writes"),
+                q(f"sum(rate(detector_late_records_total{{{SEL}}}[{RI}]))", "late records")], unit="ops"),
+            Panel("Build", [q(f"detector_build_info{{{SEL}}}", instant=True)], kind="table", width=24, height=5),
+        ]),
+    ]
+    return dashboard("detector-pipeline", "Detector / Pipeline health",
+                     "Consumer lag, latency, dead letters, webhook failures and state of the detector workers.", rows)
+
+
+DASHBOARDS = {"overview.json": overview, "fingerprints.json": fingerprints, "pipeline.json": pipeline}
+
+
+def render(build: Any) -> str:
+    return json.dumps(build(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="fail when a committed dashboard differs from the code")
+    ap.add_argument("--out", type=Path, default=OUT_DIR)
+    args = ap.parse_args(argv)
+    stale = []
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, build in DASHBOARDS.items():
+        text, path = render(build), args.out / name
+        if args.check:
+            if not path.exists() or path.read_text(encoding="utf-8") != text:
+                stale.append(name)
+        else:
+            path.write_text(text, encoding="utf-8")
+            print(f"wrote {path}")
+    if stale:
+        print(f"stale dashboards (run scripts/build_dashboards.py): {', '.join(stale)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

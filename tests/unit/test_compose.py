@@ -1,0 +1,135 @@
+"""docker-compose.yml and the Dockerfile. No Docker engine runs here, so the compose
+file is validated with Debian's docker-compose 1.29 (`config`, which parses and
+resolves it the way `up` would) and its wiring is checked against the repository:
+mounted files exist, Prometheus scrapes the workers' metrics ports, Grafana's
+provisioning points at the mounted dashboards."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+WORKERS = ("worker-1", "worker-2")
+
+
+def compose_config(*args: str) -> str:
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        pytest.skip("docker-compose not found: `make test-deps` installs Debian's docker-compose (1.29) package")
+    res = subprocess.run([exe, "-f", str(COMPOSE), *args, "config"], capture_output=True, text=True, timeout=120,
+                         cwd=ROOT, env={"PATH": "/usr/bin:/bin"})
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+@pytest.fixture(scope="module")
+def spec() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def test_docker_compose_1_29_accepts_the_file_with_and_without_the_demo_profile():
+    default = yaml.safe_load(compose_config())
+    demo = yaml.safe_load(compose_config("--profile", "demo"))
+    # `config` lists every service; `up` starts those without a profile, and the
+    # simulator only with --profile demo.
+    assert set(demo["services"]) == set(default["services"]) == {
+        "kafka", "topics", *WORKERS, "simulator", "prometheus", "alertmanager", "grafana"}
+    assert {n: s["profiles"] for n, s in demo["services"].items() if s.get("profiles")} == {"simulator": ["demo"]}
+    # every bind mount resolves to a file or directory of the repository
+    for svc in demo["services"].values():
+        for vol in svc.get("volumes", []):
+            source = vol.split(":")[0] if isinstance(vol, str) else vol.get("source", "")
+            if source.startswith("/"):
+                assert Path(source).exists(), f"mounted path {source} does not exist"
+
+
+def test_kafka_runs_in_kraft_mode_from_the_official_image(spec):
+    kafka = spec["services"]["kafka"]
+    assert re.fullmatch(r"apache/kafka:\d+\.\d+\.\d+", kafka["image"])
+    env = kafka["environment"]
+    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller" and "CONTROLLER" in env["KAFKA_CONTROLLER_LISTENER_NAMES"]
+    assert "kafka:9092" in env["KAFKA_ADVERTISED_LISTENERS"]
+    assert len(env["CLUSTER_ID"]) == 22, "KRaft needs a base64-encoded UUID (22 characters)"
+    assert kafka["healthcheck"]["test"]
+
+
+def test_two_workers_and_the_simulator_use_the_service_image(spec):
+    services = spec["services"]
+    for name in WORKERS:
+        w = services[name]
+        assert w["build"]["context"] == "." and w["command"] == ["run"]
+        assert w["environment"]["DETECTOR_KAFKA_BOOTSTRAP"] == "kafka:9092"
+        assert w["environment"]["DETECTOR_WEB_HOST"] == "0.0.0.0"
+        assert w["depends_on"]["kafka"]["condition"] == "service_healthy"
+        assert w["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+    assert services["worker-1"]["environment"]["DETECTOR_APP_ID"] == services["worker-2"]["environment"]["DETECTOR_APP_ID"]
+    sim = services["simulator"]
+    assert sim["profiles"] == ["demo"]
+    cmd = sim["command"]
+    assert cmd[0] == "simulate" and cmd[cmd.index("--to") + 1] == "kafka" and "--rate" in cmd
+    assert services["topics"]["command"] == ["topics", "--create"]
+
+
+def test_prometheus_scrapes_every_worker_and_grafana_is_provisioned(spec):
+    services = spec["services"]
+    prom_cfg = yaml.safe_load((ROOT / "config" / "prometheus" / "prometheus.yml").read_text())
+    job = next(j for j in prom_cfg["scrape_configs"] if j["job_name"] == "detector")
+    targets = {t for sc in job["static_configs"] for t in sc["targets"]}
+    assert targets == {f"{w}:{services[w]['environment']['DETECTOR_WEB_PORT']}" for w in WORKERS}
+    am = prom_cfg["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"][0]
+    assert am.split(":")[0] in services
+    prom_mounts = {v.split(":")[1] for v in services["prometheus"]["volumes"]}
+    assert any(rf.startswith(m) for rf in prom_cfg["rule_files"] for m in prom_mounts)
+
+    graf = services["grafana"]
+    mounts = {v.split(":")[0]: v.split(":")[1] for v in graf["volumes"]}
+    assert mounts["./config/grafana/provisioning"] == "/etc/grafana/provisioning"
+    provider = yaml.safe_load((ROOT / "config/grafana/provisioning/dashboards/detector.yml").read_text())["providers"][0]
+    assert provider["options"]["path"] == mounts["./config/grafana/dashboards"]
+    home = graf["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (ROOT / "config/grafana/dashboards" / Path(home).name).exists()
+    ds = yaml.safe_load((ROOT / "config/grafana/provisioning/datasources/prometheus.yml").read_text())["datasources"][0]
+    assert ds["url"].split("//")[1].split(":")[0] in services
+    for path in (ROOT / "config/grafana/dashboards").glob("*.json"):
+        dash = json.loads(path.read_text())
+        ds_var = next(v for v in dash["templating"]["list"] if v["type"] == "datasource")
+        assert ds_var["current"]["value"] == ds["uid"], f"{path.name}: default data source is not the provisioned one"
+
+
+def test_dockerfile_is_slim_non_root_and_pinned():
+    text = (ROOT / "Dockerfile").read_text()
+    froms = re.findall(r"^FROM (\S+)", text, re.M)
+    assert froms and all("slim" in f for f in froms)
+    assert "-c constraints.txt" in text, "dependencies are installed with the tested pins"
+    user = re.findall(r"^USER (\S+)", text, re.M)
+    assert user and user[-1].split(":")[0] not in ("root", "0")
+    assert re.search(r"^ENTRYPOINT \[\"detector\"\]", text, re.M)
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert ".venv" in ignored and ".git" in ignored
+    for line in re.findall(r"^COPY (?!--from)(?:--\S+ )*(.+) \S+$", text, re.M):
+        for src in line.split():
+            assert (ROOT / src).exists(), f"Dockerfile copies {src}, which does not exist"
+            assert src not in ignored, f"Dockerfile copies {src}, which .dockerignore excludes"
+
+
+def test_every_runtime_dependency_is_pinned_for_the_image():
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==", 1)
+            pins[re.sub(r"[-_.]+", "-", name.strip().lower())] = version.strip()
+    for dep in deps:
+        name = re.sub(r"[-_.]+", "-", re.split(r"[<>=!~\[; ]", dep, maxsplit=1)[0].lower())
+        assert name in pins, f"{name} is not pinned in constraints.txt (run `make constraints`)"
