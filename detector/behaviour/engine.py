@@ -133,22 +133,25 @@ class BehaviourEngine:
         raised: list[tuple[str, str]] = []
         for d in self.detectors.get(r.etype, ()):
             raised.extend(d.observe(st.setdefault(type(d).__name__, {}), r, s))
+        # flags: code -> [detail, until, emitted_at]; a flag is (re-)broadcast when it is
+        # new, when half its TTL has passed (refresh), or when its evidence changed and
+        # the last broadcast is a minute old (bounded: a busy bot cannot flood the topic)
         flags: dict[str, list[Any]] = st.setdefault("flags", {})
         changed = False
-        for code in [c for c, (_, until) in flags.items() if until < r.ts]:
+        for code in [c for c, f in flags.items() if f[1] < r.ts]:
             del flags[code]
             changed = True
         for code, detail in raised:
             prev = flags.get(code)
-            until = r.ts + s.flag_ttl_s
-            # re-broadcast a flag when new, or when half its TTL has passed (refresh)
-            if prev is None or prev[1] - r.ts < s.flag_ttl_s / 2:
+            if prev is None or prev[1] - r.ts < s.flag_ttl_s / 2 or (prev[0] != detail and r.ts - prev[2] >= 60):
+                flags[code] = [detail, r.ts + s.flag_ttl_s, r.ts]
                 changed = True
-            flags[code] = [detail, until if prev is None or prev[1] - r.ts < s.flag_ttl_s / 2 else prev[1]]
+            else:
+                prev[0] = detail
         if not flags:
             del st["flags"]
         if changed:
-            out.flags.append(FlagUpdate(r.etype, r.key, tuple(Flag(c, d, u) for c, (d, u) in sorted(flags.items())),
+            out.flags.append(FlagUpdate(r.etype, r.key, tuple(Flag(c, f[0], f[1]) for c, f in sorted(flags.items())),
                                         r.ts))
         self._alert(st, r, flags, out)
 

@@ -1,0 +1,221 @@
+"""The behaviour detectors and their engine, on hand-made entity records in event time."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import pytest
+
+from detector.alerts import AlertSettings
+from detector.behaviour.engine import BehaviourEngine, behaviour_codes
+from detector.behaviour.flags import FlagMap, decode_update, encode_update
+from detector.behaviour.records import BehaviourSettings, EntityRecord, decode_envelope, encode_envelope, Envelope
+
+T0 = 1_800_000_000.0
+
+
+def rec(etype: str, key: str, ts: float, i: int = 0, **kw) -> EntityRecord:
+    base = dict(request_id=f"r-{etype}-{key}-{i}-{ts}", ts=ts, level=0, score=0.0, codes=(), profile="example-android",
+                ip=kw.pop("ip", f"10.0.{i % 200}.{i % 250}"), asn=kw.pop("asn", 64500), hosting=kw.pop("hosting", False),
+                country=kw.pop("country", "US"), device=kw.pop("device", None), account=kw.pop("account", None),
+                session=kw.pop("session", None), endpoint=kw.pop("endpoint", "browse"))
+    base.update(kw)
+    return EntityRecord(etype, key, **base)
+
+
+@pytest.fixture
+def engine(detection):
+    return BehaviourEngine(detection.behaviour, detection.alerts, detection.scoring.weight_of)
+
+
+def codes(out) -> set[str]:
+    return {f.code for u in out.flags for f in u.flags}
+
+
+def test_every_behaviour_code_is_weighted_and_documented(detection):
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "detections.md").read_text()
+    for code in behaviour_codes():
+        assert code in detection.scoring.weights
+        assert f"`{code}`" in docs, code
+
+
+def test_one_device_with_many_accounts_is_flagged_and_alerted(engine):
+    out = engine.observe([rec("device", "dev-1", T0 + i * 7.3 + (i % 3), i, account=f"acc-{i}") for i in range(8)])
+    assert "behaviour.device_account_fanout" in codes(out)
+    assert out.alerts and out.alerts[-1]["entity"] == {"type": "device", "id": "dev-1"}
+    assert "behaviour.device_account_fanout" in out.alerts[-1]["codes"]
+
+
+def test_family_device_with_two_accounts_is_not_flagged(engine):
+    out = engine.observe([rec("device", "dev-2", T0 + i * 60 + (i * 37 % 29), i, account=f"acc-{i % 2}")
+                          for i in range(40)])
+    assert not out.flags and not out.alerts
+
+
+def test_fanout_window_slides_in_event_time(engine):
+    s = engine.s
+    spread = s.device_accounts.window_s  # one new account per window: never 5 at once
+    out = engine.observe([rec("device", "dev-3", T0 + i * spread, i, account=f"acc-{i}") for i in range(10)])
+    assert not out.flags
+
+
+def test_replayed_signature_from_other_ip_is_flagged_and_graded(engine):
+    first = rec("signature", "sig-1", T0, 1, ip="1.1.1.1", asn=1, device="d1", request_id="r-first")
+    again = [rec("signature", "sig-1", T0 + 5 + i * 61, i, ip=f"2.2.2.{i}", asn=100 + i, device="d1",
+                 request_id=f"r-{i}") for i in range(4)]
+    out = engine.observe([first] + again)
+    assert codes(out) == {"replay.signature_reused_elsewhere"}
+    assert "grade low" in out.flags[0].flags[0].detail and "grade high" in out.flags[-1].flags[0].detail
+
+
+def test_a_request_reprocessed_is_never_its_own_replay(engine):
+    r = rec("signature", "sig-2", T0, 1, request_id="r-same")
+    assert not engine.observe([r, r, r]).flags
+
+
+def test_same_signature_after_its_ttl_is_a_new_first_use(engine):
+    s = engine.s
+    out = engine.observe([rec("signature", "sig-3", T0, 1, ip="1.1.1.1"),
+                          rec("signature", "sig-3", T0 + s.replay_ttl_s + 1, 2, ip="2.2.2.2")])
+    assert not out.flags
+
+
+def test_scripted_cadence_and_action_velocity(engine):
+    out = engine.observe([rec("device", "dev-4", T0 + i * 1.0, i, endpoint="action", session="s1") for i in range(30)])
+    assert {"behaviour.cadence_regular", "behaviour.action_velocity", "behaviour.action_only_session"} <= codes(out)
+
+
+def test_human_cadence_is_not_regular(engine):
+    import random
+
+    rng = random.Random(3)
+    t, recs = T0, []
+    for i in range(40):
+        t += rng.lognormvariate(1.6, 0.9)
+        recs.append(rec("device", "dev-5", t, i, endpoint="browse" if i % 5 else "action", session="s1"))
+    assert not engine.observe(recs).flags
+
+
+def test_impossible_travel_but_not_a_vpn_switch(engine):
+    out = engine.observe([rec("account", "a-1", T0, 1, country="IN"), rec("account", "a-1", T0 + 600, 2, country="US")])
+    assert codes(out) == {"behaviour.impossible_travel"}
+    vpn = engine.observe([rec("account", "a-2", T0, 1, country="IN"),
+                          rec("account", "a-2", T0 + 600, 2, country="NL", hosting=True)])
+    assert not vpn.flags
+
+
+def test_population_surge_of_a_concentrated_fingerprint(engine):
+    recs = [rec("fingerprint", "fp1_lib", T0 + i, i, device=f"d{i}", account=f"a{i}", ip=f"5.6.7.{i % 4}")
+            for i in range(60)]
+    assert "population.fingerprint_device_surge" in codes(engine.observe(recs))
+
+
+def test_popular_phone_spread_over_many_lines_is_not_a_surge(engine):
+    recs = [rec("fingerprint", "fp1_pixel", T0 + i, i, device=f"d{i}", account=f"a{i}", ip=f"{10 + i}.{i}.1.2")
+            for i in range(200)]
+    assert not engine.observe(recs).flags
+
+
+def test_late_records_are_dropped_by_the_allowed_lateness(engine):
+    s = engine.s
+    engine.observe([rec("device", "dev-6", T0 + 1000, 0, account="a0")])
+    late = [rec("device", "dev-6", T0 + 1000 - s.allowed_lateness_s - 10 - i, i, account=f"late-{i}") for i in range(8)]
+    out = engine.observe(late)
+    assert out.late == 8 and not out.flags
+    ok = engine.observe([rec("device", "dev-6", T0 + 1000 - 10 - i, i, account=f"ontime-{i}") for i in range(5)])
+    assert ok.late == 0 and "behaviour.device_account_fanout" in codes(ok)
+
+
+def test_snapshot_restore_neither_loses_nor_double_counts(detection):
+    s, a, w = detection.behaviour, detection.alerts, detection.scoring.weight_of
+    one = BehaviourEngine(s, a, w)
+    batch1 = [rec("device", "dev-7", T0 + i, i, account=f"acc-{i}") for i in range(3)]
+    batch2 = [rec("device", "dev-7", T0 + 10 + i, 10 + i, account=f"acc-{10 + i}") for i in range(3)]
+    one.observe(batch1, offset=0)
+    snap = one.dirty_buckets()
+    assert 0 < len(snap) <= s.buckets  # bounded: only changed buckets
+    two = BehaviourEngine(s, a, w)
+    for b, raw in snap:
+        assert two.load_bucket(b, raw)
+    assert two.observe(batch1, offset=0).applied == 0  # re-delivered envelope: already included
+    out = two.observe(batch2, offset=1)
+    assert out.applied == 3
+    # 3 restored + 2 new accounts reach the threshold of 5 exactly at the second record
+    (update,) = out.flags
+    assert update.raised_at == T0 + 11 and "used by 5 accounts" in update.flags[0].detail
+
+
+def test_records_resent_by_the_ingest_stage_are_applied_once(engine):
+    recs = [rec("device", "dev-8", T0 + i, i, account=f"acc-{i}") for i in range(3)]
+    src = [(0, 100 + i, 0) for i in range(3)]
+    assert engine.observe(recs, sources=src).applied == 3
+    assert engine.observe(recs, sources=src).applied == 0
+
+
+def test_state_of_another_version_is_discarded(detection):
+    from dataclasses import replace
+
+    s = detection.behaviour
+    e1 = BehaviourEngine(s, detection.alerts, detection.scoring.weight_of)
+    e1.observe([rec("device", "dev-9", T0, 0, account="a")])
+    (b, raw), = e1.dirty_buckets()
+    e2 = BehaviourEngine(replace(s, state_version=s.state_version + 1), detection.alerts, detection.scoring.weight_of)
+    assert e2.load_bucket(b, raw) is False and e2.entity_count() == 0
+
+
+def test_hostile_unique_keys_cannot_grow_state_without_bound(detection):
+    from dataclasses import replace
+
+    s = replace(detection.behaviour, max_entities=6400)
+    e = BehaviourEngine(s, detection.alerts, detection.scoring.weight_of)
+    e.observe(rec("ip_block", f"10.{i // 250}.{i % 250}.0/24", T0 + i * 0.001, i, account=f"a{i}") for i in range(50_000))
+    assert e.entity_count() <= s.max_entities
+
+
+def test_memory_per_entity_is_bounded(detection):
+    """A device with one account and a few requests: the common entity."""
+    e = BehaviourEngine(detection.behaviour, detection.alerts, detection.scoring.weight_of)
+    n = 20_000
+    tracemalloc.start()
+    e.observe(rec("device", f"android-{i:016x}", T0 + i * 0.01, i, account=f"{10**9 + i}", session="s")
+              for i in range(n))
+    current, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    per_entity = current / n
+    print(f"\nbehaviour state: {per_entity:.0f} bytes per device entity ({per_entity * 1e6 / 2**30:.2f} GiB per million)")
+    assert per_entity < 4096
+
+
+def test_flag_updates_round_trip_and_expire():
+    fm = FlagMap(lambda c: 0.8)
+    from detector.behaviour.flags import Flag, FlagUpdate
+
+    u = FlagUpdate("device", "d1", (Flag("behaviour.device_account_fanout", "used by 9 accounts", T0 + 60),), T0)
+    fm.apply([decode_update(encode_update(u))])
+    sigs = fm.signals_for({"device": "d1", "ip": "x"}, T0 + 10)
+    assert [s.code for s in sigs] == ["behaviour.device_account_fanout"] and "device d1" in sigs[0].detail
+    assert fm.signals_for({"device": "d1"}, T0 + 61) == []
+    fm.expire(T0 + 61)
+    assert len(fm) == 0
+    fm.apply([u, FlagUpdate("device", "d1", (), T0 + 5)])
+    assert len(fm) == 0
+
+
+def test_envelope_round_trip():
+    env = Envelope([rec("device", "d", T0, 1, account="a")], [(2, 40, 3)])
+    back = decode_envelope(encode_envelope(env))
+    assert back.records == env.records and back.sources == [(2, 40, 3)]
+
+
+def test_offline_scorer_flags_later_requests_of_a_flagged_device(detection, profile):
+    from detector.behaviour.offline import OfflineScorer
+    from detector.decode import request_from_obj
+    from detector.simulate import private_api_library
+
+    reqs = [request_from_obj(e) for e in private_api_library(profile, 60, seed=4)]
+    verdicts, alerts = OfflineScorer(detection).score(reqs)
+    behavioural = [v for v in verdicts if any(s.family in ("behaviour", "replay", "population") for s in v.signals)]
+    assert behavioural and verdicts[0] not in behavioural  # a flag applies after the request that raised it
+    assert alerts
