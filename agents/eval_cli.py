@@ -6,6 +6,7 @@ ablation table (`--ablation`) and a precision-recall plot (`--plot FILE`, PNG)."
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -120,11 +121,11 @@ def json_line(report: dict[str, Any], ablation: dict[str, dict[str, float | None
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from agents.cli import _detection
+    from detector.engine import DEFAULT_CONFIG, DetectionConfig
     from detector.evaluate import EvalSettings, ablation, evaluate, families
     from detector.simulate import ATTACKS
 
-    cfg = _detection(args)
+    cfg = DetectionConfig.load(Path(args.config or os.environ.get("DETECTOR_CONFIG") or DEFAULT_CONFIG))
     known = families(cfg)
     unknown = [f for f in args.without if f not in known]
     if unknown:

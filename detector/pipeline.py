@@ -229,6 +229,11 @@ class Pipeline:
         signals = list(shaped)
         for c in self._request_checks:
             signals.extend(c.check(request, ctx))
+        # What the request shows on its own, before the behavioural flags of its
+        # entities: the behaviour stage's records carry only this, so the state and
+        # alerts never depend on how fast flags propagated.
+        stateless_score = self.scoring.score(signals)
+        ctx.derived["stateless"] = (stateless_score, self.scoring.level(stateless_score), tuple(s.code for s in signals))
         if flags is not None:
             signals.extend(flags.signals_for(ctx.derived["entities"], request.ts))
         score = self.scoring.score(signals)

@@ -95,15 +95,16 @@ def records_for(request: ClientRequest, ctx: RequestContext, verdict: Verdict) -
     hosting = net.get("hosting") is True
     device, account, session = ents.get("device"), ents.get("account"), ents.get("session")
     endpoint = ctx.profile.endpoint_class(request.path)
-    level = LEVEL_RANK[verdict.verdict]
-    codes = tuple(s.code for s in verdict.signals)
+    # the request's own (stateless) evidence, never the flags it was scored with
+    score, level_name, codes = ctx.derived["stateless"]
+    level = LEVEL_RANK[level_name]
     keys: list[tuple[str, str | None]] = [
         ("device", device), ("account", account), ("ip_block", ip_block(request.client_ip)),
         ("asn", f"AS{asn}" if asn is not None else None), ("signature", ents.get("signature")),
         ("fingerprint", ents.get("fingerprint")),
     ]
     return [
-        EntityRecord(etype, key, request.request_id, request.ts, level, verdict.score, codes, verdict.profile,
+        EntityRecord(etype, key, request.request_id, request.ts, level, score, codes, verdict.profile,
                      request.client_ip, asn, hosting, country, device, account, session, endpoint)
         for etype, key in keys if key
     ]

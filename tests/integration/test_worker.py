@@ -55,21 +55,6 @@ async def collect(bootstrap: str, topics: list[str], done: Callable[[dict[str, l
     return out
 
 
-@pytest.fixture
-def worker_factory(broker, tmp_path):
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(**env: str) -> tuple[subprocess.Popen[bytes], int]:
-        port = free_port()
-        proc = start_worker(broker.bootstrap, port, tmp_path / "worker.log", extra_env=env)
-        procs.append(proc)
-        return proc, port
-
-    yield start
-    for p in procs:
-        stop_process(p)
-
-
 def _log(tmp_path: Path) -> str:
     """The worker log's warnings, errors and alert lines (for assertion messages)."""
     p = tmp_path / "worker.log"

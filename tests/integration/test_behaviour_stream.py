@@ -1,0 +1,133 @@
+"""Behaviour detection in the stream, against the offline rules (parity), across a
+worker killed with SIGKILL (recovery) and across rebalances between two workers."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from agents.demo import stop_process
+from agents.topics import ALERTS, CLIENT_REQUESTS, VERDICTS, create_topics
+from detector.behaviour.offline import OfflineScorer
+from detector.decode import request_from_obj
+from detector.simulate import genuine, private_api_library
+from tests.integration.test_worker import collect
+
+pytestmark = [pytest.mark.broker, pytest.mark.timeout(400)]
+
+
+def traffic(profile: Any, seed: int) -> list[dict[str, Any]]:
+    """Genuine users and a private-API library (one device for all its accounts, a
+    fixed delay) interleaved in event time."""
+    good = list(genuine(profile, 240, seed=seed))
+    attack = list(private_api_library(profile, 60, seed=seed, start_ts=good[0]["ts"] + 5, rate=0.5))
+    return sorted(good + attack, key=lambda e: e["ts"])
+
+
+async def produce_ordered(bootstrap: str, events: list[dict[str, Any]], per_message: int = 20) -> None:
+    """In event-time order, all on partition 0, so the stream sees the order offline sees."""
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await p.start()
+    try:
+        for i in range(0, len(events), per_message):
+            await p.send_and_wait(CLIENT_REQUESTS.name, orjson.dumps(events[i:i + per_message]), partition=0)
+    finally:
+        await p.stop()
+
+
+def offline(detection: Any, events: list[dict[str, Any]]) -> tuple[list[Any], list[dict[str, Any]]]:
+    return OfflineScorer(detection).score([request_from_obj(e) for e in events])
+
+
+def diff(got: dict, expected: dict) -> list[str]:
+    out = [f"missing {k}" for k in expected.keys() - got.keys()] + [f"extra {k}" for k in got.keys() - expected.keys()]
+    for k in got.keys() & expected.keys():
+        for f in expected[k]:
+            if got[k].get(f) != expected[k][f]:
+                out.append(f"{k} {f}: stream {got[k].get(f)!r} offline {expected[k][f]!r}")
+    return out
+
+
+def by_revision(alerts: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
+    """(alert_id, revision) -> content; a duplicate must be identical."""
+    out: dict[tuple[str, int], dict[str, Any]] = {}
+    for a in alerts:
+        key = (a["alert_id"], a["revision"])
+        assert out.setdefault(key, a) == a, f"re-delivered alert {key} differs"
+    return out
+
+
+async def wait_for_alerts(bootstrap: str, expected: dict[tuple[str, int], dict[str, Any]], timeout: float = 90) -> dict:
+    out = await collect(bootstrap, [ALERTS.name],
+                        lambda o: set(expected) <= {(a["alert_id"], a["revision"]) for a in o[ALERTS.name]},
+                        timeout=timeout)
+    return by_revision(out[ALERTS.name])
+
+
+async def test_stream_alerts_and_verdicts_match_the_offline_rules(broker, worker_factory, detection, profile):
+    await create_topics(broker.bootstrap, partitions=4)
+    events = traffic(profile, seed=31)
+    phase1, phase2 = events[:-20], events[-20:]
+    worker_factory()
+    await produce_ordered(broker.bootstrap, phase1)
+    off_verdicts, off_alerts = offline(detection, events)
+    expected = by_revision(off_alerts)
+    assert any(c.startswith("behaviour.") for a in off_alerts for c in a["codes"])
+    # Phase 1's flags propagate to every ingest worker before phase 2 is sent.
+    first = await collect(broker.bootstrap, [VERDICTS.name], lambda o: len(o[VERDICTS.name]) >= len(phase1))
+    await asyncio.sleep(3)
+    await produce_ordered(broker.bootstrap, phase2)
+    got = await wait_for_alerts(broker.bootstrap, expected)
+    assert got == expected, diff(got, expected)
+    out = await collect(broker.bootstrap, [VERDICTS.name], lambda o: len(o[VERDICTS.name]) >= len(events))
+    stream = {v["request_id"]: v for v in out[VERDICTS.name]}
+    phase2_ids = {e["request_id"] for e in phase2}
+    for v in off_verdicts:
+        if v.request_id in phase2_ids:
+            assert stream[v.request_id] == orjson.loads(v.to_json()), v.request_id
+    assert len(first[VERDICTS.name]) >= len(phase1)
+
+
+async def test_worker_killed_mid_stream_resumes_its_state(broker, worker_factory, detection, profile):
+    await create_topics(broker.bootstrap, partitions=4)
+    events = traffic(profile, seed=32)
+    half = len(events) // 2
+    proc, _ = worker_factory()
+    await produce_ordered(broker.bootstrap, events[:half])
+    await collect(broker.bootstrap, [VERDICTS.name], lambda o: len(o[VERDICTS.name]) >= half)
+    await asyncio.sleep(1.0)  # some state flushed, the latest envelopes perhaps not
+    proc.kill()  # SIGKILL: no shutdown, no final commit
+    proc.wait(10)
+    await produce_ordered(broker.bootstrap, events[half:])
+    worker_factory()
+    _, off_alerts = offline(detection, events)
+    expected = by_revision(off_alerts)
+    got = await wait_for_alerts(broker.bootstrap, expected, timeout=120)
+    # The fan-out count carries on across the kill, and nothing processed twice
+    # changed an alert: every (id, revision) is exactly the offline one.
+    assert got == expected, diff(got, expected)
+    fanout = [a for a in off_alerts if "behaviour.device_account_fanout" in a["codes"]]
+    assert fanout and max(a["count"] for a in fanout) > 3
+
+
+async def test_two_workers_through_rebalances_raise_each_alert_once(broker, worker_factory, detection, profile):
+    await create_topics(broker.bootstrap, partitions=4)
+    events = traffic(profile, seed=33)
+    thirds = [events[: len(events) // 3], events[len(events) // 3: 2 * len(events) // 3], events[2 * len(events) // 3:]]
+    a, _ = worker_factory()
+    await produce_ordered(broker.bootstrap, thirds[0])
+    await collect(broker.bootstrap, [VERDICTS.name], lambda o: len(o[VERDICTS.name]) >= len(thirds[0]))
+    worker_factory()  # B joins: both groups rebalance
+    await asyncio.sleep(8)
+    await produce_ordered(broker.bootstrap, thirds[1])
+    await collect(broker.bootstrap, [VERDICTS.name], lambda o: len(o[VERDICTS.name]) >= len(thirds[0]) + len(thirds[1]))
+    stop_process(a)  # A leaves gracefully: its partitions move to B
+    await produce_ordered(broker.bootstrap, thirds[2])
+    _, off_alerts = offline(detection, events)
+    expected = by_revision(off_alerts)
+    got = await wait_for_alerts(broker.bootstrap, expected, timeout=120)
+    assert got == expected, diff(got, expected)  # same ids, revisions and counts as one worker offline
