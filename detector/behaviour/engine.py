@@ -76,6 +76,8 @@ class BehaviourEngine:
         off = set(disabled_families)
         self.detectors = {etype: [d for d in ds if not {c.split(".")[0] for c in d.codes} <= off]
                           for etype, ds in all_detectors().items()}
+        # (state key, detector) per entity type: each detector keeps its own part of the state
+        self._plan = {etype: [(type(d).__name__, d) for d in ds] for etype, ds in self.detectors.items()}
         self.buckets = [Bucket() for _ in range(settings.buckets)]
         self.dirty: set[int] = set()
         self._per_bucket_cap = max(1, settings.max_entities // settings.buckets)
@@ -131,8 +133,17 @@ class BehaviourEngine:
         ents[ekey] = st  # most recent last
         st["last"] = r.ts
         raised: list[tuple[str, str]] = []
-        for d in self.detectors.get(r.etype, ()):
-            raised.extend(d.observe(st.setdefault(type(d).__name__, {}), r, s))
+        for name, d in self._plan.get(r.etype, ()):
+            part = st.get(name)
+            if part is None:
+                part = st[name] = {}
+            found = d.observe(part, r, s)
+            if found:
+                raised.extend(found)
+        if not raised and "flags" not in st:
+            if r.level >= 2 and r.etype in s.alert_entity_types:
+                self._alert(st, r, {}, out)
+            return
         # flags: code -> [detail, until, emitted_at]; a flag is (re-)broadcast when it is
         # new, when half its TTL has passed (refresh), or when its evidence changed and
         # the last broadcast is a minute old (bounded: a busy bot cannot flood the topic)
