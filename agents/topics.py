@@ -42,7 +42,17 @@ ENTITY_FLAGS = TopicSpec(
     compact=True,
 )
 
-ALL_TOPICS: tuple[TopicSpec, ...] = (CLIENT_REQUESTS, CLIENT_REQUESTS_DLQ, VERDICTS, ALERTS, ENTITY_EVENTS, ENTITY_FLAGS)
+ALERTS_DLQ = TopicSpec(
+    "alerts-dlq", "alert revisions a webhook endpoint rejected or never accepted, with the endpoint and reason",
+    30 * DAY_MS,
+)
+WEBHOOK_RETRY = TopicSpec(
+    "detector-webhook-retry", "internal: pending webhook deliveries (next attempt, due time), keyed by endpoint",
+    7 * DAY_MS,
+)
+
+ALL_TOPICS: tuple[TopicSpec, ...] = (CLIENT_REQUESTS, CLIENT_REQUESTS_DLQ, VERDICTS, ALERTS, ENTITY_EVENTS, ENTITY_FLAGS,
+                                     ALERTS_DLQ, WEBHOOK_RETRY)
 
 
 def partitions_of(spec: TopicSpec, default: int) -> int:

@@ -332,6 +332,14 @@ def build_app(settings: Settings, detection: DetectionConfig, metrics: Metrics |
     )
     ingest = IngestStage(s, detection, metrics, loop=None)
     app.detector_ingest = ingest  # type: ignore[attr-defined]
+    # Webhook delivery (agents/delivery.py), when endpoints are configured: it reads
+    # `alerts` with its own consumer groups, so a slow receiver never slows detection.
+    from agents.delivery import DeliveryStage
+    from agents.webhooks import load_endpoints
+
+    endpoints = load_endpoints(s.config)
+    delivery = DeliveryStage(s, endpoints, metrics, loop=None) if endpoints else None
+    app.detector_delivery = delivery  # type: ignore[attr-defined]
     app.detector_metrics = metrics  # type: ignore[attr-defined]
 
     # The ingest stage starts with the app, not after Faust's first assignment (extra
@@ -342,6 +350,8 @@ def build_app(settings: Settings, detection: DetectionConfig, metrics: Metrics |
     async def on_start() -> None:
         await original_on_start()
         await app.add_runtime_dependency(ingest)
+        if delivery is not None:
+            await app.add_runtime_dependency(delivery)
 
     app.on_start = on_start  # type: ignore[method-assign]
 

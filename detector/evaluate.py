@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
-from detector.alerts import AlertPolicy, flagged_records
+from detector.behaviour.offline import OfflineScorer
 from detector.decode import request_from_obj
 from detector.engine import DetectionConfig
 from detector.model import ClientRequest, Verdict
@@ -22,7 +22,6 @@ from detector.simulate import ATTACKS, DEFAULT_START_TS, EVASION_LEVELS, NEEDS_S
 LEVEL_RANK = {"clean": 0, "suspicious": 1, "malicious": 2}
 # Entity types whose share alerted is the per-entity recall (event-schema.md section 3).
 RECALL_ENTITY_TYPES = ("device", "account")
-BATCH = 2000  # requests per scoring batch, as `detector score` and the worker's polls
 
 
 # --------------------------------------------------------------------------------------
@@ -32,19 +31,11 @@ BATCH = 2000  # requests per scoring batch, as `detector score` and the worker's
 def score_offline(events: Iterable[Mapping[str, Any] | ClientRequest], cfg: DetectionConfig,
                   disabled_families: Iterable[str] = ()) -> tuple[list[Verdict], list[dict[str, Any]]]:
     """Verdicts (one per event, in order) and the alerts they raise, as the stream
-    would produce them: `cfg.pipeline(disabled_families)` on batches in event order,
-    then `AlertPolicy` over the flagged records. Fresh state on every call. Stateful
-    detectors plug in here, so that every evaluation goes through them."""
-    pipeline = cfg.pipeline(disabled_families)
-    policy = AlertPolicy(cfg.alerts)
+    would produce them: the stateless checks and the behaviour detectors in event-time
+    order (`detector.behaviour.offline.OfflineScorer`, the rules `detector score` and
+    the stream apply). Fresh state on every call."""
     requests = [e if isinstance(e, ClientRequest) else request_from_obj(e) for e in events]
-    verdicts: list[Verdict] = []
-    alerts: list[dict[str, Any]] = []
-    for i in range(0, len(requests), BATCH):
-        batch = pipeline.score_batch(requests[i:i + BATCH])
-        verdicts.extend(batch)
-        alerts.extend(policy.observe(flagged_records(batch, cfg.alerts)))
-    return verdicts, alerts
+    return OfflineScorer(cfg, tuple(disabled_families)).score(requests)
 
 
 # --------------------------------------------------------------------------------------

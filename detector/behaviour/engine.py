@@ -132,6 +132,16 @@ class BehaviourEngine:
                 del ents[next(iter(ents))]
         ents[ekey] = st  # most recent last
         st["last"] = r.ts
+        if r.sig and r.etype in ("device", "account"):
+            # A replayed request repeats a signature this device or account already
+            # sent: it is the signature shard's evidence, not new activity of the
+            # victim's identity (which would flag the victim for velocity or hopping).
+            sigs: list[str] = st.setdefault("sigs", [])
+            if r.sig in sigs:
+                return
+            sigs.append(r.sig)
+            if len(sigs) > 64:
+                del sigs[0]
         raised: list[tuple[str, str]] = []
         for name, d in self._plan.get(r.etype, ()):
             part = st.get(name)

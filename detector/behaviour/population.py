@@ -3,12 +3,15 @@ order) suddenly carried by many device ids or accounts, against its own baseline
 EWMA of past windows that learns only from windows it did not flag, so an attacker
 cannot train it).
 
-A popular real phone also carries many device ids, but each behind its own line:
-its devices spread over as many IP blocks as there are devices. A farm's or a
-library's default device concentrates them behind few blocks or hosting networks,
-so a surge counts only when concentrated (blocks per device <= 0.5, or mostly
-hosting networks). A new fingerprint starts from a small prior, so a library's
-default device is caught in the first window it appears."""
+A popular real phone also carries many device ids, but each behind its own line and
+with its own account: its devices spread over as many IP blocks as there are
+devices, and its accounts over the whole id space. A farm's or a library's default
+device concentrates them: behind few blocks or hosting networks, or on accounts
+registered in bulk (numeric ids packed into a narrow range). A surge counts only when
+concentrated in one of these ways. A new fingerprint starts from a small prior, so a
+library's default device is caught in the first window it appears. Weights are below
+"suspicious" alone: a fingerprint flag reaches every request of that fingerprint,
+real users of the same phone included; the fingerprint's alert names the surge."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from detector.behaviour.state import touch, window_start
 DEVICE_SURGE = "population.fingerprint_device_surge"
 ACCOUNT_SURGE = "population.fingerprint_account_surge"
 MAX_BLOCKS_PER_DEVICE = 0.5
+MAX_ID_SPACING = 1000  # mean gap between numeric account ids registered in one batch
 
 
 class Population:
@@ -49,7 +53,8 @@ class Population:
         st["n"] += 1
         st["host"] += 1 if r.hosting else 0
         devices, accounts, blocks = len(st["dev"]), len(st["acc"]), len(st["blk"])
-        concentrated = blocks <= MAX_BLOCKS_PER_DEVICE * max(devices, accounts) or st["host"] * 2 >= st["n"]
+        concentrated = (blocks <= MAX_BLOCKS_PER_DEVICE * max(devices, accounts) or st["host"] * 2 >= st["n"]
+                        or _bulk_registered(st["acc"]))
         if not concentrated:
             return []
         out = []
@@ -64,3 +69,10 @@ class Population:
         if out:
             st["flagged"] = True
         return out
+
+
+def _bulk_registered(accounts: dict[str, float]) -> bool:
+    ids = [int(a) for a in accounts if a.isdigit()]
+    if len(ids) < 10:
+        return False
+    return (max(ids) - min(ids)) / (len(ids) - 1) <= MAX_ID_SPACING

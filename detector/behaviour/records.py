@@ -39,6 +39,7 @@ class EntityRecord(msgspec.Struct, array_like=True, frozen=True, gc=False):
     account: str | None
     session: str | None
     endpoint: str | None  # endpoint class from the profile: startup, browse, action
+    sig: str | None = None  # the request signature's first 16 hex digits (replays share it)
 
 
 class Envelope(msgspec.Struct, array_like=True, gc=False):
@@ -103,9 +104,11 @@ def records_for(request: ClientRequest, ctx: RequestContext, verdict: Verdict) -
         ("asn", f"AS{asn}" if asn is not None else None), ("signature", ents.get("signature")),
         ("fingerprint", ents.get("fingerprint")),
     ]
+    sig = ents.get("signature")
+    sig = sig[:16] if sig else None
     return [
         EntityRecord(etype, key, request.request_id, request.ts, level, score, codes, verdict.profile,
-                     request.client_ip, asn, hosting, country, device, account, session, endpoint)
+                     request.client_ip, asn, hosting, country, device, account, session, endpoint, sig)
         for etype, key in keys if key
     ]
 

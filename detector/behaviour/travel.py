@@ -1,7 +1,10 @@
 """Travel of one account: countries further apart than a person can travel in the
 time between two requests (great-circle distance between country centroids, so only
 large jumps count), and hopping between many ASNs within an hour. Hosting networks
-(VPN exits) are left out: switching a VPN on and off is not travel."""
+(VPN exits) are left out: switching a VPN on and off is not travel. A traveller on
+foreign Wi-Fi whose mobile data still exits at home alternates between two countries
+all day, so a jump counts only once the account has been in three or more countries
+within the window: proxy rotation, not a trip."""
 
 from __future__ import annotations
 
@@ -39,7 +42,9 @@ class Travel:
                                          f"{s.asn_window_s / 60:.0f} min"))
         if r.country and not r.hosting:
             last = st.get("geo")
-            if last is not None and last[1] != r.country:
+            countries = st.setdefault("cc", {})
+            touch(countries, r.country, r.ts, 32)
+            if last is not None and last[1] != r.country and count_since(countries, r.ts - s.asn_window_s) >= 3:
                 a, b = s.centroids.get(last[1]), s.centroids.get(r.country)
                 if a and b:
                     dist = km(a, b)

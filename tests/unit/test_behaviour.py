@@ -99,7 +99,8 @@ def test_human_cadence_is_not_regular(engine):
 
 
 def test_impossible_travel_but_not_a_vpn_switch(engine):
-    out = engine.observe([rec("account", "a-1", T0, 1, country="IN"), rec("account", "a-1", T0 + 600, 2, country="US")])
+    out = engine.observe([rec("account", "a-1", T0, 1, country="IN"), rec("account", "a-1", T0 + 300, 2, country="BR"),
+                          rec("account", "a-1", T0 + 600, 3, country="US")])
     assert codes(out) == {"behaviour.impossible_travel"}
     vpn = engine.observe([rec("account", "a-2", T0, 1, country="IN"),
                           rec("account", "a-2", T0 + 600, 2, country="NL", hosting=True)])
@@ -219,3 +220,17 @@ def test_offline_scorer_flags_later_requests_of_a_flagged_device(detection, prof
     behavioural = [v for v in verdicts if any(s.family in ("behaviour", "replay", "population") for s in v.signals)]
     assert behavioural and verdicts[0] not in behavioural  # a flag applies after the request that raised it
     assert alerts
+
+
+def test_traveller_alternating_between_two_countries_is_not_impossible_travel(engine):
+    """On foreign Wi-Fi with mobile data exiting at home: two countries all day."""
+    recs = [rec("account", "a-3", T0 + i * 120 + (i * 53 % 31), i, country="DE" if i % 2 else "IN") for i in range(20)]
+    assert not engine.observe(recs).flags
+
+
+def test_bulk_registered_accounts_on_one_fingerprint_are_a_surge(engine):
+    """Residential proxies spread the fleet over many lines, but its accounts were
+    registered in one batch."""
+    recs = [rec("fingerprint", "fp1_fleet", T0 + i * 10, i, device=f"d{i}", account=str(40_000_000_000 + i * 17),
+                ip=f"{20 + i}.{i}.9.9") for i in range(60)]
+    assert "population.fingerprint_device_surge" in codes(engine.observe(recs))

@@ -1,0 +1,326 @@
+"""The webhook delivery stage of the worker: reads `alerts` with its own consumer group
+(delivery never slows detection), queues one pending delivery per matching endpoint on
+the retry topic, and delivers them per endpoint with its own concurrency limit, backoff
+and circuit breaker, so a dead endpoint never delays the others. Policy (formats,
+signing, what is retried) lives in `agents/webhooks.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import random
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from mode import Service
+
+from agents.metrics import Metrics
+from agents.settings import Settings
+from agents.topics import ALERTS, ALERTS_DLQ, WEBHOOK_RETRY
+from agents.webhooks import (DELIVERED, REJECTED, Endpoint, EndpointQueue, OffsetTracker, Pending, _seq,
+                             alert_closed, backoff_s, classify, dlq_record, headers, pending_record, render,
+                             retry_after_s)
+
+log = logging.getLogger("detector.webhooks")
+
+MAX_IN_MEMORY = 20_000  # pending deliveries held per worker before reading the retry topic pauses
+
+
+class _Revocations(ConsumerRebalanceListener):
+    def __init__(self, stage: DeliveryStage):
+        self.stage = stage
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.stage.release({tp.partition for tp in revoked if tp.topic == WEBHOOK_RETRY.name})
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info("webhook retry partitions assigned: %s", sorted(str(tp) for tp in assigned))
+
+
+class DeliveryStage(Service):
+    def __init__(self, settings: Settings, endpoints: tuple[Endpoint, ...], metrics: Metrics, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.endpoints = {e.name: e for e in endpoints}
+        self.metrics = metrics
+        self.queues = {e.name: EndpointQueue(e) for e in endpoints}
+        self.tracker = OffsetTracker()
+        self.generation: dict[int, int] = {}
+        self.inflight: set[asyncio.Task[None]] = set()
+        self.rng = random.Random()
+        # alertmanager endpoints: alert_id -> [alert, next push (monotonic)] while open
+        self.open_alerts: dict[str, dict[str, list[Any]]] = {e.name: {} for e in endpoints if e.format == "alertmanager"}
+        self.producer: AIOKafkaProducer | None = None
+        self.alerts_consumer: AIOKafkaConsumer | None = None
+        self.retry_consumer: AIOKafkaConsumer | None = None
+        self.http: aiohttp.ClientSession | None = None
+        self._paused = False
+
+    # --- lifecycle ---------------------------------------------------------------------
+    async def on_start(self) -> None:
+        s = self.settings
+        common = dict(bootstrap_servers=s.kafka_bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
+                      rebalance_timeout_ms=int(s.rebalance_timeout_s * 1000),
+                      session_timeout_ms=int(s.session_timeout_s * 1000),
+                      heartbeat_interval_ms=int(s.heartbeat_interval_s * 1000), fetch_max_wait_ms=200)
+        self.producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, client_id=f"{s.app_id}-webhooks",
+                                         acks="all", linger_ms=5)
+        await self.producer.start()
+        self.alerts_consumer = AIOKafkaConsumer(group_id=f"{s.app_id}-webhooks", client_id=f"{s.app_id}-webhooks",
+                                                **common)
+        self.alerts_consumer.subscribe([ALERTS.name])
+        await self.alerts_consumer.start()
+        self.retry_consumer = AIOKafkaConsumer(group_id=f"{s.app_id}-webhook-retry",
+                                               client_id=f"{s.app_id}-webhook-retry", **common)
+        self.retry_consumer.subscribe([WEBHOOK_RETRY.name], listener=_Revocations(self))
+        await self.retry_consumer.start()
+        self.http = aiohttp.ClientSession()
+        for q in self.queues.values():
+            self.add_future(self._drive(q))
+        log.info("webhook delivery started: %d endpoint(s): %s", len(self.endpoints), ", ".join(self.endpoints))
+
+    async def on_stop(self) -> None:
+        for t in list(self.inflight):
+            t.cancel()
+        await self._commit_retry()
+        for c in (self.alerts_consumer, self.retry_consumer):
+            if c is not None:
+                await c.stop()
+        if self.producer is not None:
+            await self.producer.stop()
+        if self.http is not None:
+            await self.http.close()
+        log.info("webhook delivery stopped")
+
+    # --- alerts -> pending deliveries ----------------------------------------------------
+    @Service.task
+    async def _fan_out(self) -> None:
+        consumer, producer = self.alerts_consumer, self.producer
+        assert consumer is not None and producer is not None
+        while not self.should_stop:
+            try:
+                batches = await consumer.getmany(timeout_ms=500, max_records=1000)
+            except KafkaError as exc:
+                log.warning("alerts poll failed, retrying: %s", exc)
+                await asyncio.sleep(1)
+                continue
+            if not batches:
+                continue
+            futures = []
+            now = time.time()
+            for tp, msgs in batches.items():
+                for m in msgs:
+                    try:
+                        alert = orjson.loads(m.value)
+                        alert["alert_id"], alert["revision"]  # noqa: B018 - required to deliver
+                    except Exception as exc:  # noqa: BLE001 - a malformed alert must not stop delivery
+                        log.error("skipping malformed alert %s[%d]@%d: %s", tp.topic, tp.partition, m.offset, exc)
+                        continue
+                    for e in self.endpoints.values():
+                        if e.accepts(alert):
+                            futures.append(await producer.send(WEBHOOK_RETRY.name, pending_record(e.name, alert, 1, now),
+                                                               key=e.name.encode()))
+            await asyncio.gather(*futures)  # queued durably before the alerts are committed
+            try:
+                await consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in batches.items()})
+            except CommitFailedError as exc:
+                log.warning("alerts commit failed after a rebalance; alerts will be queued again: %s", exc)
+
+    # --- retry topic -> endpoint queues --------------------------------------------------------
+    @Service.task
+    async def _read_pending(self) -> None:
+        consumer = self.retry_consumer
+        assert consumer is not None
+        while not self.should_stop:
+            held = sum(len(q) for q in self.queues.values()) + len(self.inflight)
+            if held > MAX_IN_MEMORY and not self._paused:
+                consumer.pause(*consumer.assignment())
+                self._paused = True
+            elif held < MAX_IN_MEMORY // 2 and self._paused:
+                consumer.resume(*consumer.assignment())
+                self._paused = False
+            try:
+                batches = await consumer.getmany(timeout_ms=300, max_records=2000)
+            except KafkaError as exc:
+                log.warning("webhook retry poll failed, retrying: %s", exc)
+                await asyncio.sleep(1)
+                continue
+            for tp, msgs in batches.items():
+                gen = self.generation.setdefault(tp.partition, 0)
+                for m in msgs:
+                    self.tracker.add(tp.partition, m.offset)
+                    try:
+                        rec = orjson.loads(m.value)
+                        name, alert, attempt, due = rec["endpoint"], rec["alert"], int(rec["attempt"]), float(rec["due"])
+                    except Exception as exc:  # noqa: BLE001
+                        log.error("skipping malformed pending delivery %s[%d]@%d: %s", tp.topic, tp.partition,
+                                  m.offset, exc)
+                        self.tracker.done(tp.partition, m.offset)
+                        continue
+                    q = self.queues.get(name)
+                    if q is None:  # the endpoint was removed from the configuration
+                        await self._dead(name, alert, "failed", f"endpoint {name!r} is no longer configured", attempt - 1)
+                        self.tracker.done(tp.partition, m.offset)
+                        continue
+                    q.push(Pending(due, next(_seq), tp.partition, m.offset, gen, attempt, alert))
+
+    @Service.timer(1.0)
+    async def _commit_timer(self) -> None:
+        await self._commit_retry()
+
+    async def _commit_retry(self) -> None:
+        consumer = self.retry_consumer
+        if consumer is None:
+            return
+        assigned = {tp.partition for tp in consumer.assignment()}
+        offsets = {TopicPartition(WEBHOOK_RETRY.name, p): o for p, o in self.tracker.committable().items()
+                   if p in assigned}
+        if not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:
+            log.warning("webhook retry commit failed (deliveries since the last commit may repeat): %s", exc)
+
+    async def release(self, partitions: set[int]) -> None:
+        """A rebalance takes these retry partitions away: commit what is resolved and
+        drop the rest from memory (the new owner reads it again)."""
+        await self._commit_retry()
+        for p in partitions:
+            self.generation[p] = self.generation.get(p, 0) + 1
+        for q in self.queues.values():
+            q.heap = [x for x in q.heap if x.partition not in partitions]
+            heapq.heapify(q.heap)
+        self.tracker.forget(partitions)
+
+    # --- delivery ---------------------------------------------------------------------------------
+    async def _drive(self, q: EndpointQueue) -> None:
+        """Start the due deliveries of one endpoint, at most `concurrency` at a time."""
+        while not self.should_stop:
+            if not q.heap:
+                q.changed.clear()
+                await q.changed.wait()
+                continue
+            wait = q.heap[0].due - time.time()
+            if wait > 0:
+                q.changed.clear()
+                try:
+                    await asyncio.wait_for(q.changed.wait(), timeout=min(wait, 1.0))
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            breaker_wait = q.breaker.wait_s()
+            if breaker_wait > 0:
+                await asyncio.sleep(min(breaker_wait, 1.0))
+                continue
+            await q.slots.acquire()
+            if not q.heap:
+                q.slots.release()
+                continue
+            p = heapq.heappop(q.heap)
+            task = asyncio.create_task(self._attempt(q, p))
+            self.inflight.add(task)
+            task.add_done_callback(self.inflight.discard)
+
+    async def _attempt(self, q: EndpointQueue, p: Pending) -> None:
+        e = q.endpoint
+        try:
+            status, error, retry_after = await self._post(e, p.alert)
+            outcome = classify(status)
+            q.breaker.record(status is not None and status < 500)  # a 4xx answer: the endpoint is alive
+            if self.generation.get(p.partition, 0) != p.generation:
+                return  # the partition was revoked meanwhile: its new owner delivers again
+            ident = f"{p.alert['alert_id']}:{p.alert['revision']}"
+            label = self.metrics.webhook_endpoint(e.name)
+            if outcome == DELIVERED:
+                self.metrics.webhook_deliveries.labels(label, "delivered").inc()
+                log.info("webhook %s: delivered %s (attempt %d)", e.name, ident, p.attempt)
+                if e.name in self.open_alerts:
+                    self._track_open(e, p.alert)
+            elif outcome == REJECTED:
+                self.metrics.webhook_deliveries.labels(label, "rejected").inc()
+                log.error("webhook %s: %s rejected with HTTP %s (not retried): sent to %s", e.name, ident, status,
+                          ALERTS_DLQ.name)
+                await self._dead(e.name, p.alert, "rejected", f"HTTP {status}: {error}", p.attempt)
+            elif p.attempt >= e.max_attempts:
+                self.metrics.webhook_deliveries.labels(label, "failed").inc()
+                log.error("webhook %s: %s failed after %d attempts (%s): sent to %s", e.name, ident, p.attempt, error,
+                          ALERTS_DLQ.name)
+                await self._dead(e.name, p.alert, "failed", f"{p.attempt} attempts, last: {error}", p.attempt)
+            else:
+                now = time.time()
+                due = now + backoff_s(e, p.attempt, self.rng, retry_after)
+                log.warning("webhook %s: %s attempt %d failed (%s); next in %.1f s", e.name, ident, p.attempt, error,
+                            due - now)
+                assert self.producer is not None
+                await self.producer.send_and_wait(WEBHOOK_RETRY.name,
+                                                  pending_record(e.name, p.alert, p.attempt + 1, due, error),
+                                                  key=e.name.encode())
+            self.tracker.done(p.partition, p.offset)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - keep the pending record uncommitted; it is retried after a restart
+            log.exception("webhook %s: delivery of %s:%s crashed", e.name, p.alert.get("alert_id"), p.alert.get("revision"))
+            q.push(Pending(time.time() + e.backoff_max_s, next(_seq), p.partition, p.offset, p.generation, p.attempt,
+                           p.alert))
+        finally:
+            q.slots.release()
+            q.changed.set()
+
+    async def _post(self, e: Endpoint, alert: dict[str, Any]) -> tuple[int | None, str, float | None]:
+        assert self.http is not None
+        body = render(e, alert)
+        ts = int(time.time())
+        try:
+            async with self.http.post(e.url, data=body, headers=headers(e, alert, body, ts),
+                                      timeout=aiohttp.ClientTimeout(total=e.timeout_s), allow_redirects=False) as resp:
+                text = (await resp.text(errors="replace"))[:200]
+                return resp.status, f"HTTP {resp.status} {text}".strip(), retry_after_s(resp.headers.get("Retry-After"),
+                                                                                      time.time())
+        except asyncio.TimeoutError:
+            return None, f"timeout after {e.timeout_s:g} s", None
+        except aiohttp.ClientError as exc:
+            return None, f"{type(exc).__name__}: {exc}", None
+
+    async def _dead(self, endpoint: str, alert: dict[str, Any], outcome: str, reason: str, attempts: int) -> None:
+        assert self.producer is not None
+        await self.producer.send_and_wait(ALERTS_DLQ.name, dlq_record(endpoint, alert, outcome, reason, attempts,
+                                                                      time.time()),
+                                          key=str(alert.get("alert_id", "")).encode())
+
+    # --- alertmanager: repeat while open, endsAt when closed -------------------------------------------
+    def _track_open(self, e: Endpoint, alert: dict[str, Any]) -> None:
+        opened = self.open_alerts[e.name]
+        prev = opened.get(alert["alert_id"])
+        if prev is not None and prev[0]["revision"] > alert["revision"]:
+            return
+        if alert_closed(alert, time.time()):
+            opened.pop(alert["alert_id"], None)  # the push already carried endsAt
+            return
+        opened[alert["alert_id"]] = [alert, time.monotonic() + e.repeat_interval_s]
+
+    @Service.timer(1.0)
+    async def _repeat_open_alerts(self) -> None:
+        now, mono = time.time(), time.monotonic()
+        for name, opened in self.open_alerts.items():
+            e = self.endpoints[name]
+            for aid, entry in list(opened.items()):
+                alert, next_at = entry
+                closed = alert_closed(alert, now)
+                if not closed and mono < next_at:
+                    continue
+                status, error, _ = await self._post(e, alert)  # best effort: Alertmanager re-pushes are idempotent
+                if classify(status) != DELIVERED:
+                    log.warning("webhook %s: re-push of %s failed: %s", name, aid, error)
+                    entry[1] = mono + min(e.repeat_interval_s, 10.0)
+                    continue
+                if closed:
+                    del opened[aid]
+                else:
+                    entry[1] = mono + e.repeat_interval_s
