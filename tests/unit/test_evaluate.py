@@ -117,12 +117,16 @@ def test_alert_time_is_the_revisions_event_time():
 # ---------------------------------------------------------------- scoring
 
 
-def test_score_offline_is_the_pipeline_then_the_alert_policy(detection, profile):
+def test_score_offline_is_the_offline_scorer_of_detector_score(detection, profile):
+    from detector.behaviour.offline import OfflineScorer
+
     events = list(private_api_library(profile, 60, seed=4))
     verdicts, alerts = score_offline(events, detection)
-    direct = detection.pipeline().score_batch([request_from_obj(e) for e in events])
-    assert [v.to_json() for v in verdicts] == [v.to_json() for v in direct]
-    assert {a["entity"]["type"] for a in alerts} == {"device", "account"}
+    direct, direct_alerts = OfflineScorer(detection).score([request_from_obj(e) for e in events])
+    assert [v.to_json() for v in verdicts] == [v.to_json() for v in direct] and alerts == direct_alerts
+    stateless = detection.pipeline().score_batch([request_from_obj(e) for e in events[:1]])
+    assert verdicts[0].to_json() == stateless[0].to_json()  # nothing known before the first request
+    assert {"device", "account"} <= {a["entity"]["type"] for a in alerts}
     without, _ = score_offline(events, detection, disabled_families=("tls", "transport"))
     assert not {s.code.split(".")[0] for v in without for s in v.signals} & {"tls", "transport"}
     assert all(v.verdict == "malicious" for v in without)  # it does not hang on its stack alone
