@@ -196,7 +196,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from agents.demo import run_demo
 
     return run_demo(duration=args.duration, as_json=args.json, rate=args.rate, web_port=args.web_port,
-                    broker_port=args.broker_port, config=args.config)
+                    broker_port=args.broker_port, config=args.config, webhook=args.webhook,
+                    webhook_secret=args.webhook_secret)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -279,6 +280,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--rate", type=float, default=400.0, help="requests per second to send")
     s.add_argument("--web-port", type=int, default=6066)
     s.add_argument("--broker-port", type=int, default=None)
+    s.add_argument("--webhook", metavar="URL", help="also send every alert to this URL (generic format, docs/alerts.md)")
+    s.add_argument("--webhook-secret", metavar="S", help="sign the webhook requests with this secret")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("bench", help="worker throughput through a broker beside the raw-consumer baseline")

@@ -23,7 +23,7 @@ from mode import Service
 from agents.metrics import Metrics
 from agents.settings import Settings
 from agents.topics import ALERTS, ALERTS_DLQ, WEBHOOK_RETRY
-from agents.webhooks import (DELIVERED, REJECTED, Endpoint, EndpointQueue, OffsetTracker, Pending, _seq,
+from agents.webhooks import (DELIVERED, REJECTED, Endpoint, EndpointQueue, OffsetTracker, Pending, delivery_seq,
                              alert_closed, backoff_s, classify, dlq_record, headers, pending_record, render,
                              retry_after_s)
 
@@ -168,7 +168,7 @@ class DeliveryStage(Service):
                         await self._dead(name, alert, "failed", f"endpoint {name!r} is no longer configured", attempt - 1)
                         self.tracker.done(tp.partition, m.offset)
                         continue
-                    q.push(Pending(due, next(_seq), tp.partition, m.offset, gen, attempt, alert))
+                    q.push(Pending(due, next(delivery_seq), tp.partition, m.offset, gen, attempt, alert))
 
     @Service.timer(1.0)
     async def _commit_timer(self) -> None:
@@ -265,10 +265,11 @@ class DeliveryStage(Service):
             self.tracker.done(p.partition, p.offset)
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - keep the pending record uncommitted; it is retried after a restart
-            log.exception("webhook %s: delivery of %s:%s crashed", e.name, p.alert.get("alert_id"), p.alert.get("revision"))
-            q.push(Pending(time.time() + e.backoff_max_s, next(_seq), p.partition, p.offset, p.generation, p.attempt,
-                           p.alert))
+        except Exception:  # noqa: BLE001 - keep the pending record uncommitted and try it again later
+            log.exception("webhook %s: delivery of %s:%s crashed", e.name, p.alert.get("alert_id"),
+                          p.alert.get("revision"))
+            q.push(Pending(time.time() + e.backoff_max_s, next(delivery_seq), p.partition, p.offset, p.generation,
+                           p.attempt, p.alert))
         finally:
             q.slots.release()
             q.changed.set()

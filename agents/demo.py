@@ -110,15 +110,18 @@ class DemoView:
 
 
 async def _run(duration: float, rate: float, web_port: int, as_json: bool, broker_port: int | None,
-               config: str | None) -> dict[str, Any]:
+               config: str | None, webhook: str | None = None, webhook_secret: str | None = None) -> dict[str, Any]:
     if port_open("127.0.0.1", web_port):
         raise SystemExit(f"detector demo: port {web_port} is in use (choose another with --web-port)")
     workdir = Path(tempfile.mkdtemp(prefix="detector-demo-"))
     broker = EmbeddedBroker(port=broker_port, log_path=workdir / "broker.log").start()
     detection = DetectionConfig.load(Path(config) if config else DEFAULT_CONFIG)
     await create_topics(broker.bootstrap, partitions=4)
+    worker_env: dict[str, str] = {}
+    if webhook:  # the worker sends every alert to this URL (docs/alerts.md)
+        config, worker_env = demo_webhook_config(config, webhook, webhook_secret, workdir)
     started = time.monotonic()
-    worker = start_worker(broker.bootstrap, web_port, workdir / "worker.log", config)
+    worker = start_worker(broker.bootstrap, web_port, workdir / "worker.log", config, extra_env=worker_env)
     view = DemoView()
     stop = asyncio.Event()  # stops the producer
     done = asyncio.Event()  # stops the view, once the outputs are drained
@@ -164,6 +167,7 @@ async def _run(duration: float, rate: float, web_port: int, as_json: bool, broke
             if done.is_set() and not batches:
                 return
 
+    webhook_outcomes: dict[str, int] = {}
     producer_task = asyncio.create_task(produce())
     consumer_task = asyncio.create_task(consume())
     live = None
@@ -188,6 +192,8 @@ async def _run(duration: float, rate: float, web_port: int, as_json: bool, broke
         while view.verdicts < sent["n"] and time.monotonic() < drain_until:
             await asyncio.sleep(0.25)
         await asyncio.sleep(1.0)
+        if webhook:
+            webhook_outcomes = await wait_for_webhooks(web_port, view, worker)
     finally:
         stop.set()
         done.set()
@@ -210,12 +216,51 @@ async def _run(duration: float, rate: float, web_port: int, as_json: bool, broke
         "first_alert_s": round(view.first_alert_at - started, 2) if view.first_alert_at else None,
         "duration_s": round(ran, 1),
         "logs": str(workdir),
+        **({"webhook": webhook_outcomes} if webhook else {}),
     }
 
 
+def demo_webhook_config(config: str | None, url: str, secret: str | None, workdir: Path) -> tuple[str, dict[str, str]]:
+    """A settings copy with one endpoint `demo` (generic format) and the worker's env.
+    Generous retries: a receiver may be down for minutes and still get every alert."""
+    from agents.webhooks import write_config_with_webhooks
+
+    ep: dict[str, Any] = {"name": "demo", "url": url, "format": "generic", "max_attempts": 30, "backoff_max_s": 30}
+    env = {}
+    if secret:
+        ep["secret"] = {"env": "DETECTOR_DEMO_WEBHOOK_SECRET"}
+        env["DETECTOR_DEMO_WEBHOOK_SECRET"] = secret
+    path = write_config_with_webhooks(Path(config) if config else DEFAULT_CONFIG, [ep], workdir / "detector.yaml")
+    return str(path), env
+
+
+async def wait_for_webhooks(web_port: int, view: DemoView, worker: subprocess.Popen[bytes],
+                            timeout: float = 300.0) -> dict[str, int]:
+    """Keep the worker (and the in-memory broker) up until every alert revision has a
+    final webhook outcome, so a receiver that was down still gets them all."""
+    import re
+    import urllib.request
+
+    pattern = re.compile(r'detector_webhook_deliveries_total\{endpoint="demo",outcome="(\w+)"\} ([0-9.e+]+)')
+    outcomes: dict[str, int] = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and worker.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/metrics", timeout=5) as r:
+                text = r.read().decode()
+            outcomes = {m.group(1): int(float(m.group(2))) for m in pattern.finditer(text)}
+        except OSError:
+            pass
+        if sum(outcomes.values()) >= view.alerts:
+            break
+        await asyncio.sleep(1.0)
+    return outcomes
+
+
 def run_demo(duration: float = 60.0, as_json: bool = False, rate: float = 400.0, web_port: int = 6066,
-             broker_port: int | None = None, config: str | None = None) -> int:
-    summary = asyncio.run(_run(duration, rate, web_port, as_json, broker_port, config))
+             broker_port: int | None = None, config: str | None = None, webhook: str | None = None,
+             webhook_secret: str | None = None) -> int:
+    summary = asyncio.run(_run(duration, rate, web_port, as_json, broker_port, config, webhook, webhook_secret))
     if as_json:
         print(orjson.dumps(summary).decode())
     else:
@@ -223,4 +268,6 @@ def run_demo(duration: float = 60.0, as_json: bool = False, rate: float = 400.0,
               f"{summary['alerts']} alert revisions ({summary['alert_ids']} alerts), {summary['dlq']} dead letters; "
               f"first verdict after {summary['first_verdict_s']} s, first alert after {summary['first_alert_s']} s. "
               f"Logs: {summary['logs']}")
+        if webhook:
+            print(f"webhook {webhook}: {summary['webhook']} (alerts-dlq holds any not delivered)")
     return 0 if summary["verdicts"] and summary["alerts"] else 1

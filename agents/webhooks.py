@@ -372,7 +372,7 @@ class OffsetTracker:
             self.next.pop(p, None)
 
 
-_seq = itertools.count()
+delivery_seq = itertools.count()
 
 
 @dataclass(order=True)

@@ -19,6 +19,7 @@ from detector.model import Verdict
 RULE_FLAGGED_ENTITY = "entity.flagged_requests"
 _LEVEL_RANK = {"clean": 0, "suspicious": 1, "malicious": 2}
 _SEVERITIES = ("low", "medium", "high", "critical")
+_ALLOWLIST_KEYS = ("entity_type", "id", "reason")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,8 +34,27 @@ class AlertSettings:
     allowed_lateness_s: int = 60
     max_open_windows: int = 200_000
     samples: int = 5
+    # code -> the lowest severity of an alert whose requests carry it (the higher of
+    # this and the count's severity wins), e.g. {replay.signature_reused_elsewhere: high}
+    severity_by_code: Mapping[str, str] = field(default_factory=dict)
+    # entities that never alert (test devices, partner integrations), each with a reason:
+    # [{entity_type: device, id: ..., reason: ...}]
+    allowlist: tuple[Mapping[str, str], ...] = ()
+    # codes that neither count towards an alert nor appear in its evidence
+    suppress_codes: tuple[str, ...] = ()
+    _allowed: frozenset[tuple[str, str]] = field(init=False, repr=False, compare=False, default=frozenset())
 
     def __post_init__(self) -> None:
+        entries = tuple(dict(e) if isinstance(e, Mapping) else e for e in self.allowlist)
+        for i, e in enumerate(entries):
+            if not isinstance(e, dict) or not all(isinstance(e.get(k), str) and e[k] for k in _ALLOWLIST_KEYS):
+                raise ValueError(f"alerts.allowlist[{i}]: needs entity_type, id and reason (strings)")
+        object.__setattr__(self, "allowlist", entries)
+        object.__setattr__(self, "_allowed", frozenset((e["entity_type"], e["id"]) for e in entries))
+        object.__setattr__(self, "suppress_codes", tuple(self.suppress_codes))
+        for code, sev in self.severity_by_code.items():
+            if sev not in _SEVERITIES:
+                raise ValueError(f"alerts.severity_by_code.{code}: unknown severity {sev!r}")
         if self.min_level not in ("suspicious", "malicious"):
             raise ValueError("alerts.min_level must be suspicious or malicious")
         if self.window_s <= 0 or self.min_count <= 0:
@@ -42,6 +62,18 @@ class AlertSettings:
         for sev in self.severity_by_count.values():
             if sev not in _SEVERITIES:
                 raise ValueError(f"alerts.severity_by_count: unknown severity {sev!r}")
+
+    def allowlisted(self, entity_type: str, entity_id: str) -> bool:
+        return (entity_type, entity_id) in self._allowed
+
+    def severity_for(self, count: int, codes: Iterable[str]) -> str:
+        """The count's severity, raised to the highest `severity_by_code` of the codes."""
+        sev = self.severity(count)
+        for c in codes:
+            floor = self.severity_by_code.get(c)
+            if floor is not None and _SEVERITIES.index(floor) > _SEVERITIES.index(sev):
+                sev = floor
+        return sev
 
     def severity(self, count: int) -> str:
         sev = "low"
@@ -119,19 +151,28 @@ class AlertWindow:
     samples: list[str] = field(default_factory=list)
 
     def update(self, r: FlaggedRequest, s: AlertSettings) -> bool:
-        """Count one flagged request; True when this makes a new alert revision."""
+        """Count one flagged request; True when this makes a new alert revision.
+        Allowlisted entities never count; suppressed codes are left out, and a request
+        flagged only by suppressed codes does not count."""
+        if s.allowlisted(r.entity_type, r.entity_id):
+            return False
+        codes = r.codes
+        if s.suppress_codes:
+            codes = tuple(c for c in codes if c not in s.suppress_codes)
+            if r.codes and not codes:
+                return False
         self.first_ts = min(self.first_ts, r.ts)
         self.last_ts = max(self.last_ts, r.ts)
         self.count += 1
         self.max_score = max(self.max_score, r.score)
-        self.codes.update(r.codes)
+        self.codes.update(codes)
         if r.profile:
             self.profiles.add(r.profile)
         if len(self.ips) < 1000:
             self.ips.add(r.ip)
         if len(self.samples) < s.samples:
             self.samples.append(r.request_id)
-        severity = s.severity(self.count)
+        severity = s.severity_for(self.count, self.codes) if s.severity_by_code else s.severity(self.count)
         escalated = self.count >= s.min_count and (
             self.revision == 0 or self.count in s.escalate_at
             or _SEVERITIES.index(severity) > _SEVERITIES.index(self.severity)

@@ -47,7 +47,9 @@ def behaviour_codes() -> dict[str, str]:
 
 
 def bucket_of(etype: str, key: str, buckets: int) -> int:
-    return zlib.crc32(f"{etype}:{key}".encode()) % buckets
+    # adler32, not the crc32 that picks the shard partition: with the same hash, a
+    # partition would only ever use the buckets congruent to its own number
+    return zlib.adler32(f"{etype}:{key}".encode()) % buckets
 
 
 @dataclass
