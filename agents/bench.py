@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from agents.broker import EmbeddedBroker, free_port
 from agents.demo import EMBEDDED_WORKER_ENV, stop_process
@@ -65,9 +65,10 @@ async def _produce(bootstrap: str, events: list[dict[str, Any]], batch: int) -> 
 
 async def _baseline(bootstrap: str, n_requests: int) -> float:
     """Raw consume + parse of every message; returns requests per second."""
-    c = AIOKafkaConsumer(CLIENT_REQUESTS.name, bootstrap_servers=bootstrap, group_id=f"bench-baseline-{time.time_ns()}",
-                         auto_offset_reset="earliest", enable_auto_commit=False, max_partition_fetch_bytes=8 * 1024 * 1024,
-                         fetch_max_wait_ms=100)
+    # No consumer group (group_id=None: every partition, from the start): a group
+    # needs the coordinator, which a freshly started Kafka may not have elected yet.
+    c = AIOKafkaConsumer(CLIENT_REQUESTS.name, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+                         enable_auto_commit=False, max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_wait_ms=100)
     await c.start()
     try:
         seen = 0

@@ -45,6 +45,7 @@ from detector.engine import DetectionConfig
 log = logging.getLogger("detector.worker")
 
 _LEVEL_RANK = {"clean": 0, "suspicious": 1, "malicious": 2}
+ENVELOPE_RECORDS = 1000  # records per entity envelope (~250 KB): well under Kafka's 1 MB message limit
 
 
 def shard_of(entity_type: str, entity_id: str, partitions: int) -> int:
@@ -102,8 +103,9 @@ class IngestStage(Service):
         )
         self.consumer.subscribe([CLIENT_REQUESTS.name], listener=_CommitGate(self._lock))
         await self.consumer.start()
+        # group_id=None: every partition of the flags topic, from the start
         self.flag_consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap, group_id=None, client_id=f"{s.app_id}-flags",
+            ENTITY_FLAGS.name, bootstrap_servers=s.kafka_bootstrap, group_id=None, client_id=f"{s.app_id}-flags",
             enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=100,
         )
         await self.flag_consumer.start()
@@ -142,16 +144,6 @@ class IngestStage(Service):
         start: the map of flagged entities is small, since only flagged ones travel."""
         consumer = self.flag_consumer
         assert consumer is not None
-        while not self.should_stop:
-            await consumer.topics()  # refreshes metadata
-            parts = consumer.partitions_for_topic(ENTITY_FLAGS.name)
-            if parts:
-                from aiokafka import TopicPartition
-
-                consumer.assign([TopicPartition(ENTITY_FLAGS.name, p) for p in sorted(parts)])
-                await consumer.seek_to_beginning()
-                break
-            await asyncio.sleep(1)
         while not self.should_stop:
             try:
                 batches = await consumer.getmany(timeout_ms=200, max_records=5000)
@@ -214,7 +206,10 @@ class IngestStage(Service):
             if r.ts > self.watermark:
                 self.watermark = r.ts
         for partition, env in envelopes.items():
-            await out.add(ENTITY_EVENTS.name, encode_envelope(env), partition=partition)
+            # bounded envelopes: Kafka's default max.message.bytes is 1 MB
+            for i in range(0, len(env.records), ENVELOPE_RECORDS):
+                chunk = Envelope(env.records[i:i + ENVELOPE_RECORDS], env.sources[i:i + ENVELOPE_RECORDS])
+                await out.add(ENTITY_EVENTS.name, encode_envelope(chunk), partition=partition)
         await out.flush()  # every output acknowledged before the commit
         offsets = {tp: messages[-1].offset + 1 for tp, messages in batches.items()}
         try:
