@@ -42,25 +42,30 @@ class YamlDocument:
             raise ConfigError(path, "", f"invalid YAML: {problem}", line) from None
 
     def line_of(self, key: Sequence[str | int]) -> int | None:
-        node = self.node
-        line = node.start_mark.line + 1 if node is not None else None
-        for part in key:
-            if isinstance(node, yaml.MappingNode):
-                for k, v in node.value:
-                    if k.value == str(part):
-                        node, line = v, k.start_mark.line + 1
-                        break
-                else:
-                    return line
-            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-                node = node.value[part]
-                line = node.start_mark.line + 1
-            else:
-                return line
-        return line
+        return node_line(self.node, key)
 
     def error(self, key: Sequence[str | int], reason: str) -> ConfigError:
         return ConfigError(self.path, key, reason, self.line_of(key))
+
+
+def node_line(node: Any, key: Sequence[str | int]) -> int | None:
+    """The 1-based line of `key` (a path of mapping keys and list indices) in a
+    composed YAML node tree: the deepest part of the path that exists."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in key:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if k.value == str(part):
+                    node, line = v, k.start_mark.line + 1
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
 
 
 def load_yaml(path: Path) -> YamlDocument:

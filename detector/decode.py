@@ -450,6 +450,21 @@ def _build_fast_path(limits: DecodeLimits) -> Callable[[Any], ClientRequest | No
     known = _KNOWN_FIELDS
     make = ClientRequest
 
+    def wire_ok(w: Any) -> bool:
+        """What msgspec cannot express: the path's shape, a real IP address, and
+        the five object fields being objects (or null)."""
+        path = w.path
+        return (
+            path[:1] == "/"
+            and "?" not in path
+            and valid_ip(w.client_ip)
+            and type(w.tls) in objects
+            and type(w.h2) in objects
+            and type(w.network) in objects
+            and type(w.attestation) in objects
+            and type(w.label) in objects
+        )
+
     def fast(obj: Any) -> ClientRequest | None:
         """The ClientRequest for `obj` (an `orjson.loads` value), or None: let the
         reference validator decide."""
@@ -457,17 +472,7 @@ def _build_fast_path(limits: DecodeLimits) -> Callable[[Any], ClientRequest | No
             w = convert(obj, strict)
         except ValidationError:
             return slower(obj)
-        path = w.path
-        if (
-            path[:1] != "/"
-            or "?" in path
-            or not valid_ip(w.client_ip)
-            or type(w.tls) not in objects
-            or type(w.h2) not in objects
-            or type(w.network) not in objects
-            or type(w.attestation) not in objects
-            or type(w.label) not in objects
-        ):
+        if not wire_ok(w):
             return None
         return make(*astuple(w))  # `extra` stays None: the strict type forbids unknown fields
 
@@ -477,17 +482,7 @@ def _build_fast_path(limits: DecodeLimits) -> Callable[[Any], ClientRequest | No
             w = convert(obj, lenient)
         except ValidationError:
             return None
-        path = w.path
-        if (
-            path[:1] != "/"
-            or "?" in path
-            or not valid_ip(w.client_ip)
-            or type(w.tls) not in objects
-            or type(w.h2) not in objects
-            or type(w.network) not in objects
-            or type(w.attestation) not in objects
-            or type(w.label) not in objects
-        ):
+        if not wire_ok(w):
             return None
         args = list(astuple(w))
         ts = args[1]

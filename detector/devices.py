@@ -31,6 +31,8 @@ from typing import Any
 
 import yaml
 
+from detector.config import node_line
+
 __all__ = [
     "PLAUSIBILITY_CODES",
     "CatalogueError",
@@ -180,21 +182,7 @@ class _Doc:
             node = yaml.compose(self.text, Loader=_Loader)
         except yaml.YAMLError:
             return None
-        line = node.start_mark.line + 1 if node is not None else None
-        for part in path:
-            if isinstance(node, yaml.MappingNode):
-                for k, v in node.value:
-                    if k.value == str(part):
-                        node, line = v, k.start_mark.line + 1
-                        break
-                else:
-                    return line
-            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
-                node = node.value[part]
-                line = node.start_mark.line + 1
-            else:
-                return line
-        return line
+        return node_line(node, path)
 
     def error(self, path: Sequence[str | int], where: str, problem: str) -> CatalogueError:
         return CatalogueError(self.path, where, problem, self.line_of(path))
