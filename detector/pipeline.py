@@ -20,7 +20,7 @@ from detector.checks.signature import SignatureCheck
 from detector.checks.tls import TlsCheck
 from detector.checks.transport import TransportCheck
 from detector.checks.ua import UserAgentCheck
-from detector.behaviour.flags import FlagMap
+from detector.behaviour.flags import FlagMap, RequestFacts
 from detector.behaviour.records import ip_block, population_fingerprint
 from detector.devices import DeviceCatalogue
 from detector.fingerprints.headers import names_fingerprint
@@ -167,6 +167,11 @@ class Pipeline:
             m = profile.signing.format.fullmatch(sig) if sig else None
             if m is not None:
                 entities["signature"] = m["mac"]
+            stamp = headers.get(profile.signing.timestamp_header)
+            try:
+                d["sign_age"] = request.ts - float(stamp) if stamp is not None else None
+            except ValueError:
+                d["sign_age"] = None
         entities["ip_block"] = ip_block(request.client_ip)
         d["entities"] = entities
         fps: dict[str, str] = {"headers": header_fp}
@@ -234,8 +239,12 @@ class Pipeline:
         # alerts never depend on how fast flags propagated.
         stateless_score = self.scoring.score(signals)
         ctx.derived["stateless"] = (stateless_score, self.scoring.level(stateless_score), tuple(s.code for s in signals))
-        if flags is not None:
-            signals.extend(flags.signals_for(ctx.derived["entities"], request.ts))
+        if flags is not None and len(flags):
+            ents = ctx.derived["entities"]
+            account = ents.get("account")
+            facts = RequestFacts(ctx.derived.get("sign_age"),
+                                 int(account) if account is not None and account.isascii() and account.isdigit() else None)
+            signals.extend(flags.signals_for(ents, request.ts, facts))
         score = self.scoring.score(signals)
         return Verdict(
             request_id=request.request_id,

@@ -46,23 +46,38 @@ class Activity:
 
 
 class ActionOnlySessions:
-    etype: ClassVar[str] = "device"
+    """A session that acts (likes, follows, comments) without having fetched anything
+    to act on: a person sees a post or a profile before liking or following it, so the
+    app's session browses (feed, media info, profile) before its first action. Start-up
+    calls do not count as browsing: a script makes a config call as cheaply as it makes
+    the action. Kept per device and per account, for the last 16 sessions of each."""
+
     codes: ClassVar[dict[str, str]] = {
-        ACTION_ONLY_SESSION: "a session of actions without the start-up and browsing calls a real app session makes",
+        ACTION_ONLY_SESSION: "a session of actions without the browsing calls a real app session makes first",
     }
+
+    def __init__(self, etype: str = "device"):
+        self.etype = etype
 
     def observe(self, st: dict[str, Any], r: EntityRecord, s: BehaviourSettings) -> list[tuple[str, str]]:
         if r.endpoint is None:
             return []
         sessions = st.setdefault("sess", {})
         key = r.session or ""
-        counts = sessions.pop(key, None) or [0, 0, 0]
+        counts = sessions.pop(key, None) or [0, 0, 0]  # start-up, browse, actions before any browse
         sessions[key] = counts  # most recent last
         if len(sessions) > 16:
             del sessions[next(iter(sessions))]
-        counts[{"startup": 0, "browse": 1}.get(r.endpoint, 2)] += 1
-        if counts[2] >= s.action_only_min_actions and counts[0] == 0 and counts[1] == 0:
-            which = f"session {r.session}" if r.session else "requests without a session id"
-            return [(ACTION_ONLY_SESSION, f"{which} of device {r.key}: {counts[2]} actions, no start-up or "
-                                          "browsing calls")]
+        if r.endpoint == "startup":
+            counts[0] += 1
+        elif r.endpoint == "browse":
+            counts[1] += 1
+        elif counts[1] == 0:
+            counts[2] += 1
+            # an app that started up (counts[0]) shows content before it can act on it;
+            # without a start-up (a notification's action button) allow a few actions
+            if counts[2] >= s.action_only_min_actions or counts[0]:
+                which = f"session {r.session}" if r.session else "requests without a session id"
+                return [(ACTION_ONLY_SESSION, f"{which} of {self.etype} {r.key}: {counts[2]} actions, no browsing "
+                                              f"call before them ({counts[0]} start-up calls)")]
         return []

@@ -21,10 +21,12 @@ import orjson
 from detector.alerts import AlertSettings, AlertWindow, FlaggedRequest, build_alert
 from detector.behaviour.activity import ActionOnlySessions, Activity
 from detector.behaviour.fanout import AccountFanout, DeviceFanout, HostingAsnFanout, IpBlockFanout
-from detector.behaviour.flags import Flag, FlagUpdate
+import msgspec
+
+from detector.behaviour.flags import Flag, FlagUpdate, Scope
 from detector.behaviour.population import Population
 from detector.behaviour.records import ENTITY_TYPES, BehaviourSettings, EntityRecord
-from detector.behaviour.replay import ReplayDetector
+from detector.behaviour.replay import DeviceReplay, ReplayDetector
 from detector.behaviour.travel import Travel
 
 _ETYPE_RANK = {e: i for i, e in enumerate(ENTITY_TYPES)}
@@ -33,8 +35,8 @@ _ETYPE_RANK = {e: i for i, e in enumerate(ENTITY_TYPES)}
 def all_detectors() -> dict[str, list[Any]]:
     """Entity type -> its detectors, each `observe(state, record, settings)`."""
     return {
-        "device": [DeviceFanout(), Activity("device"), ActionOnlySessions()],
-        "account": [AccountFanout(), Activity("account"), Travel()],
+        "device": [DeviceFanout(), Activity("device"), ActionOnlySessions("device"), DeviceReplay()],
+        "account": [AccountFanout(), Activity("account"), ActionOnlySessions("account"), Travel()],
         "ip_block": [IpBlockFanout()],
         "asn": [HostingAsnFanout()],
         "signature": [ReplayDetector()],
@@ -80,6 +82,7 @@ class BehaviourEngine:
                           for etype, ds in all_detectors().items()}
         # (state key, detector) per entity type: each detector keeps its own part of the state
         self._plan = {etype: [(type(d).__name__, d) for d in ds] for etype, ds in self.detectors.items()}
+        self._device_replay = next((d for d in self.detectors["device"] if isinstance(d, DeviceReplay)), None)
         self.buckets = [Bucket() for _ in range(settings.buckets)]
         self.dirty: set[int] = set()
         self._per_bucket_cap = max(1, settings.max_entities // settings.buckets)
@@ -134,18 +137,28 @@ class BehaviourEngine:
                 del ents[next(iter(ents))]
         ents[ekey] = st  # most recent last
         st["last"] = r.ts
+        raised: list[tuple[str, str] | tuple[str, str, Scope]] = []
+        resent = False
         if r.sig and r.etype in ("device", "account"):
             # A replayed request repeats a signature this device or account already
             # sent: it is the signature shard's evidence, not new activity of the
-            # victim's identity (which would flag the victim for velocity or hopping).
-            sigs: list[str] = st.setdefault("sigs", [])
-            if r.sig in sigs:
-                return
-            sigs.append(r.sig)
-            if len(sigs) > 64:
-                del sigs[0]
-        raised: list[tuple[str, str]] = []
-        for name, d in self._plan.get(r.etype, ()):
+            # identity (which would flag it for velocity or hopping); the device keeps
+            # only that its signatures are being replayed (DeviceReplay).
+            sigs: dict[str, str] = st.setdefault("sigs", {})
+            first_ip = sigs.get(r.sig)
+            if first_ip is not None:
+                if r.etype != "device" or self._device_replay is None:
+                    return
+                part = st.setdefault(type(self._device_replay).__name__, {})
+                raised.extend(self._device_replay.replayed(part, r, s, first_ip))
+                if not raised:
+                    return
+                resent = True
+            else:
+                sigs[r.sig] = r.ip
+                if len(sigs) > 64:
+                    del sigs[next(iter(sigs))]
+        for name, d in () if resent else self._plan.get(r.etype, ()):
             part = st.get(name)
             if part is None:
                 part = st[name] = {}
@@ -156,26 +169,30 @@ class BehaviourEngine:
             if r.level >= 2 and r.etype in s.alert_entity_types:
                 self._alert(st, r, {}, out)
             return
-        # flags: code -> [detail, until, emitted_at]; a flag is (re-)broadcast when it is
-        # new, when half its TTL has passed (refresh), or when its evidence changed and
-        # the last broadcast is a minute old (bounded: a busy bot cannot flood the topic)
+        # flags: code -> [detail, until, emitted_at, scope]; a flag is (re-)broadcast
+        # when it is new, when half its TTL has passed (refresh), when its scope changed,
+        # or when its evidence changed and the last broadcast is a minute old (bounded:
+        # a busy bot cannot flood the topic)
         flags: dict[str, list[Any]] = st.setdefault("flags", {})
         changed = False
         for code in [c for c, f in flags.items() if f[1] < r.ts]:
             del flags[code]
             changed = True
-        for code, detail in raised:
+        for code, detail, *rest in raised:
+            scope = msgspec.to_builtins(rest[0]) if rest else None
             prev = flags.get(code)
-            if prev is None or prev[1] - r.ts < s.flag_ttl_s / 2 or (prev[0] != detail and r.ts - prev[2] >= 60):
-                flags[code] = [detail, r.ts + s.flag_ttl_s, r.ts]
+            if (prev is None or prev[1] - r.ts < s.flag_ttl_s / 2 or prev[3] != scope
+                    or (prev[0] != detail and r.ts - prev[2] >= 60)):
+                flags[code] = [detail, r.ts + s.flag_ttl_s, r.ts, scope]
                 changed = True
             else:
                 prev[0] = detail
         if not flags:
             del st["flags"]
         if changed:
-            out.flags.append(FlagUpdate(r.etype, r.key, tuple(Flag(c, f[0], f[1]) for c, f in sorted(flags.items())),
-                                        r.ts))
+            out.flags.append(FlagUpdate(r.etype, r.key, tuple(
+                Flag(c, f[0], f[1], msgspec.convert(f[3], Scope) if f[3] is not None else None)
+                for c, f in sorted(flags.items())), r.ts))
         self._alert(st, r, flags, out)
 
     def _alert(self, st: dict[str, Any], r: EntityRecord, flags: dict[str, list[Any]], out: Output) -> None:

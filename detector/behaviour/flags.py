@@ -16,10 +16,52 @@ import msgspec
 from detector.model import Signal
 
 
+class Scope(msgspec.Struct, array_like=True, frozen=True, gc=False, omit_defaults=True):
+    """Which of a flagged entity's requests a flag applies to, when not all of them:
+
+    - `sign_age_over`: only requests signed more than this many seconds before they
+      arrived (a device whose signed requests are replayed: its own requests carry its
+      usual signing age, a replay carries the original's signing time);
+    - `account_ids`: only requests whose numeric account id lies in [lo, hi] (a
+      fingerprint surging with accounts registered in one batch: the real users of the
+      same phone have account ids from anywhere in the id space).
+    Every given condition must hold."""
+
+    sign_age_over: float | None = None
+    account_ids: tuple[int, int] | None = None
+
+    def admits(self, facts: RequestFacts | None) -> bool:
+        if facts is None:
+            return False
+        if self.sign_age_over is not None and (facts.sign_age is None or facts.sign_age <= self.sign_age_over):
+            return False
+        if self.account_ids is not None:
+            n = facts.account_number
+            if n is None or not self.account_ids[0] <= n <= self.account_ids[1]:
+                return False
+        return True
+
+    def describe(self) -> str:
+        parts = []
+        if self.sign_age_over is not None:
+            parts.append(f"requests signed over {self.sign_age_over:.0f} s before arrival")
+        if self.account_ids is not None:
+            parts.append(f"account ids {self.account_ids[0]}-{self.account_ids[1]}")
+        return " and ".join(parts)
+
+
+class RequestFacts(msgspec.Struct, frozen=True, gc=False):
+    """What a scoped flag needs to know of a request (see `Scope`)."""
+
+    sign_age: float | None = None  # arrival time minus signing time, seconds
+    account_number: int | None = None  # the account id, when it is a number
+
+
 class Flag(msgspec.Struct, array_like=True, frozen=True, gc=False):
     code: str
     detail: str
     until: float  # event time
+    scope: Scope | None = None  # None: every request of the entity
 
 
 class FlagUpdate(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -58,12 +100,16 @@ class FlagMap:
             if u.flags:
                 self._flags[key] = u.flags
                 self._signals[key] = tuple(
-                    Signal(f.code, self.weight_of(f.code), f"{u.etype} {_short(u.key)}: {f.detail}") for f in u.flags)
+                    Signal(f.code, self.weight_of(f.code), f"{u.etype} {_short(u.key)}: {f.detail}"
+                           + (f" (applies to {f.scope.describe()})" if f.scope is not None else ""))
+                    for f in u.flags)
             else:
                 self._flags.pop(key, None)
                 self._signals.pop(key, None)
 
-    def signals_for(self, entities: Mapping[str, str], ts: float) -> list[Signal]:
+    def signals_for(self, entities: Mapping[str, str], ts: float, facts: RequestFacts | None = None) -> list[Signal]:
+        """The signals of the request's flagged entities: flags still in force at `ts`
+        whose scope (if any) admits the request's `facts`."""
         if not self._flags:
             return []
         out: list[Signal] = []
@@ -72,7 +118,7 @@ class FlagMap:
             if flags is None:
                 continue
             for f, sig in zip(flags, self._signals[(etype, key)]):
-                if f.until >= ts:
+                if f.until >= ts and (f.scope is None or f.scope.admits(facts)):
                     out.append(sig)
         return out
 

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from detector.behaviour.flags import Scope
 from detector.behaviour.records import BehaviourSettings, EntityRecord
 from detector.behaviour.state import touch, window_start
 
 DEVICE_SURGE = "population.fingerprint_device_surge"
 ACCOUNT_SURGE = "population.fingerprint_account_surge"
+BULK_ACCOUNTS = "population.bulk_registered_accounts"
+MAX_ACCOUNT_ID = 2**63 - 1
 MAX_BLOCKS_PER_DEVICE = 0.5
-MAX_ID_SPACING = 1000  # mean gap between numeric account ids registered in one batch
 
 
 class Population:
@@ -31,6 +33,8 @@ class Population:
     codes: ClassVar[dict[str, str]] = {
         DEVICE_SURGE: "a fingerprint carried by far more device ids than its baseline, concentrated on few networks",
         ACCOUNT_SURGE: "a fingerprint carried by far more accounts than its baseline, concentrated on few networks",
+        BULK_ACCOUNTS: "a fingerprint carried by a run of accounts registered in one batch (neighbouring numeric ids); "
+                       "applies to the requests of accounts in that id range",
     }
 
     def observe(self, st: dict[str, Any], r: EntityRecord, s: BehaviourSettings) -> list[tuple[str, str]]:
@@ -42,22 +46,34 @@ class Population:
                 st["bd"] = (1 - a) * st.get("bd", s.population_prior) + a * len(st.get("dev", {}))
                 st["ba"] = (1 - a) * st.get("ba", s.population_prior) + a * len(st.get("acc", {}))
             st["w"], st["dev"], st["acc"], st["blk"], st["host"], st["n"], st["flagged"] = w, {}, {}, {}, 0, 0, False
+            st.pop("run", None)
         elif w < cur:
             return []  # a late event of a closed window: its baseline is already counted
         cap = s.max_distinct * 4
         if r.device:
             touch(st["dev"], r.device, r.ts, cap)
+        out: list[tuple[str, str] | tuple[str, str, Scope]] = []
         if r.account:
-            touch(st["acc"], r.account, r.ts, cap)
+            if touch(st["acc"], r.account, r.ts, cap) and r.account.isascii() and r.account.isdigit():
+                run = densest_run(st["acc"], s.population_bulk_max_gap)
+                if run is not None and run[0] >= s.population_bulk_min_accounts:
+                    st["run"] = list(run)
+            run = st.get("run")
+            if run is not None:
+                n, lo, hi = run
+                # the rest of the batch lies around the run: as far again as the run spans
+                pad = max(s.population_bulk_max_gap, hi - lo)
+                out.append((BULK_ACCOUNTS, f"fingerprint {r.key} carried by {n} accounts with neighbouring ids "
+                                           f"{lo}-{hi} this window (registered in one batch)",
+                            Scope(account_ids=(max(0, lo - pad), min(MAX_ACCOUNT_ID, hi + pad)))))
         touch(st["blk"], r.ip.rsplit(".", 1)[0] if "." in r.ip else r.ip[:14], r.ts, cap)
         st["n"] += 1
         st["host"] += 1 if r.hosting else 0
         devices, accounts, blocks = len(st["dev"]), len(st["acc"]), len(st["blk"])
         concentrated = (blocks <= MAX_BLOCKS_PER_DEVICE * max(devices, accounts) or st["host"] * 2 >= st["n"]
-                        or _bulk_registered(st["acc"]))
+                        or "run" in st)
         if not concentrated:
-            return []
-        out = []
+            return out
         base_d = st.get("bd", s.population_prior)
         if devices >= max(s.population_min_devices, s.population_ratio * base_d):
             out.append((DEVICE_SURGE, f"fingerprint {r.key} carried by {devices} device ids behind {blocks} IP blocks "
@@ -71,8 +87,19 @@ class Population:
         return out
 
 
-def _bulk_registered(accounts: dict[str, float]) -> bool:
-    ids = [int(a) for a in accounts if a.isdigit()]
-    if len(ids) < 10:
-        return False
-    return (max(ids) - min(ids)) / (len(ids) - 1) <= MAX_ID_SPACING
+def densest_run(accounts: dict[str, float], max_gap: int) -> tuple[int, int, int] | None:
+    """The longest run of numeric account ids whose neighbours are at most `max_gap`
+    apart: (length, lowest, highest). Accounts registered in one batch get neighbouring
+    ids; real users of one phone model have ids from the whole id space, and one real
+    account among a batch's neighbours does not hide it (only the densest run counts)."""
+    ids = sorted(n for a in accounts if a.isascii() and a.isdigit() and (n := int(a)) <= MAX_ACCOUNT_ID)
+    if not ids:
+        return None
+    best = (1, ids[0], ids[0])
+    start = 0
+    for i in range(1, len(ids)):
+        if ids[i] - ids[i - 1] > max_gap:
+            start = i
+        elif i - start + 1 > best[0]:
+            best = (i - start + 1, ids[start], ids[i])
+    return best

@@ -40,6 +40,7 @@ class EntityRecord(msgspec.Struct, array_like=True, frozen=True, gc=False):
     session: str | None
     endpoint: str | None  # endpoint class from the profile: startup, browse, action
     sig: str | None = None  # the request signature's first 16 hex digits (replays share it)
+    sign_age: float | None = None  # arrival minus signing time, s (a replay carries the original's)
 
 
 class Envelope(msgspec.Struct, array_like=True, gc=False):
@@ -106,9 +107,11 @@ def records_for(request: ClientRequest, ctx: RequestContext, verdict: Verdict) -
     ]
     sig = ents.get("signature")
     sig = sig[:16] if sig else None
+    age = ctx.derived.get("sign_age")
+    age = round(age, 1) if age is not None else None
     return [
         EntityRecord(etype, key, request.request_id, request.ts, level, score, codes, verdict.profile,
-                     request.client_ip, asn, hosting, country, device, account, session, endpoint, sig)
+                     request.client_ip, asn, hosting, country, device, account, session, endpoint, sig, age)
         for etype, key in keys if key
     ]
 
@@ -125,7 +128,7 @@ class BehaviourSettings:
     """Windows, thresholds and TTLs (config `behaviour`; defaults justified in
     docs/detections.md)."""
 
-    state_version: int = 1
+    state_version: int = 2
     buckets: int = 64  # state buckets per shard partition (unit of a changelog write)
     allowed_lateness_s: float = 120.0
     max_entities: int = 200_000  # per shard partition; least recently seen evicted first
@@ -141,7 +144,10 @@ class BehaviourSettings:
     velocity_actions: int = 20
     cadence_last_n: int = 12
     cadence_max_cv: float = 0.1
-    action_only_min_actions: int = 5
+    action_only_min_actions: int = 2
+    replay_sign_age_margin_s: float = 10.0
+    population_bulk_min_accounts: int = 6
+    population_bulk_max_gap: int = 10_000
     travel_max_kmh: float = 1000.0
     travel_min_km: float = 1000.0
     asn_window_s: float = 3600.0

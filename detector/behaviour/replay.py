@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from detector.behaviour.flags import Scope
 from detector.behaviour.records import BehaviourSettings, EntityRecord
 
 REUSED = "replay.signature_reused"
 REUSED_ELSEWHERE = "replay.signature_reused_elsewhere"
+DEVICE_REPLAYED = "replay.device_replayed"
 
 
 def grade(networks: int) -> str:
@@ -48,3 +50,39 @@ class ReplayDetector:
         return [(REUSED_ELSEWHERE, f"signature of request {first[0]} reused {st['uses'] - 1} time(s) from "
                                    f"{networks} IPs, {len(st['asns'])} ASNs and {len(st['devs'])} devices "
                                    f"(grade {grade(networks)})")]
+
+
+class DeviceReplay:
+    """The device's side of a replay. The signature shard sees a replay only once its
+    signature was used twice, so the first replay of every captured request would pass;
+    but a replay also repeats the captured request's device id and signing time. Once
+    one of a device's own signatures comes back from another address, its requests
+    signed longer before arrival than the device's own requests ever are (its clock
+    offset and latency, from its last requests, plus a margin) are replays too: the
+    flag is scoped to those, so the device's owner is not flagged for its own use."""
+
+    etype: ClassVar[str] = "device"
+    codes: ClassVar[dict[str, str]] = {
+        DEVICE_REPLAYED: "a device whose signed requests come back from other addresses; applies to its requests "
+                         "signed longer before arrival than its own requests are",
+    }
+
+    def observe(self, st: dict[str, Any], r: EntityRecord, s: BehaviourSettings) -> list[tuple[str, str]]:
+        """A request of the device's own (first use of its signature): keep its signing age."""
+        if r.sign_age is not None:
+            ages = st.setdefault("age", [])
+            ages.append(r.sign_age)
+            if len(ages) > 8:
+                del ages[0]
+        return []
+
+    def replayed(self, st: dict[str, Any], r: EntityRecord, s: BehaviourSettings,
+                 first_ip: str) -> list[tuple[str, str, Scope]]:
+        """A request repeating a signature the device already sent first from `first_ip`."""
+        if r.ip == first_ip:
+            return []  # a retry from the same address
+        st["n"] = st.get("n", 0) + 1
+        over = max([0.0, *st.get("age", ())]) + s.replay_sign_age_margin_s
+        age = f", signed {r.sign_age:.0f} s before it arrived" if r.sign_age is not None else ""
+        return [(DEVICE_REPLAYED, f"{st['n']} signed request(s) of device {r.key} replayed from other addresses "
+                                  f"(latest from {r.ip}{age})", Scope(sign_age_over=round(over, 1)))]
