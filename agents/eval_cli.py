@@ -64,10 +64,11 @@ def render(report: dict[str, Any], ablation: dict[str, dict[str, float | None]] 
            + (f"; families disabled: {', '.join(st['without'])}" if st["without"] else "") + ".", ""]
     out.append(_table(
         ["scenario", "evasion", "needs state", "attack / all requests", "precision", "recall", "F1", "genuine FPR",
-         "recall (malicious)", "entity recall", "time to detect (s)", "covered after detection"],
+         "recall (malicious)", "entity recall (alerted / flagged)", "time to detect (s)", "covered after detection"],
         [[name, "drawn" if m["evasion"] is None else m["evasion"], _STATE[m["needs_state"]],
           f"{m['attack_requests']} / {m['requests']}", m["precision"], m["recall"], m["f1"],
-          _fmt(m["false_positive_rate"], 5), m["recall_malicious"], m["entity_recall"], m["time_to_detect_s"],
+          _fmt(m["false_positive_rate"], 5), m["recall_malicious"],
+          f"{_fmt(m['entity_recall'])} / {_fmt(m['entity_recall_flagged'])}", m["time_to_detect_s"],
           m["covered_after_detection"]] for name, m in sc.items()]))
     if any(len(m["by_evasion"]) > 1 for m in sc.values()):
         out += ["", "By evasion level (recall / recall at malicious / entity recall / time to detect in s):", ""]

@@ -101,6 +101,9 @@ def entity_metrics(requests: Sequence[ClientRequest], malicious: Sequence[bool],
     """What the alerts say about the attack:
 
     - `entity_recall`: share of the attack's devices and accounts named by an alert;
+    - `entity_recall_flagged`: share of them with at least one flagged verdict (what a
+      policy acting on flagged verdicts would reach: a device or account flagged
+      only through a fingerprint's scoped flag is never named by an alert);
     - `time_to_detect_s`: event-time seconds from the attack's first request to the
       first alert naming one of its entities (None: never alerted), and
       `requests_before_detection`, the attack requests sent before it;
@@ -120,13 +123,17 @@ def entity_metrics(requests: Sequence[ClientRequest], malicious: Sequence[bool],
     attack_keys: set[tuple[str, str]] = set()
     recall_keys: set[tuple[str, str]] = set()
     attack_ts: list[float] = []
+    flagged_keys: set[tuple[str, str]] = set()
     covered = covered_flagged = 0
     for r, bad, v in zip(requests, malicious, verdicts, strict=True):
         if not bad:
             continue
         keys = entity_keys(r, v, signature_header)
         attack_keys |= keys
-        recall_keys.update(k for k in keys if k[0] in RECALL_ENTITY_TYPES)
+        own = [k for k in keys if k[0] in RECALL_ENTITY_TYPES]
+        recall_keys.update(own)
+        if LEVEL_RANK[v.verdict] >= rank:
+            flagged_keys.update(own)
         attack_ts.append(r.ts)
         detected_at = min((first_alert[k] for k in keys if k in first_alert), default=None)
         if detected_at is not None and r.ts >= detected_at:
@@ -139,6 +146,7 @@ def entity_metrics(requests: Sequence[ClientRequest], malicious: Sequence[bool],
     return {
         "attack_entities": len(recall_keys),
         "entity_recall": _ratio(sum(k in first_alert for k in recall_keys), len(recall_keys)),
+        "entity_recall_flagged": _ratio(len(flagged_keys), len(recall_keys)),
         "time_to_detect_s": round(max(0.0, first - start), 1) if first is not None and start is not None else None,
         "requests_before_detection": sum(t < first for t in attack_ts) if first is not None else n,
         "covered_after_detection": _ratio(covered, n),

@@ -550,6 +550,7 @@ class _User:
     split: float  # which per-ABI/density build of a version the device gets
     strong_integrity: bool
     abroad: Country | None = None  # travelling: Wi-Fi sessions from this country's networks
+    clock_s: float = 0.0  # how far the phone's clock runs behind (negative: ahead), seconds
     vpn: bool = False
     reinstall_at: float | None = None
     session: _Session | None = None
@@ -621,6 +622,7 @@ class _Population:
                     lag_s=rng.lognormvariate(math.log(7 * 86400), 1.4), rollout_u=rng.random(), split=rng.random(),
                     strong_integrity=rng.random() < 0.4,
                 ))
+                users[-1].clock_s = _clock_offset(users[-1].device_id)
         return users
 
     def _special(self, n: int) -> None:
@@ -784,6 +786,18 @@ class _Population:
         return _gap(self.rng, step, kind)
 
 
+def _clock_offset(device_id: str) -> float:
+    """How far a phone's clock is off: most follow network time within a second or
+    two, some drift by up to a minute, a few were set by hand minutes off (still
+    within the signing skew). Drawn from the device id, so adding it moved no other
+    draw of the population."""
+    r = random.Random(f"clock:{device_id}")
+    u = r.random()
+    if u < 0.9:
+        return r.gauss(0.0, 1.0)
+    return r.choice((-1, 1)) * (r.uniform(3.0, 60.0) if u < 0.98 else r.uniform(60.0, 240.0))
+
+
 def _session_length(rng: random.Random) -> int:
     """Requests in a session: a quick look (the start-up calls and a little more) or a
     real visit."""
@@ -884,7 +898,7 @@ def genuine(profile: ClientProfile, count: int, seed: int, start_ts: float = DEF
             pending[i] = pop.next_call(u.session, ts)
         s = u.session
         method, path, query, body_size = pending.pop(i)
-        sec = int(ts)
+        sec = int(ts - u.clock_s)  # the second the phone signs with
         if sec != u.sec:
             u.sec, u.sec_keys = sec, set()
         u.sec_keys.add((method, path, query))
@@ -900,7 +914,7 @@ def genuine(profile: ClientProfile, count: int, seed: int, start_ts: float = DEF
             dev_h: u.device_id,
             "x-es-device-checksum": device_checksum(profile, u.device_id),
             sess_h: s.sid,
-            ts_header: str(int(ts)),
+            ts_header: str(int(ts - u.clock_s)),
             "accept-language": lang,
             "x-es-connection-type": s.conn,
             "accept-encoding": "gzip",
@@ -933,8 +947,8 @@ def genuine(profile: ClientProfile, count: int, seed: int, start_ts: float = DEF
             t = ts + pop.gap(s.step, nxt[1])
             # The signature covers method, path, query, the second and the device: the
             # app never sends the same call twice in one second.
-            if int(t) == u.sec and nxt[:3] in u.sec_keys:
-                t = u.sec + 1 + rng.uniform(0.01, 0.5)
+            if int(t - u.clock_s) == u.sec and nxt[:3] in u.sec_keys:
+                t = u.sec + 1 + u.clock_s + rng.uniform(0.01, 0.5)
             pending[i] = nxt
             heapq.heappush(heap, (t, i))
         else:

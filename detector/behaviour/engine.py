@@ -144,18 +144,31 @@ class BehaviourEngine:
             # sent: it is the signature shard's evidence, not new activity of the
             # identity (which would flag it for velocity or hopping); the device keeps
             # only that its signatures are being replayed (DeviceReplay).
-            sigs: dict[str, str] = st.setdefault("sigs", {})
-            first_ip = sigs.get(r.sig)
-            if first_ip is not None:
+            # signature prefix -> index of the address that first sent it, in "sip"
+            # (small ints are shared objects: a device's 64 signatures cost little)
+            sigs: dict[str, int] = st.setdefault("sigs", {})
+            ips: list[str] = st.setdefault("sip", [])
+            first = sigs.get(r.sig)
+            if first is not None:
                 if r.etype != "device" or self._device_replay is None:
                     return
                 part = st.setdefault(type(self._device_replay).__name__, {})
-                raised.extend(self._device_replay.replayed(part, r, s, first_ip))
+                raised.extend(self._device_replay.replayed(part, r, s, ips[first] if first < len(ips) else ""))
                 if not raised:
                     return
                 resent = True
             else:
-                sigs[r.sig] = r.ip
+                if r.ip in ips:
+                    sigs[r.sig] = ips.index(r.ip)
+                else:
+                    if len(ips) >= 8:  # a device on more addresses: drop the oldest, keep indices valid
+                        ips.pop(0)
+                        for k in list(sigs):
+                            sigs[k] -= 1
+                            if sigs[k] < 0:
+                                del sigs[k]
+                    ips.append(r.ip)
+                    sigs[r.sig] = len(ips) - 1
                 if len(sigs) > 64:
                     del sigs[next(iter(sigs))]
         for name, d in () if resent else self._plan.get(r.etype, ()):

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Mapping
 import msgspec
 
 from detector.checks.base import RequestContext
+from detector.fingerprints.headers import names_fingerprint
 from detector.model import ClientRequest, Verdict
 
 ENTITY_TYPES = ("device", "account", "ip_block", "asn", "signature", "fingerprint")
@@ -77,15 +78,27 @@ def ip_block(ip: str) -> str:
 
 
 def population_fingerprint(ctx: RequestContext) -> str | None:
-    """Device tuple + app version + TLS + header order: what a library's default device
-    or an emulator image repeats across many device ids."""
+    """Device tuple + screen + app version + TLS + header order: what a library's
+    default device or an emulator image repeats across many device ids. The header
+    order is that of the names the profile requires on every request (as received,
+    case included): the optional ones (content type and length, bandwidth) come and go
+    with the endpoint, and one client must keep one fingerprint across its calls."""
     ua = ctx.derived.get("ua")
     if ua is None:
         return None
     fps = ctx.derived["fingerprints"]
+    rules = ctx.profile.headers
+    names = ctx.derived.get("header_names")
+    order = (_required_order(names, rules.required) if rules is not None and names is not None
+             else fps.get("headers", ""))
     raw = "|".join((fps.get("device", ""), f"{ua.get('dpi')}/{ua.get('width')}x{ua.get('height')}",
-                    ua.get("app_version", ""), fps.get("ja4", ""), fps.get("headers", "")))
+                    ua.get("app_version", ""), fps.get("ja4", ""), order))
     return "fp1_" + hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+@lru_cache(maxsize=4096)
+def _required_order(names: tuple[str, ...], required: frozenset[str]) -> str:
+    return names_fingerprint(tuple(n for n in names if n.lower() in required))
 
 
 def records_for(request: ClientRequest, ctx: RequestContext, verdict: Verdict) -> list[EntityRecord]:
@@ -102,7 +115,9 @@ def records_for(request: ClientRequest, ctx: RequestContext, verdict: Verdict) -
     level = LEVEL_RANK[level_name]
     keys: list[tuple[str, str | None]] = [
         ("device", device), ("account", account), ("ip_block", ip_block(request.client_ip)),
-        ("asn", f"AS{asn}" if asn is not None else None), ("signature", ents.get("signature")),
+        # only hosting networks: the ASN detector ignores carriers and home ISPs (each
+        # carries millions of users), so their records would be work without a signal
+        ("asn", f"AS{asn}" if asn is not None and hosting else None), ("signature", ents.get("signature")),
         ("fingerprint", ents.get("fingerprint")),
     ]
     sig = ents.get("signature")

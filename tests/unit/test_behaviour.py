@@ -176,12 +176,16 @@ def test_hostile_unique_keys_cannot_grow_state_without_bound(detection):
 
 
 def test_memory_per_entity_is_bounded(detection):
-    """A device with one account and a few requests: the common entity."""
+    """A device with one account and a short session of signed requests (the common
+    entity: its signatures are kept for the replay check, its signing ages for the
+    replayed-device scope, its session for the action-only check)."""
     e = BehaviourEngine(detection.behaviour, detection.alerts, detection.scoring.weight_of)
-    n = 20_000
+    n, per = 10_000, 6
     tracemalloc.start()
-    e.observe(rec("device", f"android-{i:016x}", T0 + i * 0.01, i, account=f"{10**9 + i}", session="s")
-              for i in range(n))
+    e.observe(rec("device", f"android-{i:016x}", T0 + i * 0.01 + k * 0.002, i, account=f"{10**9 + i}",
+                  session=f"s-{i}", endpoint=("startup", "browse", "action")[k % 3], sig=f"{i:08x}{k:08x}",
+                  sign_age=0.4, ip=f"10.{i % 250}.{i // 250 % 250}.7")
+              for i in range(n) for k in range(per))
     current, _ = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     per_entity = current / n
@@ -234,3 +238,101 @@ def test_bulk_registered_accounts_on_one_fingerprint_are_a_surge(engine):
     recs = [rec("fingerprint", "fp1_fleet", T0 + i * 10, i, device=f"d{i}", account=str(40_000_000_000 + i * 17),
                 ip=f"{20 + i}.{i}.9.9") for i in range(60)]
     assert "population.fingerprint_device_surge" in codes(engine.observe(recs))
+
+
+def _scoped(out, code):
+    return [f for u in out.flags for f in u.flags if f.code == code]
+
+
+def test_bulk_registered_run_flags_only_the_batch_id_range(engine, detection):
+    """Three accounts with neighbouring ids on one fingerprint raise the scoped flag; a
+    real user of the same phone (an id from elsewhere) is outside its scope."""
+    from detector.behaviour.flags import RequestFacts
+
+    base = 38_054_030_000
+    recs = [rec("fingerprint", "fp1_image", T0 + i * 7, i, device=f"d{i}", account=str(base + i * 31),
+                ip=f"{30 + i}.{i}.1.1") for i in range(3)]
+    out = engine.observe(recs[:2])
+    assert not _scoped(out, "population.bulk_registered_accounts")
+    flag = _scoped(engine.observe(recs[2:]), "population.bulk_registered_accounts")[-1]
+    lo, hi = flag.scope.account_ids
+    assert lo <= base and hi >= base + 62 and hi - lo < 100_000
+    fm = FlagMap(detection.scoring.weight_of)
+    fm.apply(engine.observe([rec("fingerprint", "fp1_image", T0 + 30, 9, device="d9", account=str(base + 93))]).flags)
+    ents = {"fingerprint": "fp1_image"}
+    member = fm.signals_for(ents, T0 + 40, RequestFacts(account_number=base + 5_000))
+    stranger = fm.signals_for(ents, T0 + 40, RequestFacts(account_number=7_311_122_334))
+    assert "population.bulk_registered_accounts" in {s.code for s in member}
+    assert "population.bulk_registered_accounts" not in {s.code for s in stranger}
+
+
+def test_densest_run_ignores_real_accounts_among_a_batch():
+    from detector.behaviour.population import densest_run
+
+    accounts = {str(a): 0.0 for a in (5, 9_000_000_000, 1_000_000, 1_000_040, 1_000_090, 1_000_100, "abc")}
+    assert densest_run(accounts, 1000) == (4, 1_000_000, 1_000_100)
+    assert densest_run({"x": 0.0}, 1000) is None
+
+
+def test_random_account_ids_on_a_popular_fingerprint_are_not_a_batch(engine):
+    import random
+
+    rng = random.Random(5)
+    recs = [rec("fingerprint", "fp1_popular", T0 + i * 3, i, device=f"d{i}", account=str(rng.randint(10**8, 10**11)),
+                ip=f"{10 + i % 200}.{i % 250}.3.4") for i in range(250)]
+    assert not _scoped(engine.observe(recs), "population.bulk_registered_accounts")
+
+
+def test_replayed_device_flag_reaches_replays_not_the_owner(engine, detection):
+    """The device shard sees a device's signature come back from another address; its
+    flag then applies to that device's requests signed long before arrival (replays of
+    other captured requests), not to the owner's own requests."""
+    from detector.behaviour.flags import RequestFacts
+
+    own = [rec("device", "d-cap", T0 + i * 5, i, ip="100.64.0.7", sig=f"s{i:015d}", sign_age=0.4 + i * 0.1)
+           for i in range(5)]
+    assert not engine.observe(own).flags
+    retry = rec("device", "d-cap", T0 + 30, 10, ip="100.64.0.7", sig="s000000000000001", sign_age=6.0)
+    assert not engine.observe([retry]).flags  # the same address: a retry
+    replay = rec("device", "d-cap", T0 + 140, 11, ip="203.0.113.9", sig="s000000000000002", sign_age=130.0)
+    out = engine.observe([replay])
+    flag = _scoped(out, "replay.device_replayed")[-1]
+    assert flag.scope.sign_age_over == pytest.approx(0.8 + engine.s.replay_sign_age_margin_s)
+    fm = FlagMap(detection.scoring.weight_of)
+    fm.apply(out.flags)
+    ents = {"device": "d-cap"}
+    assert fm.signals_for(ents, T0 + 150, RequestFacts(sign_age=95.0))
+    assert not fm.signals_for(ents, T0 + 150, RequestFacts(sign_age=0.7))
+    assert not fm.signals_for(ents, T0 + 150, None)
+    # the replayed record is not new activity of the device: no fan-out or velocity from it
+    assert {f.code for u in out.flags for f in u.flags} == {"replay.device_replayed"}
+
+
+def test_session_that_starts_up_and_acts_without_browsing(engine):
+    recs = [rec("device", "d-bot", T0, 0, session="s1", endpoint="startup", account="a1"),
+            rec("device", "d-bot", T0 + 4, 1, session="s1", endpoint="action", account="a1")]
+    assert "behaviour.action_only_session" in codes(engine.observe(recs))
+    acct = engine.observe([rec("account", "a-bot", T0, 0, session="s2", endpoint="startup"),
+                           rec("account", "a-bot", T0 + 4, 1, session="s2", endpoint="action")])
+    assert "behaviour.action_only_session" in codes(acct)
+
+
+def test_notification_action_and_browsing_sessions_are_not_action_only(engine):
+    one = engine.observe([rec("device", "d-notif", T0, 0, session="n1", endpoint="action")])
+    assert not one.flags  # one action from a notification button, no start-up
+    app = engine.observe([rec("device", "d-app", T0 + i, i, session="a1", endpoint=e)
+                          for i, e in enumerate(["startup", "startup", "browse", "action", "action", "browse", "action"])])
+    assert not app.flags
+
+
+def test_scoped_flag_round_trips_through_the_flag_topic_encoding():
+    from detector.behaviour.flags import Flag, FlagUpdate, RequestFacts, Scope
+
+    u = FlagUpdate("fingerprint", "fp1_x", (Flag("population.bulk_registered_accounts", "run", T0 + 60,
+                                                 Scope(account_ids=(100, 200))),), T0)
+    back = decode_update(encode_update(u))
+    assert back == u
+    fm = FlagMap(lambda c: 0.6)
+    fm.apply([back])
+    sig = fm.signals_for({"fingerprint": "fp1_x"}, T0, RequestFacts(account_number=150))
+    assert sig and "account ids 100-200" in sig[0].detail

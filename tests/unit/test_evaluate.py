@@ -191,3 +191,20 @@ def test_eval_refuses_unknown_families_and_scenarios():
     assert res.returncode == 2 and b"unknown signal family telepathy" in res.stderr
     res = detector("eval", "--scenario", "nope")
     assert res.returncode == 2 and b"unknown scenario nope" in res.stderr
+
+
+def test_stateful_scenarios_meet_the_behaviour_targets(detection):
+    """Issue 5's acceptance at the shipped settings (seed 1, strongest evasion): bot
+    network, replay, low-and-slow and the private-API library at recall >= 0.99 per
+    request, a bot network within 30 s, a low-and-slow default device within its first
+    hour, and genuine false positives <= 0.001."""
+    attacks = ["bot_network", "replay", "low_and_slow", "private_api_library"]
+    report = evaluate(detection, attacks, evasion=2)
+    for name in attacks:
+        m = report["scenarios"][name]
+        assert m["recall"] >= 0.99, (name, m["recall"])
+        assert m["false_positive_rate"] <= 0.001, (name, m["false_positive_rate"])
+        assert m["time_to_detect_s"] is not None
+    assert report["scenarios"]["bot_network"]["time_to_detect_s"] <= 30
+    assert report["scenarios"]["low_and_slow"]["time_to_detect_s"] <= 3600
+    assert report["genuine"]["false_positive_rate"] <= 0.001
