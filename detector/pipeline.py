@@ -8,6 +8,7 @@ requests (user agents, header orders) is parsed once and cached.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable, Mapping, Sequence
 
 from detector.checks.attestation import AttestationCheck
@@ -20,7 +21,7 @@ from detector.checks.signature import SignatureCheck
 from detector.checks.tls import TlsCheck
 from detector.checks.transport import TransportCheck
 from detector.checks.ua import UserAgentCheck
-from detector.behaviour.flags import FlagMap, RequestFacts
+from detector.behaviour.flags import FlagMap, RequestFacts, account_number
 from detector.behaviour.records import ip_block, population_fingerprint
 from detector.devices import DeviceCatalogue
 from detector.fingerprints.headers import names_fingerprint
@@ -169,9 +170,10 @@ class Pipeline:
                 entities["signature"] = m["mac"]
             stamp = headers.get(profile.signing.timestamp_header)
             try:
-                d["sign_age"] = request.ts - float(stamp) if stamp is not None else None
+                age = request.ts - float(stamp) if stamp is not None else None
             except ValueError:
-                d["sign_age"] = None
+                age = None
+            d["sign_age"] = age if age is not None and math.isfinite(age) else None
         entities["ip_block"] = ip_block(request.client_ip)
         d["entities"] = entities
         fps: dict[str, str] = {"headers": header_fp}
@@ -242,8 +244,8 @@ class Pipeline:
         if flags is not None and len(flags):
             ents = ctx.derived["entities"]
             account = ents.get("account")
-            facts = RequestFacts(ctx.derived.get("sign_age"),
-                                 int(account) if account is not None and account.isascii() and account.isdigit() else None)
+            number = account_number(account) if account is not None else None
+            facts = RequestFacts(ctx.derived.get("sign_age"), number)
             signals.extend(flags.signals_for(ents, request.ts, facts))
         score = self.scoring.score(signals)
         return Verdict(

@@ -25,7 +25,7 @@ import msgspec
 
 from detector.behaviour.flags import Flag, FlagUpdate, Scope
 from detector.behaviour.population import Population
-from detector.behaviour.records import ENTITY_TYPES, BehaviourSettings, EntityRecord
+from detector.behaviour.records import ENTITY_TYPES, BehaviourSettings, EntityRecord, ip_block
 from detector.behaviour.replay import DeviceReplay, ReplayDetector
 from detector.behaviour.travel import Travel
 
@@ -144,31 +144,36 @@ class BehaviourEngine:
             # sent: it is the signature shard's evidence, not new activity of the
             # identity (which would flag it for velocity or hopping); the device keeps
             # only that its signatures are being replayed (DeviceReplay).
-            # signature prefix -> index of the address that first sent it, in "sip"
-            # (small ints are shared objects: a device's 64 signatures cost little)
+            # signature prefix -> slot of the IP block that first sent it, in "sip" (a
+            # small int: a device's 64 signatures cost little); a slot is reused for a
+            # new block when all 8 are taken, least recently used first, and the
+            # signatures it held are forgotten
             sigs: dict[str, int] = st.setdefault("sigs", {})
-            ips: list[str] = st.setdefault("sip", [])
+            slots: list[list[Any]] = st.setdefault("sip", [])  # [block, last seen]
             first = sigs.get(r.sig)
             if first is not None:
                 if r.etype != "device" or self._device_replay is None:
                     return
                 part = st.setdefault(type(self._device_replay).__name__, {})
-                raised.extend(self._device_replay.replayed(part, r, s, ips[first] if first < len(ips) else ""))
+                raised.extend(self._device_replay.replayed(part, r, s, slots[first][0]))
                 if not raised:
                     return
                 resent = True
             else:
-                if r.ip in ips:
-                    sigs[r.sig] = ips.index(r.ip)
+                block = ip_block(r.ip)
+                slot = next((i for i, sl in enumerate(slots) if sl[0] == block), None)
+                if slot is None:
+                    if len(slots) < 8:
+                        slots.append([block, r.ts])
+                        slot = len(slots) - 1
+                    else:
+                        slot = min(range(len(slots)), key=lambda i: slots[i][1])
+                        slots[slot] = [block, r.ts]
+                        for k in [k for k, v in sigs.items() if v == slot]:
+                            del sigs[k]
                 else:
-                    if len(ips) >= 8:  # a device on more addresses: drop the oldest, keep indices valid
-                        ips.pop(0)
-                        for k in list(sigs):
-                            sigs[k] -= 1
-                            if sigs[k] < 0:
-                                del sigs[k]
-                    ips.append(r.ip)
-                    sigs[r.sig] = len(ips) - 1
+                    slots[slot][1] = max(slots[slot][1], r.ts)
+                sigs[r.sig] = slot
                 if len(sigs) > 64:
                     del sigs[next(iter(sigs))]
         for name, d in () if resent else self._plan.get(r.etype, ()):
@@ -183,23 +188,26 @@ class BehaviourEngine:
                 self._alert(st, r, {}, out)
             return
         # flags: code -> [detail, until, emitted_at, scope]; a flag is (re-)broadcast
-        # when it is new, when half its TTL has passed (refresh), when its scope changed,
-        # or when its evidence changed and the last broadcast is a minute old (bounded:
-        # a busy bot cannot flood the topic)
+        # when it is new, when half its TTL has passed (refresh), when its scope changed
+        # and the last broadcast is 10 s old, or when its evidence changed and the last
+        # broadcast is a minute old (bounded: a busy bot cannot flood the topic)
         flags: dict[str, list[Any]] = st.setdefault("flags", {})
         changed = False
         for code in [c for c, f in flags.items() if f[1] < r.ts]:
             del flags[code]
             changed = True
         for code, detail, *rest in raised:
-            scope = msgspec.to_builtins(rest[0]) if rest else None
+            # as it reads back from a snapshot (lists, not tuples), so a restored flag
+            # compares equal and is not re-broadcast
+            scope = orjson.loads(msgspec.json.encode(rest[0])) if rest else None
             prev = flags.get(code)
-            if (prev is None or prev[1] - r.ts < s.flag_ttl_s / 2 or prev[3] != scope
+            if (prev is None or prev[1] - r.ts < s.flag_ttl_s / 2
+                    or (prev[3] != scope and r.ts - prev[2] >= 10)
                     or (prev[0] != detail and r.ts - prev[2] >= 60)):
                 flags[code] = [detail, r.ts + s.flag_ttl_s, r.ts, scope]
                 changed = True
             else:
-                prev[0] = detail
+                prev[0] = detail  # (a changed scope waits for the next record 10 s on)
         if not flags:
             del st["flags"]
         if changed:

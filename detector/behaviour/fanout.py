@@ -15,6 +15,7 @@ ACCOUNT_DEVICES = "behaviour.account_device_fanout"
 IP_BLOCK_ACCOUNTS = "behaviour.ip_block_account_fanout"
 IP_BLOCK_DEVICES = "behaviour.ip_block_device_fanout"
 HOSTING_ASN_ACCOUNTS = "behaviour.hosting_asn_account_fanout"
+HOSTING_ASN_DEVICES = "behaviour.hosting_asn_device_fanout"
 
 
 def _fanout(st: dict[str, Any], name: str, member: str | None, r: EntityRecord, f: Fanout, cap: int) -> int:
@@ -72,13 +73,21 @@ class HostingAsnFanout:
     """Only hosting ASNs: a mobile carrier's ASN carries millions of accounts."""
 
     etype: ClassVar[str] = "asn"
-    codes: ClassVar[dict[str, str]] = {HOSTING_ASN_ACCOUNTS: "too many accounts from one hosting network"}
+    codes: ClassVar[dict[str, str]] = {
+        HOSTING_ASN_ACCOUNTS: "too many accounts from one hosting network",
+        HOSTING_ASN_DEVICES: "too many devices from one hosting network",
+    }
 
     def observe(self, st: dict[str, Any], r: EntityRecord, s: BehaviourSettings) -> list[tuple[str, str]]:
         if not r.hosting:
             return []
+        out = []
         n = _fanout(st, "acc", r.account, r, s.hosting_asn_accounts, s.max_distinct)
         if n >= s.hosting_asn_accounts.threshold:
-            return [(HOSTING_ASN_ACCOUNTS, f"{n} accounts from hosting network {r.key} within "
-                                           f"{_window(s.hosting_asn_accounts)}")]
-        return []
+            out.append((HOSTING_ASN_ACCOUNTS, f"{n} accounts from hosting network {r.key} within "
+                                              f"{_window(s.hosting_asn_accounts)}"))
+        n = _fanout(st, "dev", r.device, r, s.hosting_asn_devices, s.max_distinct)
+        if n >= s.hosting_asn_devices.threshold:
+            out.append((HOSTING_ASN_DEVICES, f"{n} devices from hosting network {r.key} within "
+                                             f"{_window(s.hosting_asn_devices)}"))
+        return out

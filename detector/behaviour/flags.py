@@ -50,6 +50,16 @@ class Scope(msgspec.Struct, array_like=True, frozen=True, gc=False, omit_default
         return " and ".join(parts)
 
 
+def account_number(account: str) -> int | None:
+    """The account id as a number, when it is one that fits 63 bits (ids are at most
+    19 digits; a longer digit string is not an id to compare, and `int()` of a
+    many-thousand-digit string is refused by Python)."""
+    if len(account) > 19 or not (account.isascii() and account.isdigit()):
+        return None
+    n = int(account)
+    return n if n < 2**63 else None
+
+
 class RequestFacts(msgspec.Struct, frozen=True, gc=False):
     """What a scoped flag needs to know of a request (see `Scope`)."""
 

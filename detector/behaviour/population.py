@@ -17,14 +17,14 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from detector.behaviour.flags import Scope
+from detector.behaviour.flags import Scope, account_number
 from detector.behaviour.records import BehaviourSettings, EntityRecord
 from detector.behaviour.state import touch, window_start
 
 DEVICE_SURGE = "population.fingerprint_device_surge"
 ACCOUNT_SURGE = "population.fingerprint_account_surge"
 BULK_ACCOUNTS = "population.bulk_registered_accounts"
-MAX_ACCOUNT_ID = 2**63 - 1
+MAX_ACCOUNT_ID = 2**63 - 1  # account_number() returns only ids below 2**63
 MAX_BLOCKS_PER_DEVICE = 0.5
 
 
@@ -54,7 +54,7 @@ class Population:
             touch(st["dev"], r.device, r.ts, cap)
         out: list[tuple[str, str] | tuple[str, str, Scope]] = []
         if r.account:
-            if touch(st["acc"], r.account, r.ts, cap) and r.account.isascii() and r.account.isdigit():
+            if touch(st["acc"], r.account, r.ts, cap) and account_number(r.account) is not None:
                 run = densest_run(st["acc"], s.population_bulk_max_gap)
                 if run is not None and run[0] >= s.population_bulk_min_accounts:
                     st["run"] = list(run)
@@ -70,8 +70,9 @@ class Population:
         st["n"] += 1
         st["host"] += 1 if r.hosting else 0
         devices, accounts, blocks = len(st["dev"]), len(st["acc"]), len(st["blk"])
-        concentrated = (blocks <= MAX_BLOCKS_PER_DEVICE * max(devices, accounts) or st["host"] * 2 >= st["n"]
-                        or "run" in st)
+        # (a bulk-registered run is not counted here: it has its own flag, scoped to the
+        # batch's ids; the surge flags reach every user of the fingerprint)
+        concentrated = blocks <= MAX_BLOCKS_PER_DEVICE * max(devices, accounts) or st["host"] * 2 >= st["n"]
         if not concentrated:
             return out
         base_d = st.get("bd", s.population_prior)
@@ -92,7 +93,7 @@ def densest_run(accounts: dict[str, float], max_gap: int) -> tuple[int, int, int
     apart: (length, lowest, highest). Accounts registered in one batch get neighbouring
     ids; real users of one phone model have ids from the whole id space, and one real
     account among a batch's neighbours does not hide it (only the densest run counts)."""
-    ids = sorted(n for a in accounts if a.isascii() and a.isdigit() and (n := int(a)) <= MAX_ACCOUNT_ID)
+    ids = sorted(n for a in accounts if (n := account_number(a)) is not None)
     if not ids:
         return None
     best = (1, ids[0], ids[0])

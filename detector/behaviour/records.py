@@ -155,13 +155,14 @@ class BehaviourSettings:
     ip_block_accounts: Fanout = Fanout(3600, 40)
     ip_block_devices: Fanout = Fanout(3600, 40)
     hosting_asn_accounts: Fanout = Fanout(3600, 15)
+    hosting_asn_devices: Fanout = Fanout(3600, 15)
     velocity_window_s: float = 60.0
     velocity_actions: int = 20
     cadence_last_n: int = 12
     cadence_max_cv: float = 0.1
     action_only_min_actions: int = 2
     replay_sign_age_margin_s: float = 10.0
-    population_bulk_min_accounts: int = 6
+    population_bulk_min_accounts: int = 3
     population_bulk_max_gap: int = 10_000
     travel_max_kmh: float = 1000.0
     travel_min_km: float = 1000.0

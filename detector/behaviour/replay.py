@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from detector.behaviour.flags import Scope
-from detector.behaviour.records import BehaviourSettings, EntityRecord
+from detector.behaviour.records import BehaviourSettings, EntityRecord, ip_block
 
 REUSED = "replay.signature_reused"
 REUSED_ELSEWHERE = "replay.signature_reused_elsewhere"
@@ -56,9 +56,9 @@ class DeviceReplay:
     """The device's side of a replay. The signature shard sees a replay only once its
     signature was used twice, so the first replay of every captured request would pass;
     but a replay also repeats the captured request's device id and signing time. Once
-    one of a device's own signatures comes back from another address, its requests
-    signed longer before arrival than the device's own requests ever are (its clock
-    offset and latency, from its last requests, plus a margin) are replays too: the
+    one of a device's own signatures comes back from another IP block, its requests
+    signed longer before arrival than the device's own requests are (the median of its
+    last 8 signing ages: its clock offset, plus a margin) are replays too: the
     flag is scoped to those, so the device's owner is not flagged for its own use."""
 
     etype: ClassVar[str] = "device"
@@ -68,8 +68,10 @@ class DeviceReplay:
     }
 
     def observe(self, st: dict[str, Any], r: EntityRecord, s: BehaviourSettings) -> list[tuple[str, str]]:
-        """A request of the device's own (first use of its signature): keep its signing age."""
-        if r.sign_age is not None:
+        """A request of the device's own (first use of its signature): keep its signing
+        age, if the signature and its time checked out (a forged request naming the
+        device must not move its usual age)."""
+        if r.sign_age is not None and r.sig and not any(c.startswith("signature.") for c in r.codes):
             ages = st.setdefault("age", [])
             ages.append(r.sign_age)
             if len(ages) > 8:
@@ -77,12 +79,16 @@ class DeviceReplay:
         return []
 
     def replayed(self, st: dict[str, Any], r: EntityRecord, s: BehaviourSettings,
-                 first_ip: str) -> list[tuple[str, str, Scope]]:
-        """A request repeating a signature the device already sent first from `first_ip`."""
-        if r.ip == first_ip:
-            return []  # a retry from the same address
+                 first_block: str) -> list[tuple[str, str, Scope]]:
+        """A request repeating a signature the device already sent first from the IP
+        block `first_block`."""
+        if ip_block(r.ip) == first_block:
+            return []  # a retry from the same line (IPv6 privacy addresses change within a /48)
         st["n"] = st.get("n", 0) + 1
-        over = max([0.0, *st.get("age", ())]) + s.replay_sign_age_margin_s
+        # the median of its recent own ages: its clock offset, which one odd request
+        # (or a replay taken for its own after its signature was forgotten) cannot move
+        ages = sorted(st.get("age") or [0.0])
+        over = max(0.0, ages[len(ages) // 2]) + s.replay_sign_age_margin_s
         age = f", signed {r.sign_age:.0f} s before it arrived" if r.sign_age is not None else ""
         return [(DEVICE_REPLAYED, f"{st['n']} signed request(s) of device {r.key} replayed from other addresses "
                                   f"(latest from {r.ip}{age})", Scope(sign_age_over=round(over, 1)))]

@@ -232,12 +232,15 @@ def test_traveller_alternating_between_two_countries_is_not_impossible_travel(en
     assert not engine.observe(recs).flags
 
 
-def test_bulk_registered_accounts_on_one_fingerprint_are_a_surge(engine):
+def test_bulk_registered_accounts_on_one_fingerprint_raise_only_the_scoped_flag(engine):
     """Residential proxies spread the fleet over many lines, but its accounts were
-    registered in one batch."""
+    registered in one batch: the batch's flag, scoped to its ids, not the surge flags
+    that would reach every real user of the same phone."""
     recs = [rec("fingerprint", "fp1_fleet", T0 + i * 10, i, device=f"d{i}", account=str(40_000_000_000 + i * 17),
                 ip=f"{20 + i}.{i}.9.9") for i in range(60)]
-    assert "population.fingerprint_device_surge" in codes(engine.observe(recs))
+    found = codes(engine.observe(recs))
+    assert "population.bulk_registered_accounts" in found
+    assert not found & {"population.fingerprint_device_surge", "population.fingerprint_account_surge"}
 
 
 def _scoped(out, code):
@@ -292,12 +295,15 @@ def test_replayed_device_flag_reaches_replays_not_the_owner(engine, detection):
     own = [rec("device", "d-cap", T0 + i * 5, i, ip="100.64.0.7", sig=f"s{i:015d}", sign_age=0.4 + i * 0.1)
            for i in range(5)]
     assert not engine.observe(own).flags
-    retry = rec("device", "d-cap", T0 + 30, 10, ip="100.64.0.7", sig="s000000000000001", sign_age=6.0)
-    assert not engine.observe([retry]).flags  # the same address: a retry
+    forged = rec("device", "d-cap", T0 + 26, 9, ip="198.51.100.1", sig="f000000000000000", sign_age=1.8e9,
+                 codes=("signature.timestamp_skew",))
+    retry = rec("device", "d-cap", T0 + 30, 10, ip="100.64.0.99", sig="s000000000000001", sign_age=6.0)
+    assert not engine.observe([forged, retry]).flags  # the same /24: a retry; the forgery moves nothing
     replay = rec("device", "d-cap", T0 + 140, 11, ip="203.0.113.9", sig="s000000000000002", sign_age=130.0)
     out = engine.observe([replay])
     flag = _scoped(out, "replay.device_replayed")[-1]
-    assert flag.scope.sign_age_over == pytest.approx(0.8 + engine.s.replay_sign_age_margin_s)
+    # the median of its own signing ages (0.4 .. 0.8) plus the margin
+    assert flag.scope.sign_age_over == pytest.approx(0.6 + engine.s.replay_sign_age_margin_s)
     fm = FlagMap(detection.scoring.weight_of)
     fm.apply(out.flags)
     ents = {"device": "d-cap"}
@@ -320,8 +326,8 @@ def test_session_that_starts_up_and_acts_without_browsing(engine):
 def test_notification_action_and_browsing_sessions_are_not_action_only(engine):
     one = engine.observe([rec("device", "d-notif", T0, 0, session="n1", endpoint="action")])
     assert not one.flags  # one action from a notification button, no start-up
-    app = engine.observe([rec("device", "d-app", T0 + i, i, session="a1", endpoint=e)
-                          for i, e in enumerate(["startup", "startup", "browse", "action", "action", "browse", "action"])])
+    flow = ["startup", "startup", "browse", "action", "action", "browse", "action"]
+    app = engine.observe([rec("device", "d-app", T0 + i, i, session="a1", endpoint=e) for i, e in enumerate(flow)])
     assert not app.flags
 
 
@@ -336,3 +342,34 @@ def test_scoped_flag_round_trips_through_the_flag_topic_encoding():
     fm.apply([back])
     sig = fm.signals_for({"fingerprint": "fp1_x"}, T0, RequestFacts(account_number=150))
     assert sig and "account ids 100-200" in sig[0].detail
+
+
+def test_devices_behind_one_hosting_network_but_not_a_carrier(engine):
+    farm = [rec("asn", "AS14061", T0 + i * 30, i, device=f"d{i}", hosting=True) for i in range(20)]
+    assert "behaviour.hosting_asn_device_fanout" in codes(engine.observe(farm))
+    carrier = [rec("asn", "AS21928", T0 + i * 30, i, device=f"c{i}", account=f"a{i}") for i in range(100)]
+    assert not engine.observe(carrier).flags
+
+
+def test_scoped_flag_restored_from_a_snapshot_is_not_broadcast_again(detection):
+    """The scope kept in state reads back from a snapshot as it was written, so a
+    restarted shard does not re-send (and extend) a flag that did not change."""
+    s = detection.behaviour
+    base = 51_000_000_000
+    recs = [rec("fingerprint", "fp1_batch", T0 + i * 20, i, device=f"d{i % 3}", account=str(base + i % 3 * 40),
+                ip=f"{40 + i}.{i}.2.2") for i in range(4)]  # the fourth: the first account again
+    a = BehaviourEngine(s, detection.alerts, detection.scoring.weight_of)
+    assert a.observe(recs[:3], offset=1).flags
+    b = BehaviourEngine(s, detection.alerts, detection.scoring.weight_of)
+    for i, raw in a.dirty_buckets():
+        b.load_bucket(i, raw)
+    assert a.observe(recs[3:], offset=2).flags == b.observe(recs[3:], offset=2).flags == []
+
+
+def test_huge_numeric_account_ids_are_not_numbers():
+    from detector.behaviour.flags import account_number
+    from detector.behaviour.population import densest_run
+
+    assert account_number("9" * 5000) is None and account_number("1" + "0" * 19) is None
+    assert account_number("12345") == 12345 and account_number("١٢٣") is None
+    assert densest_run({"9" * 5000: 0.0, "100": 0.0, "150": 0.0}, 1000) == (2, 100, 150)
