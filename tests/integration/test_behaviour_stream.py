@@ -14,7 +14,7 @@ from agents.demo import stop_process
 from agents.topics import ALERTS, CLIENT_REQUESTS, VERDICTS, create_topics
 from detector.behaviour.offline import OfflineScorer
 from detector.decode import request_from_obj
-from detector.simulate import genuine, private_api_library
+from detector.simulate import genuine, low_and_slow, private_api_library, replay
 from tests.integration.test_worker import collect
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(400)]
@@ -26,6 +26,18 @@ def traffic(profile: Any, seed: int) -> list[dict[str, Any]]:
     good = list(genuine(profile, 240, seed=seed))
     attack = list(private_api_library(profile, 60, seed=seed, start_ts=good[0]["ts"] + 5, rate=0.5))
     return sorted(good + attack, key=lambda e: e["ts"])
+
+
+def traffic_with_scoped_flags(profile: Any, seed: int) -> list[dict[str, Any]]:
+    """`traffic` plus captured requests replayed (evasion 2) and a low-and-slow fleet
+    of bulk-registered accounts (evasion 2), late enough that their scoped flags
+    (`replay.device_replayed`, `population.bulk_registered_accounts`) reach the last
+    requests."""
+    good = traffic(profile, seed)
+    t0 = good[0]["ts"]
+    rep = list(replay(profile, 70, seed=seed, start_ts=t0 + 330, evasion=2, rate=0.5))
+    fleet = list(low_and_slow(profile, 60, seed=seed, start_ts=t0 + 420, evasion=2, rate=0.5))
+    return sorted(good + rep + fleet, key=lambda e: e["ts"])
 
 
 async def produce_ordered(bootstrap: str, events: list[dict[str, Any]], per_message: int = 20) -> None:
@@ -70,14 +82,21 @@ async def wait_for_alerts(bootstrap: str, expected: dict[tuple[str, int], dict[s
 
 async def test_stream_alerts_and_verdicts_match_the_offline_rules(broker, worker_factory, detection, profile):
     await create_topics(broker.bootstrap, partitions=4)
-    events = traffic(profile, seed=31)
-    phase1, phase2 = events[:-20], events[-20:]
+    events = traffic_with_scoped_flags(profile, seed=31)
+    phase1, phase2 = events[:-60], events[-60:]
     worker_factory()
     await produce_ordered(broker.bootstrap, phase1)
     off_verdicts, off_alerts = offline(detection, events)
     expected = by_revision(off_alerts)
     assert any(c.startswith("behaviour.") for a in off_alerts for c in a["codes"])
-    # Phase 1's flags propagate to every ingest worker before phase 2 is sent.
+    # Phase 2 is sent once phase 1's flags reached every ingest worker: its verdicts see
+    # phase 1's flags and, depending on the broadcast delay, some of those phase 2
+    # raises itself. Offline gives both limits (zero delay, and phase 1's flags only);
+    # where they agree, the stream must give exactly that verdict.
+    frozen = OfflineScorer(detection)
+    frozen.score([request_from_obj(e) for e in phase1])
+    limit = {r.request_id: frozen.pipeline.assess(r, frozen.flags)[0]
+             for r in (request_from_obj(e) for e in phase2)}
     first = await collect(broker.bootstrap, [VERDICTS.name], lambda o: len(o[VERDICTS.name]) >= len(phase1))
     await asyncio.sleep(3)
     await produce_ordered(broker.bootstrap, phase2)
@@ -85,10 +104,13 @@ async def test_stream_alerts_and_verdicts_match_the_offline_rules(broker, worker
     assert got == expected, diff(got, expected)
     out = await collect(broker.bootstrap, [VERDICTS.name], lambda o: len(o[VERDICTS.name]) >= len(events))
     stream = {v["request_id"]: v for v in out[VERDICTS.name]}
-    phase2_ids = {e["request_id"] for e in phase2}
+    compared: set[str] = set()
     for v in off_verdicts:
-        if v.request_id in phase2_ids:
+        if v.request_id in limit and limit[v.request_id] == v:
             assert stream[v.request_id] == orjson.loads(v.to_json()), v.request_id
+            compared.update(s.code for s in v.signals)
+    # the comparison covers flags applied through their scope
+    assert {"replay.device_replayed", "population.bulk_registered_accounts"} <= compared, compared
     assert len(first[VERDICTS.name]) >= len(phase1)
 
 
