@@ -209,6 +209,9 @@ def slack_message(alert: Mapping[str, Any]) -> dict[str, Any]:
     details = (f"*codes*: {', '.join(alert.get('codes', []))}\n*requests*: {alert.get('count')}  *score*: "
                f"{alert.get('score')}\n*window*: {alert.get('window', {}).get('start')} to "
                f"{alert.get('window', {}).get('end')}\n*sample requests*: {samples}\n*alert id*: `{alert.get('alert_id')}`")
+    flags = (alert.get("evidence") or {}).get("flags") or {}
+    if flags:
+        details += "\n*behaviour*:" + "".join(f"\n- `{c}`: {d}" for c, d in flags.items())
     return {
         "text": f"{title}: {alert.get('summary')}",  # the notification text and the fallback
         "blocks": [
@@ -239,6 +242,8 @@ def alertmanager_alert(alert: Mapping[str, Any], now: float) -> dict[str, Any]:
             "score": str(alert.get("score")),
             "codes": ",".join(alert.get("codes", [])),
             "sample_request_ids": ",".join(alert.get("sample_request_ids", [])),
+            **({"behaviour": "; ".join(f"{c}: {d}" for c, d in flags.items())}
+               if (flags := (alert.get("evidence") or {}).get("flags")) else {}),
         },
         "startsAt": alert.get("created_at"),
     }

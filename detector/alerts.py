@@ -240,7 +240,11 @@ class AlertPolicy:
                 for key in sorted(self._windows, key=lambda k: self._windows[k].last_ts)[: len(self._windows) - s.max_open_windows]:
                     del self._windows[key]
 
-def build_alert(etype: str, eid: str, start: int, w: AlertWindow, s: AlertSettings) -> dict[str, Any]:
+def build_alert(etype: str, eid: str, start: int, w: AlertWindow, s: AlertSettings,
+                flags: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The alert revision for window `w`. `flags`: the entity's behavioural flags when
+    the revision was raised (code -> the detector's sentence of evidence), carried in
+    `evidence.flags` so the alert says what was seen, not only which rules fired."""
     top = w.codes.most_common()
     minutes = s.window_s / 60
     top_text = ", ".join(f"{c} ({n})" for c, n in top[:3])
@@ -248,6 +252,13 @@ def build_alert(etype: str, eid: str, start: int, w: AlertWindow, s: AlertSettin
         f"{etype} {eid}: {w.count} flagged requests in a {minutes:g}-minute window "
         f"from {len(w.ips)} IP(s); top evidence: {top_text}"
     )
+    evidence: dict[str, Any] = {
+        "code_counts": dict(sorted(w.codes.items())),
+        "profiles": sorted(w.profiles),
+        "distinct_ips": len(w.ips),
+    }
+    if flags:
+        evidence["flags"] = dict(sorted(flags.items()))
     return {
         "schema": "alert/1",
         "alert_id": alert_id(RULE_FLAGGED_ENTITY, etype, eid, start),
@@ -262,11 +273,7 @@ def build_alert(etype: str, eid: str, start: int, w: AlertWindow, s: AlertSettin
         "summary": summary,
         "window": {"start": iso(start), "end": iso(start + s.window_s)},
         "count": w.count,
-        "evidence": {
-            "code_counts": dict(sorted(w.codes.items())),
-            "profiles": sorted(w.profiles),
-            "distinct_ips": len(w.ips),
-        },
+        "evidence": evidence,
         "sample_request_ids": list(w.samples),
     }
 

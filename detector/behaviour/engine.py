@@ -48,6 +48,13 @@ def behaviour_codes() -> dict[str, str]:
     return {code: meaning for ds in all_detectors().values() for d in ds for code, meaning in d.codes.items()}
 
 
+def _described(flag: list[Any]) -> str:
+    """A flag's evidence sentence, with its scope when it has one."""
+    if flag[3] is None:
+        return flag[0]
+    return f"{flag[0]} (applies to {msgspec.convert(flag[3], Scope).describe()})"
+
+
 def bucket_of(etype: str, key: str, buckets: int) -> int:
     # adler32, not the crc32 that picks the shard partition: with the same hash, a
     # partition would only ever use the buckets congruent to its own number
@@ -233,7 +240,7 @@ class BehaviourEngine:
         raw = windows.get(str(start))
         w = AlertWindow.load(raw) if raw is not None else AlertWindow(first_ts=r.ts, last_ts=r.ts)
         if w.update(fr, a):
-            out.alerts.append(build_alert(r.etype, r.key, start, w, a))
+            out.alerts.append(build_alert(r.etype, r.key, start, w, a, {c: _described(f) for c, f in flags.items()}))
         windows[str(start)] = w.dump()
 
     # --- persistence ----------------------------------------------------------------

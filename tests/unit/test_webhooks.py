@@ -106,6 +106,14 @@ def test_slack_message_has_text_and_blocks_with_evidence():
     assert "`r-1`" in m["blocks"][1]["text"]["text"] and "ua.malformed" in m["blocks"][1]["text"]["text"]
 
 
+def test_behavioural_evidence_reaches_slack_and_alertmanager():
+    a = alert()
+    a["evidence"]["flags"] = {"behaviour.device_account_fanout": "device dev-1 used by 9 accounts within 1 h"}
+    assert "used by 9 accounts" in slack_message(a)["blocks"][1]["text"]["text"]
+    assert "used by 9 accounts" in alertmanager_alert(a, now=0.0)["annotations"]["behaviour"]
+    assert "behaviour" not in alertmanager_alert(alert(), now=0.0)["annotations"]
+
+
 def test_alertmanager_alert_ends_when_its_window_closes():
     a = alert(window_start=1_800_000_000.0)
     open_ = alertmanager_alert(a, now=1_800_000_100.0)
