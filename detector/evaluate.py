@@ -341,9 +341,13 @@ def ablation(cfg: DetectionConfig, families: Sequence[str], scenarios: Sequence[
     return table
 
 
+STATEFUL_FAMILIES = ("replay", "behaviour", "population")
+
+
 def families(cfg: DetectionConfig) -> list[str]:
-    """The signal families the configured pipeline runs, in verdict order."""
-    return [c.name for c in cfg.pipeline().checks]
+    """The signal families: the configured pipeline's checks in verdict order, then the
+    behaviour engine's (detector.behaviour)."""
+    return [c.name for c in cfg.pipeline().checks] + list(STATEFUL_FAMILIES)
 
 
 __all__ = ["EvalSettings", "Evaluation", "Run", "ablation", "alert_ts", "entity_keys", "entity_metrics", "evaluate",
