@@ -27,6 +27,10 @@ class AlertSettings:
     window_s: int = 300
     min_level: str = "malicious"
     min_count: int = 3
+    # requests only `suspicious` (below min_level) of one entity in one window that
+    # alert too, at severity low: a persistent mismatch that never reaches malicious
+    # (0: off)
+    suspicious_min_count: int = 10
     escalate_at: tuple[int, ...] = (3, 10, 30, 100, 300, 1000, 3000, 10000)
     # count reached -> severity; the highest matching threshold wins
     severity_by_count: Mapping[int, str] = field(default_factory=lambda: {1: "medium", 30: "high", 300: "critical"})
@@ -59,6 +63,9 @@ class AlertSettings:
             raise ValueError("alerts.min_level must be suspicious or malicious")
         if self.window_s <= 0 or self.min_count <= 0:
             raise ValueError("alerts.window_s and alerts.min_count must be positive")
+        if isinstance(self.suspicious_min_count, bool) or not isinstance(self.suspicious_min_count, int) \
+                or self.suspicious_min_count < 0:
+            raise ValueError("alerts.suspicious_min_count must be a whole number >= 0 (0: off)")
         for sev in self.severity_by_count.values():
             if sev not in _SEVERITIES:
                 raise ValueError(f"alerts.severity_by_count: unknown severity {sev!r}")
@@ -122,8 +129,9 @@ class FlaggedRequest:
 
 
 def flagged_records(verdicts: Iterable[Verdict], settings: AlertSettings) -> list[FlaggedRequest]:
-    """The records the alert policy sees for these verdicts, in their order."""
-    min_rank = _LEVEL_RANK[settings.min_level]
+    """The records the alert policy sees for these verdicts, in their order: those at
+    `min_level` or worse, and the merely suspicious ones when they can alert too."""
+    min_rank = _LEVEL_RANK[settings.min_level] if not settings.suspicious_min_count else 1
     out = []
     for v in verdicts:
         if _LEVEL_RANK[v.verdict] < min_rank:
@@ -149,11 +157,14 @@ class AlertWindow:
     profiles: set[str] = field(default_factory=set)
     ips: set[str] = field(default_factory=set)
     samples: list[str] = field(default_factory=list)
+    weak: int = 0  # requests below min_level (suspicious) counted, see AlertSettings.suspicious_min_count
 
     def update(self, r: FlaggedRequest, s: AlertSettings) -> bool:
         """Count one flagged request; True when this makes a new alert revision.
         Allowlisted entities never count; suppressed codes are left out, and a request
-        flagged only by suppressed codes does not count."""
+        flagged only by suppressed codes does not count. A request below `min_level`
+        counts apart (`weak`): `suspicious_min_count` of them alert at severity low,
+        until `min_count` requests at `min_level` make it a full alert."""
         if s.allowlisted(r.entity_type, r.entity_id):
             return False
         codes = r.codes
@@ -161,9 +172,15 @@ class AlertWindow:
             codes = tuple(c for c in codes if c not in s.suppress_codes)
             if r.codes and not codes:
                 return False
+        weak = _LEVEL_RANK.get(r.verdict, 2) < _LEVEL_RANK[s.min_level]
+        if weak and not s.suspicious_min_count:
+            return False
         self.first_ts = min(self.first_ts, r.ts)
         self.last_ts = max(self.last_ts, r.ts)
-        self.count += 1
+        if weak:
+            self.weak += 1
+        else:
+            self.count += 1
         self.max_score = max(self.max_score, r.score)
         self.codes.update(codes)
         if r.profile:
@@ -172,11 +189,15 @@ class AlertWindow:
             self.ips.add(r.ip)
         if len(self.samples) < s.samples:
             self.samples.append(r.request_id)
-        severity = s.severity_for(self.count, self.codes) if s.severity_by_code else s.severity(self.count)
-        escalated = self.count >= s.min_count and (
-            self.revision == 0 or self.count in s.escalate_at
-            or _SEVERITIES.index(severity) > _SEVERITIES.index(self.severity)
-        )
+        if self.count >= s.min_count:
+            severity = s.severity_for(self.count, self.codes) if s.severity_by_code else s.severity(self.count)
+            escalated = not weak and (
+                self.revision == 0 or self.count in s.escalate_at
+                or _SEVERITIES.index(severity) > _SEVERITIES.index(self.severity)
+            )
+        else:
+            severity = "low"
+            escalated = weak and self.revision == 0 and self.weak >= s.suspicious_min_count
         if escalated:
             self.revision += 1
             self.severity = severity
@@ -184,11 +205,12 @@ class AlertWindow:
 
     def dump(self) -> list[Any]:
         return [self.first_ts, self.last_ts, self.count, self.max_score, self.revision, self.severity,
-                dict(self.codes), sorted(self.profiles), sorted(self.ips), self.samples]
+                dict(self.codes), sorted(self.profiles), sorted(self.ips), self.samples, self.weak]
 
     @classmethod
     def load(cls, d: list[Any]) -> AlertWindow:
-        return cls(d[0], d[1], d[2], d[3], d[4], d[5], Counter(d[6]), set(d[7]), set(d[8]), list(d[9]))
+        return cls(d[0], d[1], d[2], d[3], d[4], d[5], Counter(d[6]), set(d[7]), set(d[8]), list(d[9]),
+                   d[10] if len(d) > 10 else 0)
 
 
 _Window = AlertWindow
@@ -248,15 +270,15 @@ def build_alert(etype: str, eid: str, start: int, w: AlertWindow, s: AlertSettin
     top = w.codes.most_common()
     minutes = s.window_s / 60
     top_text = ", ".join(f"{c} ({n})" for c, n in top[:3])
-    summary = (
-        f"{etype} {eid}: {w.count} flagged requests in a {minutes:g}-minute window "
-        f"from {len(w.ips)} IP(s); top evidence: {top_text}"
-    )
+    what = f"{w.count + w.weak} flagged requests" if w.count >= s.min_count else f"{w.weak} suspicious requests"
+    summary = f"{etype} {eid}: {what} in a {minutes:g}-minute window from {len(w.ips)} IP(s); top evidence: {top_text}"
     evidence: dict[str, Any] = {
         "code_counts": dict(sorted(w.codes.items())),
         "profiles": sorted(w.profiles),
         "distinct_ips": len(w.ips),
     }
+    if w.weak:
+        evidence["suspicious_count"] = w.weak  # of `count`, those below min_level
     if flags:
         evidence["flags"] = dict(sorted(flags.items()))
     return {
@@ -272,7 +294,7 @@ def build_alert(etype: str, eid: str, start: int, w: AlertWindow, s: AlertSettin
         "score": round(w.max_score, 4),
         "summary": summary,
         "window": {"start": iso(start), "end": iso(start + s.window_s)},
-        "count": w.count,
+        "count": w.count + w.weak,
         "evidence": evidence,
         "sample_request_ids": list(w.samples),
     }

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
 from detector.behaviour.offline import OfflineScorer
+from detector.behaviour.records import ip_block
 from detector.decode import request_from_obj
 from detector.engine import DetectionConfig
 from detector.model import ClientRequest, Verdict
@@ -72,21 +73,15 @@ def alert_ts(alert: Mapping[str, Any]) -> float:
     return datetime.strptime(alert["updated_at"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
 
 
-def _ip_block(ip: str) -> str:
-    if ":" in ip:
-        return ":".join(ip.split(":")[:3]) + "::/48"
-    return ".".join(ip.split(".")[:3]) + ".0/24"
-
-
 def entity_keys(request: ClientRequest, verdict: Verdict, signature_header: str | None = None) -> set[tuple[str, str]]:
     """Every (entity type, id) an alert could name for this request: the verdict's
     device, account and IP, the IP's block and ASN, its signature, its fingerprints."""
     keys = {(t, v) for t, v in verdict.entities.items() if t != "session"}
     ip = verdict.entities.get("ip")
     if ip:
-        keys.add(("ip_block", _ip_block(ip)))
+        keys.add(("ip_block", ip_block(ip)))  # the engine's own block
     if request.network and request.network.get("asn") is not None:
-        keys.add(("asn", str(request.network["asn"])))
+        keys.add(("asn", f"AS{request.network['asn']}"))  # as the behaviour engine names it
     if signature_header:
         sig = request.header(signature_header)
         if sig:

@@ -93,6 +93,8 @@ class BehaviourEngine:
         self.buckets = [Bucket() for _ in range(settings.buckets)]
         self.dirty: set[int] = set()
         self._per_bucket_cap = max(1, settings.max_entities // settings.buckets)
+        # the lowest stateless level that reaches the alert windows
+        self._alert_floor = 1 if alerts.suspicious_min_count or alerts.min_level == "suspicious" else 2
 
     # --- processing -------------------------------------------------------------------
     def observe(self, records: Iterable[EntityRecord], offset: int | None = None,
@@ -191,7 +193,7 @@ class BehaviourEngine:
             if found:
                 raised.extend(found)
         if not raised and "flags" not in st:
-            if r.level >= 2 and r.etype in s.alert_entity_types:
+            if r.level >= self._alert_floor and r.etype in s.alert_entity_types:
                 self._alert(st, r, {}, out)
             return
         # flags: code -> [detail, until, emitted_at, scope]; a flag is (re-)broadcast
@@ -225,14 +227,16 @@ class BehaviourEngine:
 
     def _alert(self, st: dict[str, Any], r: EntityRecord, flags: dict[str, list[Any]], out: Output) -> None:
         a = self.alerts
-        stateless = r.level >= 2 and r.etype in self.s.alert_entity_types
+        stateless = r.level >= self._alert_floor and r.etype in self.s.alert_entity_types
         if not flags and not stateless:
             return
         codes = tuple(sorted(flags)) + (r.codes if stateless else ())
         keep = 1.0 - (r.score if stateless else 0.0)
         for c in flags:
             keep *= 1.0 - self.weight_of(c)
-        fr = FlaggedRequest(r.etype, r.key, r.request_id, r.ts, round(1.0 - keep, 4), "malicious", r.profile, r.ip, codes)
+        # a request of a flagged entity counts as malicious; otherwise its own level
+        level = "malicious" if flags or r.level >= 2 else "suspicious"
+        fr = FlaggedRequest(r.etype, r.key, r.request_id, r.ts, round(1.0 - keep, 4), level, r.profile, r.ip, codes)
         start = int(r.ts // a.window_s) * a.window_s
         windows: dict[str, list[Any]] = st.setdefault("aw", {})
         for old in [k for k in windows if int(k) < start - a.window_s]:

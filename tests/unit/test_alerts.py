@@ -57,3 +57,34 @@ def test_offline_alerts_for_a_library_name_its_device(detection, profile):
     alerts = alerts_for(verdicts, detection.alerts)
     assert {a["entity"]["type"] for a in alerts} == {"device", "account"}
     assert all(a["summary"] and a["sample_request_ids"] for a in alerts)
+
+
+def weak(i: int, ts: float, entity: str = "dev-1") -> FlaggedRequest:
+    return FlaggedRequest("device", entity, f"w-{i}", ts, 0.6, "suspicious", "example-android", "10.0.1.1",
+                          ("transport.h2_fingerprint_mismatch",))
+
+
+def test_persistent_suspicious_requests_alert_low_then_escalate_on_malicious():
+    t0 = 1_800_000_000.0
+    policy = AlertPolicy(AlertSettings(suspicious_min_count=10))
+    assert policy.observe([weak(i, t0 + i) for i in range(9)]) == []
+    first = policy.observe([weak(9, t0 + 9)])
+    assert [(a["revision"], a["severity"], a["count"]) for a in first] == [(1, "low", 10)]
+    assert first[0]["evidence"]["suspicious_count"] == 10 and "10 suspicious requests" in first[0]["summary"]
+    jsonschema.validate(first[0], SCHEMA)
+    assert policy.observe([weak(10 + i, t0 + 10 + i) for i in range(20)]) == []  # no revision per weak request
+    full = policy.observe([rec(i, t0 + 40 + i) for i in range(3)])
+    assert [(a["revision"], a["severity"], a["count"]) for a in full] == [(2, "medium", 33)]
+    assert full[0]["evidence"]["suspicious_count"] == 30
+    assert full[0]["alert_id"] == first[0]["alert_id"]
+
+
+def test_suspicious_requests_never_alert_when_switched_off():
+    t0 = 1_800_000_000.0
+    assert AlertPolicy(AlertSettings(suspicious_min_count=0)).observe([weak(i, t0 + i) for i in range(50)]) == []
+    try:
+        AlertSettings(suspicious_min_count=-1)
+    except ValueError as exc:
+        assert "suspicious_min_count" in str(exc)
+    else:
+        raise AssertionError("a negative suspicious_min_count was accepted")
