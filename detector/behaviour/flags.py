@@ -139,6 +139,11 @@ class FlagMap:
             del self._flags[k]
             self._signals.pop(k, None)
 
+    def current(self) -> dict[tuple[str, str], tuple[Flag, ...]]:
+        """Every flagged entity's flags, as last updated (expired ones included until
+        `expire` drops them)."""
+        return dict(self._flags)
+
     def snapshot(self) -> dict[str, Any]:
         return {f"{e}|{k}": [f.code for f in fl] for (e, k), fl in self._flags.items()}
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
 from agents.demo import stop_process
-from agents.topics import ALERTS, CLIENT_REQUESTS, VERDICTS, create_topics
+from agents.topics import ALERTS, CLIENT_REQUESTS, ENTITY_FLAGS, VERDICTS, create_topics
 from detector.behaviour.offline import OfflineScorer
 from detector.decode import request_from_obj
 from detector.simulate import genuine, low_and_slow, private_api_library, replay
@@ -64,6 +65,12 @@ def diff(got: dict, expected: dict) -> list[str]:
     return out
 
 
+def flag_state(updates: list[Any]) -> dict[tuple[str, str], Any]:
+    """The flags topic read as the ingest stage reads it: the last update per entity."""
+    last = {(u[0], u[1]): u[2] for u in updates}
+    return {k: v for k, v in last.items() if v}
+
+
 def by_revision(alerts: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
     """(alert_id, revision) -> content; a duplicate must be identical."""
     out: dict[tuple[str, int], dict[str, Any]] = {}
@@ -89,7 +96,7 @@ async def test_stream_alerts_and_verdicts_match_the_offline_rules(broker, worker
     off_verdicts, off_alerts = offline(detection, events)
     expected = by_revision(off_alerts)
     assert any(c.startswith("behaviour.") for a in off_alerts for c in a["codes"])
-    # Phase 2 is sent once phase 1's flags reached every ingest worker: its verdicts see
+    # Phase 2 is sent once phase 1's flags reached the ingest stage: its verdicts see
     # phase 1's flags and, depending on the broadcast delay, some of those phase 2
     # raises itself. Offline gives both limits (zero delay, and phase 1's flags only);
     # where they agree, the stream must give exactly that verdict.
@@ -98,7 +105,13 @@ async def test_stream_alerts_and_verdicts_match_the_offline_rules(broker, worker
     limit = {r.request_id: frozen.pipeline.assess(r, frozen.flags)[0]
              for r in (request_from_obj(e) for e in phase2)}
     first = await collect(broker.bootstrap, [VERDICTS.name], lambda o: len(o[VERDICTS.name]) >= len(phase1))
-    await asyncio.sleep(3)
+    # ... once the shards have raised every flag of phase 1 (they may lag the ingest
+    # stage under load) and the ingest's flag follower (200 ms polls) has read them
+    want = {k: orjson.loads(msgspec.json.encode(v)) for k, v in frozen.flags.current().items()}
+    seen = await collect(broker.bootstrap, [ENTITY_FLAGS.name], lambda o: flag_state(o[ENTITY_FLAGS.name]) == want,
+                         timeout=120)
+    assert flag_state(seen[ENTITY_FLAGS.name]) == want
+    await asyncio.sleep(2)
     await produce_ordered(broker.bootstrap, phase2)
     got = await wait_for_alerts(broker.bootstrap, expected)
     assert got == expected, diff(got, expected)
