@@ -88,7 +88,7 @@ class DeviceReplay:
         # the median of its recent own ages: its clock offset, which one odd request
         # (or a replay taken for its own after its signature was forgotten) cannot move
         ages = sorted(st.get("age") or [0.0])
-        over = max(0.0, ages[len(ages) // 2]) + s.replay_sign_age_margin_s
+        over = ages[len(ages) // 2] + s.replay_sign_age_margin_s  # negative: a clock running ahead
         age = f", signed {r.sign_age:.0f} s before it arrived" if r.sign_age is not None else ""
         return [(DEVICE_REPLAYED, f"{st['n']} signed request(s) of device {r.key} replayed from other addresses "
                                   f"(latest from {r.ip}{age})", Scope(sign_age_over=round(over, 1)))]

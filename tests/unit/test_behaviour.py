@@ -374,3 +374,19 @@ def test_huge_numeric_account_ids_are_not_numbers():
     assert account_number("9" * 5000) is None and account_number("1" + "0" * 19) is None
     assert account_number("12345") == 12345 and account_number("١٢٣") is None
     assert densest_run({"9" * 5000: 0.0, "100": 0.0, "150": 0.0}, 1000) == (2, 100, 150)
+
+
+def test_replayed_device_whose_clock_runs_ahead(engine, detection):
+    """A phone 150 s ahead signs with a negative age; a replay 50 s later still arrives
+    signed 50 s later than the phone's own requests do."""
+    from detector.behaviour.flags import RequestFacts
+
+    own = [rec("device", "d-ahead", T0 + i * 5, i, ip="100.64.1.7", sig=f"a{i:015d}", sign_age=-150.0 + i * 0.1)
+           for i in range(4)]
+    engine.observe(own)
+    out = engine.observe([rec("device", "d-ahead", T0 + 60, 9, ip="203.0.113.50", sig="a000000000000001",
+                              sign_age=-100.0)])
+    fm = FlagMap(detection.scoring.weight_of)
+    fm.apply(out.flags)
+    assert fm.signals_for({"device": "d-ahead"}, T0 + 70, RequestFacts(sign_age=-95.0))
+    assert not fm.signals_for({"device": "d-ahead"}, T0 + 70, RequestFacts(sign_age=-149.0))
