@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
+from detector.behaviour.engine import behaviour_codes
 from detector.behaviour.offline import OfflineScorer
 from detector.behaviour.records import ip_block
 from detector.decode import request_from_obj
@@ -336,13 +337,11 @@ def ablation(cfg: DetectionConfig, families: Sequence[str], scenarios: Sequence[
     return table
 
 
-STATEFUL_FAMILIES = ("replay", "behaviour", "population")
-
-
 def families(cfg: DetectionConfig) -> list[str]:
     """The signal families: the configured pipeline's checks in verdict order, then the
-    behaviour engine's (detector.behaviour)."""
-    return [c.name for c in cfg.pipeline().checks] + list(STATEFUL_FAMILIES)
+    behaviour engine's (the families of its codes)."""
+    stateful = dict.fromkeys(code.split(".")[0] for code in behaviour_codes())
+    return [c.name for c in cfg.pipeline().checks] + list(stateful)
 
 
 __all__ = ["EvalSettings", "Evaluation", "Run", "ablation", "alert_ts", "entity_keys", "entity_metrics", "evaluate",

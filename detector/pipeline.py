@@ -53,6 +53,18 @@ def default_checks(
     ]
 
 
+def _signing_time(raw: str | None) -> float | None:
+    """The signing timestamp header as a number; None when absent or not a finite
+    number ("nan", "inf" are no time at all)."""
+    if raw is None:
+        return None
+    try:
+        t = float(raw)
+    except ValueError:
+        return None
+    return t if math.isfinite(t) else None
+
+
 class Pipeline:
     def __init__(
         self,
@@ -168,12 +180,11 @@ class Pipeline:
             m = profile.signing.format.fullmatch(sig) if sig else None
             if m is not None:
                 entities["signature"] = m["mac"]
-            stamp = headers.get(profile.signing.timestamp_header)
-            try:
-                age = request.ts - float(stamp) if stamp is not None else None
-            except ValueError:
-                age = None
-            d["sign_age"] = age if age is not None and math.isfinite(age) else None
+            # parsed once: the signature check judges it, the behaviour records carry
+            # the signing age (arrival minus signing time)
+            signed_at = _signing_time(headers.get(profile.signing.timestamp_header))
+            d["signed_at"] = signed_at
+            d["sign_age"] = request.ts - signed_at if signed_at is not None else None
         entities["ip_block"] = ip_block(request.client_ip)
         d["entities"] = entities
         fps: dict[str, str] = {"headers": header_fp}

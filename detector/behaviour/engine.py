@@ -48,6 +48,35 @@ def behaviour_codes() -> dict[str, str]:
     return {code: meaning for ds in all_detectors().values() for d in ds for code, meaning in d.codes.items()}
 
 
+def _remember_signature(st: dict[str, Any], r: EntityRecord) -> str | None:
+    """The IP block that first sent `r.sig` from this entity, if it did before; else
+    remember it and return None. State: "sigs", signature prefix -> slot in "sip", a
+    list of at most 8 [IP block, last seen] (a small int per signature: a device's 64
+    signatures cost little). With all slots taken, the least recently used is reused
+    and the signatures it held are forgotten."""
+    sigs: dict[str, int] = st.setdefault("sigs", {})
+    slots: list[list[Any]] = st.setdefault("sip", [])
+    first = sigs.get(r.sig)
+    if first is not None:
+        return slots[first][0]
+    block = ip_block(r.ip)
+    slot = next((i for i, sl in enumerate(slots) if sl[0] == block), None)
+    if slot is not None:
+        slots[slot][1] = max(slots[slot][1], r.ts)
+    elif len(slots) < 8:
+        slots.append([block, r.ts])
+        slot = len(slots) - 1
+    else:
+        slot = min(range(len(slots)), key=lambda i: slots[i][1])
+        slots[slot] = [block, r.ts]
+        for k in [k for k, v in sigs.items() if v == slot]:
+            del sigs[k]
+    sigs[r.sig] = slot
+    if len(sigs) > 64:
+        del sigs[next(iter(sigs))]
+    return None
+
+
 def _described(flag: list[Any]) -> str:
     """A flag's evidence sentence, with its scope when it has one."""
     if flag[3] is None:
@@ -153,38 +182,15 @@ class BehaviourEngine:
             # sent: it is the signature shard's evidence, not new activity of the
             # identity (which would flag it for velocity or hopping); the device keeps
             # only that its signatures are being replayed (DeviceReplay).
-            # signature prefix -> slot of the IP block that first sent it, in "sip" (a
-            # small int: a device's 64 signatures cost little); a slot is reused for a
-            # new block when all 8 are taken, least recently used first, and the
-            # signatures it held are forgotten
-            sigs: dict[str, int] = st.setdefault("sigs", {})
-            slots: list[list[Any]] = st.setdefault("sip", [])  # [block, last seen]
-            first = sigs.get(r.sig)
-            if first is not None:
+            first_block = _remember_signature(st, r)
+            if first_block is not None:
                 if r.etype != "device" or self._device_replay is None:
                     return
                 part = st.setdefault(type(self._device_replay).__name__, {})
-                raised.extend(self._device_replay.replayed(part, r, s, slots[first][0]))
+                raised.extend(self._device_replay.replayed(part, r, s, first_block))
                 if not raised:
                     return
                 resent = True
-            else:
-                block = ip_block(r.ip)
-                slot = next((i for i, sl in enumerate(slots) if sl[0] == block), None)
-                if slot is None:
-                    if len(slots) < 8:
-                        slots.append([block, r.ts])
-                        slot = len(slots) - 1
-                    else:
-                        slot = min(range(len(slots)), key=lambda i: slots[i][1])
-                        slots[slot] = [block, r.ts]
-                        for k in [k for k, v in sigs.items() if v == slot]:
-                            del sigs[k]
-                else:
-                    slots[slot][1] = max(slots[slot][1], r.ts)
-                sigs[r.sig] = slot
-                if len(sigs) > 64:
-                    del sigs[next(iter(sigs))]
         for name, d in () if resent else self._plan.get(r.etype, ()):
             part = st.get(name)
             if part is None:

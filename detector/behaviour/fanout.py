@@ -51,6 +51,18 @@ class AccountFanout:
         return []
 
 
+def _accounts_and_devices(st: dict[str, Any], r: EntityRecord, s: BehaviourSettings, where: str,
+                          accounts: tuple[str, Fanout], devices: tuple[str, Fanout]) -> list[tuple[str, str]]:
+    """Distinct accounts and distinct devices behind one network entity, each against
+    its own window and threshold."""
+    out = []
+    for (code, f), name, member in ((accounts, "acc", r.account), (devices, "dev", r.device)):
+        n = _fanout(st, name, member, r, f, s.max_distinct)
+        if n >= f.threshold:
+            out.append((code, f"{n} {'accounts' if name == 'acc' else 'devices'} {where} within {_window(f)}"))
+    return out
+
+
 class IpBlockFanout:
     etype: ClassVar[str] = "ip_block"
     codes: ClassVar[dict[str, str]] = {
@@ -59,14 +71,8 @@ class IpBlockFanout:
     }
 
     def observe(self, st: dict[str, Any], r: EntityRecord, s: BehaviourSettings) -> list[tuple[str, str]]:
-        out = []
-        n = _fanout(st, "acc", r.account, r, s.ip_block_accounts, s.max_distinct)
-        if n >= s.ip_block_accounts.threshold:
-            out.append((IP_BLOCK_ACCOUNTS, f"{n} accounts behind {r.key} within {_window(s.ip_block_accounts)}"))
-        n = _fanout(st, "dev", r.device, r, s.ip_block_devices, s.max_distinct)
-        if n >= s.ip_block_devices.threshold:
-            out.append((IP_BLOCK_DEVICES, f"{n} devices behind {r.key} within {_window(s.ip_block_devices)}"))
-        return out
+        return _accounts_and_devices(st, r, s, f"behind {r.key}", (IP_BLOCK_ACCOUNTS, s.ip_block_accounts),
+                                     (IP_BLOCK_DEVICES, s.ip_block_devices))
 
 
 class HostingAsnFanout:
@@ -81,13 +87,6 @@ class HostingAsnFanout:
     def observe(self, st: dict[str, Any], r: EntityRecord, s: BehaviourSettings) -> list[tuple[str, str]]:
         if not r.hosting:
             return []
-        out = []
-        n = _fanout(st, "acc", r.account, r, s.hosting_asn_accounts, s.max_distinct)
-        if n >= s.hosting_asn_accounts.threshold:
-            out.append((HOSTING_ASN_ACCOUNTS, f"{n} accounts from hosting network {r.key} within "
-                                              f"{_window(s.hosting_asn_accounts)}"))
-        n = _fanout(st, "dev", r.device, r, s.hosting_asn_devices, s.max_distinct)
-        if n >= s.hosting_asn_devices.threshold:
-            out.append((HOSTING_ASN_DEVICES, f"{n} devices from hosting network {r.key} within "
-                                             f"{_window(s.hosting_asn_devices)}"))
-        return out
+        return _accounts_and_devices(st, r, s, f"from hosting network {r.key}",
+                                     (HOSTING_ASN_ACCOUNTS, s.hosting_asn_accounts),
+                                     (HOSTING_ASN_DEVICES, s.hosting_asn_devices))

@@ -114,7 +114,7 @@ def records_for(request: ClientRequest, ctx: RequestContext, verdict: Verdict) -
     score, level_name, codes = ctx.derived["stateless"]
     level = LEVEL_RANK[level_name]
     keys: list[tuple[str, str | None]] = [
-        ("device", device), ("account", account), ("ip_block", ip_block(request.client_ip)),
+        ("device", device), ("account", account), ("ip_block", ents.get("ip_block")),
         # only hosting networks: the ASN detector ignores carriers and home ISPs (each
         # carries millions of users), so their records would be work without a signal
         ("asn", f"AS{asn}" if asn is not None and hosting else None), ("signature", ents.get("signature")),

@@ -7,7 +7,6 @@ after rotation, so a key the claimed version never shipped is itself evidence.""
 from __future__ import annotations
 
 import hmac
-import math
 from typing import ClassVar, Iterable
 
 from detector.checks.base import RequestContext
@@ -65,13 +64,7 @@ class SignatureCheck:
                     KEY_NOT_IN_BUILD,
                     f"key {key_id} is not among the keys of app version {info.version} ({', '.join(sorted(info.keys))})",
                 )
-        ts_raw = ctx.header(scheme.timestamp_header)
-        try:
-            signed_at = float(ts_raw) if ts_raw is not None else None
-        except ValueError:
-            signed_at = None
-        if signed_at is not None and not math.isfinite(signed_at):
-            signed_at = None  # "nan", "inf": no time at all
+        signed_at = ctx.derived.get("signed_at")  # parsed by Pipeline.derive (None: absent or not a finite number)
         if signed_at is None:
             yield ctx.signal(MISSING, f"no valid {scheme.timestamp_header} header to bind the signature to a time")
         elif abs(signed_at - request.ts) > scheme.max_skew_s:
