@@ -2,7 +2,9 @@
 (delivery never slows detection), queues one pending delivery per matching endpoint on
 the retry topic, and delivers them per endpoint with its own concurrency limit, backoff
 and circuit breaker, so a dead endpoint never delays the others. Policy (formats,
-signing, what is retried) lives in `agents/webhooks.py`.
+signing, what is retried, which addresses may be connected to) lives in
+`agents/webhooks.py`; each endpoint has its own HTTP session whose connector applies
+the endpoint's address policy to every resolution, at connect time.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import heapq
 import logging
 import random
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import aiohttp
 import orjson
@@ -23,13 +26,88 @@ from mode import Service
 from agents.metrics import Metrics
 from agents.settings import Settings
 from agents.topics import ALERTS, ALERTS_DLQ, WEBHOOK_RETRY
-from agents.webhooks import (DELIVERED, REJECTED, Endpoint, EndpointQueue, OffsetTracker, Pending, delivery_seq,
-                             alert_closed, backoff_s, classify, dlq_record, headers, pending_record, render,
-                             retry_after_s)
+from agents.webhooks import (BREAKER_STATES, DELIVERED, REJECTED, AddressPolicy, AddressRefused, Endpoint,
+                             EndpointQueue, OffsetTracker, Pending, alert_closed, attempt_result, backoff_s, classify,
+                             clip, delivery_seq, dlq_record, headers, pending_record, render, retry_after_s,
+                             status_line)
 
 log = logging.getLogger("detector.webhooks")
 
 MAX_IN_MEMORY = 20_000  # pending deliveries held per worker before reading the retry topic pauses
+DRAIN_MAX_BYTES = 64 * 1024  # of a response body read (and dropped) so the connection can be reused
+
+
+class GuardedConnector(aiohttp.TCPConnector):
+    """A TCP connector that connects only to the addresses its `AddressPolicy`
+    allows. The filter sits where aiohttp turns a host into addresses (an IP literal,
+    the DNS cache, or a fresh resolution), right before connecting: a DNS answer
+    that changes after start-up (rebinding) cannot reach a refused address."""
+
+    def __init__(self, policy: AddressPolicy, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.policy = policy
+
+    async def _resolve_host(self, host: str, port: int, traces: Sequence[Any] | None = None) -> list[Any]:
+        hosts = await super()._resolve_host(host, port, traces=traces)
+        allowed, refused = [], []
+        for h in hosts:
+            why = self.policy.refusal(str(h["host"]))
+            if why is None:
+                allowed.append(h)
+            else:
+                refused.append((str(h["host"]), why))
+        if refused:
+            log.warning("webhook host %s: refused address(es) %s", host, ", ".join(f"{a} ({w})" for a, w in refused))
+        if not allowed:
+            raise AddressRefused(host, refused)
+        return allowed
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """What one request came to: the HTTP status (None: no answer), its result (one
+    of ATTEMPT_RESULTS), a short error line (status line or error kind, never the
+    response body) and the receiver's Retry-After."""
+
+    status: int | None
+    result: str
+    error: str
+    retry_after: float | None = None
+
+
+def refused_address(exc: BaseException) -> AddressRefused | None:
+    """The AddressRefused behind a connection error (aiohttp wraps it)."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return None
+        if isinstance(seen, AddressRefused):
+            return seen
+        os_error = getattr(seen, "os_error", None)
+        if isinstance(os_error, AddressRefused):
+            return os_error
+        seen = seen.__cause__
+    return None
+
+
+async def post(session: aiohttp.ClientSession, e: Endpoint, alert: dict[str, Any]) -> Attempt:
+    """One signed POST of `alert` to `e`. The response body is read only to drain the
+    connection (at most DRAIN_MAX_BYTES) and dropped."""
+    body = render(e, alert)
+    ts = int(time.time())
+    try:
+        async with session.post(e.url, data=body, headers=headers(e, alert, body, ts),
+                                timeout=aiohttp.ClientTimeout(total=e.timeout_s), allow_redirects=False) as resp:
+            await resp.content.read(DRAIN_MAX_BYTES)
+            return Attempt(resp.status, attempt_result(resp.status), status_line(resp.status),
+                           retry_after_s(resp.headers.get("Retry-After"), time.time()))
+    except asyncio.TimeoutError:
+        return Attempt(None, "timeout", f"timeout after {e.timeout_s:g} s")
+    except aiohttp.ClientError as exc:
+        refused = refused_address(exc)
+        if refused is not None:
+            return Attempt(None, "address_refused", clip(str(refused)))
+        return Attempt(None, "network_error", clip(f"{type(exc).__name__}: {exc}"))
 
 
 class _Revocations(ConsumerRebalanceListener):
@@ -59,7 +137,7 @@ class DeliveryStage(Service):
         self.producer: AIOKafkaProducer | None = None
         self.alerts_consumer: AIOKafkaConsumer | None = None
         self.retry_consumer: AIOKafkaConsumer | None = None
-        self.http: aiohttp.ClientSession | None = None
+        self.http: dict[str, aiohttp.ClientSession] = {}
         self._paused = False
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -80,8 +158,12 @@ class DeliveryStage(Service):
                                                client_id=f"{s.app_id}-webhook-retry", **common)
         self.retry_consumer.subscribe([WEBHOOK_RETRY.name], listener=_Revocations(self))
         await self.retry_consumer.start()
-        self.http = aiohttp.ClientSession()
+        for e in self.endpoints.values():
+            # One session per endpoint: its connector applies the endpoint's address policy.
+            self.http[e.name] = aiohttp.ClientSession(connector=GuardedConnector(e.address_policy))
         for q in self.queues.values():
+            self.metrics.track_webhook_endpoint(q.endpoint.name, pending=lambda q=q: q.pending,
+                                                breaker_state=lambda q=q: BREAKER_STATES.index(q.breaker.state))
             self.add_future(self._drive(q))
         log.info("webhook delivery started: %d endpoint(s): %s", len(self.endpoints), ", ".join(self.endpoints))
 
@@ -94,8 +176,8 @@ class DeliveryStage(Service):
                 await c.stop()
         if self.producer is not None:
             await self.producer.stop()
-        if self.http is not None:
-            await self.http.close()
+        for session in self.http.values():
+            await session.close()
         log.info("webhook delivery stopped")
 
     # --- alerts -> pending deliveries ----------------------------------------------------
@@ -197,97 +279,110 @@ class DeliveryStage(Service):
         for q in self.queues.values():
             q.heap = [x for x in q.heap if x.partition not in partitions]
             heapq.heapify(q.heap)
+            if not q.pending:  # another worker delivers to it now: its breaker is not ours to report
+                q.breaker.reset()
         self.tracker.forget(partitions)
 
     # --- delivery ---------------------------------------------------------------------------------
     async def _drive(self, q: EndpointQueue) -> None:
-        """Start the due deliveries of one endpoint, at most `concurrency` at a time."""
+        """Start the due deliveries of one endpoint, at most `concurrency` at a time.
+        While its circuit is open, due deliveries are held back (counted as
+        `breaker_open` attempts) until the next probe."""
+        label = self.metrics.webhook_endpoint(q.endpoint.name)
         while not self.should_stop:
             if not q.heap:
                 q.changed.clear()
                 await q.changed.wait()
                 continue
-            wait = q.heap[0].due - time.time()
+            wait = q.heap[0].due - q.clock()
             if wait > 0:
-                q.changed.clear()
-                try:
-                    await asyncio.wait_for(q.changed.wait(), timeout=min(wait, 1.0))
-                except asyncio.TimeoutError:
-                    pass
+                await self._wait_change(q, wait)
                 continue
-            breaker_wait = q.breaker.wait_s()
-            if breaker_wait > 0:
-                await asyncio.sleep(min(breaker_wait, 1.0))
+            held = q.hold_back()
+            if held:
+                self.metrics.webhook_attempts.labels(label, "breaker_open").inc(held)
+                log.warning("webhook %s: circuit open, %d due deliveries held for %.1f s", q.endpoint.name, held,
+                            q.breaker.open_for_s())
+                continue
+            if q.breaker.is_open and q.breaker.probing:  # a probe is running: its result decides
+                await self._wait_change(q, 1.0)
                 continue
             await q.slots.acquire()
-            if not q.heap:
-                q.slots.release()
+            if not q.heap or q.heap[0].due > q.clock() or q.breaker.wait_s() > 0:
+                q.slots.release()  # changed while waiting for a slot
                 continue
             p = heapq.heappop(q.heap)
+            q.inflight += 1
             task = asyncio.create_task(self._attempt(q, p))
             self.inflight.add(task)
             task.add_done_callback(self.inflight.discard)
 
+    @staticmethod
+    async def _wait_change(q: EndpointQueue, timeout: float) -> None:
+        q.changed.clear()
+        try:
+            await asyncio.wait_for(q.changed.wait(), timeout=min(timeout, 1.0))
+        except asyncio.TimeoutError:
+            pass
+
     async def _attempt(self, q: EndpointQueue, p: Pending) -> None:
         e = q.endpoint
         try:
-            status, error, retry_after = await self._post(e, p.alert)
-            outcome = classify(status)
-            q.breaker.record(status is not None and status < 500)  # a 4xx answer: the endpoint is alive
+            assert self.producer is not None
+            a = await post(self.http[e.name], e, p.alert)
+            label = self.metrics.webhook_endpoint(e.name)
+            self.metrics.webhook_attempts.labels(label, a.result).inc()
+            if a.result == "address_refused":
+                q.breaker.abandon()  # says nothing about the endpoint being alive
+            else:
+                q.breaker.record(a.status is not None and a.status < 500)  # a 4xx answer: the endpoint is alive
             if self.generation.get(p.partition, 0) != p.generation:
                 return  # the partition was revoked meanwhile: its new owner delivers again
             ident = f"{p.alert['alert_id']}:{p.alert['revision']}"
-            label = self.metrics.webhook_endpoint(e.name)
-            if outcome == DELIVERED:
+            outcome = classify(a.status)
+            if a.result == "address_refused":
+                # The policy refuses where the endpoint's name points: not retried (it is
+                # configuration or hostile DNS, not a passing fault).
+                self.metrics.webhook_deliveries.labels(label, "rejected").inc()
+                log.error("webhook %s: %s not sent, %s: sent to %s", e.name, ident, a.error, ALERTS_DLQ.name)
+                await self._dead(e.name, p.alert, "rejected", a.error, p.attempt)
+            elif outcome == DELIVERED:
                 self.metrics.webhook_deliveries.labels(label, "delivered").inc()
                 log.info("webhook %s: delivered %s (attempt %d)", e.name, ident, p.attempt)
                 if e.name in self.open_alerts:
                     self._track_open(e, p.alert)
             elif outcome == REJECTED:
                 self.metrics.webhook_deliveries.labels(label, "rejected").inc()
-                log.error("webhook %s: %s rejected with HTTP %s (not retried): sent to %s", e.name, ident, status,
+                log.error("webhook %s: %s rejected with %s (not retried): sent to %s", e.name, ident, a.error,
                           ALERTS_DLQ.name)
-                await self._dead(e.name, p.alert, "rejected", f"HTTP {status}: {error}", p.attempt)
+                await self._dead(e.name, p.alert, "rejected", a.error, p.attempt)
             elif p.attempt >= e.max_attempts:
                 self.metrics.webhook_deliveries.labels(label, "failed").inc()
-                log.error("webhook %s: %s failed after %d attempts (%s): sent to %s", e.name, ident, p.attempt, error,
-                          ALERTS_DLQ.name)
-                await self._dead(e.name, p.alert, "failed", f"{p.attempt} attempts, last: {error}", p.attempt)
+                log.error("webhook %s: %s failed after %d attempts (%s): sent to %s", e.name, ident, p.attempt,
+                          a.error, ALERTS_DLQ.name)
+                await self._dead(e.name, p.alert, "failed", f"{p.attempt} attempts, last: {a.error}", p.attempt)
             else:
                 now = time.time()
-                due = now + backoff_s(e, p.attempt, self.rng, retry_after)
-                log.warning("webhook %s: %s attempt %d failed (%s); next in %.1f s", e.name, ident, p.attempt, error,
+                due = now + backoff_s(e, p.attempt, self.rng, a.retry_after)
+                log.warning("webhook %s: %s attempt %d failed (%s); next in %.1f s", e.name, ident, p.attempt, a.error,
                             due - now)
-                assert self.producer is not None
                 await self.producer.send_and_wait(WEBHOOK_RETRY.name,
-                                                  pending_record(e.name, p.alert, p.attempt + 1, due, error),
+                                                  pending_record(e.name, p.alert, p.attempt + 1, due, a.error),
                                                   key=e.name.encode())
             self.tracker.done(p.partition, p.offset)
         except asyncio.CancelledError:
+            q.breaker.abandon()
             raise
         except Exception:  # noqa: BLE001 - keep the pending record uncommitted and try it again later
+            q.breaker.abandon()
             log.exception("webhook %s: delivery of %s:%s crashed", e.name, p.alert.get("alert_id"),
                           p.alert.get("revision"))
             q.push(Pending(time.time() + e.backoff_max_s, next(delivery_seq), p.partition, p.offset, p.generation,
                            p.attempt, p.alert))
         finally:
+            q.inflight -= 1
             q.slots.release()
             q.changed.set()
-
-    async def _post(self, e: Endpoint, alert: dict[str, Any]) -> tuple[int | None, str, float | None]:
-        assert self.http is not None
-        body = render(e, alert)
-        ts = int(time.time())
-        try:
-            async with self.http.post(e.url, data=body, headers=headers(e, alert, body, ts),
-                                      timeout=aiohttp.ClientTimeout(total=e.timeout_s), allow_redirects=False) as resp:
-                text = (await resp.text(errors="replace"))[:200]
-                return resp.status, f"HTTP {resp.status} {text}".strip(), retry_after_s(resp.headers.get("Retry-After"),
-                                                                                      time.time())
-        except asyncio.TimeoutError:
-            return None, f"timeout after {e.timeout_s:g} s", None
-        except aiohttp.ClientError as exc:
-            return None, f"{type(exc).__name__}: {exc}", None
 
     async def _dead(self, endpoint: str, alert: dict[str, Any], outcome: str, reason: str, attempts: int) -> None:
         assert self.producer is not None
@@ -316,9 +411,9 @@ class DeliveryStage(Service):
                 closed = alert_closed(alert, now)
                 if not closed and mono < next_at:
                     continue
-                status, error, _ = await self._post(e, alert)  # best effort: Alertmanager re-pushes are idempotent
-                if classify(status) != DELIVERED:
-                    log.warning("webhook %s: re-push of %s failed: %s", name, aid, error)
+                a = await post(self.http[name], e, alert)  # best effort: Alertmanager re-pushes are idempotent
+                if classify(a.status) != DELIVERED:
+                    log.warning("webhook %s: re-push of %s failed: %s", name, aid, a.error)
                     entry[1] = mono + min(e.repeat_interval_s, 10.0)
                     continue
                 if closed:

@@ -22,6 +22,7 @@ import yaml
 from prometheus_client import CollectorRegistry, Counter as PromCounter, Gauge, Histogram
 from prometheus_client.core import HistogramMetricFamily
 
+from agents.webhooks import ATTEMPT_RESULTS
 from detector.fingerprints.headers import names_fingerprint
 from detector.model import Verdict
 
@@ -32,6 +33,9 @@ SEVERITIES = ("low", "medium", "high", "critical")
 # delivered (2xx), rejected (a 4xx other than 429: never retried, sent to alerts-dlq),
 # failed (retries exhausted on network errors, 429 or 5xx: sent to alerts-dlq).
 WEBHOOK_OUTCOMES = ("delivered", "rejected", "failed")
+# Every attempt at an endpoint (ATTEMPT_RESULTS) and its circuit breaker's state
+# (BREAKER_STATES, exported as the index: 0 closed, 1 half-open, 2 open): agents/webhooks.py.
+WEBHOOK_ATTEMPT_RESULTS = ATTEMPT_RESULTS
 FINGERPRINT_KINDS = ("ja4", "headers", "device")
 # The consumers whose lag agents/lag.py measures: the ingest stage's, the entity-shard
 # agent's (Faust) and the flag feed's (every worker reads the behaviour flags).
@@ -225,6 +229,23 @@ class Metrics:
             "Final outcome of alert revisions sent to each configured webhook endpoint",
             ["endpoint", "outcome"], registry=r,
         )
+        self.webhook_attempts = PromCounter(
+            "detector_webhook_attempts_total",
+            "Attempts at each webhook endpoint by result: delivered, rejected, http_error, timeout, network_error, "
+            "address_refused, breaker_open (a due delivery held back by the open circuit breaker, no request made)",
+            ["endpoint", "result"], registry=r,
+        )
+        self.webhook_pending = Gauge(
+            "detector_webhook_pending_deliveries",
+            "Deliveries this worker holds for each webhook endpoint and has not resolved yet (waiting or in flight)",
+            ["endpoint"], registry=r,
+        )
+        self.webhook_breaker = Gauge(
+            "detector_webhook_breaker_state",
+            "Circuit breaker of each webhook endpoint on this worker: 0 closed, 1 half-open (the next attempt is a "
+            "probe), 2 open (due deliveries are held back)",
+            ["endpoint"], registry=r,
+        )
         self.latency = BatchHistogram(
             "detector_end_to_end_latency_seconds",
             "From the request's event time (ts) to its verdict being acknowledged by the broker",
@@ -298,11 +319,26 @@ class Metrics:
         for endpoint in labels.webhook_endpoints:
             for outcome in WEBHOOK_OUTCOMES:
                 self.webhook_deliveries.labels(endpoint, outcome)
+            for result in WEBHOOK_ATTEMPT_RESULTS:
+                self.webhook_attempts.labels(endpoint, result)
+            self.webhook_pending.labels(endpoint)
+            self.webhook_breaker.labels(endpoint)
 
     def webhook_endpoint(self, name: str) -> str:
         """The label of an endpoint name (for the webhook sender)."""
         ls = self.label_sets
         return name if ls is not None and name in ls.webhook_endpoints else OTHER
+
+    def track_webhook_endpoint(self, name: str, *, pending: Callable[[], float],
+                               breaker_state: Callable[[], float]) -> None:
+        """Export an endpoint's pending deliveries and breaker state, read at scrape
+        time. An endpoint outside the closed set (labels not bound) is not exported:
+        several would share the `other` series."""
+        label = self.webhook_endpoint(name)
+        if label == OTHER:
+            return
+        self.webhook_pending.labels(label).set_function(pending)
+        self.webhook_breaker.labels(label).set_function(breaker_state)
 
     def track_state(self, state: str, size: Callable[[], float]) -> None:
         """Export the size of an in-process state, read at scrape time."""

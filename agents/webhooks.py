@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import heapq
 import hmac
+import ipaddress
 import itertools
 import logging
 import os
@@ -23,13 +24,14 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
+from http import HTTPStatus
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import orjson
 import yaml
 
-from detector.config import ConfigError
+from detector.config import ConfigError, node_line
 
 log = logging.getLogger("detector.webhooks")
 
@@ -40,6 +42,115 @@ _SLACK_ICON = {"low": ":information_source:", "medium": ":warning:", "high": ":r
 
 # Outcomes of one attempt
 DELIVERED, REJECTED, RETRY = "delivered", "rejected", "retry"
+
+# What one attempt at one endpoint came to (the `result` label of
+# detector_webhook_attempts_total, a closed set): delivered (2xx), rejected (another
+# 4xx: the endpoint is alive), http_error (408, 429, 5xx, 3xx is `rejected`), timeout,
+# network_error (connection refused or reset, TLS, DNS), address_refused (the address
+# policy refused every address the endpoint's host resolved to), breaker_open (a due
+# delivery held back by the endpoint's open circuit breaker: no request was made).
+ATTEMPT_RESULTS = ("delivered", "rejected", "http_error", "timeout", "network_error", "address_refused",
+                   "breaker_open")
+# The circuit breaker's state (detector_webhook_breaker_state is the index).
+BREAKER_STATES = ("closed", "half_open", "open")
+ERROR_MAX_CHARS = 200  # an error string in a log line or an alerts-dlq record
+
+
+# --- outbound address policy (SSRF) ----------------------------------------------------------
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Cloud instance-metadata services: a webhook URL (or a DNS answer) pointing here would
+# hand the receiver's response, or a request with our signature, to the metadata API.
+# 169.254.169.254 (AWS, GCP's metadata.google.internal, Azure, OpenStack, ...) is also
+# link-local; fd00:ec2::254 is AWS's IPv6 endpoint (a unique-local address);
+# 100.100.100.200 is Alibaba Cloud's (in the shared 100.64.0.0/10 range).
+CLOUD_METADATA = frozenset(ipaddress.ip_address(a) for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200",
+                                                           "169.254.170.2"))
+# Why an address is refused (closed set, in errors and docs).
+_THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")  # "this host on this network": not a destination
+REFUSALS = ("cloud_metadata", "link_local", "unspecified", "multicast", "reserved", "private", "invalid")
+
+
+def parse_address(host: str) -> IPAddress | None:
+    """A resolved host string as an address (an IPv6 zone `%eth0` dropped, an
+    IPv4-mapped IPv6 address as the IPv4 address it reaches); None if it is not one."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0].strip("[]"))
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+@dataclass(frozen=True, slots=True)
+class AddressPolicy:
+    """Which resolved addresses a webhook may connect to. Refused unless an `allow`
+    network covers them: cloud metadata, link-local, unspecified, multicast and
+    reserved addresses; with `deny_private`, every address that is not globally
+    routable too (loopback, RFC 1918, unique-local, CGNAT). Applied to the addresses
+    a host resolves to, at connect time (agents/delivery.py `GuardedConnector`)."""
+
+    allow: tuple[IPNetwork, ...] = ()
+    deny_private: bool = False
+
+    def refusal(self, host: str) -> str | None:
+        """None when `host` (an IP address string) may be connected to, else why not
+        (one of REFUSALS)."""
+        ip = parse_address(host)
+        if ip is None:
+            return "invalid"
+        if any(ip.version == net.version and ip in net for net in self.allow):
+            return None
+        if ip in CLOUD_METADATA:
+            return "cloud_metadata"
+        if ip.is_link_local:
+            return "link_local"
+        if ip.is_unspecified:
+            return "unspecified"
+        if ip.is_multicast:
+            return "multicast"
+        if isinstance(ip, ipaddress.IPv4Address) and ip in _THIS_NETWORK:
+            return "unspecified"
+        if ip.is_loopback or not ip.is_reserved:  # (IPv6 loopback ::1 lies in the reserved ::/8)
+            return "private" if self.deny_private and not ip.is_global else None
+        return "reserved"
+
+
+class AddressRefused(OSError):
+    """Every address the endpoint's host resolved to is refused by its policy."""
+
+    def __init__(self, host: str, refused: Sequence[tuple[str, str]]):
+        self.host = host
+        self.refused = tuple(refused)
+        shown = ", ".join(f"{a} ({why})" for a, why in self.refused[:4])
+        super().__init__(f"address_refused: {host} resolves only to refused addresses: {shown}")
+
+
+def clip(text: str, limit: int = ERROR_MAX_CHARS) -> str:
+    """One short printable line: control characters replaced, at most `limit` chars."""
+    out = "".join(c if c.isprintable() else " " for c in text)
+    return out if len(out) <= limit else out[: limit - 3] + "..."
+
+
+def status_line(status: int) -> str:
+    """`HTTP <status> <standard reason>`: what of a response reaches logs and the
+    alerts DLQ. Neither the body nor the receiver's own reason phrase is copied."""
+    try:
+        return f"HTTP {status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"HTTP {status}"
+
+
+def attempt_result(status: int | None) -> str:
+    """The ATTEMPT_RESULTS value of an answered attempt (None: use the error's kind)."""
+    outcome = classify(status)
+    if outcome == DELIVERED:
+        return "delivered"
+    if outcome == REJECTED:
+        return "rejected"
+    return "http_error"
 
 
 # --- configuration -----------------------------------------------------------------
@@ -60,6 +171,12 @@ class Endpoint:
     breaker_failures: int = 5  # consecutive failures that open the circuit
     breaker_reset_s: float = 30.0  # open circuit: wait this long before one probe
     repeat_interval_s: float = 60.0  # alertmanager: re-push open alerts this often
+    allow_addresses: tuple[IPNetwork, ...] = ()  # networks allowed despite the address policy
+    deny_private: bool = False  # also refuse loopback and private addresses
+
+    @property
+    def address_policy(self) -> AddressPolicy:
+        return AddressPolicy(self.allow_addresses, self.deny_private)
 
     def accepts(self, alert: Mapping[str, Any]) -> bool:
         if _SEV_RANK.get(str(alert.get("severity")), -1) < _SEV_RANK[self.min_severity]:
@@ -72,7 +189,22 @@ class Endpoint:
 
 
 _KEYS = {"name", "url", "secret", "format", "min_severity", "codes", "entity_types", "timeout_s", "max_attempts",
-         "concurrency", "backoff_s", "backoff_max_s", "breaker_failures", "breaker_reset_s", "repeat_interval_s"}
+         "concurrency", "backoff_s", "backoff_max_s", "breaker_failures", "breaker_reset_s", "repeat_interval_s",
+         "allow_addresses", "deny_private"}
+
+
+def _networks(value: Any, fail: Callable[[str], ConfigError]) -> tuple[IPNetwork, ...]:
+    if not isinstance(value, list):
+        raise fail("must be a list of IP addresses or networks (CIDR)")
+    out: list[IPNetwork] = []
+    for item in value:
+        if not isinstance(item, str):
+            raise fail(f"{item!r} is not an IP address or network (CIDR) string")
+        try:
+            out.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise fail(f"{item!r} is not an IP address or network (CIDR)") from None
+    return tuple(out)
 
 
 def _secret(path: Path, key: str, spec: Any, env: Mapping[str, str], base: Path) -> str:
@@ -94,56 +226,75 @@ def _secret(path: Path, key: str, spec: Any, env: Mapping[str, str], base: Path)
     raise ConfigError(path, key, "must be {env: VARIABLE} or {file: PATH} (secrets are never written in config)")
 
 
-def parse_endpoints(section: Any, path: Path | str = "<config>", env: Mapping[str, str] | None = None) -> tuple[Endpoint, ...]:
-    """The `webhooks` section: a list of endpoint mappings (or a mapping name -> endpoint)."""
+def parse_endpoints(section: Any, path: Path | str = "<config>", env: Mapping[str, str] | None = None,
+                    node: Any = None) -> tuple[Endpoint, ...]:
+    """The `webhooks` section: a list of endpoint mappings (or a mapping name -> endpoint).
+    `node` is the settings file's composed YAML (errors then name the line)."""
     env = os.environ if env is None else env
     path = Path(path)
     if section is None:
         return ()
+
+    def err(parts: Sequence[str | int], reason: str) -> ConfigError:
+        key = "webhooks" + "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in parts)
+        return ConfigError(path, key, reason, node_line(node, ["webhooks", *parts]) if node is not None else None)
+
+    items: list[tuple[str | int, Any]]
     if isinstance(section, dict):
-        section = [{"name": k, **(v or {})} for k, v in section.items()]
-    if not isinstance(section, list):
-        raise ConfigError(path, "webhooks", "must be a list of endpoints")
+        items = [(str(k), {"name": k, **v} if isinstance(v, dict) else {"name": k} if v is None else v)
+                 for k, v in section.items()]
+    elif isinstance(section, list):
+        items = list(enumerate(section))
+    else:
+        raise err([], "must be a list of endpoints")
     out: list[Endpoint] = []
-    for i, raw in enumerate(section):
-        where = f"webhooks[{i}]"
+    for i, raw in items:
         if not isinstance(raw, dict):
-            raise ConfigError(path, where, "must be a mapping")
+            raise err([i], "must be a mapping")
         unknown = set(raw) - _KEYS
         if unknown:
-            raise ConfigError(path, f"{where}.{sorted(unknown)[0]}", "unknown key")
+            raise err([i, sorted(unknown)[0]], "unknown key")
         for k in ("name", "url"):
             if not isinstance(raw.get(k), str) or not raw[k]:
-                raise ConfigError(path, f"{where}.{k}", "required string")
+                raise err([i, k], "required string")
         if not raw["url"].startswith(("http://", "https://")):
-            raise ConfigError(path, f"{where}.url", "must be an http(s) URL")
-        kw: dict[str, Any] = {"name": raw["name"], "url": raw["url"],
-                              "secret": _secret(path, f"{where}.secret", raw.get("secret"), env, path.parent)}
+            raise err([i, "url"], "must be an http(s) URL")
+        try:
+            secret = _secret(path, "", raw.get("secret"), env, path.parent)
+        except ConfigError as exc:
+            raise err([i, "secret"], exc.reason) from None
+        kw: dict[str, Any] = {"name": raw["name"], "url": raw["url"], "secret": secret}
         fmt = raw.get("format", "generic")
         if fmt not in FORMATS:
-            raise ConfigError(path, f"{where}.format", f"must be one of {', '.join(FORMATS)}")
+            raise err([i, "format"], f"must be one of {', '.join(FORMATS)}")
         kw["format"] = fmt
         sev = raw.get("min_severity", "low")
         if sev not in SEVERITIES:
-            raise ConfigError(path, f"{where}.min_severity", f"must be one of {', '.join(SEVERITIES)}")
+            raise err([i, "min_severity"], f"must be one of {', '.join(SEVERITIES)}")
         kw["min_severity"] = sev
         for k in ("codes", "entity_types"):
             v = raw.get(k) or []
             if not isinstance(v, list):
-                raise ConfigError(path, f"{where}.{k}", "must be a list")
+                raise err([i, k], "must be a list")
             kw[k] = frozenset(str(x) for x in v)
         for k in ("timeout_s", "backoff_s", "backoff_max_s", "breaker_reset_s", "repeat_interval_s"):
             if k in raw:
-                if not isinstance(raw[k], (int, float)) or raw[k] <= 0:
-                    raise ConfigError(path, f"{where}.{k}", "must be a positive number")
+                if isinstance(raw[k], bool) or not isinstance(raw[k], (int, float)) or not 0 < raw[k] < float("inf"):
+                    raise err([i, k], "must be a positive number")
                 kw[k] = float(raw[k])
         for k in ("max_attempts", "concurrency", "breaker_failures"):
             if k in raw:
-                if not isinstance(raw[k], int) or raw[k] <= 0:
-                    raise ConfigError(path, f"{where}.{k}", "must be a positive integer")
+                if isinstance(raw[k], bool) or not isinstance(raw[k], int) or raw[k] <= 0:
+                    raise err([i, k], "must be a positive integer")
                 kw[k] = raw[k]
+        if "allow_addresses" in raw:
+            kw["allow_addresses"] = _networks(raw["allow_addresses"], lambda reason: err([i, "allow_addresses"], reason))
+        if "deny_private" in raw:
+            if not isinstance(raw["deny_private"], bool):
+                raise err([i, "deny_private"], "must be true or false")
+            kw["deny_private"] = raw["deny_private"]
         if any(e.name == kw["name"] for e in out):
-            raise ConfigError(path, f"{where}.name", f"duplicate endpoint name {kw['name']!r}")
+            raise err([i, "name"], f"duplicate endpoint name {kw['name']!r}")
         out.append(Endpoint(**kw))
     return tuple(out)
 
@@ -151,10 +302,17 @@ def parse_endpoints(section: Any, path: Path | str = "<config>", env: Mapping[st
 def load_endpoints(config: Path | str, env: Mapping[str, str] | None = None) -> tuple[Endpoint, ...]:
     path = Path(config)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(path, "", f"cannot read settings file: {exc.strerror}") from None
-    return parse_endpoints(data.get("webhooks") if isinstance(data, dict) else None, path, env)
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ConfigError(path, "", f"invalid YAML: {getattr(exc, 'problem', None) or exc}",
+                          mark.line + 1 if mark is not None else None) from None
+    return parse_endpoints(data.get("webhooks") if isinstance(data, dict) else None, path, env, node)
 
 
 _PATH_KEYS = ("profiles_dir", "devices_dir", "known_stacks", "country_centroids")
@@ -305,7 +463,8 @@ def backoff_s(endpoint: Endpoint, attempt: int, rng: random.Random, retry_after:
 
 class CircuitBreaker:
     """Closed until `failures` consecutive failures; then open for `reset_s` (nothing is
-    attempted: pending deliveries wait without spending attempts), then one probe."""
+    attempted: pending deliveries wait without spending attempts), then half-open: one
+    probe, whose success closes it and whose failure opens it again."""
 
     def __init__(self, failures: int, reset_s: float, clock: Callable[[], float] = time.monotonic):
         self.failures = failures
@@ -316,7 +475,8 @@ class CircuitBreaker:
         self.probing = False
 
     def wait_s(self) -> float:
-        """0 when an attempt may start now, else how long to wait."""
+        """0 when an attempt may start now (taking the probe when half-open), else how
+        long to wait."""
         if self.consecutive < self.failures:
             return 0.0
         left = self.open_until - self.clock()
@@ -334,9 +494,31 @@ class CircuitBreaker:
         if self.consecutive >= self.failures:
             self.open_until = self.clock() + self.reset_s
 
+    def abandon(self) -> None:
+        """An attempt ended without saying whether the endpoint is alive (the address
+        policy refused it, or it was dropped): a probe may be taken again."""
+        self.probing = False
+
+    def reset(self) -> None:
+        """Forget the history (this worker no longer delivers to the endpoint)."""
+        self.consecutive, self.open_until, self.probing = 0, 0.0, False
+
     @property
     def is_open(self) -> bool:
         return self.consecutive >= self.failures
+
+    @property
+    def state(self) -> str:
+        """closed, half_open (a probe runs or the next attempt is one) or open."""
+        if self.consecutive < self.failures:
+            return "closed"
+        if self.probing or self.clock() >= self.open_until:
+            return "half_open"
+        return "open"
+
+    def open_for_s(self) -> float:
+        """How long the circuit stays open (0 unless `state` is open)."""
+        return max(0.0, self.open_until - self.clock()) if self.is_open else 0.0
 
 
 # --- records on the retry topic and the DLQ ---------------------------------------------
@@ -392,15 +574,18 @@ class Pending:
 
 
 class EndpointQueue:
-    """The pending deliveries of one endpoint, ordered by due time."""
+    """The pending deliveries of one endpoint, ordered by due time (`clock`: wall time,
+    like `Pending.due`; the breaker runs on `monotonic`)."""
 
-    def __init__(self, endpoint: Endpoint, clock: Callable[[], float] = time.time):
+    def __init__(self, endpoint: Endpoint, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic):
         self.endpoint = endpoint
         self.heap: list[Pending] = []
         self.changed = asyncio.Event()
-        self.breaker = CircuitBreaker(endpoint.breaker_failures, endpoint.breaker_reset_s)
+        self.breaker = CircuitBreaker(endpoint.breaker_failures, endpoint.breaker_reset_s, monotonic)
         self.slots = asyncio.Semaphore(endpoint.concurrency)
         self.clock = clock
+        self.inflight = 0  # attempts running now
 
     def push(self, p: Pending) -> None:
         heapq.heappush(self.heap, p)
@@ -408,3 +593,25 @@ class EndpointQueue:
 
     def __len__(self) -> int:
         return len(self.heap)
+
+    @property
+    def pending(self) -> int:
+        """Deliveries not resolved yet: waiting, or being attempted."""
+        return len(self.heap) + self.inflight
+
+    def hold_back(self) -> int:
+        """While the circuit is open, every delivery that has come due is held back
+        until the breaker's next probe (no attempt is spent on it) and counted: the
+        return value, exported as `breaker_open` attempts, so a dead endpoint shows
+        within one `breaker_reset_s` however many deliveries wait for it."""
+        if self.breaker.state != "open":
+            return 0
+        now = self.clock()
+        held: list[Pending] = []
+        while self.heap and self.heap[0].due <= now:
+            held.append(heapq.heappop(self.heap))
+        until = now + self.breaker.open_for_s()
+        for p in held:
+            p.due, p.seq = until, next(delivery_seq)
+            heapq.heappush(self.heap, p)
+        return len(held)
