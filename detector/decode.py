@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
-from typing import Annotated, Any, Callable, Literal, Mapping, Optional
+from typing import Annotated, Any, Callable, Literal, Mapping, Optional, Union
 
 import msgspec
 import orjson
@@ -32,8 +32,40 @@ _KNOWN_FIELDS = frozenset(
 )
 _OBJECT_FIELDS = ("tls", "h2", "network", "attestation", "label")
 _ID_FIELDS = ("account_id", "device_id", "session_id")
-_MAX_TS = 253402300799  # 9999-12-31T23:59:59Z: later times cannot be formatted as RFC 3339
 _HEX = frozenset("0123456789abcdefABCDEF")
+
+# `ts` must lie in [TS_MIN, TS_MAX) in both forms: 2000-01-01T00:00:00Z up to (not
+# including) 2200-01-01T00:00:00Z. Later times cannot be formatted by every consumer
+# (year 10000 crashed alert building), earlier ones are always late. Events far ahead
+# of the stream's clock still decode: the event-time guard judges them.
+TS_MIN = 946684800.0
+TS_MAX = 7258118400.0
+_MAX_RFC3339_CHARS = 64  # "2026-11-22T10:00:00.123456789+01:00" is 35
+
+# Bounds of the nested objects (the contract's section 1), the same for every limits.
+MAX_OBJECT_ENTRIES = 64  # keys of one nested object (tls, h2, network, attestation, label)
+MAX_UNKNOWN_BYTES = 8192  # JSON size of the unknown keys' values of one nested object
+MAX_EXTRA_FIELDS = 64  # unknown top-level fields
+MAX_EXTRA_BYTES = 65536  # their JSON size
+MAX_LIST_ITEMS = 32  # tls.alpn, attestation.device_recognition
+MAX_PARAMS = 256  # entries of `params`
+MAX_PARAM_NAME_CHARS = 256
+MAX_CLIENT_HELLO_CHARS = 16384  # base64 of a 12 KB ClientHello (real ones are < 2 KB)
+MAX_ASN = 2**32 - 1
+
+# The closed set of rejection codes (metrics labels, DLQ records, `detector score`).
+REJECTION_CODES = frozenset({
+    "empty_message",   # no value at all
+    "oversized",       # a message, line, string or header over its limit
+    "invalid_utf8",    # bytes that are not UTF-8
+    "invalid_json",    # not JSON
+    "missing_field",   # a required field is absent or null
+    "invalid_type",    # a field of the wrong JSON type (a boolean is never a number)
+    "invalid_value",   # the right type but not a valid value (an IP address, a path, hex)
+    "out_of_range",    # a number or time outside its range
+    "too_many",        # more elements, headers, params or keys than allowed
+    "internal_error",  # processing failed (set by the shell, never by decode)
+})
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +90,12 @@ class DecodeLimits:
 @dataclass(frozen=True, slots=True)
 class Rejection:
     index: int | None  # element index inside a batch message; None for the message itself
-    reason: str
+    reason: str  # one line, may quote (a bounded prefix of) the offending value
+    code: str = "invalid_value"  # one of REJECTION_CODES
+
+    def __post_init__(self) -> None:
+        if self.code not in REJECTION_CODES:
+            raise ValueError(f"unknown rejection code {self.code!r}")
 
 
 @dataclass(slots=True)
@@ -70,30 +107,35 @@ class Decoded:
 
 
 class InvalidRequest(ValueError):
-    """One object failed validation; the message is the one-line reason."""
+    """One object failed validation; the message is the one-line reason, `code` its
+    class (one of REJECTION_CODES)."""
+
+    def __init__(self, reason: str, code: str = "invalid_value"):
+        super().__init__(reason)
+        self.code = code
 
 
 def decode_message(value: bytes | None, limits: DecodeLimits = DecodeLimits()) -> Decoded:
     """Decode one Kafka message value in any of the three forms."""
     if value is None or len(value) == 0:
-        return Decoded(rejections=[Rejection(None, "empty message")], form="invalid")
+        return Decoded(rejections=[Rejection(None, "empty message", "empty_message")], form="invalid")
     if len(value) > limits.max_message_bytes:
         reason = f"message of {len(value)} bytes exceeds limits.max_message_bytes={limits.max_message_bytes}"
-        return Decoded(rejections=[Rejection(None, reason)], form="invalid")
+        return Decoded(rejections=[Rejection(None, reason, "oversized")], form="invalid")
     if value[:1] == b"[" or value.lstrip()[:1] == b"[":
         out = Decoded(form="array")
         try:
             items = orjson.loads(value)
         except orjson.JSONDecodeError as exc:
             out.form = "invalid"
-            out.rejections.append(Rejection(None, _json_reason(value, exc)))
+            out.rejections.append(_json_rejection(None, value, exc))
             return out
         if not isinstance(items, list):  # pragma: no cover - '[' always parses to a list
             items = [items]
         if len(items) > limits.max_batch_elements:
-            out.rejections.append(
-                Rejection(None, f"batch of {len(items)} elements exceeds limits.max_batch_elements={limits.max_batch_elements}")
-            )
+            out.rejections.append(Rejection(
+                None, f"batch of {len(items)} elements exceeds limits.max_batch_elements={limits.max_batch_elements}",
+                "too_many"))
             return out
         _add_all(out, items, limits)
         return out
@@ -106,7 +148,7 @@ def decode_message(value: bytes | None, limits: DecodeLimits = DecodeLimits()) -
             _decode_ndjson(out, value, limits)
             return out
         out.form = "invalid"
-        out.rejections.append(Rejection(None, _json_reason(value, exc)))
+        out.rejections.append(_json_rejection(None, value, exc))
         return out
     req = _fast_path(limits)(obj)
     if req is not None:  # the common case, kept short
@@ -117,14 +159,23 @@ def decode_message(value: bytes | None, limits: DecodeLimits = DecodeLimits()) -
 
 
 def decode_line(line: bytes | str, limits: DecodeLimits = DecodeLimits()) -> ClientRequest:
-    """Decode one JSONL line (offline scoring); raises InvalidRequest with the reason."""
-    raw = line.encode() if isinstance(line, str) else line
+    """Decode one JSONL line (offline scoring); raises InvalidRequest with the reason
+    and its code."""
+    if isinstance(line, str):
+        try:
+            raw = line.encode()
+        except UnicodeEncodeError as exc:  # a lone surrogate
+            raise InvalidRequest(f"invalid UTF-8 at character {exc.start}", "invalid_utf8") from None
+    else:
+        raw = line
     if len(raw) > limits.max_message_bytes:
-        raise InvalidRequest(f"line of {len(raw)} bytes exceeds limits.max_message_bytes={limits.max_message_bytes}")
+        raise InvalidRequest(f"line of {len(raw)} bytes exceeds limits.max_message_bytes={limits.max_message_bytes}",
+                             "oversized")
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(_json_reason(raw, exc)) from None
+        rej = _json_rejection(None, raw, exc)
+        raise InvalidRequest(rej.reason, rej.code) from None
     req = _fast_path(limits)(obj)
     return request_from_obj(obj, limits) if req is None else req
 
@@ -132,16 +183,16 @@ def decode_line(line: bytes | str, limits: DecodeLimits = DecodeLimits()) -> Cli
 def _decode_ndjson(out: Decoded, value: bytes, limits: DecodeLimits) -> None:
     lines = [ln for ln in value.split(b"\n") if ln.strip()]
     if len(lines) > limits.max_batch_elements:
-        out.rejections.append(
-            Rejection(None, f"batch of {len(lines)} elements exceeds limits.max_batch_elements={limits.max_batch_elements}")
-        )
+        out.rejections.append(Rejection(
+            None, f"batch of {len(lines)} elements exceeds limits.max_batch_elements={limits.max_batch_elements}",
+            "too_many"))
         return
     fast = _fast_path(limits)
     for i, ln in enumerate(lines):
         try:
             obj = orjson.loads(ln)
         except orjson.JSONDecodeError as exc:
-            out.rejections.append(Rejection(i, _json_reason(ln, exc)))
+            out.rejections.append(_json_rejection(i, ln, exc))
             continue
         req = fast(obj)
         if req is None:
@@ -157,7 +208,7 @@ def _add(out: Decoded, index: int | None, obj: Any, limits: DecodeLimits) -> Non
     try:
         req = request_from_obj(obj, limits)
     except InvalidRequest as exc:
-        out.rejections.append(Rejection(index, str(exc)))
+        out.rejections.append(Rejection(index, str(exc), exc.code))
         return
     out.requests.append(req)
     out.indices.append(index)
@@ -175,26 +226,17 @@ def _add_all(out: Decoded, items: list[Any], limits: DecodeLimits) -> None:
             indices.append(i)
 
 
-def _json_reason(raw: bytes, exc: orjson.JSONDecodeError) -> str:
+def _json_rejection(index: int | None, raw: bytes, exc: orjson.JSONDecodeError) -> Rejection:
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as uexc:
-        return f"invalid UTF-8 at byte {uexc.start}"
+        return Rejection(index, f"invalid UTF-8 at byte {uexc.start}", "invalid_utf8")
     msg = str(exc).split(":", 1)[0]
-    return f"invalid JSON: {msg} at line {exc.lineno} column {exc.colno}"
+    return Rejection(index, f"invalid JSON: {msg} at line {exc.lineno} column {exc.colno}", "invalid_json")
 
 
-def _string(obj: Mapping[str, Any], name: str, limits: DecodeLimits, *, required: bool) -> str | None:
-    v = obj.get(name)
-    if v is None:
-        if required:
-            raise InvalidRequest(f"missing required field {name!r}")
-        return None
-    if not isinstance(v, str):
-        raise InvalidRequest(f"field {name!r} must be a string, got {_type(v)}")
-    if len(v) > limits.max_field_chars:
-        raise InvalidRequest(f"field {name!r} of {len(v)} chars exceeds limits.max_field_chars={limits.max_field_chars}")
-    return v
+def _json_reason(raw: bytes, exc: orjson.JSONDecodeError) -> str:
+    return _json_rejection(None, raw, exc).reason
 
 
 def _type(v: Any) -> str:
@@ -205,8 +247,21 @@ def _type(v: Any) -> str:
     )
 
 
-@lru_cache(maxsize=65536)
-def _valid_ip(ip: str) -> bool:
+def _string(obj: Mapping[str, Any], name: str, limits: DecodeLimits, *, required: bool) -> str | None:
+    v = obj.get(name)
+    if v is None:
+        if required:
+            raise InvalidRequest(f"missing required field {name!r}", "missing_field")
+        return None
+    if not isinstance(v, str):
+        raise InvalidRequest(f"field {name!r} must be a string, got {_type(v)}", "invalid_type")
+    if len(v) > limits.max_field_chars:
+        raise InvalidRequest(f"field {name!r} of {len(v)} chars exceeds limits.max_field_chars={limits.max_field_chars}",
+                             "oversized")
+    return v
+
+
+def _check_ip(ip: str) -> bool:
     try:
         ipaddress.ip_address(ip)
     except ValueError:
@@ -214,107 +269,260 @@ def _valid_ip(ip: str) -> bool:
     return True
 
 
-@lru_cache(maxsize=4096)
+_valid_ip_cached = lru_cache(maxsize=65536)(_check_ip)  # keys <= 64 chars: at most ~8 MB
+
+
+def _valid_ip(ip: str) -> bool:
+    """Whether `ip` is an IPv4 or IPv6 address (a zone may make one any length: long
+    ones are checked without the cache)."""
+    return _valid_ip_cached(ip) if len(ip) <= 64 else _check_ip(ip)
+
+
+@lru_cache(maxsize=4096)  # keys are <= _MAX_RFC3339_CHARS: at most ~0.5 MB
 def _parse_rfc3339(s: str) -> float:
-    dt = datetime.fromisoformat(s)
-    if dt.tzinfo is None:
-        raise ValueError("no time zone")
-    return dt.timestamp()
+    """Epoch seconds of an RFC 3339 time with a zone; ValueError for any other string
+    (too long, no zone, not a time, out of datetime's range)."""
+    if len(s) > _MAX_RFC3339_CHARS:
+        raise ValueError("too long")
+    try:
+        dt = datetime.fromisoformat(s)
+        if dt.tzinfo is None:
+            raise ValueError("no time zone")
+        return dt.timestamp()
+    except OverflowError:
+        raise ValueError("out of range") from None
+
+
+_TS_RANGE = "between 2000-01-01T00:00:00Z and 2200-01-01T00:00:00Z"
 
 
 def _timestamp(v: Any) -> float:
     if isinstance(v, bool):
-        raise InvalidRequest("field 'ts' must be epoch seconds or an RFC 3339 string, got boolean")
+        raise InvalidRequest("field 'ts' must be epoch seconds or an RFC 3339 string, got boolean", "invalid_type")
     if isinstance(v, (int, float)):
-        ts = float(v)
-        if not math.isfinite(ts) or ts < 0 or ts > _MAX_TS:
-            raise InvalidRequest(f"field 'ts' must be epoch seconds between 0 and {_MAX_TS} (year 9999), got {v!r}")
+        try:
+            ts = float(v)
+        except OverflowError:
+            ts = math.inf
+        if not math.isfinite(ts) or not TS_MIN <= ts < TS_MAX:
+            raise InvalidRequest(f"field 'ts' must be epoch seconds {_TS_RANGE} "
+                                 f"({TS_MIN:.0f} <= ts < {TS_MAX:.0f}), got {str(v)[:40]}", "out_of_range")
         return ts
     if isinstance(v, str):
         try:
-            return _parse_rfc3339(v)
+            ts = _parse_rfc3339(v)
         except ValueError:
-            raise InvalidRequest(f"field 'ts' is not an RFC 3339 timestamp with a time zone: {v[:40]!r}") from None
+            raise InvalidRequest(f"field 'ts' is not an RFC 3339 timestamp with a time zone: {v[:40]!r}",
+                                 "invalid_value") from None
+        if not TS_MIN <= ts < TS_MAX:
+            raise InvalidRequest(f"field 'ts' must be a time {_TS_RANGE}, got {v[:40]!r}", "out_of_range")
+        return ts
     if v is None:
-        raise InvalidRequest("missing required field 'ts'")
-    raise InvalidRequest(f"field 'ts' must be a number or string, got {_type(v)}")
+        raise InvalidRequest("missing required field 'ts'", "missing_field")
+    raise InvalidRequest(f"field 'ts' must be a number or string, got {_type(v)}", "invalid_type")
 
 
 def _headers(v: Any, limits: DecodeLimits) -> tuple[tuple[str, str], ...]:
     if v is None:
-        raise InvalidRequest("missing required field 'headers'")
+        raise InvalidRequest("missing required field 'headers'", "missing_field")
     if not isinstance(v, list):
-        raise InvalidRequest(f"field 'headers' must be an array of [name, value] pairs, got {_type(v)}")
+        raise InvalidRequest(f"field 'headers' must be an array of [name, value] pairs, got {_type(v)}", "invalid_type")
     if len(v) > limits.max_headers:
-        raise InvalidRequest(f"{len(v)} headers exceed limits.max_headers={limits.max_headers}")
+        raise InvalidRequest(f"{len(v)} headers exceed limits.max_headers={limits.max_headers}", "too_many")
     out = []
     for i, pair in enumerate(v):
         if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str) and isinstance(pair[1], str)):
-            raise InvalidRequest(f"headers[{i}] must be a [name, value] pair of strings")
+            raise InvalidRequest(f"headers[{i}] must be a [name, value] pair of strings", "invalid_type")
         if len(pair[0]) + len(pair[1]) > limits.max_header_bytes:
-            raise InvalidRequest(f"headers[{i}] exceeds limits.max_header_bytes={limits.max_header_bytes}")
+            raise InvalidRequest(f"headers[{i}] exceeds limits.max_header_bytes={limits.max_header_bytes}", "oversized")
         if not pair[0]:
-            raise InvalidRequest(f"headers[{i}] has an empty name")
+            raise InvalidRequest(f"headers[{i}] has an empty name", "invalid_value")
         out.append((pair[0], pair[1]))
     return tuple(out)
+
+
+# --- Nested objects -------------------------------------------------------------------
+#
+# What each known key of a nested object may hold. Every key is optional and may be
+# null (absent). Strings are bounded by `limits.max_field_chars` unless named here.
+# Unknown keys are kept (the object is passed on as received) but bounded: at most
+# MAX_OBJECT_ENTRIES keys, their values at most MAX_UNKNOWN_BYTES of JSON.
+
+_Kind = Literal["str", "hex32", "hello", "country", "bool", "asn", "number", "str_or_list", "list"]
+_NESTED: dict[str, dict[str, _Kind]] = {
+    "tls": {"ja3": "hex32", "ja3_full": "str", "ja4": "str", "alpn": "str_or_list", "version": "str", "sni": "str",
+            "client_hello": "hello"},
+    "h2": {"fingerprint": "str"},
+    "network": {"asn": "asn", "as_org": "str", "country": "country", "hosting": "bool"},
+    "attestation": {"provider": "str", "app_recognition": "str", "device_recognition": "list",
+                    "request_hash_ok": "bool", "token_age_s": "number"},
+    "label": {"scenario": "str", "malicious": "bool"},
+}
+_NESTED_KEYS = {name: frozenset(spec) for name, spec in _NESTED.items()}
+
+
+def _nested_string(where: str, v: Any, limit: int, code_if_long: str = "oversized") -> None:
+    if not isinstance(v, str):
+        raise InvalidRequest(f"field {where!r} must be a string, got {_type(v)}", "invalid_type")
+    if len(v) > limit:
+        raise InvalidRequest(f"field {where!r} of {len(v)} chars exceeds {limit}", code_if_long)
+
+
+def _nested_value(where: str, kind: _Kind, v: Any, limits: DecodeLimits) -> None:
+    F = limits.max_field_chars
+    if kind == "str":
+        _nested_string(where, v, F)
+    elif kind == "hello":
+        _nested_string(where, v, MAX_CLIENT_HELLO_CHARS)
+    elif kind == "hex32":
+        _nested_string(where, v, 32, "invalid_value")
+        if len(v) != 32 or not _HEX.issuperset(v):
+            raise InvalidRequest(f"field {where!r} must be 32 hex characters", "invalid_value")
+    elif kind == "country":
+        _nested_string(where, v, 2, "invalid_value")
+        if not (len(v) == 2 and v.isascii() and v.isalpha()):
+            raise InvalidRequest(f"field {where!r} must be a two-letter country code, got {v[:8]!r}", "invalid_value")
+    elif kind == "bool":
+        if not isinstance(v, bool):
+            raise InvalidRequest(f"field {where!r} must be a boolean, got {_type(v)}", "invalid_type")
+    elif kind == "asn":
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise InvalidRequest(f"field {where!r} must be an integer, got {_type(v)}", "invalid_type")
+        if not 0 <= v <= MAX_ASN:
+            raise InvalidRequest(f"field {where!r} must be between 0 and {MAX_ASN}, got {str(v)[:24]}", "out_of_range")
+    elif kind == "number":
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise InvalidRequest(f"field {where!r} must be a number, got {_type(v)}", "invalid_type")
+        try:
+            finite = math.isfinite(v) and abs(v) <= 1e308
+        except OverflowError:
+            finite = False
+        if not finite:
+            raise InvalidRequest(f"field {where!r} must be a finite number", "out_of_range")
+    else:  # "list" or "str_or_list"
+        if kind == "str_or_list" and isinstance(v, str):
+            _nested_string(where, v, F)
+            return
+        if not isinstance(v, list):
+            wanted = "a string or an array of strings" if kind == "str_or_list" else "an array of strings"
+            raise InvalidRequest(f"field {where!r} must be {wanted}, got {_type(v)}", "invalid_type")
+        if len(v) > MAX_LIST_ITEMS:
+            raise InvalidRequest(f"field {where!r} has {len(v)} items, more than {MAX_LIST_ITEMS}", "too_many")
+        for i, item in enumerate(v):
+            _nested_string(f"{where}[{i}]", item, F)
+
+
+def _unknown_size(obj: Mapping[str, Any], known: frozenset[str]) -> int:
+    """The JSON size of the values of `obj`'s unknown keys (and their names)."""
+    total = 0
+    for k, v in obj.items():
+        if k not in known:
+            try:
+                total += len(str(k)) + len(orjson.dumps(v, default=repr))
+            except (orjson.JSONEncodeError, RecursionError):  # not JSON (a Python caller's value)
+                return MAX_EXTRA_BYTES + 1
+    return total
+
+
+def _nested(name: str, v: Any, limits: DecodeLimits) -> Mapping[str, Any] | None:
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise InvalidRequest(f"field {name!r} must be an object, got {_type(v)}", "invalid_type")
+    if len(v) > MAX_OBJECT_ENTRIES:
+        raise InvalidRequest(f"field {name!r} has {len(v)} keys, more than {MAX_OBJECT_ENTRIES}", "too_many")
+    spec = _NESTED[name]
+    for key, kind in spec.items():
+        item = v.get(key)
+        if item is not None:
+            _nested_value(f"{name}.{key}", kind, item, limits)
+    known = _NESTED_KEYS[name]
+    if not known.issuperset(v) and _unknown_size(v, known) > MAX_UNKNOWN_BYTES:
+        raise InvalidRequest(f"the unknown keys of {name!r} exceed {MAX_UNKNOWN_BYTES} bytes", "oversized")
+    return v
+
+
+def _params(v: Any, limits: DecodeLimits) -> Mapping[str, str] | None:
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise InvalidRequest(f"field 'params' must be an object, got {_type(v)}", "invalid_type")
+    if len(v) > MAX_PARAMS:
+        raise InvalidRequest(f"field 'params' has {len(v)} entries, more than {MAX_PARAMS}", "too_many")
+    F = limits.max_field_chars
+    for k, pv in v.items():
+        if not isinstance(k, str):
+            raise InvalidRequest(f"a params name must be a string, got {_type(k)}", "invalid_type")
+        if len(k) > MAX_PARAM_NAME_CHARS:
+            raise InvalidRequest(f"a params name of {len(k)} chars exceeds {MAX_PARAM_NAME_CHARS}", "oversized")
+        if not isinstance(pv, str):
+            raise InvalidRequest(f"params[{k[:40]!r}] must be a string, got {_type(pv)}", "invalid_type")
+        if len(pv) > F:
+            raise InvalidRequest(f"params[{k[:40]!r}] of {len(pv)} chars exceeds limits.max_field_chars={F}", "oversized")
+    return v
+
+
+def _extra(obj: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The unknown top-level fields (kept, ignored, bounded)."""
+    if _KNOWN_FIELDS.issuperset(obj):
+        return None
+    extra = {k: v for k, v in obj.items() if k not in _KNOWN_FIELDS}
+    if len(extra) > MAX_EXTRA_FIELDS:
+        raise InvalidRequest(f"{len(extra)} unknown fields, more than {MAX_EXTRA_FIELDS}", "too_many")
+    if _unknown_size(extra, frozenset()) > MAX_EXTRA_BYTES:
+        raise InvalidRequest(f"the unknown fields exceed {MAX_EXTRA_BYTES} bytes", "oversized")
+    return extra
 
 
 def request_from_obj(obj: Any, limits: DecodeLimits = DecodeLimits()) -> ClientRequest:
     """Validate one decoded JSON value against the ClientRequest contract.
 
-    This is the reference validator: it names the first problem in the reason, and it
-    decides whenever the fast path (`_fast_path`, used by `decode_message` and
-    `decode_line`) does not accept an object. It takes any Python value and judges it as
-    it always has (tuples where the contract has arrays are rejected, for one); the fast
-    path is only for `orjson.loads` output and is not used here."""
+    This is the reference validator: it names the first problem in the reason (and its
+    class in `InvalidRequest.code`), and it decides whenever the fast path
+    (`_fast_path`, used by `decode_message` and `decode_line`) does not accept an
+    object. It takes any Python value and judges it as it always has (tuples where the
+    contract has arrays are rejected, for one); the fast path is only for
+    `orjson.loads` output and is not used here."""
     if not isinstance(obj, dict):
-        raise InvalidRequest(f"a ClientRequest must be a JSON object, got {_type(obj)}")
+        raise InvalidRequest(f"a ClientRequest must be a JSON object, got {_type(obj)}", "invalid_type")
     request_id = _string(obj, "request_id", limits, required=True)
     assert request_id is not None
     if not 1 <= len(request_id) <= 128:
-        raise InvalidRequest(f"field 'request_id' must have 1..128 chars, got {len(request_id)}")
+        raise InvalidRequest(f"field 'request_id' must have 1..128 chars, got {len(request_id)}",
+                             "invalid_value" if not request_id else "oversized")
     ts = _timestamp(obj.get("ts"))
     client_ip = _string(obj, "client_ip", limits, required=True)
     assert client_ip is not None
     if not _valid_ip(client_ip):
-        raise InvalidRequest(f"field 'client_ip' is not an IPv4 or IPv6 address: {client_ip[:64]!r}")
+        raise InvalidRequest(f"field 'client_ip' is not an IPv4 or IPv6 address: {client_ip[:64]!r}", "invalid_value")
     method = _string(obj, "method", limits, required=True)
     assert method is not None
     if not method:
-        raise InvalidRequest("field 'method' is empty")
+        raise InvalidRequest("field 'method' is empty", "invalid_value")
     path = _string(obj, "path", limits, required=True)
     assert path is not None
     if not path.startswith("/") or "?" in path:
-        raise InvalidRequest(f"field 'path' must start with '/' and carry no query string: {path[:64]!r}")
+        raise InvalidRequest(f"field 'path' must start with '/' and carry no query string: {path[:64]!r}",
+                             "invalid_value")
     headers = _headers(obj.get("headers"), limits)
 
     query = _string(obj, "query", limits, required=False)
     http_version = obj.get("http_version")
     if http_version is not None:
         if not isinstance(http_version, str):
-            raise InvalidRequest(f"field 'http_version' must be a string, got {_type(http_version)}")
+            raise InvalidRequest(f"field 'http_version' must be a string, got {_type(http_version)}", "invalid_type")
         if http_version not in HTTP_VERSIONS:
-            raise InvalidRequest(f"field 'http_version' must be one of 1.0, 1.1, 2, 3, got {http_version[:16]!r}")
+            raise InvalidRequest(f"field 'http_version' must be one of 1.0, 1.1, 2, 3, got {http_version[:16]!r}",
+                                 "invalid_value")
     body_sha256 = _string(obj, "body_sha256", limits, required=False)
     if body_sha256 is not None and (len(body_sha256) != 64 or not _HEX.issuperset(body_sha256)):
-        raise InvalidRequest("field 'body_sha256' must be 64 hex characters")
+        raise InvalidRequest("field 'body_sha256' must be 64 hex characters", "invalid_value")
     body_size = _int(obj, "body_size", minimum=0)
     response_status = _int(obj, "response_status", minimum=0)
-    params = obj.get("params")
-    if params is not None:
-        if not isinstance(params, dict):
-            raise InvalidRequest(f"field 'params' must be an object, got {_type(params)}")
-        for k, pv in params.items():
-            if not isinstance(pv, str):
-                raise InvalidRequest(f"params[{k[:40]!r}] must be a string, got {_type(pv)}")
-    objects: dict[str, Any] = {}
-    for name in _OBJECT_FIELDS:
-        ov = obj.get(name)
-        if ov is not None and not isinstance(ov, dict):
-            raise InvalidRequest(f"field {name!r} must be an object, got {_type(ov)}")
-        objects[name] = ov
+    params = _params(obj.get("params"), limits)
+    objects = {name: _nested(name, obj.get(name), limits) for name in _OBJECT_FIELDS}
     ids = {name: _string(obj, name, limits, required=False) for name in _ID_FIELDS}
-    extra = None if _KNOWN_FIELDS.issuperset(obj) else {k: v for k, v in obj.items() if k not in _KNOWN_FIELDS}
+    extra = _extra(obj)
     return ClientRequest(
         request_id=request_id,
         ts=ts,
@@ -345,9 +553,9 @@ def _int(obj: Mapping[str, Any], name: str, *, minimum: int) -> int | None:
     if v is None:
         return None
     if isinstance(v, bool) or not isinstance(v, int):
-        raise InvalidRequest(f"field {name!r} must be an integer, got {_type(v)}")
+        raise InvalidRequest(f"field {name!r} must be an integer, got {_type(v)}", "invalid_type")
     if v < minimum:
-        raise InvalidRequest(f"field {name!r} must be >= {minimum}, got {v}")
+        raise InvalidRequest(f"field {name!r} must be >= {minimum}, got {v}", "out_of_range")
     return v
 
 
@@ -382,13 +590,33 @@ _WIRE_FIELDS = (
     "body_sha256", "body_size", "params", "tls", "h2", "network", "attestation",
     "account_id", "device_id", "session_id", "response_status", "label",
 )
-_OBJECT_OR_NULL = frozenset({dict, type(None)})
 
 
 def _header_split(limits: DecodeLimits) -> tuple[int, int]:
     """Longest header name and value the fast path accepts; they sum to the pair limit."""
     name = max(1, min(_MAX_HEADER_NAME, limits.max_header_bytes // 2))
     return name, limits.max_header_bytes - name
+
+
+def _nested_wire_type(name: str, limits: DecodeLimits, *, lenient: bool) -> type[msgspec.Struct]:
+    """A Struct for one nested object whose field types accept only what
+    `_nested_value` accepts. `lenient` ignores unknown keys (bounded in Python after)."""
+    meta = msgspec.Meta
+    F = limits.max_field_chars
+    text = Annotated[str, meta(max_length=F)]
+    kinds: dict[str, Any] = {
+        "str": text,
+        "hello": Annotated[str, meta(max_length=MAX_CLIENT_HELLO_CHARS)],
+        "hex32": Annotated[str, meta(min_length=32, max_length=32, pattern=r"\A[0-9a-fA-F]{32}\Z")],
+        "country": Annotated[str, meta(min_length=2, max_length=2, pattern=r"\A[A-Za-z]{2}\Z")],
+        "bool": bool,
+        "asn": Annotated[int, meta(ge=0, le=MAX_ASN)],
+        "number": Annotated[float, meta(ge=-1e308, le=1e308)],  # finite; also takes ints, never booleans
+        "list": Annotated[list[text], meta(max_length=MAX_LIST_ITEMS)],
+        "str_or_list": Union[text, Annotated[list[text], meta(max_length=MAX_LIST_ITEMS)]],
+    }
+    fields = [(key, Optional[kinds[kind]], None) for key, kind in _NESTED[name].items()]
+    return msgspec.defstruct(f"Wire_{name}", fields, frozen=True, gc=False, forbid_unknown_fields=not lenient)
 
 
 def _wire_type(limits: DecodeLimits, *, lenient: bool) -> type[msgspec.Struct]:
@@ -400,12 +628,13 @@ def _wire_type(limits: DecodeLimits, *, lenient: bool) -> type[msgspec.Struct]:
     text = Annotated[str, meta(max_length=F)]
     name_max, value_max = _header_split(limits)
     header = tuple[Annotated[str, meta(min_length=1, max_length=name_max)], Annotated[str, meta(max_length=value_max)]]
-    epoch = Annotated[float, meta(ge=0, le=_MAX_TS)]  # float also takes ints (as float(v)), never booleans
+    epoch = Annotated[float, meta(ge=TS_MIN, lt=TS_MAX)]  # float also takes ints (as float(v)), never booleans
     sha: Any = (
         Annotated[str, meta(min_length=64, max_length=64, pattern=r"\A[0-9a-fA-F]{64}\Z")]
         if F >= 64
         else None  # a type no string matches
     )
+    params = Annotated[dict[Annotated[str, meta(max_length=MAX_PARAM_NAME_CHARS)], text], meta(max_length=MAX_PARAMS)]
     types: dict[str, Any] = {
         "request_id": Annotated[str, meta(min_length=1, max_length=min(128, F))],
         "ts": epoch | str if lenient else epoch,
@@ -417,15 +646,16 @@ def _wire_type(limits: DecodeLimits, *, lenient: bool) -> type[msgspec.Struct]:
         "http_version": Optional[Literal["1.0", "1.1", "2", "3"]],
         "body_sha256": Optional[sha],
         "body_size": Optional[Annotated[int, meta(ge=0)]],
-        "params": Optional[dict[str, str]],
-        # JSON objects are passed through as they are (a `dict` type would copy them)
-        # and their type is checked afterwards
-        "tls": Any, "h2": Any, "network": Any, "attestation": Any, "label": Any,
+        "params": Optional[params],
         "account_id": Optional[text],
         "device_id": Optional[text],
         "session_id": Optional[text],
         "response_status": Optional[Annotated[int, meta(ge=0)]],
     }
+    # Nested objects are validated by their own Struct; the request keeps the object as
+    # received (the converted Struct is only the proof that it is valid).
+    for name in _OBJECT_FIELDS:
+        types[name] = Optional[_nested_wire_type(name, limits, lenient=lenient)]
     fields = [(n, types[n]) if i < 6 else (n, types[n], None) for i, n in enumerate(_WIRE_FIELDS)]
     return msgspec.defstruct(
         "WireClientRequest", fields, frozen=True, gc=False, forbid_unknown_fields=not lenient
@@ -436,6 +666,20 @@ def _no_fast_path(obj: Any) -> None:
     return None
 
 
+def _unknown_ok(obj: Mapping[str, Any]) -> bool:
+    """The bounds on a request's unknown keys, nested and top-level (rare: the fast
+    path's lenient branch)."""
+    for name, known in _NESTED_KEYS.items():
+        d = obj.get(name)
+        if d is not None and not known.issuperset(d):
+            if len(d) > MAX_OBJECT_ENTRIES or _unknown_size(d, known) > MAX_UNKNOWN_BYTES:
+                return False
+    if _KNOWN_FIELDS.issuperset(obj):
+        return True
+    n_extra = sum(1 for k in obj if k not in _KNOWN_FIELDS)
+    return n_extra <= MAX_EXTRA_FIELDS and _unknown_size(obj, _KNOWN_FIELDS) <= MAX_EXTRA_BYTES
+
+
 @lru_cache(maxsize=32)
 def _build_fast_path(limits: DecodeLimits) -> Callable[[Any], ClientRequest | None]:
     if ClientRequest.__struct_fields__ != _WIRE_FIELDS + ("extra",):  # model changed: stay correct, go slow
@@ -444,26 +688,22 @@ def _build_fast_path(limits: DecodeLimits) -> Callable[[Any], ClientRequest | No
     lenient = _wire_type(limits, lenient=True)
     convert = msgspec.convert
     ValidationError = msgspec.ValidationError
-    astuple = msgspec.structs.astuple
     valid_ip = _valid_ip
-    objects = _OBJECT_OR_NULL
     known = _KNOWN_FIELDS
     make = ClientRequest
+    ts_min, ts_max = TS_MIN, TS_MAX
 
-    def wire_ok(w: Any) -> bool:
-        """What msgspec cannot express: the path's shape, a real IP address, and
-        the five object fields being objects (or null)."""
+    def build(w: Any, obj: dict[str, Any], ts: float, extra: Any) -> ClientRequest | None:
+        """What msgspec cannot express (the path's shape, a real IP address), then the
+        request with the nested objects as received."""
         path = w.path
-        return (
-            path[:1] == "/"
-            and "?" not in path
-            and valid_ip(w.client_ip)
-            and type(w.tls) in objects
-            and type(w.h2) in objects
-            and type(w.network) in objects
-            and type(w.attestation) in objects
-            and type(w.label) in objects
-        )
+        if path[:1] != "/" or "?" in path or not valid_ip(w.client_ip):
+            return None
+        get = obj.get
+        return make(w.request_id, ts, w.client_ip, w.method, path, w.headers, w.query, w.http_version,
+                    w.body_sha256, w.body_size, w.params, get("tls"), get("h2"), get("network"),
+                    get("attestation"), w.account_id, w.device_id, w.session_id, w.response_status,
+                    get("label"), extra)
 
     def fast(obj: Any) -> ClientRequest | None:
         """The ClientRequest for `obj` (an `orjson.loads` value), or None: let the
@@ -472,27 +712,26 @@ def _build_fast_path(limits: DecodeLimits) -> Callable[[Any], ClientRequest | No
             w = convert(obj, strict)
         except ValidationError:
             return slower(obj)
-        if not wire_ok(w):
-            return None
-        return make(*astuple(w))  # `extra` stays None: the strict type forbids unknown fields
+        return build(w, obj, w.ts, None)  # `extra` stays None: the strict type forbids unknown fields
 
     def slower(obj: Any) -> ClientRequest | None:
-        """`fast` for objects with an RFC 3339 `ts` or unknown fields."""
+        """`fast` for objects with an RFC 3339 `ts` or unknown keys."""
         try:
             w = convert(obj, lenient)
         except ValidationError:
             return None
-        if not wire_ok(w):
-            return None
-        args = list(astuple(w))
-        ts = args[1]
+        ts = w.ts
         if type(ts) is str:
             try:
-                args[1] = _parse_rfc3339(ts)
+                ts = _parse_rfc3339(ts)
             except ValueError:
                 return None
+            if not ts_min <= ts < ts_max:
+                return None
+        if not _unknown_ok(obj):
+            return None
         extra = None if known.issuperset(obj) else {k: v for k, v in obj.items() if k not in known}
-        return make(*args, extra)
+        return build(w, obj, ts, extra)
 
     return fast
 

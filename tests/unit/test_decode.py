@@ -79,8 +79,37 @@ def test_undecodable_messages_are_rejected_with_a_reason(value, reason):
         ({"request_id": None}, "missing required field 'request_id'"),
         ({"headers": None}, "missing required field 'headers'"),
         ({"ts": True}, "field 'ts' must be epoch seconds"),
-        ({"ts": -1}, "field 'ts' must be epoch seconds between 0 and"),
-        ({"ts": 1e29}, "field 'ts' must be epoch seconds between 0 and"),
+        ({"ts": -1}, "field 'ts' must be epoch seconds between 2000-01-01T00:00:00Z and 2200-01-01T00:00:00Z"),
+        ({"ts": 1e29}, "field 'ts' must be epoch seconds between 2000-01-01T00:00:00Z and"),
+        ({"ts": 253402300700}, "field 'ts' must be epoch seconds between 2000-01-01T00:00:00Z and"),
+        ({"ts": "0001-01-01T00:00:00+14:00"}, "field 'ts' must be a time between 2000-01-01T00:00:00Z"),
+        ({"ts": "2200-01-01T00:00:00Z"}, "field 'ts' must be a time between"),
+        ({"network": {"asn": []}}, "field 'network.asn' must be an integer, got array"),
+        ({"network": {"asn": True}}, "field 'network.asn' must be an integer, got boolean"),
+        ({"network": {"asn": -1}}, "field 'network.asn' must be between 0 and 4294967295"),
+        ({"network": {"asn": 2**32}}, "field 'network.asn' must be between 0 and 4294967295"),
+        ({"network": {"as_org": ["x"]}}, "field 'network.as_org' must be a string, got array"),
+        ({"network": {"country": {"a": 1}}}, "field 'network.country' must be a string, got object"),
+        ({"network": {"country": "USA"}}, "field 'network.country' of 3 chars exceeds 2"),
+        ({"network": {"hosting": []}}, "field 'network.hosting' must be a boolean, got array"),
+        ({"network": {"hosting": 1}}, "field 'network.hosting' must be a boolean, got integer"),
+        ({"attestation": {"provider": []}}, "field 'attestation.provider' must be a string, got array"),
+        ({"attestation": {"app_recognition": {}}}, "field 'attestation.app_recognition' must be a string"),
+        ({"attestation": {"device_recognition": "MEETS"}}, "field 'attestation.device_recognition' must be an array"),
+        ({"attestation": {"device_recognition": [1]}}, "field 'attestation.device_recognition[0]' must be a string"),
+        ({"attestation": {"request_hash_ok": "yes"}}, "field 'attestation.request_hash_ok' must be a boolean"),
+        ({"attestation": {"token_age_s": True}}, "field 'attestation.token_age_s' must be a number, got boolean"),
+        ({"tls": {"ja3": "abc"}}, "field 'tls.ja3' must be 32 hex characters"),
+        ({"tls": {"ja4": ["t13d"]}}, "field 'tls.ja4' must be a string, got array"),
+        ({"tls": {"alpn": [1]}}, "field 'tls.alpn[0]' must be a string"),
+        ({"tls": {"alpn": ["h2"] * 33}}, "field 'tls.alpn' has 33 items, more than 32"),
+        ({"tls": {"client_hello": "A" * 16385}}, "field 'tls.client_hello' of 16385 chars exceeds 16384"),
+        ({"h2": {"fingerprint": 1}}, "field 'h2.fingerprint' must be a string, got integer"),
+        ({"label": {"malicious": "no"}}, "field 'label.malicious' must be a boolean"),
+        ({"label": {f"k{i}": 1 for i in range(65)}}, "field 'label' has 65 keys, more than 64"),
+        ({"label": {"x": "y" * 9000}}, "the unknown keys of 'label' exceed 8192 bytes"),
+        ({"params": {f"k{i}": "v" for i in range(257)}}, "field 'params' has 257 entries, more than 256"),
+        ({"params": {"a": "v" * 8193}}, "params['a'] of 8193 chars exceeds limits.max_field_chars=8192"),
         ({"client_ip": "999.1.1.1"}, "field 'client_ip' is not an IPv4 or IPv6 address"),
         ({"client_ip": 7}, "field 'client_ip' must be a string, got integer"),
         ({"path": "feed"}, "field 'path' must start with '/'"),
@@ -192,8 +221,9 @@ _object = st.dictionaries(_text, _json, max_size=3)
 # Values the reference accepts (under default limits) ...
 _VALID = {
     "request_id": _id | _long_id,
-    "ts": st.floats(0, 253402300799) | st.integers(0, 253402300799)
-          | st.sampled_from([0, -0.0, 253402300799, 253402300799.0, "2026-11-22T10:00:00Z", "2026-11-22T11:00:00.250+01:00"]),
+    "ts": st.floats(decode.TS_MIN, decode.TS_MAX, exclude_max=True) | st.integers(int(decode.TS_MIN), int(decode.TS_MAX) - 1)
+          | st.sampled_from([946684800, 946684800.0, 7258118399.999, "2026-11-22T10:00:00Z", "2026-11-22T11:00:00.250+01:00",
+                             "2000-01-01T00:00:00Z", "2199-12-31T23:59:59.9Z"]),
     "client_ip": st.sampled_from(["203.0.113.7", "::1", "2001:db8::1", "fe80::1%eth0"]),
     "method": st.sampled_from(["GET", "POST"]) | _id,
     "path": st.sampled_from(["/", "/api/v1/feed"]) | _text.filter(lambda s: "?" not in s).map(lambda s: "/" + s),
@@ -204,7 +234,18 @@ _VALID = {
     "body_size": st.integers(0, 2**63 - 1),
     "response_status": st.integers(0, 600),
     "params": st.dictionaries(_text, _text, max_size=3),
-    **{name: _object for name in ("tls", "h2", "network", "attestation", "label")},
+    "tls": st.fixed_dictionaries({}, optional={
+        "ja3": st.sampled_from(["0123456789abcdef" * 2, "A" * 32]), "ja3_full": _text, "ja4": _text,
+        "alpn": _text | st.lists(_text, max_size=3), "version": _text, "sni": _text, "client_hello": _text,
+        "unknown": _json}),
+    "h2": st.fixed_dictionaries({}, optional={"fingerprint": _text, "x": _json}),
+    "network": st.fixed_dictionaries({}, optional={
+        "asn": st.integers(0, 2**32 - 1) | st.none(), "as_org": _text, "country": st.sampled_from(["US", "de", "ZZ"]),
+        "hosting": st.booleans(), "extra_key": _json}),
+    "attestation": st.fixed_dictionaries({}, optional={
+        "provider": _text, "app_recognition": _text, "device_recognition": st.lists(_text, max_size=3),
+        "request_hash_ok": st.booleans(), "token_age_s": st.floats(-1e300, 1e300) | st.integers(-10**6, 10**6)}),
+    "label": st.fixed_dictionaries({}, optional={"scenario": _text, "malicious": st.booleans(), "role": _text}) | _object,
     **{name: _id for name in ("account_id", "device_id", "session_id")},
     **{name: _json for name in ("extra", "unknown_field", "Request_Id")},  # unknown fields, kept in `extra`
 }
@@ -212,7 +253,9 @@ _REQUIRED = ("request_id", "ts", "client_ip", "method", "path", "headers")
 # ... and values it rejects, or that sit just beyond a bound
 _ODD_EXAMPLES: dict[str, list] = {
     "request_id": ["", "r" * 129, 7, None],
-    "ts": [-1, -0.5, 253402300799.5, 253402300800, 1e29, True, False, "yesterday", "2026-11-22T10:00:00", "", None, [1]],
+    "ts": [-1, -0.5, 253402300799.5, 253402300800, 253402300700, 1e29, True, False, "yesterday", "2026-11-22T10:00:00", "",
+           None, [1], 0, 946684799.999, 7258118400, "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00",
+           "2200-01-01T00:00:00Z", "1999-12-31T23:59:59Z", "2026-11-22T10:00:00+" + "0" * 80],
     "client_ip": ["999.1.1.1", "1.2.3", " 1.2.3.4", "", "203.0.113.7/24", 7, None],
     "method": ["", 1, None],
     "path": ["/a?b=1", "/?", "feed", "", "?/", None, ["/"]],
@@ -224,7 +267,19 @@ _ODD_EXAMPLES: dict[str, list] = {
     "body_size": [-1, 1.0, 0.5, True, "12"],
     "response_status": [-1, 200.0, False, "200"],
     "params": [{"a": 1}, {"a": None}, {"a": ["b"]}, [], "a=b"],
-    **{name: [[], "t13d", True, 1, [{}]] for name in ("tls", "h2", "network", "attestation", "label")},
+    **{name: [[], "t13d", True, 1, [{}], {f"k{i}": 1 for i in range(65)}, {"k": "v" * 9000}]
+       for name in ("tls", "h2", "network", "attestation", "label")},
+    "network": [{"asn": []}, {"asn": True}, {"asn": -1}, {"asn": 2**32}, {"asn": 1.0}, {"as_org": []}, {"as_org": {}},
+                {"country": []}, {"country": "USA"}, {"country": "u1"}, {"country": "ÜS"}, {"hosting": []}, {"hosting": 0},
+                {"as_org": "o" * 8193}],
+    "attestation": [{"provider": []}, {"provider": {}}, {"app_recognition": []}, {"app_recognition": {"a": 1}},
+                    {"device_recognition": "x"}, {"device_recognition": [1]}, {"device_recognition": ["x"] * 33},
+                    {"request_hash_ok": 1}, {"token_age_s": True}, {"token_age_s": "1"}, {"token_age_s": 1e308},
+                    {"token_age_s": -1e308}],
+    "tls": [{"ja3": "a" * 31}, {"ja3": "g" * 32}, {"ja3": 1}, {"ja4": []}, {"alpn": 1}, {"alpn": [1]}, {"alpn": ["h2"] * 33},
+            {"client_hello": "A" * 16385}, {"client_hello": "A" * 16384}, {"sni": None}, {"version": 1.3}],
+    "h2": [{"fingerprint": []}, {"fingerprint": None}, {"fingerprint": "f" * 8193}],
+    "label": [{"malicious": 1}, {"scenario": []}, {"scenario": "s", "malicious": False, "role": "captured"}],
     **{name: ["", 1, []] for name in ("account_id", "device_id", "session_id")},
 }
 _ODD = {name: st.sampled_from(values) | _json for name, values in _ODD_EXAMPLES.items()}
@@ -297,7 +352,15 @@ def _at_the_bounds(limits: DecodeLimits) -> list[tuple[str, object]]:
         for total in (HB, HB + 1):
             if 0 < name_len <= total:
                 out.append(("headers", [["n" * name_len, "v" * (total - name_len)]]))
-    out += [("headers", [["", "v"]]), ("ts", 253402300799), ("ts", 253402300800), ("ts", -0.0), ("ts", -1e-9)]
+    out += [("headers", [["", "v"]]), ("ts", 253402300799), ("ts", 253402300800), ("ts", -0.0), ("ts", -1e-9),
+            ("ts", decode.TS_MIN), ("ts", decode.TS_MIN - 1e-6), ("ts", decode.TS_MAX), ("ts", decode.TS_MAX - 1e-6),
+            ("params", {f"k{i}": "v" for i in range(256)}), ("params", {f"k{i}": "v" for i in range(257)}),
+            ("params", {"k" * 256: "v"}), ("params", {"k" * 257: "v"}), ("params", {"k": "v" * F}), ("params", {"k": "v" * (F + 1)})]
+    for name in ("tls", "h2", "network", "attestation", "label"):
+        out += [(name, {f"x{i}": 1 for i in range(64)}), (name, {f"x{i}": 1 for i in range(65)}),
+                (name, {"x": "y" * 8185}), (name, {"x": "y" * 8186})]
+    out += [("tls", {"ja4": "j" * n}) for n in (F, F + 1)] + [("network", {"as_org": "o" * n}) for n in (F, F + 1)]
+    out += [("attestation", {"device_recognition": ["d" * n]}) for n in (F, F + 1)]
     return out
 
 
@@ -308,7 +371,7 @@ def _at_the_bounds(limits: DecodeLimits) -> list[tuple[str, object]]:
     DecodeLimits(max_field_chars=63, max_headers=3, max_header_bytes=600),
 ])
 def test_fast_path_agrees_at_the_limits(limits):
-    base = {"request_id": "r1", "ts": 1, "client_ip": "::1", "method": "GET", "path": "/a", "headers": []}
+    base = {"request_id": "r1", "ts": 1763805600, "client_ip": "::1", "method": "GET", "path": "/a", "headers": []}
     for name, value in _at_the_bounds(limits) + [(n, v) for n, vs in _ODD_EXAMPLES.items() for v in vs]:
         _assert_agrees({**base, name: value}, limits)
 
