@@ -121,6 +121,23 @@ def test_every_labelled_series_exists_at_zero_after_bind(label_sets):
     assert samples(reg, "detector_build_info")
 
 
+def test_webhook_health_series_exist_at_zero_and_read_the_queues_at_scrape(label_sets):
+    m = Metrics(CollectorRegistry(), labels=label_sets)
+    attempts = samples(m.registry, "detector_webhook_attempts_total")
+    assert {dict(k)["result"] for k in attempts} >= {"delivered", "network_error", "address_refused", "breaker_open"}
+    assert {dict(k)["endpoint"] for k in attempts} == {"soc", "slack"} and not any(attempts.values())
+    for name in ("detector_webhook_pending_deliveries", "detector_webhook_breaker_state"):
+        assert samples(m.registry, name) == {(("endpoint", "soc"),): 0.0, (("endpoint", "slack"),): 0.0}
+    state = {"pending": 3.0, "breaker": 2.0}
+    m.track_webhook_endpoint("soc", pending=lambda: state["pending"], breaker_state=lambda: state["breaker"])
+    m.track_webhook_endpoint("not-configured", pending=lambda: 99.0, breaker_state=lambda: 1.0)  # never exported
+    assert samples(m.registry, "detector_webhook_pending_deliveries")[(("endpoint", "soc"),)] == 3.0
+    state["pending"] = 0.0
+    assert samples(m.registry, "detector_webhook_pending_deliveries") == {(("endpoint", "soc"),): 0.0,
+                                                                          (("endpoint", "slack"),): 0.0}
+    assert samples(m.registry, "detector_webhook_breaker_state")[(("endpoint", "soc"),)] == 2.0
+
+
 def test_attacker_controlled_values_never_add_series(label_sets, profile):
     m = Metrics(CollectorRegistry(), labels=label_sets)
     before = len(generate_latest(m.registry).splitlines())
