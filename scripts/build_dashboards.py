@@ -285,6 +285,20 @@ def pipeline() -> dict[str, Any]:
                   "{{endpoint}}")], unit="percentunit",
                   description="Rejected (4xx) and failed (retries exhausted) deliveries over all, per endpoint; "
                               "both go to alerts-dlq."),
+            Panel("Webhook circuit breakers", [
+                q(f"max by (endpoint) (detector_webhook_breaker_state{{{SEL}}})", "{{endpoint}}")], decimals=0,
+                  thresholds=[(None, "green"), (1, "orange"), (2, "red")],
+                  description="Per endpoint, the worst state over the workers: 0 closed, 1 half-open (a probe), "
+                              "2 open (due deliveries held back). Not closed for 2 minutes: "
+                              "DetectorWebhookEndpointDown."),
+            Panel("Webhook pending deliveries", [
+                q(f"sum by (endpoint) (detector_webhook_pending_deliveries{{{SEL}}})", "{{endpoint}}")],
+                  description="Deliveries held by the workers and not resolved yet (waiting or in flight)."),
+            Panel("Webhook attempts by result", [
+                q(f"sum by (endpoint, result) (rate(detector_webhook_attempts_total{{{SEL}}}[{RI}]))",
+                  "{{endpoint}} {{result}}")], unit="ops", width=24,
+                  description="Every attempt by result; breaker_open counts due deliveries the open circuit breaker "
+                              "held back (no request made), address_refused those the address policy refused."),
         ]),
         ("State", [
             Panel("State entries", [q(f"sum by (state) (detector_state_entries{{{SEL}}})", "{{state}}")]),
