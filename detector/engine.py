@@ -20,6 +20,7 @@ from detector.devices import CatalogueError, DeviceCatalogue
 from detector.fingerprints.known import KnownStacks
 from detector.pipeline import Pipeline
 from detector.profile import ClientProfile, load_profiles
+from detector.redact import Redactor
 from detector.scoring import ScoringPolicy
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "detector.yaml"
@@ -37,6 +38,7 @@ class DetectionConfig:
     known: KnownStacks | None = None
     releases: Mapping[int, tuple[str, ...]] | None = None
     behaviour: BehaviourSettings = BehaviourSettings()
+    redactor: Redactor = Redactor()  # config `redact`: credential headers and params
 
     @classmethod
     def load(cls, path: Path = DEFAULT_CONFIG, overrides: Mapping[str, Any] | None = None) -> DetectionConfig:
@@ -118,7 +120,14 @@ class DetectionConfig:
         if missing:
             raise doc.error(["scoring", "weights"], f"no weight configured for signal codes: {', '.join(missing)}")
 
-        cfg = cls(path, profiles, default, scoring, limits, alerts, catalogue, known, releases, behaviour)
+        red = require(doc, data, ["redact"], dict, optional=True, default={})
+        try:
+            redactor = Redactor.from_config(red)
+        except ValueError as exc:
+            raise doc.error(["redact"], str(exc)) from None
+
+        cfg = cls(path, profiles, default, scoring, limits, alerts, catalogue, known, releases, behaviour,
+                  redactor=redactor)
         try:
             cfg.pipeline()
         except ValueError as exc:
@@ -128,7 +137,7 @@ class DetectionConfig:
     def pipeline(self, disabled_families: Iterable[str] = ()) -> Pipeline:
         return Pipeline(self.profiles, self.scoring, default_profile=self.default_profile,
                         disabled_families=disabled_families, catalogue=self.catalogue, known=self.known,
-                        releases=self.releases)
+                        releases=self.releases, redactor=self.redactor)
 
     def alert_policy(self) -> AlertPolicy:
         return AlertPolicy(self.alerts)

@@ -82,8 +82,40 @@ class Verdict(msgspec.Struct, frozen=True, gc=False):
     schema: str = "verdict/1"
 
     def to_json(self) -> bytes:
-        """The wire form (event-schema.md section 2), encoded in C."""
-        return _encode(self)
+        """The wire form (event-schema.md section 2), encoded in C; never more than
+        VERDICT_MAX_BYTES. A verdict over `_PLAIN_MAX_BYTES` (genuine ones are about
+        1 KB) is re-encoded with its strings shortened: fingerprints to
+        VERDICT_FINGERPRINT_CHARS, entity ids to VERDICT_ENTITY_CHARS, signal details
+        to VERDICT_DETAIL_CHARS, each ending in TRUNCATED when cut."""
+        out = _encode(self)
+        if len(out) <= _PLAIN_MAX_BYTES:
+            return out
+        return self._bounded_json()
+
+    def _bounded_json(self) -> bytes:
+        def clip(s: str, n: int) -> str:
+            return s if len(s) <= n else s[: max(0, n - len(TRUNCATED))] + TRUNCATED
+
+        def shorten(v: Verdict, scale: int) -> Verdict:
+            f, e, d = (max(len(TRUNCATED), n // scale) for n in
+                       (VERDICT_FINGERPRINT_CHARS, VERDICT_ENTITY_CHARS, VERDICT_DETAIL_CHARS))
+            return msgspec.structs.replace(
+                v,
+                request_id=clip(v.request_id, 256),
+                profile=None if v.profile is None else clip(v.profile, 128),
+                entities={clip(k, 32): clip(x, e) for k, x in list(v.entities.items())[:_MAX_MAP_ITEMS]},
+                fingerprints={clip(k, 32): clip(x, f) for k, x in list(v.fingerprints.items())[:_MAX_MAP_ITEMS]},
+                signals=tuple(Signal(clip(s.code, 128), s.weight, clip(s.detail, d))
+                              for s in list(v.signals)[:_MAX_SIGNALS]),
+                app_version=None if v.app_version is None else clip(v.app_version, 64),
+            )
+
+        # JSON escaping makes a character up to 6 bytes: shorten further until it fits
+        for scale in (1, 2, 4, 8, 16, 64):
+            out = _encode(shorten(self, scale))
+            if len(out) <= VERDICT_MAX_BYTES:
+                return out
+        raise AssertionError("unreachable: the smallest form is a few KB")  # pragma: no cover
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -101,3 +133,12 @@ class Verdict(msgspec.Struct, frozen=True, gc=False):
 
 
 _encode = msgspec.json.Encoder().encode
+
+VERDICT_MAX_BYTES = 64 * 1024  # an encoded verdict is never larger
+VERDICT_FINGERPRINT_CHARS = 256  # JA4 is 36, our header fingerprint 22, an Akamai HTTP/2 string ~100
+VERDICT_ENTITY_CHARS = 512
+VERDICT_DETAIL_CHARS = 1024
+TRUNCATED = "...[truncated]"
+_PLAIN_MAX_BYTES = 8 * 1024  # verdicts up to this size are written as they are
+_MAX_MAP_ITEMS = 16  # entities, fingerprints (the pipeline makes 7 and 5 at most)
+_MAX_SIGNALS = 64  # every signal code at most once, in practice

@@ -22,6 +22,7 @@ from detector.checks.tls import TlsCheck
 from detector.checks.transport import TransportCheck
 from detector.checks.ua import UserAgentCheck
 from detector.behaviour.flags import FlagMap, RequestFacts, account_number
+from detector.cache import MISSING, ByteLRU, approx_size
 from detector.behaviour.records import ip_block, population_fingerprint
 from detector.devices import DeviceCatalogue
 from detector.fingerprints.headers import names_fingerprint
@@ -29,9 +30,17 @@ from detector.fingerprints.known import KnownStacks
 from detector.fingerprints.tls import ClientHelloError, fingerprints_from_b64
 from detector.model import ClientRequest, Signal, Verdict
 from detector.profile import ClientProfile
+from detector.redact import Redactor, scrub_detail
 from detector.scoring import ScoringPolicy
 
-_CACHE_LIMIT = 200_000
+# Memory of the caches below, by bytes (approx_size): keys and values come from
+# requests, so an entry count alone would let hostile variety hold gigabytes. An item
+# larger than the per-item bound is not cached (it is computed each time).
+_UA_CACHE_BYTES = 16 * 2**20
+_NAMES_CACHE_BYTES = 8 * 2**20
+_SHAPE_CACHE_BYTES = 32 * 2**20
+_CACHE_ITEM_BYTES = 16 * 1024
+_SCALARS = (str, int, float, bool, type(None))
 
 
 def default_checks(
@@ -65,6 +74,13 @@ def _signing_time(raw: str | None) -> float | None:
     return t if math.isfinite(t) else None
 
 
+def _scalar(v: object) -> object:
+    """A network fact as a shape-cache key part: decode admits only scalars there, and
+    anything else (a caller building requests by hand) becomes its type name, so a
+    shape key is always hashable."""
+    return v if isinstance(v, _SCALARS) else f"<{type(v).__name__}>"
+
+
 class Pipeline:
     def __init__(
         self,
@@ -77,6 +93,7 @@ class Pipeline:
         catalogue: DeviceCatalogue | None = None,
         known: KnownStacks | None = None,
         releases: Mapping[int, tuple[str, ...]] | None = None,
+        redactor: Redactor | None = None,
     ):
         if not profiles:
             raise ValueError("at least one client profile is needed")
@@ -90,15 +107,18 @@ class Pipeline:
         missing = scoring.missing(code for c in self.checks for code in c.codes)
         if missing:
             raise ValueError(f"no weight configured for signal codes: {', '.join(missing)}")
-        self._ua_cache: dict[tuple[str, str], dict[str, str] | None] = {}
+        self._ua_cache: ByteLRU[tuple[str, str], dict[str, str] | None] = ByteLRU(_UA_CACHE_BYTES, _CACHE_ITEM_BYTES)
         # Checks whose result depends only on the request's *shape* (profile, user
         # agent, TLS/HTTP fingerprints, network): their signals are computed once per
         # distinct shape and reused; shapes repeat across millions of requests.
         self._shape_checks = [c for c in self.checks if getattr(c, "scope", "request") == "shape"]
         self._request_checks = [c for c in self.checks if getattr(c, "scope", "request") != "shape"]
-        self._shape_cache: dict[tuple[Any, ...], tuple[Signal, ...]] = {}
-        self._names_cache: dict[tuple[str, ...], tuple[tuple[str, ...], bool, str]] = {}
+        self._shape_cache: ByteLRU[tuple[Any, ...], tuple[Signal, ...]] = ByteLRU(_SHAPE_CACHE_BYTES, _CACHE_ITEM_BYTES)
+        self._names_cache: ByteLRU[tuple[str, ...], tuple[tuple[str, ...], bool, str]] = ByteLRU(
+            _NAMES_CACHE_BYTES, _CACHE_ITEM_BYTES)
         self._profile_by_prefix = sorted(self.profiles.values(), key=lambda p: -len(p.ua_prefix))
+        # credential values never appear in a verdict's signal details
+        self.redactor = redactor or Redactor.default()
 
     @property
     def codes(self) -> dict[str, str]:
@@ -113,15 +133,12 @@ class Pipeline:
 
     def _parse_ua(self, profile: ClientProfile, ua: str) -> dict[str, str] | None:
         key = (profile.name, ua)
-        try:
-            return self._ua_cache[key]
-        except KeyError:
-            pass
+        found = self._ua_cache.lookup(key)
+        if found is not MISSING:
+            return found  # type: ignore[no-any-return]
         m = profile.user_agent.pattern.fullmatch(ua)
         parsed = m.groupdict() if m else None
-        if len(self._ua_cache) >= _CACHE_LIMIT:
-            self._ua_cache.clear()
-        self._ua_cache[key] = parsed
+        self._ua_cache.put(key, parsed, 2 * approx_size(ua) + 512)  # the groups are substrings of `ua`
         return parsed
 
     @staticmethod
@@ -147,9 +164,7 @@ class Pipeline:
         if found is None:
             lowered = tuple(n.lower() for n in names)
             found = (lowered, len(set(lowered)) != len(lowered), names_fingerprint(names))
-            if len(self._names_cache) >= _CACHE_LIMIT:
-                self._names_cache.clear()
-            self._names_cache[names] = found
+            self._names_cache.put(names, found, 2 * approx_size(names) + 128)
         return found
 
     def derive(self, request: ClientRequest) -> RequestContext:
@@ -223,7 +238,8 @@ class Pipeline:
         d = ctx.derived
         fps = d["fingerprints"]
         net = request.network
-        net_key = (net.get("hosting"), net.get("asn"), net.get("as_org"), net.get("country")) if net else None
+        net_key = (tuple(_scalar(net.get(k)) for k in ("hosting", "asn", "as_org", "country"))
+                   if net else None)
         return (ctx.profile.name, d["ua_raw"], fps.get("ja4"), d.get("alpn"), d.get("tls_error"),
                 request.http_version, fps.get("h2"), net_key)
 
@@ -241,12 +257,14 @@ class Pipeline:
             for c in self._shape_checks:
                 found.extend(c.check(request, ctx))
             shaped = tuple(found)
-            if len(self._shape_cache) >= _CACHE_LIMIT:
-                self._shape_cache.clear()
-            self._shape_cache[key] = shaped
+            self._shape_cache.put(key, shaped)
         signals = list(shaped)
         for c in self._request_checks:
             signals.extend(c.check(request, ctx))
+        if signals:
+            secrets = self.redactor.secrets(ctx.headers, request.params)
+            if secrets:
+                signals = [Signal(s.code, s.weight, scrub_detail(s.detail, secrets)) for s in signals]
         # What the request shows on its own, before the behavioural flags of its
         # entities: the behaviour stage's records carry only this, so the state and
         # alerts never depend on how fast flags propagated.

@@ -44,17 +44,19 @@ class AttestationCheck:
             if policy.required:
                 yield ctx.signal(MISSING, f"no attestation although {profile.name} requires it on every request")
             return
+        # decode admits only strings here; anything else (a request built by hand) is
+        # judged as an unknown value, never looked up in a set (it may be unhashable)
         provider = a.get("provider")
-        if policy.providers and provider not in policy.providers:
+        if policy.providers and (not isinstance(provider, str) or provider not in policy.providers):
             yield ctx.signal(UNKNOWN_PROVIDER, f"attestation provider {str(provider)[:30]!r} is not one of "
                                                f"{', '.join(sorted(policy.providers))}")
             return
         app = a.get("app_recognition")
-        if policy.app_recognition and app is not None and app not in policy.app_recognition:
+        if policy.app_recognition and app is not None and (not isinstance(app, str) or app not in policy.app_recognition):
             yield ctx.signal(APP_UNRECOGNIZED, f"app recognition verdict is {str(app)[:40]}, not "
                                                f"{' or '.join(sorted(policy.app_recognition))}")
         device = a.get("device_recognition")
-        labels = [str(x) for x in device] if isinstance(device, list) else []
+        labels = [str(x)[:64] for x in device[:32]] if isinstance(device, list) else []
         if policy.device_recognition and isinstance(device, list) and policy.device_recognition not in labels:
             if VIRTUAL in labels:
                 yield ctx.signal(VIRTUAL_ONLY, f"device recognition is {', '.join(labels)[:80]}: a virtual device, "
@@ -66,5 +68,6 @@ class AttestationCheck:
         if a.get("request_hash_ok") is False:
             yield ctx.signal(REQUEST_HASH_MISMATCH, "the attestation token's request hash does not match this request")
         age = a.get("token_age_s")
-        if policy.max_token_age_s is not None and isinstance(age, (int, float)) and age > policy.max_token_age_s:
+        if (policy.max_token_age_s is not None and isinstance(age, (int, float)) and not isinstance(age, bool)
+                and age > policy.max_token_age_s):
             yield ctx.signal(STALE_TOKEN, f"attestation token is {age:.0f} s old (allowed {policy.max_token_age_s:.0f} s)")

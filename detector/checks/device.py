@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Iterable, Mapping
 
+from detector.cache import ByteLRU
 from detector.checks.base import RequestContext
 from detector.devices import DeviceCatalogue
 from detector.model import ClientRequest, Signal
@@ -30,7 +31,7 @@ _PLAUSIBILITY_TO_CODE = {
     "sdk_below_min": SDK_OUT_OF_RANGE,
     "sdk_above_max": SDK_OUT_OF_RANGE,
 }
-_CACHE_LIMIT = 100_000
+_CACHE_BYTES = 8 * 2**20  # memory of the cache, by bytes (detector.cache)
 
 
 def _int(v: str | None) -> int | None:
@@ -54,7 +55,7 @@ class DeviceCheck:
     def __init__(self, catalogue: DeviceCatalogue | None, releases: Mapping[int, tuple[str, ...]]):
         self.catalogue = catalogue
         self.releases = releases
-        self._cache: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = {}
+        self._cache: ByteLRU[tuple[str, ...], tuple[tuple[str, str], ...]] = ByteLRU(_CACHE_BYTES, 16 * 1024)
 
     def check(self, request: ClientRequest, ctx: RequestContext) -> Iterable[Signal]:
         ua = ctx.derived.get("ua")
@@ -65,9 +66,7 @@ class DeviceCheck:
         found = self._cache.get(key)
         if found is None:
             found = tuple(self._evaluate(*key))
-            if len(self._cache) >= _CACHE_LIMIT:
-                self._cache.clear()
-            self._cache[key] = found
+            self._cache.put(key, found)
         return [ctx.signal(code, detail) for code, detail in found]
 
     def _evaluate(self, manufacturer: str, model: str, device: str, hardware: str, dpi_s: str, width_s: str,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from typing import ClassVar, Iterable
 
+from detector.cache import ByteLRU, approx_size
 from detector.checks.base import RequestContext
 from detector.model import ClientRequest, Signal
 from detector.profile import ClientProfile, HeaderRules
@@ -24,7 +25,9 @@ VALUE_INVALID = "headers.value_invalid"
 INCONSISTENT = "headers.inconsistent"
 CHECKSUM_MISMATCH = "headers.checksum_mismatch"
 
-_CACHE_LIMIT = 50_000
+_NAMES_CACHE_BYTES = 8 * 2**20  # memory of the caches, by bytes (detector.cache)
+_VALUES_CACHE_BYTES = 8 * 2**20
+_CACHE_ITEM_BYTES = 16 * 1024
 
 
 def _shorten(names: list[str], n: int = 4) -> str:
@@ -45,8 +48,10 @@ class HeadersCheck:
     }
 
     def __init__(self) -> None:
-        self._names_cache: dict[tuple[str, tuple[str, ...]], tuple[tuple[str, str], ...]] = {}
-        self._value_ok: dict[tuple[str, str, str], bool] = {}  # (profile, name, value) -> accepted
+        self._names_cache: ByteLRU[tuple[str, tuple[str, ...]], tuple[tuple[str, str], ...]] = ByteLRU(
+            _NAMES_CACHE_BYTES, _CACHE_ITEM_BYTES)
+        # (profile, name, value) -> accepted
+        self._value_ok: ByteLRU[tuple[str, str, str], bool] = ByteLRU(_VALUES_CACHE_BYTES, _CACHE_ITEM_BYTES)
 
     def check(self, request: ClientRequest, ctx: RequestContext) -> Iterable[Signal]:
         profile: ClientProfile = ctx.profile
@@ -60,9 +65,7 @@ class HeadersCheck:
         found = self._names_cache.get(key)
         if found is None:
             found = tuple(self._names(rules, names))
-            if len(self._names_cache) >= _CACHE_LIMIT:
-                self._names_cache.clear()
-            self._names_cache[key] = found
+            self._names_cache.put(key, found)
         out = [ctx.signal(code, detail) for code, detail in found]
         out.extend(ctx.signal(code, detail) for code, detail in self._values(rules, request, ctx))
         return out
@@ -120,9 +123,7 @@ class HeadersCheck:
             ok = cache.get(key)
             if ok is None:
                 ok = rule.accepts(v)
-                if len(cache) >= _CACHE_LIMIT:
-                    cache.clear()
-                cache[key] = ok
+                cache.put(key, ok, approx_size(key) + 16)
             if not ok:
                 shown = v if len(v) <= 40 else v[:37] + "..."
                 bad.append(f"{name} {shown!r} (expected {rule.describe()})")

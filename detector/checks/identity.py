@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from typing import ClassVar, Iterable
 
+from detector.cache import ByteLRU
 from detector.checks.base import RequestContext
 from detector.model import ClientRequest, Signal
 from detector.profile import ClientProfile
@@ -31,7 +32,7 @@ class IdentityCheck:
 
     def __init__(self) -> None:
         # ids repeat for every request of a device, account or session
-        self._cache: dict[tuple[str, str, str], tuple[tuple[str, str], ...]] = {}
+        self._cache: ByteLRU[tuple[str, str, str], tuple[tuple[str, str], ...]] = ByteLRU(16 * 2**20, 16 * 1024)
 
     def check(self, request: ClientRequest, ctx: RequestContext) -> Iterable[Signal]:
         profile: ClientProfile = ctx.profile
@@ -45,9 +46,7 @@ class IdentityCheck:
             found = self._cache.get(key)
             if found is None:
                 found = tuple(self._judge(profile, kind, value))
-                if len(self._cache) >= 100_000:
-                    self._cache.clear()
-                self._cache[key] = found
+                self._cache.put(key, found)
             out.extend(ctx.signal(code, detail) for code, detail in found)
         return out
 

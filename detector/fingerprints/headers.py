@@ -12,11 +12,12 @@ the order is kept because HTTP libraries each emit their own order.
 from __future__ import annotations
 
 import hashlib
-from functools import lru_cache
 from typing import Sequence
 
+from detector.cache import bounded_cache
 
-@lru_cache(maxsize=65536)
+
+@bounded_cache(8 * 2**20, 16 * 1024)  # by bytes: names come from requests
 def names_fingerprint(names: tuple[str, ...]) -> str:
     """The fingerprint of a sequence of header names as received."""
     if all(n == n.lower() for n in names):

@@ -11,7 +11,8 @@ import binascii
 import hashlib
 import struct
 from dataclasses import dataclass
-from functools import lru_cache
+
+from detector.cache import bounded_cache
 
 __all__ = [
     "ClientHello",
@@ -472,7 +473,7 @@ def fingerprint(ch: ClientHello) -> TlsFingerprint:
     )
 
 
-@lru_cache(maxsize=16384)
+@bounded_cache(8 * 2**20, 16 * 1024)  # by bytes: the shape comes from a request
 def _fingerprint_of_shape(
     legacy_version: int,
     cipher_suites: tuple[int, ...],
@@ -509,8 +510,9 @@ def _fingerprint_of_shape(
 
 # Identical hello bytes (an edge that replays or normalises the hello, retries of one
 # captured value) become a dict lookup. Bounded so hostile variety cannot grow memory;
-# errors are not cached (lru_cache does not store raised exceptions).
-@lru_cache(maxsize=65536)
+# errors are not cached (bounded_cache does not store raised exceptions); bounded by
+# bytes, a hello longer than the per-item bound is fingerprinted each time.
+@bounded_cache(16 * 2**20, 8 * 1024)
 def fingerprints_from_b64(b64: str) -> TlsFingerprint:
     """Fingerprints of a base64 (standard alphabet) ClientHello record or message."""
     try:

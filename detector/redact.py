@@ -1,0 +1,168 @@
+"""Credentials stay out of what the detector writes: DLQ records, logs and verdicts.
+
+A `Redactor` names the request headers and body parameters (`params`) whose values
+are credentials (config `redact:`; by default `authorization`, `cookie`,
+`proxy-authorization`, `set-cookie`, `x-api-key`, `x-auth-token`, and the
+parameters `password`, `access_token`, `refresh_token`, `client_secret`). It:
+
+- replaces their values in a parsed original (`redact_json`) before a copy of it
+  goes to the dead-letter topic;
+- scrubs them from text that cannot be parsed (`scrub_bytes`): JSON pairs
+  (`["Authorization","..."]`, `"cookie": "..."`) and HTTP header lines
+  (`Authorization: ...`), a value cut off by truncation included;
+- scrubs them from signal details (`scrub_detail`), which quote header values (an
+  invalid value, two fields that disagree), whole or as a prefix.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+MARK = "[redacted]"
+DEFAULT_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "set-cookie", "x-api-key", "x-auth-token"})
+DEFAULT_PARAMS = frozenset({"password", "access_token", "refresh_token", "client_secret"})
+_MIN_SECRET_CHARS = 6  # shorter values are not searched for in details (they would match anywhere)
+_PREFIX_CHARS = 16  # checks quote at least this many leading chars of a value they shorten
+_NAME = re.compile(r"\A[A-Za-z0-9!#$%&'*+.^_`|~-]{1,256}\Z")  # an HTTP token (RFC 9110)
+
+
+def _names(values: Iterable[str], what: str) -> frozenset[str]:
+    out = set()
+    for v in values:
+        if not isinstance(v, str) or not _NAME.match(v):
+            raise ValueError(f"{what} must be names (HTTP tokens), got {v!r}")
+        out.add(v.lower())
+    return frozenset(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Redactor:
+    headers: frozenset[str] = DEFAULT_HEADERS  # lower-case header names
+    params: frozenset[str] = DEFAULT_PARAMS  # lower-case body parameter names
+    _text_patterns: tuple[re.Pattern[bytes], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "headers", _names(self.headers, "redact.headers"))
+        object.__setattr__(self, "params", _names(self.params, "redact.params"))
+        names = sorted(self.headers | self.params)
+        if not names:
+            object.__setattr__(self, "_text_patterns", ())
+            return
+        alt = b"|".join(re.escape(n.encode()) for n in names)
+        value = rb'"((?:[^"\\]|\\.)*)(?:"|\Z)'  # a JSON string, possibly cut off at the end
+        object.__setattr__(self, "_text_patterns", (
+            # ["Authorization", "..."] (headers as pairs) and "cookie": "..." (objects)
+            re.compile(rb'(?i)("(?:' + alt + rb')"\s*[,:]\s*)' + value),
+            # Authorization: Bearer ... (an HTTP header line, raw or inside a string)
+            re.compile(rb'(?im)(^|\\n|\\r|[\r\n])((?:' + alt + rb')[ \t]*:[ \t]*)[^\r\n\\"]*'),
+        ))
+
+    @classmethod
+    def default(cls) -> Redactor:
+        return _DEFAULT
+
+    @classmethod
+    def from_config(cls, data: Mapping[str, Any]) -> Redactor:
+        """From the `redact:` section: `headers` and `params`, each a list of names that
+        replaces the default list (an empty list redacts nothing of that kind).
+        ValueError names a wrong key or value."""
+        unknown = set(data) - {"headers", "params"}
+        if unknown:
+            raise ValueError(f"unknown key(s) {', '.join(sorted(map(str, unknown)))} (allowed: headers, params)")
+        kw: dict[str, frozenset[str]] = {}
+        for key in ("headers", "params"):
+            if key in data:
+                v = data[key]
+                if not isinstance(v, list):
+                    raise ValueError(f"redact.{key} must be a list of names, got {type(v).__name__}")
+                kw[key] = _names(v, f"redact.{key}")
+        return cls(**kw)
+
+    # --- parsed originals ----------------------------------------------------------
+
+    def redact_json(self, obj: Any) -> tuple[Any, bool]:
+        """A copy of a parsed message (an object, or an array of them) with the
+        credential values of `headers` and `params` replaced; and whether anything was."""
+        if isinstance(obj, list):
+            changed = False
+            out = []
+            for item in obj:
+                r, c = self.redact_json(item) if isinstance(item, dict) else (item, False)
+                out.append(r)
+                changed |= c
+            return (out, True) if changed else (obj, False)
+        if not isinstance(obj, dict):
+            return obj, False
+        changed = False
+        new = dict(obj)
+        hs = obj.get("headers")
+        if isinstance(hs, list) and self.headers:
+            pairs = []
+            for pair in hs:
+                if (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str)
+                        and pair[0].lower() in self.headers and pair[1] != MARK):
+                    pairs.append([pair[0], MARK])
+                    changed = True
+                else:
+                    pairs.append(pair)
+            new["headers"] = pairs
+        elif isinstance(hs, dict):  # not the contract's form, but redact it all the same
+            red = {k: (MARK if isinstance(k, str) and k.lower() in self.headers else v) for k, v in hs.items()}
+            changed |= red != hs
+            new["headers"] = red
+        ps = obj.get("params")
+        if isinstance(ps, dict) and self.params:
+            red = {k: (MARK if isinstance(k, str) and k.lower() in self.params else v) for k, v in ps.items()}
+            changed |= red != ps
+            new["params"] = red
+        return (new, True) if changed else (obj, False)
+
+    def redact_pairs(self, headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Header pairs with credential values replaced (for logs)."""
+        return [(n, MARK if n.lower() in self.headers else v) for n, v in headers]
+
+    # --- text ----------------------------------------------------------------------
+
+    def scrub_bytes(self, raw: bytes) -> tuple[bytes, bool]:
+        """`raw` with credential values of the patterns it recognises replaced."""
+        out = raw
+        for i, pattern in enumerate(self._text_patterns):
+            if i == 0:
+                out = pattern.sub(lambda m: m.group(1) + b'"' + MARK.encode() + b'"', out)
+            else:
+                out = pattern.sub(lambda m: m.group(1) + m.group(2) + MARK.encode(), out)
+        return out, out != raw
+
+    # --- verdict details -----------------------------------------------------------
+
+    def secrets(self, headers: Mapping[str, str], params: Mapping[str, str] | None) -> tuple[str, ...]:
+        """The credential values a request carries (`headers`: lower-cased names)."""
+        found = [v for n in self.headers if isinstance(v := headers.get(n), str) and len(v) >= _MIN_SECRET_CHARS]
+        if params:
+            for k, v in params.items():
+                if isinstance(k, str) and k.lower() in self.params and isinstance(v, str) and len(v) >= _MIN_SECRET_CHARS:
+                    found.append(v)
+        return tuple(found)
+
+
+def scrub_detail(detail: str, secrets: Sequence[str]) -> str:
+    """`detail` with every quoted secret, whole or a leading part of it (at least
+    `_PREFIX_CHARS` or all of it), replaced by the mark."""
+    for s in secrets:
+        needle = s[:_PREFIX_CHARS]
+        start = detail.find(needle)
+        while start >= 0:
+            k = len(needle)
+            limit = min(len(s), len(detail) - start)
+            while k < limit and detail[start + k] == s[k]:
+                k += 1
+            detail = detail[:start] + MARK + detail[start + k:]
+            start = detail.find(needle, start + len(MARK))
+    return detail
+
+
+_DEFAULT = Redactor()
+
+__all__ = ["DEFAULT_HEADERS", "DEFAULT_PARAMS", "MARK", "Redactor", "scrub_detail"]
