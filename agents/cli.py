@@ -26,28 +26,47 @@ def _detection(args: argparse.Namespace) -> DetectionConfig:
 def cmd_score(args: argparse.Namespace) -> int:
     """Offline scoring with the stream's rules: stateless checks per request, and the
     behaviour detectors in event-time order (flags apply to the requests after the
-    one that raised them). Verdicts come out in input order."""
+    one that raised them). Verdicts come out in input order, for the lines that
+    decoded; every other line gets exactly one stderr line
+    `line N: rejected: <code>: <reason>` (and a JSONL record with --rejections). A
+    line whose scoring fails is rejected with code internal_error; the run goes on."""
     from detector.behaviour.offline import OfflineScorer
     from detector.decode import InvalidRequest, decode_line
 
     cfg = _detection(args)
     _tune_gc()
     src: IO[bytes] = sys.stdin.buffer if args.input in (None, "-") else open(args.input, "rb")
-    rejected = 0
+    rejections: list[tuple[int, str, str]] = []  # (line, code, reason)
     requests: list[Any] = []
+    linenos: list[int] = []
     try:
         for lineno, line in enumerate(src, 1):
             if not line.strip():
                 continue
             try:
                 requests.append(decode_line(line, cfg.limits))
+                linenos.append(lineno)
             except InvalidRequest as exc:
-                rejected += 1
-                print(f"line {lineno}: rejected: {exc}", file=sys.stderr)
+                rejections.append((lineno, exc.code, str(exc)))
+            except Exception as exc:  # a decoder bug must not stop the run either
+                rejections.append((lineno, "internal_error", f"{type(exc).__name__} while decoding"))
     finally:
         if src is not sys.stdin.buffer:
             src.close()
-    verdicts, alerts = OfflineScorer(cfg).score(requests)
+
+    def make_scorer() -> Any:
+        return OfflineScorer(cfg)
+
+    verdicts, alerts, failed = _score_isolated(make_scorer, requests)
+    for i, exc in failed.items():
+        rid = requests[i].request_id[:128]
+        rejections.append((linenos[i], "internal_error", f"{type(exc).__name__} while scoring request_id={rid!r}"))
+    rejections.sort()
+    for lineno, code, reason in rejections:
+        print(f"line {lineno}: rejected: {code}: {reason}", file=sys.stderr)
+    if args.rejections:
+        with open(args.rejections, "wb") as f:
+            f.write(b"".join(orjson.dumps({"line": n, "code": c, "reason": r}) + b"\n" for n, c, r in rejections))
     dst: IO[bytes] = sys.stdout.buffer if args.output in (None, "-") else open(args.output, "wb")
     try:
         for i in range(0, len(verdicts), 2000):
@@ -59,7 +78,33 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.alerts:
         with open(args.alerts, "wb") as f:
             f.write(b"".join(orjson.dumps(a) + b"\n" for a in alerts))
-    return 1 if rejected else 0
+    return 1 if rejections else 0
+
+
+def _score_isolated(make_scorer: Any, requests: list[Any]) -> tuple[list[Any], list[Any], dict[int, BaseException]]:
+    """Score `requests` with one scorer; if that raises, score again with a new one,
+    one request at a time in event-time order (what `score` itself does, so the
+    results are the same), and set aside the requests whose scoring raises.
+    Returns the verdicts of the others in input order, the alerts, and the failures
+    by index."""
+    try:
+        verdicts, alerts = make_scorer().score(requests)
+        return list(verdicts), list(alerts), {}
+    except Exception:
+        pass
+    scorer = make_scorer()
+    by_index: dict[int, Any] = {}
+    alerts: list[Any] = []
+    failed: dict[int, BaseException] = {}
+    for i in sorted(range(len(requests)), key=lambda i: requests[i].ts):
+        try:
+            (verdict,), raised = scorer.score([requests[i]])
+        except Exception as exc:
+            failed[i] = exc
+            continue
+        by_index[i] = verdict
+        alerts.extend(raised)
+    return [by_index[i] for i in sorted(by_index)], alerts, failed
 
 
 def _tune_gc() -> None:
@@ -241,6 +286,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("input", nargs="?", help="input JSONL (default stdin)")
     s.add_argument("-o", "--output", help="output JSONL (default stdout)")
     s.add_argument("--alerts", help="also write the alerts the stream would raise to this JSONL file")
+    s.add_argument("--rejections", help="also write the rejected lines as JSONL ({line, code, reason}) to this file")
     s.set_defaults(func=cmd_score)
 
     s = sub.add_parser("simulate", help="labelled ClientRequest traffic")

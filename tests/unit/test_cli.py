@@ -49,7 +49,80 @@ def test_score_reports_malformed_lines_with_their_number_and_exits_1(tmp_path):
     assert res.returncode == 1
     assert len(res.stdout.splitlines()) == 2
     err = res.stderr.decode()
-    assert "line 2: rejected: invalid JSON" in err and "line 4: rejected: missing required field 'ts'" in err
+    assert "line 2: rejected: invalid_json: invalid JSON" in err
+    assert "line 4: rejected: missing_field: missing required field 'ts'" in err
+
+
+# Every poison class of issue #11 that a JSONL line can carry, with its rejection code.
+_POISON = [
+    (b'{"request_id":"a","ts":1795860000,"client_ip":"1.2.3.4","method":"GET","path":"/","headers":[],'
+     b'"network":{"asn":[]}}', "invalid_type"),
+    (b'{"request_id":"b","ts":1795860000,"client_ip":"1.2.3.4","method":"GET","path":"/","headers":[],'
+     b'"network":{"asn":true}}', "invalid_type"),
+    *[(orjson.dumps({"request_id": f"c{i}", "ts": 1795860000, "client_ip": "1.2.3.4", "method": "GET", "path": "/",
+                     "headers": [], obj: {key: bad}}), "invalid_type")
+      for i, (obj, key, bad) in enumerate([("network", "as_org", []), ("network", "country", {}), ("network", "hosting", []),
+                                           ("attestation", "provider", []), ("attestation", "app_recognition", {"a": 1})])],
+    (b'{"request_id":"d","ts":253402300700,"client_ip":"1.2.3.4","method":"GET","path":"/","headers":[]}', "out_of_range"),
+    (b'{"request_id":"e","ts":"0001-01-01T00:00:00+14:00","client_ip":"1.2.3.4","method":"GET","path":"/","headers":[]}',
+     "out_of_range"),
+    (orjson.dumps({"request_id": "f", "ts": 1795860000, "client_ip": "1.2.3.4", "method": "GET", "path": "/",
+                   "headers": [], "tls": {"ja4": "j" * 3_000_000}}), "oversized"),
+    (orjson.dumps({"request_id": "g" * 8000, "ts": 1795860000, "client_ip": "1.2.3.4", "method": "GET", "path": "/",
+                   "headers": []}), "oversized"),
+    (b"\x01" * 1000, "invalid_json"),
+    (b"\xff\xfe{}", "invalid_utf8"),
+    (b"[1, 2]", "invalid_type"),
+]
+
+
+def test_score_writes_a_verdict_for_every_good_line_and_one_rejection_per_poison_line(tmp_path):
+    good = detector("simulate", "--scenario", "mixed", "--count", "40", "--seed", "3").stdout.splitlines()
+    lines: list[bytes] = []
+    expected: dict[int, str] = {}
+    for i, g in enumerate(good):
+        lines.append(g)
+        if i < len(_POISON):
+            lines.append(_POISON[i][0])
+            expected[len(lines)] = _POISON[i][1]
+    src, rej = tmp_path / "in.jsonl", tmp_path / "rejections.jsonl"
+    src.write_bytes(b"\n".join(lines) + b"\n")
+    res = detector("score", str(src), "--rejections", str(rej))
+    assert res.returncode == 1
+    assert b"Traceback" not in res.stderr
+    verdicts = [orjson.loads(x) for x in res.stdout.splitlines()]
+    assert [v["request_id"] for v in verdicts] == [orjson.loads(g)["request_id"] for g in good]
+    err = res.stderr.decode().splitlines()
+    assert len(err) == len(expected)
+    for line, (n, code) in zip(err, sorted(expected.items())):
+        assert line.startswith(f"line {n}: rejected: {code}: "), line
+    rows = [orjson.loads(x) for x in rej.read_bytes().splitlines()]
+    assert [(r["line"], r["code"]) for r in rows] == sorted(expected.items())
+
+
+def test_a_request_whose_scoring_raises_is_rejected_and_the_others_are_scored():
+    """`detector score` isolates a failure to its request (code internal_error)."""
+    from agents.cli import _score_isolated
+
+    class Req:
+        def __init__(self, rid: str, ts: float):
+            self.request_id, self.ts = rid, ts
+
+    class Scorer:  # scores in event-time order like OfflineScorer; "bad" raises
+        def score(self, requests):  # type: ignore[no-untyped-def]
+            out = []
+            for r in sorted(requests, key=lambda r: r.ts):
+                if r.request_id == "bad":
+                    raise KeyError("boom")
+                out.append(r.request_id)
+            by_id = {r: r for r in out}
+            return [by_id[r.request_id] for r in requests], ["alert-" + r for r in out if r == "a3"]
+
+    reqs = [Req("a1", 3), Req("bad", 2), Req("a3", 1)]
+    verdicts, alerts, failed = _score_isolated(Scorer, reqs)
+    assert verdicts == ["a1", "a3"] and alerts == ["alert-a3"]
+    assert list(failed) == [1] and isinstance(failed[1], KeyError)
+    assert _score_isolated(Scorer, reqs[::2])[0] == ["a1", "a3"]  # nothing raised: one pass
 
 
 def test_score_can_write_alerts(tmp_path):
