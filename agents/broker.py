@@ -10,6 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from agents.shutdown import die_with_parent
+
 
 class BrokerError(RuntimeError):
     pass
@@ -61,7 +63,7 @@ class EmbeddedBroker:
             [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
              "--storage-engine", "memory://tansu/"],
             stdout=out, stderr=subprocess.STDOUT if self.log_path else subprocess.DEVNULL, env=env,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=die_with_parent(),  # never outlives its parent (Linux)
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import IO, Any, Sequence
+from typing import IO, TYPE_CHECKING, Any, Sequence
 
 import orjson
 
@@ -215,11 +215,37 @@ def cmd_run(args: argparse.Namespace) -> int:
         asyncio.run(create_topics(settings.kafka_bootstrap, settings.topic_partitions, settings.topic_replication))
     app = build_app(settings, detection, Metrics())
     _tune_gc()
+    from agents.shutdown import StopDeadline
+
+    deadline = StopDeadline(settings.shutdown_grace_s)
+    worker = _deadline_worker(app, settings.log_level.upper(), deadline)
+    try:
+        worker.execute_from_commandline()
+    finally:
+        deadline.cancel()
+    return 0
+
+
+if TYPE_CHECKING:
     import faust
 
-    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
-    worker.execute_from_commandline()
-    return 0
+    from agents.shutdown import StopDeadline
+
+
+def _deadline_worker(app: faust.App, loglevel: str, deadline: StopDeadline) -> faust.Worker:
+    """Faust's worker, with a hard deadline on stopping: the first SIGTERM/SIGINT starts
+    the graceful stop (stop consuming, persist shard state, commit what was processed)
+    and arms `deadline` (shutdown_grace_s); a second one exits at once. Either way
+    nothing is lost: uncommitted input is read again on restart (at-least-once)."""
+    import faust
+
+    class DeadlineWorker(faust.Worker):  # type: ignore[misc]
+        def _schedule_shutdown(self, sig: signal.Signals) -> None:
+            if not deadline.arm():
+                deadline.force(f"second stop signal ({sig.name})")
+            super()._schedule_shutdown(sig)
+
+    return DeadlineWorker(app, loglevel=loglevel, quiet=True)
 
 
 # --- detector config check -----------------------------------------------------------

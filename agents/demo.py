@@ -5,22 +5,30 @@ back from the output topics."""
 from __future__ import annotations
 
 import asyncio
+import atexit
+import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter, deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from agents.broker import EmbeddedBroker, port_open
+from agents.shutdown import ChildProcesses, die_with_parent
 from agents.topics import ALERTS, CLIENT_REQUESTS_DLQ, VERDICTS, create_topics
 from detector.engine import DEFAULT_CONFIG, DetectionConfig
 from detector.simulate import mixed
+
+log = logging.getLogger("detector.demo")
 
 # Settings that suit the embedded broker (architecture.md): it holds a group join for
 # the whole rebalance timeout, so short timeouts make the first event arrive in ~5 s.
@@ -44,9 +52,11 @@ def start_worker(bootstrap: str, web_port: int, log_path: Path, config: str | No
            "DETECTOR_WEB_PORT": str(web_port), **(extra_env or {})}
     if config:
         env["DETECTOR_CONFIG"] = str(config)
-    out = open(log_path, "ab")
-    return subprocess.Popen([sys.executable, "-m", "agents.cli", "run"], stdout=out, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
+    # Its own session: a terminal's Ctrl-C reaches only the parent, which stops it in
+    # order; SIGTERM when the parent dies (Linux), so it never outlives the parent.
+    with open(log_path, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "agents.cli", "run"], stdout=out, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True, preexec_fn=die_with_parent())
 
 
 def stop_process(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
@@ -109,20 +119,102 @@ class DemoView:
         return Group(head, table)
 
 
+class DemoError(Exception):
+    """The demo cannot go on (a port in use, the worker exited)."""
+
+
+# Ctrl-C (or SIGTERM/SIGHUP) to every child stopped: within this, then the summary.
+# The demo's worker gets a shorter grace than production's (its broker is memory-only:
+# nothing it leaves uncommitted matters after the demo).
+DEMO_STOP_S = 4.0
+DEMO_WORKER_GRACE_S = 2.5
+
+
+@dataclass
+class _Progress:
+    started: float
+    view: DemoView = field(default_factory=DemoView)
+    sent: int = 0
+    workdir: Path | None = None
+    webhook_outcomes: dict[str, int] | None = None
+
+
 async def _run(duration: float, rate: float, web_port: int, as_json: bool, broker_port: int | None,
-               config: str | None, webhook: str | None = None, webhook_secret: str | None = None) -> dict[str, Any]:
+               config: str | None, webhook: str | None = None, webhook_secret: str | None = None,
+               children: ChildProcesses | None = None) -> dict[str, Any]:
+    """The demo, stoppable at any moment: the first Ctrl-C (SIGINT, SIGTERM or SIGHUP)
+    cancels it and stops the worker, then the broker, within DEMO_STOP_S; a second one
+    kills every child at once. The summary covers what happened until then."""
+    children = children if children is not None else ChildProcesses()
+    progress = _Progress(started=time.monotonic())
+    loop = asyncio.get_running_loop()
+    interrupted = asyncio.Event()
+
+    def on_signal() -> None:
+        if interrupted.is_set():
+            children.kill(wait=False)  # a second Ctrl-C: no graceful stop, nothing left behind
+        else:
+            interrupted.set()
+
+    signals = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    for sig in signals:
+        loop.add_signal_handler(sig, on_signal)
+    body = asyncio.create_task(_demo(duration, rate, web_port, as_json, broker_port, config, webhook,
+                                     webhook_secret, children, progress))
+    waiter = asyncio.create_task(interrupted.wait())
+    stop_by = time.monotonic() + DEMO_STOP_S
+    try:
+        await asyncio.wait({body, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        stop_by = time.monotonic() + DEMO_STOP_S
+        if not body.done():
+            body.cancel()
+            await asyncio.wait({body}, timeout=1.0)
+        elif body.exception() is not None:
+            raise body.exception()  # type: ignore[misc]
+    finally:
+        waiter.cancel()
+        # the worker first (it commits what it processed), then the broker it uses
+        await children.stop("worker", max(0.5, stop_by - 0.8 - time.monotonic()))
+        await children.stop("broker", max(0.2, stop_by - time.monotonic()))
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    view, started = progress.view, progress.started
+    return {
+        "verdicts": view.verdicts,
+        "alerts": view.alerts,
+        "alert_ids": len(view.alert_ids),
+        "dlq": view.dlq,
+        "sent": progress.sent,
+        "by_level": dict(view.levels),
+        "alerts_by_severity": dict(view.severities),
+        "first_verdict_s": round(view.first_verdict_at - started, 2) if view.first_verdict_at else None,
+        "first_alert_s": round(view.first_alert_at - started, 2) if view.first_alert_at else None,
+        "duration_s": round(time.monotonic() - started, 1),
+        "interrupted": interrupted.is_set(),
+        "logs": str(progress.workdir),
+        **({"webhook": progress.webhook_outcomes or {}} if webhook else {}),
+    }
+
+
+async def _demo(duration: float, rate: float, web_port: int, as_json: bool, broker_port: int | None,
+                config: str | None, webhook: str | None, webhook_secret: str | None,
+                children: ChildProcesses, progress: _Progress) -> None:
     if port_open("127.0.0.1", web_port):
-        raise SystemExit(f"detector demo: port {web_port} is in use (choose another with --web-port)")
-    workdir = Path(tempfile.mkdtemp(prefix="detector-demo-"))
+        raise DemoError(f"port {web_port} is in use (choose another with --web-port)")
+    workdir = progress.workdir = Path(tempfile.mkdtemp(prefix="detector-demo-"))
     broker = EmbeddedBroker(port=broker_port, log_path=workdir / "broker.log").start()
+    assert broker.proc is not None
+    children.add("broker", broker.proc)
     detection = DetectionConfig.load(Path(config) if config else DEFAULT_CONFIG)
     await create_topics(broker.bootstrap, partitions=4)
-    worker_env: dict[str, str] = {}
+    worker_env = {"DETECTOR_SHUTDOWN_GRACE_S": str(DEMO_WORKER_GRACE_S)}
     if webhook:  # the worker sends every alert to this URL (docs/alerts.md)
-        config, worker_env = demo_webhook_config(config, webhook, webhook_secret, workdir)
-    started = time.monotonic()
-    worker = start_worker(broker.bootstrap, web_port, workdir / "worker.log", config, extra_env=worker_env)
-    view = DemoView()
+        config, webhook_env = demo_webhook_config(config, webhook, webhook_secret, workdir)
+        worker_env.update(webhook_env)
+    started = progress.started = time.monotonic()
+    worker = children.add("worker", start_worker(broker.bootstrap, web_port, workdir / "worker.log", config,
+                                                 extra_env=worker_env))
+    view = progress.view
     stop = asyncio.Event()  # stops the producer
     done = asyncio.Event()  # stops the view, once the outputs are drained
     consumer = AIOKafkaConsumer(VERDICTS.name, ALERTS.name, CLIENT_REQUESTS_DLQ.name, bootstrap_servers=broker.bootstrap,
@@ -132,7 +224,6 @@ async def _run(duration: float, rate: float, web_port: int, as_json: bool, broke
     count = int(rate * duration)
     events = mixed(profile, count, seed=int(time.time()), start_ts=time.time() + 1, rate=rate,
                    catalogue=detection.catalogue)
-    sent = {"n": 0}
 
     async def produce() -> None:
         # Paced in batches of 1/20 s, as a batching edge sends them; a malformed
@@ -149,10 +240,10 @@ async def _run(duration: float, rate: float, web_port: int, as_json: bool, broke
                 if not chunk:
                     break
                 await producer.send_and_wait("client-requests", orjson.dumps(chunk))
-                sent["n"] += len(chunk)
-                if bad and sent["n"] > (len(BAD_MESSAGES) - len(bad) + 1) * count / 4:
+                progress.sent += len(chunk)
+                if bad and progress.sent > (len(BAD_MESSAGES) - len(bad) + 1) * count / 4:
                     await producer.send_and_wait("client-requests", bad.pop(0))
-                ahead = sent["n"] / rate - (time.monotonic() - t0)
+                ahead = progress.sent / rate - (time.monotonic() - t0)
                 if ahead > 0:
                     await asyncio.sleep(ahead)
         finally:
@@ -167,7 +258,6 @@ async def _run(duration: float, rate: float, web_port: int, as_json: bool, broke
             if done.is_set() and not batches:
                 return
 
-    webhook_outcomes: dict[str, int] = {}
     producer_task = asyncio.create_task(produce())
     consumer_task = asyncio.create_task(consume())
     live = None
@@ -176,48 +266,43 @@ async def _run(duration: float, rate: float, web_port: int, as_json: bool, broke
 
         live = Live(view.render(0, 0, duration), refresh_per_second=4)
         live.start()
+    cancelled = False
     try:
         while time.monotonic() - started < duration:
             await asyncio.sleep(0.25)
             if worker.poll() is not None:
-                raise SystemExit(f"detector demo: the worker exited early; see {workdir / 'worker.log'}")
+                raise DemoError(f"the worker exited early; see {workdir / 'worker.log'}")
             if live is not None:
-                live.update(view.render(time.monotonic() - started, sent["n"], duration))
+                live.update(view.render(time.monotonic() - started, progress.sent, duration))
             elif not as_json and int((time.monotonic() - started) * 4) % 20 == 0:
-                print(f"{time.monotonic() - started:5.1f}s sent={sent['n']} verdicts={view.verdicts} "
+                print(f"{time.monotonic() - started:5.1f}s sent={progress.sent} verdicts={view.verdicts} "
                       f"malicious={view.levels['malicious']} alerts={view.alerts} dlq={view.dlq}", flush=True)
         stop.set()
         await producer_task
         drain_until = time.monotonic() + 15
-        while view.verdicts < sent["n"] and time.monotonic() < drain_until:
+        while view.verdicts < progress.sent and time.monotonic() < drain_until:
             await asyncio.sleep(0.25)
         await asyncio.sleep(1.0)
         if webhook:
-            webhook_outcomes = await wait_for_webhooks(web_port, view, worker)
+            progress.webhook_outcomes = await wait_for_webhooks(web_port, view, worker)
+    except asyncio.CancelledError:
+        cancelled = True  # Ctrl-C: no drain, the caller stops the processes
+        raise
     finally:
         stop.set()
         done.set()
         if live is not None:
             live.stop()
-        stop_process(worker)
-        await asyncio.wait_for(consumer_task, 10)
-        await consumer.stop()
-        broker.stop()
-    ran = time.monotonic() - started
-    return {
-        "verdicts": view.verdicts,
-        "alerts": view.alerts,
-        "alert_ids": len(view.alert_ids),
-        "dlq": view.dlq,
-        "sent": sent["n"],
-        "by_level": dict(view.levels),
-        "alerts_by_severity": dict(view.severities),
-        "first_verdict_s": round(view.first_verdict_at - started, 2) if view.first_verdict_at else None,
-        "first_alert_s": round(view.first_alert_at - started, 2) if view.first_alert_at else None,
-        "duration_s": round(ran, 1),
-        "logs": str(workdir),
-        **({"webhook": webhook_outcomes} if webhook else {}),
-    }
+        if cancelled:
+            producer_task.cancel()
+            consumer_task.cancel()
+        # bounded: the clients close while the broker is still up
+        await asyncio.wait({producer_task, consumer_task}, timeout=0.5 if cancelled else 10)
+        consumer_task.cancel()
+        try:
+            await asyncio.wait_for(consumer.stop(), 0.5 if cancelled else 5)
+        except (asyncio.TimeoutError, KafkaError) as exc:
+            log.warning("demo consumer did not close cleanly: %r", exc)
 
 
 def demo_webhook_config(config: str | None, url: str, secret: str | None, workdir: Path) -> tuple[str, dict[str, str]]:
@@ -260,14 +345,28 @@ async def wait_for_webhooks(web_port: int, view: DemoView, worker: subprocess.Po
 def run_demo(duration: float = 60.0, as_json: bool = False, rate: float = 400.0, web_port: int = 6066,
              broker_port: int | None = None, config: str | None = None, webhook: str | None = None,
              webhook_secret: str | None = None) -> int:
-    summary = asyncio.run(_run(duration, rate, web_port, as_json, broker_port, config, webhook, webhook_secret))
+    """Exit status 0 with verdicts and alerts, 1 without, 130 when interrupted (the
+    summary is printed in every case)."""
+    children = ChildProcesses()
+    atexit.register(children.kill)  # and every child dies with this process (die_with_parent)
+    try:
+        summary = asyncio.run(_run(duration, rate, web_port, as_json, broker_port, config, webhook, webhook_secret,
+                                   children))
+    except DemoError as exc:
+        raise SystemExit(f"detector demo: {exc}") from None
+    finally:
+        children.kill()
+        atexit.unregister(children.kill)
     if as_json:
-        print(orjson.dumps(summary).decode())
+        print(orjson.dumps(summary).decode(), flush=True)
     else:
-        print(f"\nsent {summary['sent']} requests: {summary['verdicts']} verdicts {summary['by_level']}, "
+        print(f"\n{'interrupted: ' if summary['interrupted'] else ''}"
+              f"sent {summary['sent']} requests: {summary['verdicts']} verdicts {summary['by_level']}, "
               f"{summary['alerts']} alert revisions ({summary['alert_ids']} alerts), {summary['dlq']} dead letters; "
               f"first verdict after {summary['first_verdict_s']} s, first alert after {summary['first_alert_s']} s. "
-              f"Logs: {summary['logs']}")
+              f"Logs: {summary['logs']}", flush=True)
         if webhook:
-            print(f"webhook {webhook}: {summary['webhook']} (alerts-dlq holds any not delivered)")
+            print(f"webhook {webhook}: {summary['webhook']} (alerts-dlq holds any not delivered)", flush=True)
+    if summary["interrupted"]:
+        return 130
     return 0 if summary["verdicts"] and summary["alerts"] else 1

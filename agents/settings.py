@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     ingest_poll_timeout_ms: int = Field(100, ge=0)
     topic_partitions: int = Field(4, gt=0)
     state_flush_interval_s: float = Field(2.0, gt=0)  # behaviour state snapshot cadence
+    # SIGTERM/SIGINT: the graceful stop gets this long, then the process exits anyway
+    shutdown_grace_s: float = Field(10.0, gt=0, le=600)
     topic_replication: int = Field(1, gt=0)
     log_level: str = "info"
 
@@ -86,4 +88,17 @@ def load_settings(config: Path | str | None = None, **overrides: Any) -> Setting
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(kwargs.get("config") or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG, key, err["msg"]) from None
+        path = Path(kwargs.get("config") or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+        env = f"DETECTOR_{key.upper()}"
+        if key in kwargs or env in os.environ:  # an override, not the file's value
+            raise ConfigError(path, key, f"{err['msg']} (from {'the command line' if key in kwargs else env})") from None
+        raise ConfigError(path, key, err["msg"], line=_yaml_line(path, key)) from None
+
+
+def _yaml_line(path: Path, key: str) -> int | None:
+    from detector.config import node_line
+
+    try:
+        return node_line(yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader), [key])
+    except (OSError, yaml.YAMLError):
+        return None

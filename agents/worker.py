@@ -333,6 +333,12 @@ def build_app(settings: Settings, detection: DetectionConfig, metrics: Metrics |
         # in our rebalance test; the changelog is small: bucketed snapshots).
         table_standby_replicas=0,
         topic_disable_leader=True,
+        # On stop, Faust would wait for every envelope it fetched to be acknowledged,
+        # but the shards acknowledge only at a state flush, and the flush timer has
+        # stopped by then (the worker never exited under load). Instead the shards
+        # persist their state when the stop begins (on_before_shutdown below); what
+        # was acknowledged is committed, the rest is read again on restart.
+        stream_wait_empty=False,
     )
     ingest = IngestStage(s, detection, metrics, loop=None)
     app.detector_ingest = ingest  # type: ignore[attr-defined]
@@ -402,6 +408,13 @@ def build_app(settings: Settings, detection: DetectionConfig, metrics: Metrics |
     @app.on_partitions_revoked.connect
     async def on_revoked(app_: Any, revoked: Any, **_: Any) -> None:
         shard.release({tp.partition for tp in revoked if tp.topic == ENTITY_EVENTS.name})
+
+    @app.on_before_shutdown.connect
+    async def on_stop(app_: Any, **_: Any) -> None:
+        # The stop begins (fetching has stopped): a complete snapshot of every owned
+        # shard, which acknowledges the envelopes it includes; Faust then flushes the
+        # producer and commits only acknowledged offsets (acked == persisted).
+        shard.release(set(shard.engines))
 
     # Observability: closed label sets from config (series at zero up front), our
     # Faust sensor, consumer lag sampled at scrape time, the worker's log format.
