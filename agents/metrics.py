@@ -23,11 +23,21 @@ from prometheus_client import CollectorRegistry, Counter as PromCounter, Gauge, 
 from prometheus_client.core import HistogramMetricFamily
 
 from agents.webhooks import ATTEMPT_RESULTS
+from detector.decode import REJECTION_CODES
 from detector.fingerprints.headers import names_fingerprint
 from detector.model import Verdict
 
 VERDICT_LEVELS = ("clean", "suspicious", "malicious")
-DLQ_REASONS = ("invalid_json", "invalid_utf8", "missing_field", "invalid_field", "oversized", "other")
+# The DLQ counter's reason label is the rejection code (detector.decode.REJECTION_CODES,
+# a closed set; internal_error: processing the message failed, not its content).
+DLQ_REASONS = tuple(sorted(REJECTION_CODES))
+# Where a message's processing failed (detector_internal_errors_total): the ingest
+# stage (decode, score, records, encoding) or the entity-shard agent (an envelope).
+INTERNAL_ERROR_STAGES = ("ingest", "entity-shard")
+# Record kinds the worker writes, each bounded by its topic's limit (read at start:
+# min(max.message.bytes, the producer's max_request_size) minus 10%); one over it is
+# never sent (detector_oversized_records_total).
+RECORD_KINDS = ("verdict", "dlq", "envelope", "alert", "flag", "state")
 SEVERITIES = ("low", "medium", "high", "critical")
 # The final outcome of one alert revision at one endpoint (event-schema.md section 4):
 # delivered (2xx), rejected (a 4xx other than 429: never retried, sent to alerts-dlq),
@@ -43,6 +53,7 @@ CONSUMERS = ("ingest", "entity-shard", "flag-feed")
 # In-process state whose size is exported: entities held by the behaviour shards of
 # this worker, and behaviour-flagged entities in the broadcast map every worker holds.
 STATE_NAMES = ("behaviour_entities", "flagged_entities")
+BROKER_OPS = ("poll", "produce", "commit", "metadata")  # detector_broker_errors_total{op}
 OTHER = "other"  # any value outside a closed set
 NONE = "none"  # the request did not carry (or we could not derive) the value
 EMULATOR = "emulator"
@@ -275,6 +286,27 @@ class Metrics:
             "detector_late_records_total", "Records older than the allowed lateness, left out of behaviour state",
             registry=r,
         )
+        self.future_events = PromCounter(
+            "detector_future_events_total",
+            "Requests dated more than event_time.max_future_s ahead of the reference clock (the Kafka record's "
+            "timestamp, capped at the wall clock): scored statelessly, left out of behaviour state and event time",
+            registry=r,
+        )
+        self.internal_errors = PromCounter(
+            "detector_internal_errors_total",
+            "Messages or requests whose processing raised, dead-lettered with code internal_error, by stage",
+            ["stage"], registry=r,
+        )
+        self.oversized_records = PromCounter(
+            "detector_oversized_records_total",
+            "Output records over their topic's record limit, by kind: not sent (a verdict or envelope is "
+            "dead-lettered instead; an alert, flag update or state bucket is logged)",
+            ["kind"], registry=r,
+        )
+        self.suppressed_logs = PromCounter(
+            "detector_log_lines_suppressed_total",
+            "Worker log lines held back by the per-kind rate limit (rejections, internal errors)", registry=r,
+        )
         self.flag_delay = Histogram(
             "detector_flag_delay_seconds",
             "From a behaviour flag's publication to this worker applying it (the broadcast delay a verdict may lag by)",
@@ -282,6 +314,36 @@ class Metrics:
         )
         self.rebalances = PromCounter("detector_rebalances_total", "Consumer-group rebalances of the Faust app",
                                       registry=r)
+        # Broker faults (agents/publish.py, agents/brokerwatch.py): failed interactions by
+        # operation, produce retries, outages that ended, topics recreated after the
+        # broker lost them, and whether the worker counts the broker as reachable.
+        self.broker_errors = PromCounter(
+            "detector_broker_errors_total", "Failed broker interactions of the ingest stage, by operation",
+            ["op"], registry=r,
+        )
+        for op in BROKER_OPS:
+            self.broker_errors.labels(op)
+        self.produce_retries = PromCounter(
+            "detector_produce_retries_total", "Ingest batches re-published in full after a produce error", registry=r,
+        )
+        self.broker_recoveries = PromCounter(
+            "detector_broker_recoveries_total", "Broker outages that ended (the broker reachable again)", registry=r,
+        )
+        self.topics_recreated = PromCounter(
+            "detector_topics_recreated_total", "Declared topics recreated after they vanished from the broker",
+            registry=r,
+        )
+        self.broker_log_resets = PromCounter(
+            "detector_broker_log_resets_total",
+            "Times the broker was found to have lost its log (a vanished topic or committed offsets gone "
+            "backwards, e.g. a restarted memory-only broker): consumers restart from the new log's start",
+            registry=r,
+        )
+        self.broker_up = Gauge(
+            "detector_broker_up", "1 while the ingest stage counts the broker as reachable (readiness), else 0",
+            registry=r,
+        )
+        self.broker_up.set(1)
         self.build_info = Gauge("detector_build_info", "Build of the running worker (value 1)",
                                 ["version", "commit", "faust", "python"], registry=r)
         self.label_sets: LabelSets | None = None
@@ -295,6 +357,10 @@ class Metrics:
             self.dlq.labels(reason)
         for sev in SEVERITIES:
             self.alerts.labels(sev)
+        for stage in INTERNAL_ERROR_STAGES:
+            self.internal_errors.labels(stage)
+        for kind in RECORD_KINDS:
+            self.oversized_records.labels(kind)
         for state in STATE_NAMES:
             self.state_entries.labels(state)
         if labels is not None:
