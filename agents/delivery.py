@@ -98,7 +98,10 @@ async def post(session: aiohttp.ClientSession, e: Endpoint, alert: dict[str, Any
     try:
         async with session.post(e.url, data=body, headers=headers(e, alert, body, ts),
                                 timeout=aiohttp.ClientTimeout(total=e.timeout_s), allow_redirects=False) as resp:
-            await resp.content.read(DRAIN_MAX_BYTES)
+            try:
+                await resp.content.read(DRAIN_MAX_BYTES)
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                pass  # the status decides; a broken or slow body only costs the connection
             return Attempt(resp.status, attempt_result(resp.status), status_line(resp.status),
                            retry_after_s(resp.headers.get("Retry-After"), time.time()))
     except asyncio.TimeoutError:

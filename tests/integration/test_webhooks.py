@@ -30,6 +30,7 @@ from detector.engine import DEFAULT_CONFIG
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(300)]
 SECRET = "s3cret-for-tests"
+BODY_MARKER = "internal-stack-trace-of-the-receiver"
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 
 
@@ -179,7 +180,7 @@ async def test_deliveries_are_signed_retried_with_backoff_and_dead_lettered(brok
         return web.Response(status=503) if flap_state["n"] % 2 else web.json_response({"ok": True})
 
     async def reject(request: web.Request, n: int) -> web.Response:
-        return web.Response(status=422, text="unprocessable")
+        return web.Response(status=422, reason="Go Away", text=f"unprocessable {BODY_MARKER}")
 
     async def slow(request: web.Request, n: int) -> web.Response:
         await asyncio.sleep(5)
@@ -241,7 +242,11 @@ async def test_deliveries_are_signed_retried_with_backoff_and_dead_lettered(brok
         rejected = [d for d in dlq if d["endpoint"] == "reject"]
         failed = [d for d in dlq if d["endpoint"] == "slow"]
         assert {f"{d['alert']['alert_id']}:{d['alert']['revision']}" for d in rejected} == keys
-        assert all(d["outcome"] == "rejected" and "422" in d["reason"] and d["attempts"] == 1 for d in rejected)
+        assert all(d["outcome"] == "rejected" and d["reason"] == "HTTP 422 Unprocessable Entity" and d["attempts"] == 1
+                   for d in rejected)
+        # only a status line of a response is kept: its body (or own reason phrase) is in no log or DLQ record
+        assert BODY_MARKER not in log.read_text(errors="replace") and "Go Away" not in log.read_text(errors="replace")
+        assert not any(BODY_MARKER in orjson.dumps(d).decode() for d in dlq)
         assert all(d["outcome"] == "failed" and "timeout" in d["reason"] and d["attempts"] == 2 for d in failed)
 
         text = ""
@@ -370,3 +375,73 @@ async def test_alertmanager_receives_open_alerts_and_repeats_them(broker, worker
                                  for x in am_alerts(alertmanager)), 30, "a repeated push")
     text = metrics_text(port)
     assert 'detector_webhook_deliveries_total{endpoint="am",outcome="delivered"} 2.0' in text
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """The value of one series in a /metrics page (labels in declaration order)."""
+    sel = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{{sel}}} "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def test_a_dead_endpoint_is_visible_within_seconds_and_refused_addresses_are_never_contacted(
+        broker, worker_factory, tmp_path):
+    """Issue 11: a dead endpoint stayed invisible for hours (the breaker spent one
+    attempt per reset period, so `failed` stayed 0). Now its breaker state, pending
+    deliveries and held-back attempts show at once, without an attempt being spent
+    by waiting. And an endpoint whose address the policy refuses (the cloud-metadata
+    address; loopback with deny_private) is never connected to: its deliveries go to
+    alerts-dlq at once with reason address_refused."""
+    rx = await Receiver({"/ok": ok, "/private": ok}).start()
+    try:
+        await create_topics(broker.bootstrap, partitions=4)
+        dead_port = free_port()  # nothing listens: connection refused
+        env = worker_config(tmp_path, [
+            endpoint("dead", f"http://127.0.0.1:{dead_port}/hook", breaker_failures=2, breaker_reset_s=2,
+                     max_attempts=50),
+            endpoint("metadata", f"http://169.254.169.254:{rx.port}/latest/meta-data/"),
+            endpoint("private", rx.url("/private"), deny_private=True),
+            endpoint("ok", rx.url("/ok")),
+        ])
+        _, port = worker_factory(**env)
+        log = tmp_path / "worker.log"
+        alerts = [make_alert(i) for i in range(10)]
+        keys = {f"{a['alert_id']}:{a['revision']}" for a in alerts}
+        await produce_alerts(broker.bootstrap, alerts)
+        started = time.monotonic()
+        text = ""
+
+        def dead_visible() -> bool:
+            nonlocal text
+            text = metrics_text(port)
+            return ((metric(text, "detector_webhook_breaker_state", endpoint="dead") or 0) > 0
+                    and (metric(text, "detector_webhook_attempts_total", endpoint="dead", result="breaker_open") or 0) > 0
+                    and metric(text, "detector_webhook_pending_deliveries", endpoint="dead") == 10)
+
+        await wait_until(dead_visible, 90, "the dead endpoint in the metrics", log)
+        visible_after = time.monotonic() - started
+        assert (metric(text, "detector_webhook_attempts_total", endpoint="dead", result="network_error") or 0) >= 2
+        assert metric(text, "detector_webhook_deliveries_total", endpoint="dead", outcome="failed") == 0
+        await wait_until(lambda: set(rx.delivered("/ok")) == keys, 60, "the healthy endpoint's deliveries", log)
+        assert metric(metrics_text(port), "detector_webhook_breaker_state", endpoint="ok") == 0
+
+        dlq: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 60
+        while len(dlq) < 20:
+            assert time.monotonic() < deadline, (dlq, log.read_text(errors="replace")[-3000:])
+            dlq = await read_topic(broker.bootstrap, ALERTS_DLQ.name, 1.0)
+        for name, why in (("metadata", "169.254.169.254 (cloud_metadata)"), ("private", "127.0.0.1 (private)")):
+            records = [d for d in dlq if d["endpoint"] == name]
+            assert {f"{d['alert']['alert_id']}:{d['alert']['revision']}" for d in records} == keys
+            assert all(d["outcome"] == "rejected" and d["attempts"] == 1 and d["reason"].startswith("address_refused")
+                       and why in d["reason"] for d in records), records[0]
+        assert rx.at("/private") == [] and rx.at("/latest/meta-data/") == []
+        assert {d["endpoint"] for d in dlq} == {"metadata", "private"}  # nothing of the dead endpoint is lost
+        text = metrics_text(port)
+        assert metric(text, "detector_webhook_attempts_total", endpoint="metadata", result="address_refused") == 10
+        assert metric(text, "detector_webhook_deliveries_total", endpoint="private", outcome="rejected") == 10
+        print(f"\n[{broker.tier}] dead endpoint visible (breaker open, deliveries held back) after {visible_after:.1f} s")
+    finally:
+        await rx.stop()
