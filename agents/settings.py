@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from detector.config import ConfigError
@@ -57,6 +57,20 @@ class Settings(BaseSettings):
     # SIGTERM/SIGINT: the graceful stop gets this long, then the process exits anyway
     shutdown_grace_s: float = Field(10.0, gt=0, le=600)
     topic_replication: int = Field(1, gt=0)
+    # Broker faults (docs/operations.md): the ingest stage probes the broker (metadata)
+    # every broker_check_interval_s, is not ready after broker_unready_failures
+    # consecutive failures, and retries a failed produce with exponential backoff from
+    # produce_retry_initial_s up to produce_retry_max_s (with jitter), without end.
+    broker_check_interval_s: float = Field(1.0, gt=0, le=60)
+    broker_unready_failures: int = Field(2, ge=1, le=100)
+    produce_retry_initial_s: float = Field(0.2, gt=0, le=60)
+    produce_retry_max_s: float = Field(10.0, gt=0, le=600)
+
+    @model_validator(mode="after")
+    def _retry_bounds(self) -> Settings:
+        if self.produce_retry_initial_s > self.produce_retry_max_s:
+            raise ValueError("produce_retry_initial_s must not exceed produce_retry_max_s")
+        return self
     log_level: str = "info"
 
     @classmethod

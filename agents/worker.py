@@ -24,7 +24,7 @@ from typing import Any
 import faust
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError
 from aiohttp import web
 from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -32,10 +32,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from agents import logs
 from agents.lag import ConsumerLag
 from agents.metrics import FaustSensor, LabelSets, Metrics, webhook_endpoint_names
-from agents.publish import BatchPublisher
+from agents.brokerwatch import BrokerWatch, WatchCounters, WatchHooks
+from agents.publish import BROKER_ERRORS, Backoff, BatchPublisher, BrokerHealth, PublishAborted
 from agents.settings import Settings
-from agents.topics import (ALERTS, CLIENT_REQUESTS, CLIENT_REQUESTS_DLQ, ENTITY_EVENTS, ENTITY_FLAGS, VERDICTS,
-                           partitions_of)
+from agents.topics import (ALERTS, ALL_TOPICS, CLIENT_REQUESTS, CLIENT_REQUESTS_DLQ, ENTITY_EVENTS, ENTITY_FLAGS,
+                           VERDICTS, TopicSpec, create_topics, partitions_of)
 from detector.behaviour.engine import BehaviourEngine
 from detector.behaviour.flags import FlagMap, decode_update, encode_update
 from detector.behaviour.records import Envelope, decode_envelope, encode_envelope, records_for
@@ -86,6 +87,20 @@ class IngestStage(Service):
         self.producer: AIOKafkaProducer | None = None
         self.ready = asyncio.Event()
         self.first_event_at: float | None = None
+        # Broker faults (agents/publish.py, agents/brokerwatch.py): readiness follows the
+        # recent broker interactions; produce errors are retried, never fatal.
+        self.backoff = Backoff(initial_s=settings.produce_retry_initial_s, max_s=settings.produce_retry_max_s)
+        self.broker = BrokerHealth(unready_failures=settings.broker_unready_failures,
+                                   stale_after_s=max(15.0, 5 * settings.broker_check_interval_s))
+        self.on_log_lost: list[Any] = []  # callbacks: the broker lost its log (see BrokerWatch)
+        self._flag_failures = 0  # consecutive failed polls of the flag feed
+        self.watch = BrokerWatch(
+            WatchHooks(topics=self._broker_topics, create=self._create_topics, committed=self._group_committed),
+            self.broker,
+            WatchCounters(error=metrics.broker_errors.labels("metadata").inc, recovered=metrics.broker_recoveries.inc,
+                          recreated=metrics.topics_recreated.inc, log_lost=metrics.broker_log_resets.inc),
+            ALL_TOPICS, timeout_s=max(5.0, 2 * settings.broker_check_interval_s), on_log_lost=self._log_lost,
+        )
 
     async def on_start(self) -> None:
         s = self.settings
@@ -123,20 +138,95 @@ class IngestStage(Service):
 
     @Service.task
     async def _consume(self) -> None:
+        """Poll, process, commit; a broker fault never ends this loop: a poll error
+        is retried with backoff, a produce error inside the batch by the publisher
+        (the batch's offsets are committed only once all its outputs are acknowledged)."""
         assert self.consumer is not None
         timeout = self.settings.ingest_poll_timeout_ms
+        failures = 0
         while not self.should_stop:
             try:
                 batches = await self.consumer.getmany(timeout_ms=timeout, max_records=self.settings.ingest_max_records)
-            except KafkaError as exc:
-                log.warning("ingest poll failed, retrying: %s", exc)
-                await asyncio.sleep(1)
+            except BROKER_ERRORS as exc:
+                failures += 1
+                self._broker_failed("poll", exc)
+                log.warning("ingest poll failed (attempt %d), retrying: %s: %s", failures, type(exc).__name__, exc)
+                await self.sleep(self.backoff.delay(failures))
                 continue
+            failures = 0
             self.ready.set()
             if not batches:
                 continue
+            self.broker.ok()
             async with self._lock:
-                await self._process(batches)
+                try:
+                    await self._process(batches)
+                except PublishAborted as exc:
+                    log.warning("stopping with a batch not acknowledged by the broker: its offsets stay uncommitted "
+                                "(read again on restart): %s", exc)
+                    return
+                except BROKER_ERRORS as exc:
+                    # a broker fault outside the publisher's retries: read the batch again
+                    failures += 1
+                    self._broker_failed("produce", exc)
+                    self._rewind(batches)
+                    log.warning("ingest batch failed on a broker error, reading it again: %s: %s", type(exc).__name__, exc)
+                    await self.sleep(self.backoff.delay(failures))
+
+    @Service.task
+    async def _watch_broker(self) -> None:
+        """The metadata probe behind readiness, and topic recreation (agents/brokerwatch.py)."""
+        while not self.should_stop:
+            await self.watch.check()
+            self.metrics.broker_up.set(1 if self.broker.healthy() else 0)
+            await self.sleep(self.settings.broker_check_interval_s)
+
+    def _broker_failed(self, op: str, exc: BaseException) -> None:
+        self.broker.failed(op, exc)
+        self.metrics.broker_errors.labels(op).inc()
+        self.metrics.broker_up.set(0 if not self.broker.healthy() else 1)
+
+    def _rewind(self, batches: dict[Any, list[Any]]) -> None:
+        assert self.consumer is not None
+        assigned = self.consumer.assignment()
+        for tp, messages in batches.items():
+            if messages and tp in assigned:
+                self.consumer.seek(tp, messages[0].offset)
+
+    def _publisher(self) -> BatchPublisher:
+        def retried(attempt: int, exc: BaseException) -> None:
+            self.metrics.produce_retries.inc()
+            self.metrics.broker_errors.labels("produce").inc()
+            self.metrics.broker_up.set(0)
+
+        assert self.producer is not None
+        return BatchPublisher(self.producer, backoff=self.backoff, health=self.broker,
+                              should_stop=lambda: self.should_stop, on_retry=retried, sleep=self.sleep)
+
+    async def _broker_topics(self) -> set[str]:
+        assert self.producer is not None
+        md = await self.producer.client.fetch_all_metadata()
+        return set(md.topics())
+
+    async def _create_topics(self, specs: tuple[TopicSpec, ...]) -> list[str]:
+        s = self.settings
+        return await create_topics(s.kafka_bootstrap, s.topic_partitions, s.topic_replication, specs=specs)
+
+    async def _group_committed(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int | None]:
+        from aiokafka import TopicPartition
+
+        assert self.consumer is not None
+        assigned = self.consumer.assignment()
+        out: dict[tuple[str, int], int | None] = {}
+        for topic, partition in tps:
+            tp = TopicPartition(topic, partition)
+            if tp in assigned:
+                out[(topic, partition)] = await self.consumer.committed(tp)
+        return out
+
+    def _log_lost(self) -> None:
+        for callback in self.on_log_lost:
+            callback()
 
     @Service.task
     async def _follow_flags(self) -> None:
@@ -147,10 +237,13 @@ class IngestStage(Service):
         while not self.should_stop:
             try:
                 batches = await consumer.getmany(timeout_ms=200, max_records=5000)
-            except KafkaError as exc:
-                log.warning("flag feed poll failed, retrying: %s", exc)
-                await asyncio.sleep(1)
+            except BROKER_ERRORS as exc:
+                self._flag_failures = failures = self._flag_failures + 1
+                self.metrics.broker_errors.labels("poll").inc()
+                log.warning("flag feed poll failed (attempt %d), retrying: %s: %s", failures, type(exc).__name__, exc)
+                await self.sleep(self.backoff.delay(failures))
                 continue
+            self._flag_failures = 0
             now = time.time()
             for msgs in batches.values():
                 updates = []
@@ -172,7 +265,7 @@ class IngestStage(Service):
         limits = self.detection.limits
         requests = []
         sources: list[tuple[int, int, int]] = []
-        out = BatchPublisher(self.producer)
+        out = self._publisher()  # retries produce errors (agents/publish.py)
         n_messages = 0
         for tp, messages in batches.items():
             n_messages += len(messages)
@@ -210,7 +303,10 @@ class IngestStage(Service):
             for i in range(0, len(env.records), ENVELOPE_RECORDS):
                 chunk = Envelope(env.records[i:i + ENVELOPE_RECORDS], env.sources[i:i + ENVELOPE_RECORDS])
                 await out.add(ENTITY_EVENTS.name, encode_envelope(chunk), partition=partition)
-        await out.flush()  # every output acknowledged before the commit
+        # Every output acknowledged before the commit: flush() retries produce errors
+        # with backoff (the whole batch, never dropping a record) and raises only
+        # PublishAborted when the worker stops first, so nothing unproduced is committed.
+        await out.flush()
         offsets = {tp: messages[-1].offset + 1 for tp, messages in batches.items()}
         try:
             await self.consumer.commit(offsets)
@@ -218,6 +314,14 @@ class IngestStage(Service):
             # The group rebalanced under us: the new owner re-reads from the last
             # commit and re-emits identical records (deterministic ids).
             log.warning("ingest commit failed after a rebalance, batch will be re-delivered: %s", exc)
+            self.metrics.broker_errors.labels("commit").inc()
+        except BROKER_ERRORS as exc:
+            # Not fatal either: the outputs are acknowledged; a later commit covers these
+            # offsets, or, after a restart, the batch is read again (duplicates only).
+            self._broker_failed("commit", exc)
+            log.warning("ingest commit failed, the batch may be re-delivered: %s: %s", type(exc).__name__, exc)
+        else:
+            self.watch.note_commit({(tp.topic, tp.partition): off for tp, off in offsets.items()})
         now = time.time()
         # Per-batch aggregates, one inc(n) per label value (agents/metrics.py).
         self.metrics.observe_batch(verdicts, messages=n_messages, now=now, seconds=time.monotonic() - started)
@@ -434,15 +538,22 @@ def build_app(settings: Settings, detection: DetectionConfig, metrics: Metrics |
 
     @app.page("/healthz")
     async def healthz(web_: Any, request: Any) -> Any:
-        # Liveness: the process serves pages and the ingest stage has not crashed.
+        # Liveness: the process serves pages and the ingest stage has not crashed. A
+        # broker outage is not a liveness failure (restarting would not help): /readyz.
         if ingest.crashed:
             return web_.json({"status": "failed", "reason": str(ingest.crash_reason)}, status=503)
         return web_.json({"status": "ok"})
 
     @app.page("/readyz")
     async def readyz(web_: Any, request: Any) -> Any:
-        # Ready once the ingest consumer has polled, until it stops (or crashes).
-        ready = ingest.ready.is_set() and not ingest.should_stop
-        return web_.json({"ready": ready}, status=200 if ready else 503)
+        # Ready once the ingest consumer has polled, while the broker is reachable (no
+        # run of failed interactions, no produce retry pending), until it stops.
+        if not ingest.ready.is_set():
+            return web_.json({"ready": False, "reason": "ingest consumer has not polled yet"}, status=503)
+        if ingest.should_stop:
+            return web_.json({"ready": False, "reason": "stopping"}, status=503)
+        if not ingest.broker.healthy():
+            return web_.json({"ready": False, "reason": f"broker unreachable: {ingest.broker.reason()}"}, status=503)
+        return web_.json({"ready": True})
 
     return app

@@ -1,0 +1,125 @@
+"""Watching the broker from the ingest stage: a metadata probe every
+`broker_check_interval_s` feeds `BrokerHealth` (readiness), notices an outage ending,
+and recreates the declared topics that vanished (a memory-only broker, such as the
+embedded one, loses every topic when it restarts; `detector topics --create` does the
+same from the declarations in agents/topics.py).
+
+It also decides whether the broker lost its log: a declared topic that existed
+vanished, or, after an outage, the ingest group's committed offset of a partition is
+below (or without) the one this worker committed. Committed offsets only move forward
+on a broker that keeps its data (Apache Kafka), so this is a restart of a memory-only
+broker; the consumers then restart from the new log's start (auto_offset_reset) and
+`on_log_lost` lets the worker forget positions that belonged to the old log."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Mapping
+
+from agents.publish import BROKER_ERRORS, BrokerHealth
+from agents.topics import TopicSpec
+
+log = logging.getLogger("detector.broker")
+
+
+@dataclass(frozen=True, slots=True)
+class WatchHooks:
+    """The broker operations the watch needs (our seam; the worker binds aiokafka)."""
+
+    topics: Callable[[], Awaitable[set[str]]]  # the topic names the broker has now
+    create: Callable[[tuple[TopicSpec, ...]], Awaitable[list[str]]]  # create these; names created
+    # the ingest group's committed offsets of these partitions (None: none committed)
+    committed: Callable[[list[tuple[str, int]]], Awaitable[Mapping[tuple[str, int], int | None]]]
+
+
+@dataclass(frozen=True, slots=True)
+class WatchCounters:
+    """Metric hooks (the worker binds Prometheus counters)."""
+
+    error: Callable[[], None]
+    recovered: Callable[[], None]
+    recreated: Callable[[int], None]
+    log_lost: Callable[[], None]
+
+
+class BrokerWatch:
+    def __init__(self, hooks: WatchHooks, health: BrokerHealth, counters: WatchCounters,
+                 specs: tuple[TopicSpec, ...], timeout_s: float = 5.0,
+                 on_log_lost: Callable[[], None] = lambda: None):
+        self.hooks = hooks
+        self.health = health
+        self.counters = counters
+        self.specs = specs
+        self.timeout_s = timeout_s
+        self.on_log_lost = on_log_lost
+        self.seen: set[str] = set()  # declared topics seen on the broker at least once
+        self.committed: dict[tuple[str, int], int] = {}  # what this worker committed last
+        self.outage = False
+        self.log_losses = 0
+
+    def note_commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        """The worker committed these offsets (the ingest group's)."""
+        self.committed.update(offsets)
+
+    async def check(self) -> bool:
+        """One probe; returns whether the broker answered."""
+        try:
+            have = await asyncio.wait_for(self.hooks.topics(), self.timeout_s)
+        except BROKER_ERRORS as exc:
+            self.health.failed("metadata", exc)
+            self.counters.error()
+            if not self.outage:
+                log.warning("broker unreachable: %s: %s", type(exc).__name__, exc)
+            self.outage = True
+            return False
+        self.health.ok()
+        ended, self.outage = self.outage, False
+        declared = {s.name for s in self.specs}
+        vanished = [s for s in self.specs if s.name in self.seen and s.name not in have]
+        self.seen |= declared & have
+        lost = bool(vanished)
+        if vanished:
+            names = ", ".join(s.name for s in vanished)
+            try:
+                created = await asyncio.wait_for(self.hooks.create(tuple(vanished)), self.timeout_s * 2)
+            except BROKER_ERRORS as exc:
+                self.health.failed("metadata", exc)
+                self.counters.error()
+                log.warning("recreating vanished topics (%s) failed, will retry: %s: %s", names, type(exc).__name__, exc)
+                return True
+            self.counters.recreated(len(created))
+            self.seen |= set(created)
+            log.warning("the broker lost topics %s: recreated %s from the declarations", names,
+                        ", ".join(created) or "none (already recreated by the broker)")
+        if ended or lost:
+            if not lost:
+                lost = await self._offsets_regressed()
+            if lost:
+                self.log_losses += 1
+                self.counters.log_lost()
+                self.committed.clear()
+                log.warning("the broker lost its log (a restarted memory-only broker?): the consumers restart from "
+                            "the new log's start; what the broker held before is gone")
+                self.on_log_lost()
+        lasted = self.health.recovered()
+        if lasted is not None:
+            self.counters.recovered()
+            log.info("broker reachable again after %.1f s", lasted)
+        return True
+
+    async def _offsets_regressed(self) -> bool:
+        if not self.committed:
+            return False
+        try:
+            now = await asyncio.wait_for(self.hooks.committed(sorted(self.committed)), self.timeout_s)
+        except BROKER_ERRORS as exc:
+            log.info("could not read the committed offsets after the outage: %s: %s", type(exc).__name__, exc)
+            return False
+        for tp, mine in self.committed.items():
+            theirs = now.get(tp)
+            if tp in now and (theirs is None or theirs < mine):
+                log.warning("committed offset of %s[%d] is %s, this worker committed %d", tp[0], tp[1], theirs, mine)
+                return True
+        return False
