@@ -55,8 +55,8 @@ class Redactor:
         object.__setattr__(self, "_text_patterns", (
             # ["Authorization", "..."] (headers as pairs) and "cookie": "..." (objects)
             re.compile(rb'(?i)("(?:' + alt + rb')"\s*[,:]\s*)' + value),
-            # Authorization: Bearer ... (an HTTP header line, raw or inside a string)
-            re.compile(rb'(?im)(^|\\n|\\r|[\r\n])((?:' + alt + rb')[ \t]*:[ \t]*)[^\r\n\\"]*'),
+            # Authorization: Bearer ... (an HTTP header line, raw or inside a JSON string)
+            re.compile(rb'(?im)(^|\\n|\\r|[\r\n"])((?:' + alt + rb')[ \t]*:[ \t]*)[^\r\n\\"]*'),
         ))
 
     @classmethod

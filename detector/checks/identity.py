@@ -18,6 +18,7 @@ INVALID_SESSION_ID = "identity.invalid_session_id"
 TIME_BASED_UUID = "identity.time_based_uuid"
 
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-([0-9a-f])[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+_CACHE_BYTES = 16 * 2**20  # memory of the cache, by bytes (detector.cache)
 _CODE = {"device": INVALID_DEVICE_ID, "account": INVALID_ACCOUNT_ID, "session": INVALID_SESSION_ID}
 
 
@@ -32,7 +33,7 @@ class IdentityCheck:
 
     def __init__(self) -> None:
         # ids repeat for every request of a device, account or session
-        self._cache: ByteLRU[tuple[str, str, str], tuple[tuple[str, str], ...]] = ByteLRU(16 * 2**20, 16 * 1024)
+        self._cache: ByteLRU[tuple[str, str, str], tuple[tuple[str, str], ...]] = ByteLRU(_CACHE_BYTES, 16 * 1024)
 
     def check(self, request: ClientRequest, ctx: RequestContext) -> Iterable[Signal]:
         profile: ClientProfile = ctx.profile
