@@ -381,8 +381,9 @@ def _nested_value(where: str, kind: _Kind, v: Any, limits: DecodeLimits) -> None
             raise InvalidRequest(f"field {where!r} must be 32 hex characters", "invalid_value")
     elif kind == "country":
         _nested_string(where, v, 2, "invalid_value")
-        if not (len(v) == 2 and v.isascii() and v.isalpha()):
-            raise InvalidRequest(f"field {where!r} must be a two-letter country code, got {v[:8]!r}", "invalid_value")
+        if not (len(v) == 2 and v.isascii() and v.isalpha() and v.isupper()):
+            raise InvalidRequest(f"field {where!r} must be an ISO 3166-1 alpha-2 code (two capital letters), got {v[:8]!r}",
+                                 "invalid_value")
     elif kind == "bool":
         if not isinstance(v, bool):
             raise InvalidRequest(f"field {where!r} must be a boolean, got {_type(v)}", "invalid_type")
@@ -609,7 +610,7 @@ def _nested_wire_type(name: str, limits: DecodeLimits, *, lenient: bool) -> type
         "str": text,
         "hello": Annotated[str, meta(max_length=MAX_CLIENT_HELLO_CHARS)],
         "hex32": Annotated[str, meta(min_length=32, max_length=32, pattern=r"\A[0-9a-fA-F]{32}\Z")],
-        "country": Annotated[str, meta(min_length=2, max_length=2, pattern=r"\A[A-Za-z]{2}\Z")],
+        "country": Annotated[str, meta(min_length=2, max_length=2, pattern=r"\A[A-Z]{2}\Z")],
         "bool": bool,
         "asn": Annotated[int, meta(ge=0, le=MAX_ASN)],
         "number": Annotated[float, meta(ge=-1e308, le=1e308)],  # finite; also takes ints, never booleans

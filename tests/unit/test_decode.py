@@ -240,7 +240,7 @@ _VALID = {
         "unknown": _json}),
     "h2": st.fixed_dictionaries({}, optional={"fingerprint": _text, "x": _json}),
     "network": st.fixed_dictionaries({}, optional={
-        "asn": st.integers(0, 2**32 - 1) | st.none(), "as_org": _text, "country": st.sampled_from(["US", "de", "ZZ"]),
+        "asn": st.integers(0, 2**32 - 1) | st.none(), "as_org": _text, "country": st.sampled_from(["US", "DE", "ZZ"]),
         "hosting": st.booleans(), "extra_key": _json}),
     "attestation": st.fixed_dictionaries({}, optional={
         "provider": _text, "app_recognition": _text, "device_recognition": st.lists(_text, max_size=3),
@@ -270,7 +270,7 @@ _ODD_EXAMPLES: dict[str, list] = {
     **{name: [[], "t13d", True, 1, [{}], {f"k{i}": 1 for i in range(65)}, {"k": "v" * 9000}]
        for name in ("tls", "h2", "network", "attestation", "label")},
     "network": [{"asn": []}, {"asn": True}, {"asn": -1}, {"asn": 2**32}, {"asn": 1.0}, {"as_org": []}, {"as_org": {}},
-                {"country": []}, {"country": "USA"}, {"country": "u1"}, {"country": "ÜS"}, {"hosting": []}, {"hosting": 0},
+                {"country": []}, {"country": "USA"}, {"country": "u1"}, {"country": "ÜS"}, {"country": "us"}, {"country": "Us"}, {"hosting": []}, {"hosting": 0},
                 {"as_org": "o" * 8193}],
     "attestation": [{"provider": []}, {"provider": {}}, {"app_recognition": []}, {"app_recognition": {"a": 1}},
                     {"device_recognition": "x"}, {"device_recognition": [1]}, {"device_recognition": ["x"] * 33},

@@ -5,9 +5,12 @@ limit with credentials redacted."""
 
 from __future__ import annotations
 
+import json
 import tracemalloc
+from pathlib import Path
 from typing import Any
 
+import jsonschema
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -23,6 +26,7 @@ from detector.model import VERDICT_MAX_BYTES, ClientRequest, Signal, Verdict
 from detector.redact import MARK, Redactor, scrub_detail
 from detector.simulate import mixed
 
+SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "config" / "schema" / "client-request.schema.json").read_text())
 RECORD_MAX_BYTES = 900_000  # min(topic max.message.bytes, producer max_request_size) less 10%, with defaults
 SECRET = "Bearer tok-9f8e7d6c5b4a3210-secret"
 PASSWORD = "hunter2-correct-horse"
@@ -270,7 +274,9 @@ def test_decode_score_records_encode_never_raise_and_stay_bounded(stages: Any, m
                                 max_bytes=RECORD_MAX_BYTES, redactor=pipeline.redactor)
         assert len(out) <= RECORD_MAX_BYTES
         assert token not in out and PASSWORD.encode() not in out
-    for r in d.requests:
+    elements = (orjson.loads(raw) if raw[:1] == b"[" else [orjson.loads(x) for x in raw.splitlines()])
+    for r, index in zip(d.requests, d.indices):
+        jsonschema.validate(elements[index or 0], SCHEMA)  # decode accepts only what the published schema allows
         assert TS_MIN <= r.ts < TS_MAX
         verdict, ctx = pipeline.assess(r)
         vj = verdict.to_json()
