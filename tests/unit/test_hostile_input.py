@@ -26,7 +26,10 @@ from detector.model import VERDICT_MAX_BYTES, ClientRequest, Signal, Verdict
 from detector.redact import MARK, Redactor, scrub_detail
 from detector.simulate import mixed
 
-SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "config" / "schema" / "client-request.schema.json").read_text())
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "config" / "schema"
+SCHEMA = json.loads((SCHEMA_DIR / "client-request.schema.json").read_text())
+DLQ_SCHEMA = json.loads((SCHEMA_DIR / "dlq.schema.json").read_text())
+VERDICT_SCHEMA = json.loads((SCHEMA_DIR / "verdict.schema.json").read_text())
 RECORD_MAX_BYTES = 900_000  # min(topic max.message.bytes, producer max_request_size) less 10%, with defaults
 SECRET = "Bearer tok-9f8e7d6c5b4a3210-secret"
 PASSWORD = "hunter2-correct-horse"
@@ -140,6 +143,7 @@ def test_dlq_record_fits_its_topic_for_worst_case_originals(value: bytes) -> Non
                             max_bytes=RECORD_MAX_BYTES, redactor=Redactor.default())
     assert len(out) <= RECORD_MAX_BYTES
     rec = orjson.loads(out)
+    jsonschema.validate(rec, DLQ_SCHEMA)
     assert rec["size"] == len(value) and rec["errors_total"] == len(d.rejections) and rec["code"] in REJECTION_CODES
     assert len(rec["errors"]) <= decode.DLQ_MAX_ERRORS
     assert rec["truncated"] and rec["message"]
@@ -274,6 +278,7 @@ def test_decode_score_records_encode_never_raise_and_stay_bounded(stages: Any, m
                                 max_bytes=RECORD_MAX_BYTES, redactor=pipeline.redactor)
         assert len(out) <= RECORD_MAX_BYTES
         assert token not in out and PASSWORD.encode() not in out
+        jsonschema.validate(orjson.loads(out), DLQ_SCHEMA)
     elements = (orjson.loads(raw) if raw[:1] == b"[" else [orjson.loads(x) for x in raw.splitlines()])
     for r, index in zip(d.requests, d.indices):
         jsonschema.validate(elements[index or 0], SCHEMA)  # decode accepts only what the published schema allows
@@ -282,6 +287,7 @@ def test_decode_score_records_encode_never_raise_and_stay_bounded(stages: Any, m
         vj = verdict.to_json()
         assert len(vj) <= VERDICT_MAX_BYTES
         assert token not in vj and PASSWORD.encode() not in vj
+        jsonschema.validate(orjson.loads(vj), VERDICT_SCHEMA)
         records = records_for(r, ctx, verdict)
         env = encode_envelope(Envelope(records, [(0, 1, 0)] * len(records)))
         assert decode_envelope(env).records == records  # the shard can always read what the ingest wrote
