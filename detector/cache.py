@@ -136,7 +136,7 @@ def bounded_cache(max_bytes: int, max_item_bytes: int | None = None) -> Callable
             found = lookup(args)
             if found is not _MISSING:
                 return found  # type: ignore[no-any-return]
-            value = fn(*args)
+            value = fn(*args, **kwargs)  # kwargs is empty here
             put(args, value)
             return value
 

@@ -711,7 +711,7 @@ def _build_fast_path(limits: DecodeLimits) -> Callable[[Any], ClientRequest | No
         """The ClientRequest for `obj` (an `orjson.loads` value), or None: let the
         reference validator decide."""
         try:
-            w = convert(obj, strict)
+            w: Any = convert(obj, strict)
         except ValidationError:
             return slower(obj)
         return build(w, obj, w.ts, None)  # `extra` stays None: the strict type forbids unknown fields
@@ -719,7 +719,7 @@ def _build_fast_path(limits: DecodeLimits) -> Callable[[Any], ClientRequest | No
     def slower(obj: Any) -> ClientRequest | None:
         """`fast` for objects with an RFC 3339 `ts` or unknown keys."""
         try:
-            w = convert(obj, lenient)
+            w: Any = convert(obj, lenient)
         except ValidationError:
             return None
         ts = w.ts
@@ -738,7 +738,8 @@ def _build_fast_path(limits: DecodeLimits) -> Callable[[Any], ClientRequest | No
     return fast
 
 
-_fast_path_last = (DecodeLimits(), _no_fast_path)  # (limits, its fast path); replaced on first use
+# (limits, its fast path); replaced on first use
+_fast_path_last: tuple[DecodeLimits, Callable[[Any], ClientRequest | None]] = (DecodeLimits(), _no_fast_path)
 
 
 def _fast_path(limits: DecodeLimits) -> Callable[[Any], ClientRequest | None]:
