@@ -239,11 +239,17 @@ def _deadline_worker(app: faust.App, loglevel: str, deadline: StopDeadline) -> f
     nothing is lost: uncommitted input is read again on restart (at-least-once)."""
     import faust
 
+    def on_stop_signal(signum: int, frame: Any) -> None:
+        # A Python-level handler runs even while the event loop is busy; the loop still
+        # gets the signal through its wakeup fd and starts Faust's graceful stop.
+        if not deadline.arm():
+            deadline.force(f"second stop signal ({signal.Signals(signum).name})")
+
     class DeadlineWorker(faust.Worker):  # type: ignore[misc]
-        def _schedule_shutdown(self, sig: signal.Signals) -> None:
-            if not deadline.arm():
-                deadline.force(f"second stop signal ({sig.name})")
-            super()._schedule_shutdown(sig)
+        def install_signal_handlers(self) -> None:
+            super().install_signal_handlers()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, on_stop_signal)
 
     return DeadlineWorker(app, loglevel=loglevel, quiet=True)
 

@@ -45,7 +45,7 @@ class StopDeadline:
         self.what = what
         self._exit = exit
         self._timer: threading.Timer | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: arm() runs in signal handlers
         self.armed_at: float | None = None
 
     @property
@@ -71,14 +71,18 @@ class StopDeadline:
                 self._timer.cancel()
 
     def force(self, why: str) -> None:
-        self._emit(f"{why}: exiting now without waiting for the graceful stop "
-                   "(input that was not committed is read again on restart)")
-        self._exit(EXIT_DEADLINE)
+        try:
+            self._emit(f"{why}: exiting now without waiting for the graceful stop "
+                       "(input that was not committed is read again on restart)")
+        finally:
+            self._exit(EXIT_DEADLINE)
 
     def _expire(self) -> None:
-        self._emit(f"the graceful stop did not finish within {self.grace_s:g} s (shutdown_grace_s): exiting "
-                   "anyway (input that was not committed is read again on restart)")
-        self._exit(EXIT_DEADLINE)
+        try:
+            self._emit(f"the graceful stop did not finish within {self.grace_s:g} s (shutdown_grace_s): exiting "
+                       "anyway (input that was not committed is read again on restart)")
+        finally:
+            self._exit(EXIT_DEADLINE)
 
     def _emit(self, message: str) -> None:
         # Never through a logging handler: the main thread may hold its lock while it
@@ -90,9 +94,9 @@ class StopDeadline:
             line = JsonFormatter().format(record) if log_format() == "json" else f"ERROR detector.shutdown: {message}"
         except ValueError:
             line = f"ERROR detector.shutdown: {message}"
-        try:
-            os.write(sys.stderr.fileno(), (line + "\n").encode())
-        except (OSError, ValueError):
+        try:  # fd 2 itself: Faust's worker replaces sys.stderr with a logging proxy
+            os.write(2, (line + "\n").encode())
+        except OSError:
             pass
 
 
