@@ -30,10 +30,12 @@ def cmd_score(args: argparse.Namespace) -> int:
     decoded; every other line gets exactly one stderr line
     `line N: rejected: <code>: <reason>` (and a JSONL record with --rejections). A
     line whose scoring fails is rejected with code internal_error; the run goes on."""
+    from agents.eval_cli import reference_time
     from detector.behaviour.offline import OfflineScorer
     from detector.decode import InvalidRequest, decode_line
 
     cfg = _detection(args)
+    ref = reference_time(args)  # the reference clock of event time, read once at start
     _tune_gc()
     src: IO[bytes] = sys.stdin.buffer if args.input in (None, "-") else open(args.input, "rb")
     rejections: list[tuple[int, str, str]] = []  # (line, code, reason)
@@ -54,10 +56,17 @@ def cmd_score(args: argparse.Namespace) -> int:
         if src is not sys.stdin.buffer:
             src.close()
 
+    scorers: list[OfflineScorer] = []
+
     def make_scorer() -> Any:
-        return OfflineScorer(cfg)
+        scorers.append(OfflineScorer(cfg, reference_time=ref))
+        return scorers[-1]
 
     verdicts, alerts, failed = _score_isolated(make_scorer, requests)
+    if scorers and scorers[-1].future:
+        print(f"detector score: {scorers[-1].future} request(s) dated more than {cfg.event_time.max_future_s:g} s "
+              f"after the reference time {ref:.0f} were scored without behaviour state (--reference-time)",
+              file=sys.stderr)
     for i, exc in failed.items():
         rid = requests[i].request_id[:128]
         rejections.append((linenos[i], "internal_error", f"{type(exc).__name__} while scoring request_id={rid!r}"))
@@ -310,6 +319,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from agents.eval_cli import add_reference_time
+
     p = argparse.ArgumentParser(prog="detector", description="Find clients that pretend to be an official mobile app.")
     p.add_argument("--config", help="settings file (default config/detector.yaml or $DETECTOR_CONFIG)")
     sub = p.add_subparsers(dest="command", required=True)
@@ -319,6 +330,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", help="output JSONL (default stdout)")
     s.add_argument("--alerts", help="also write the alerts the stream would raise to this JSONL file")
     s.add_argument("--rejections", help="also write the rejected lines as JSONL ({line, code, reason}) to this file")
+    add_reference_time(s)
     s.set_defaults(func=cmd_score)
 
     s = sub.add_parser("simulate", help="labelled ClientRequest traffic")

@@ -6,8 +6,10 @@ ablation table (`--ablation`) and a precision-recall plot (`--plot FILE`, PNG)."
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,8 +34,37 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     s.add_argument("--count", type=int, default=1_500, help="attack requests per scenario run")
     s.add_argument("--level", choices=["suspicious", "malicious"], default="suspicious",
                    help="the verdict level from which a request counts as flagged")
+    add_reference_time(s)
     s.set_defaults(func=cmd_eval)
     return s
+
+
+def epoch(value: str) -> float:
+    """An argparse type: seconds since the epoch (UTC), finite."""
+    try:
+        t = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds since the epoch: {value!r}") from None
+    if not math.isfinite(t) or t < 0:
+        raise argparse.ArgumentTypeError(f"not a time: {value!r}")
+    return t
+
+
+def add_reference_time(s: argparse.ArgumentParser) -> None:
+    """`--reference-time EPOCH` (detector score, detector eval): the reference clock of
+    event time (docs/architecture.md "Event time"); requests dated more than
+    event_time.max_future_s after it are scored without behaviour state."""
+    s.add_argument("--reference-time", type=epoch, metavar="EPOCH",
+                   help="reference clock for event time, seconds since the epoch (default: the wall clock at start; "
+                        "give the end of a replayed history); requests dated more than event_time.max_future_s "
+                        "after it update no behaviour state")
+
+
+def reference_time(args: argparse.Namespace) -> float:
+    """The run's reference clock: `--reference-time`, else the wall clock now (read
+    once, at start, here in the shell: the core reads no clock)."""
+    ref: float | None = getattr(args, "reference_time", None)
+    return time.time() if ref is None else ref
 
 
 _STATE = {True: "yes", False: "no", None: "partly"}
@@ -138,7 +169,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     try:
-        settings = EvalSettings(seed=args.seed, genuine_count=args.genuine, attack_count=args.count, level=args.level)
+        settings = EvalSettings(seed=args.seed, genuine_count=args.genuine, attack_count=args.count, level=args.level,
+                                reference_time=reference_time(args))
     except ValueError as exc:
         print(f"detector eval: {exc}", file=sys.stderr)
         return 2

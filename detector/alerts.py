@@ -9,17 +9,28 @@ replayed or re-processed stream yields the same alerts (event-schema.md section 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
+import orjson
+
+from detector.behaviour.records import bounded_id, entity_key
 from detector.model import Verdict
 
 RULE_FLAGGED_ENTITY = "entity.flagged_requests"
 _LEVEL_RANK = {"clean": 0, "suspicious": 1, "malicious": 2}
 _SEVERITIES = ("low", "medium", "high", "critical")
 _ALLOWLIST_KEYS = ("entity_type", "id", "reason")
+ALERT_MAX_BYTES = 256 * 1024  # an encoded alert (orjson) never exceeds this
+MAX_SAMPLES = 100  # alerts.samples at most
+_CODE_MAX = 64  # chars of a signal code (codes come from a closed set; bounded anyway)
+_TEXT_MAX = 1024  # chars of a flag's evidence sentence and of the summary
+_MAX_CODES = 200  # distinct codes listed (the most frequent first)
+_MAX_PROFILES = 50
+_MAX_FLAGS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +72,8 @@ class AlertSettings:
                 raise ValueError(f"alerts.severity_by_code.{code}: unknown severity {sev!r}")
         if self.min_level not in ("suspicious", "malicious"):
             raise ValueError("alerts.min_level must be suspicious or malicious")
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or not 0 <= self.samples <= MAX_SAMPLES:
+            raise ValueError(f"alerts.samples must be a whole number from 0 to {MAX_SAMPLES}")
         if self.window_s <= 0 or self.min_count <= 0:
             raise ValueError("alerts.window_s and alerts.min_count must be positive")
         if isinstance(self.suspicious_min_count, bool) or not isinstance(self.suspicious_min_count, int) \
@@ -94,8 +107,28 @@ def alert_id(rule: str, entity_type: str, entity_id: str, window_start: int) -> 
     return hashlib.sha256(f"{rule}|{entity_type}|{entity_id}|{window_start}".encode()).hexdigest()[:32]
 
 
+_ISO_FIRST = "0001-01-01T00:00:00.000Z"
+_ISO_LAST = "9999-12-31T23:59:59.999Z"
+
+
 def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    """RFC 3339 UTC with milliseconds. Total: a time outside what a datetime can hold
+    (decode accepts 2000..2200 only, but this never raises for any float) is clamped
+    to year 1 or year 9999; NaN reads as the epoch."""
+    try:
+        return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    except (OverflowError, ValueError, OSError):
+        if ts != ts:
+            return "1970-01-01T00:00:00.000Z"
+        return _ISO_LAST if ts > 0 else _ISO_FIRST
+
+
+def window_start(ts: float, window_s: int) -> int:
+    """The epoch-aligned start of the window holding `ts` (a non-finite `ts`, which
+    decode never lets through, is placed at the epoch rather than raise)."""
+    if not math.isfinite(ts):
+        return 0
+    return int(ts // window_s) * window_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,17 +269,20 @@ class AlertPolicy:
         s = self.settings
         out: list[dict[str, Any]] = []
         for r in records:
+            if not math.isfinite(r.ts):
+                continue  # never from decode: no window holds it
             if r.ts > self._watermark:
                 self._watermark = r.ts
             if r.ts < self._watermark - s.window_s - s.allowed_lateness_s:
                 continue  # later than the allowed lateness: its window is closed
-            start = int(r.ts // s.window_s) * s.window_s
-            key = (r.entity_type, r.entity_id, start)
+            start = window_start(r.ts, s.window_s)
+            eid = entity_key(r.entity_id)  # as the behaviour engine names it (bounded)
+            key = (r.entity_type, eid, start)
             w = self._windows.get(key)
             if w is None:
                 w = self._windows[key] = AlertWindow(first_ts=r.ts, last_ts=r.ts)
             if w.update(r, s):
-                out.append(build_alert(r.entity_type, r.entity_id, start, w, s))
+                out.append(build_alert(r.entity_type, eid, start, w, s))
         self._expire()
         return out
 
@@ -262,25 +298,47 @@ class AlertPolicy:
                 for key in sorted(self._windows, key=lambda k: self._windows[k].last_ts)[: len(self._windows) - s.max_open_windows]:
                     del self._windows[key]
 
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def build_alert(etype: str, eid: str, start: int, w: AlertWindow, s: AlertSettings,
                 flags: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The alert revision for window `w`. `flags`: the entity's behavioural flags when
     the revision was raised (code -> the detector's sentence of evidence), carried in
-    `evidence.flags` so the alert says what was seen, not only which rules fired."""
+    `evidence.flags` so the alert says what was seen, not only which rules fired.
+
+    Bounded: the encoded alert is at most `ALERT_MAX_BYTES`. The entity is named by
+    its bounded form (`entity_key`: an id over 128 bytes by its digest form), sample
+    ids, codes, sentences and lists are capped; should escaping still make it larger,
+    the evidence is cut further and marked `"truncated": true`."""
+    eid = entity_key(eid)
+    alert = _alert_doc(etype, eid, start, w, s, flags, _TEXT_MAX, _MAX_FLAGS, s.samples)
+    if len(orjson.dumps(alert)) > ALERT_MAX_BYTES:
+        alert = _alert_doc(etype, eid, start, w, s, flags, 128, 8, min(s.samples, 5))
+        alert["evidence"]["truncated"] = True
+    return alert
+
+
+def _alert_doc(etype: str, eid: str, start: int, w: AlertWindow, s: AlertSettings, flags: Mapping[str, str] | None,
+               text_max: int, max_flags: int, samples: int) -> dict[str, Any]:
     top = w.codes.most_common()
+    codes = sorted(_clip(c, _CODE_MAX) for c, _ in top[:_MAX_CODES])
     minutes = s.window_s / 60
-    top_text = ", ".join(f"{c} ({n})" for c, n in top[:3])
+    top_text = ", ".join(f"{_clip(c, _CODE_MAX)} ({n})" for c, n in top[:3])
     what = f"{w.count + w.weak} flagged requests" if w.count >= s.min_count else f"{w.weak} suspicious requests"
     summary = f"{etype} {eid}: {what} in a {minutes:g}-minute window from {len(w.ips)} IP(s); top evidence: {top_text}"
     evidence: dict[str, Any] = {
-        "code_counts": dict(sorted(w.codes.items())),
-        "profiles": sorted(w.profiles),
+        "code_counts": dict(sorted((_clip(c, _CODE_MAX), n) for c, n in top[:_MAX_CODES])),
+        "profiles": sorted(_clip(p, _CODE_MAX) for p in w.profiles)[:_MAX_PROFILES],
         "distinct_ips": len(w.ips),
     }
+    if len(top) > _MAX_CODES or len(w.profiles) > _MAX_PROFILES:
+        evidence["truncated"] = True
     if w.weak:
         evidence["suspicious_count"] = w.weak  # of `count`, those below min_level
     if flags:
-        evidence["flags"] = dict(sorted(flags.items()))
+        evidence["flags"] = {_clip(c, _CODE_MAX): _clip(d, text_max) for c, d in sorted(flags.items())[:max_flags]}
     return {
         "schema": "alert/1",
         "alert_id": alert_id(RULE_FLAGGED_ENTITY, etype, eid, start),
@@ -289,14 +347,14 @@ def build_alert(etype: str, eid: str, start: int, w: AlertWindow, s: AlertSettin
         "created_at": iso(w.first_ts),
         "updated_at": iso(w.last_ts),
         "severity": w.severity,
-        "entity": {"type": etype, "id": eid},
-        "codes": sorted(w.codes),
+        "entity": {"type": _clip(etype, _CODE_MAX), "id": eid},
+        "codes": codes,
         "score": round(w.max_score, 4),
-        "summary": summary,
+        "summary": _clip(summary, _TEXT_MAX),
         "window": {"start": iso(start), "end": iso(start + s.window_s)},
         "count": w.count + w.weak,
         "evidence": evidence,
-        "sample_request_ids": list(w.samples),
+        "sample_request_ids": [bounded_id(x) for x in w.samples[:samples]],
     }
 
 

@@ -17,6 +17,7 @@ from detector.behaviour.records import BehaviourSettings
 from detector.config import ConfigError, YamlDocument, require
 from detector.decode import DecodeLimits
 from detector.devices import CatalogueError, DeviceCatalogue
+from detector.eventtime import EventTimeGuard
 from detector.fingerprints.known import KnownStacks
 from detector.pipeline import Pipeline
 from detector.profile import ClientProfile, load_profiles
@@ -39,6 +40,7 @@ class DetectionConfig:
     releases: Mapping[int, tuple[str, ...]] | None = None
     behaviour: BehaviourSettings = BehaviourSettings()
     redactor: Redactor = Redactor()  # config `redact`: credential headers and params
+    event_time: EventTimeGuard = EventTimeGuard()  # config `event_time`: tolerance for events dated ahead
 
     @classmethod
     def load(cls, path: Path = DEFAULT_CONFIG, overrides: Mapping[str, Any] | None = None) -> DetectionConfig:
@@ -126,8 +128,18 @@ class DetectionConfig:
         except ValueError as exc:
             raise doc.error(["redact"], str(exc)) from None
 
+        et = require(doc, data, ["event_time"], dict, optional=True, default={})
+        for k in et:
+            if k != "max_future_s":
+                raise doc.error(["event_time", k], "unknown key (known: max_future_s)")
+        future = require(doc, et, ["event_time", "max_future_s"], (int, float), optional=True)
+        try:
+            event_time = EventTimeGuard() if future is None else EventTimeGuard(max_future_s=future)
+        except ValueError as exc:
+            raise doc.error(["event_time", "max_future_s"], str(exc)) from None
+
         cfg = cls(path, profiles, default, scoring, limits, alerts, catalogue, known, releases, behaviour,
-                  redactor=redactor)
+                  redactor=redactor, event_time=event_time)
         try:
             cfg.pipeline()
         except ValueError as exc:

@@ -9,6 +9,7 @@ Pure: events in, numbers out; no clock and no I/O. `agents/eval_cli.py` is the
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, Sequence
@@ -31,13 +32,17 @@ RECALL_ENTITY_TYPES = ("device", "account")
 
 
 def score_offline(events: Iterable[Mapping[str, Any] | ClientRequest], cfg: DetectionConfig,
-                  disabled_families: Iterable[str] = ()) -> tuple[list[Verdict], list[dict[str, Any]]]:
+                  disabled_families: Iterable[str] = (), *,
+                  reference_time: float | None = None) -> tuple[list[Verdict], list[dict[str, Any]]]:
     """Verdicts (one per event, in order) and the alerts they raise, as the stream
     would produce them: the stateless checks and the behaviour detectors in event-time
     order (`detector.behaviour.offline.OfflineScorer`, the rules `detector score` and
-    the stream apply). Fresh state on every call."""
+    the stream apply). Fresh state on every call. `reference_time`: the reference
+    clock of event time (detector.eventtime); None trusts the traffic's own times
+    (simulated traffic: no event counts as dated ahead)."""
     requests = [e if isinstance(e, ClientRequest) else request_from_obj(e) for e in events]
-    return OfflineScorer(cfg, tuple(disabled_families)).score(requests)
+    ref = math.inf if reference_time is None else reference_time
+    return OfflineScorer(cfg, tuple(disabled_families), reference_time=ref).score(requests)
 
 
 # --------------------------------------------------------------------------------------
@@ -188,6 +193,9 @@ class EvalSettings:
     level: str = "suspicious"
     mixed_factor: float = 2.0
     start_ts: float = DEFAULT_START_TS
+    # the reference clock of event time (`detector eval --reference-time`, the wall
+    # clock by default); None: no event counts as dated ahead
+    reference_time: float | None = None
 
     def __post_init__(self) -> None:
         if self.level not in ("suspicious", "malicious"):
@@ -253,7 +261,8 @@ class Evaluation:
     def run(self, scenario: str, evasion: int | None, disabled_families: Iterable[str] = ()) -> Run:
         stream = self.events(scenario, evasion)
         requests = [r for _, r, _ in stream]
-        verdicts, alerts = score_offline(requests, self.cfg, disabled_families)
+        verdicts, alerts = score_offline(requests, self.cfg, disabled_families,
+                                         reference_time=self.settings.reference_time)
         return Run(scenario, evasion, requests, [m for _, _, m in stream], verdicts, alerts)
 
     def metrics(self, run: Run) -> dict[str, Any]:

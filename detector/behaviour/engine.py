@@ -12,18 +12,19 @@ crash) are recognised by their source position and ignored.
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import orjson
 
-from detector.alerts import AlertSettings, AlertWindow, FlaggedRequest, build_alert
+from detector.alerts import AlertSettings, AlertWindow, FlaggedRequest, build_alert, window_start
 from detector.behaviour.activity import ActionOnlySessions, Activity
 from detector.behaviour.fanout import AccountFanout, DeviceFanout, HostingAsnFanout, IpBlockFanout
 import msgspec
 
-from detector.behaviour.flags import Flag, FlagUpdate, Scope
+from detector.behaviour.flags import FLAG_DETAIL_MAX, Flag, FlagUpdate, Scope
 from detector.behaviour.population import Population
 from detector.behaviour.records import ENTITY_TYPES, BehaviourSettings, EntityRecord, ip_block
 from detector.behaviour.replay import DeviceReplay, ReplayDetector
@@ -127,10 +128,13 @@ class BehaviourEngine:
 
     # --- processing -------------------------------------------------------------------
     def observe(self, records: Iterable[EntityRecord], offset: int | None = None,
-                sources: Iterable[tuple[int, int, int]] | None = None) -> Output:
+                sources: Iterable[tuple[int, int, int]] | None = None, reference: float | None = None) -> Output:
         """Apply records in order. `offset`: the input offset of the envelope holding
         them (stream); `sources`: per record, its (source partition, source offset,
-        index) so a re-sent record is applied once."""
+        index) so a re-sent record is applied once. `reference`: the reference clock
+        (detector.eventtime): no record moves a watermark past it, so a record dated
+        ahead (within the tolerance; those beyond it never become records) cannot make
+        the records after it late. A record whose `ts` is not finite is dropped (late)."""
         out = Output()
         s = self.s
         src_iter = iter(sources) if sources is not None else None
@@ -154,9 +158,14 @@ class BehaviourEngine:
             self.dirty.add(b)
             if offset is not None:
                 bucket.offset = offset
-            if r.ts > bucket.watermark:
-                bucket.watermark = r.ts
-            elif r.ts < bucket.watermark - s.allowed_lateness_s:
+            ts = r.ts
+            if not math.isfinite(ts):  # never from decode; state must not hold it
+                bucket.late += 1
+                out.late += 1
+                continue
+            if ts > bucket.watermark:
+                bucket.watermark = ts if reference is None or ts <= reference else max(bucket.watermark, reference)
+            elif ts < bucket.watermark - s.allowed_lateness_s:
                 bucket.late += 1
                 out.late += 1
                 continue  # later than the allowed lateness: dropped from state
@@ -212,6 +221,8 @@ class BehaviourEngine:
             del flags[code]
             changed = True
         for code, detail, *rest in raised:
+            if len(detail) > FLAG_DETAIL_MAX:  # bounded: a flag update stays under FLAG_MAX_BYTES
+                detail = detail[:FLAG_DETAIL_MAX - 3] + "..."
             # as it reads back from a snapshot (lists, not tuples), so a restored flag
             # compares equal and is not re-broadcast
             scope = orjson.loads(msgspec.json.encode(rest[0])) if rest else None
@@ -243,7 +254,7 @@ class BehaviourEngine:
         # a request of a flagged entity counts as malicious; otherwise its own level
         level = "malicious" if flags or r.level >= 2 else "suspicious"
         fr = FlaggedRequest(r.etype, r.key, r.request_id, r.ts, round(1.0 - keep, 4), level, r.profile, r.ip, codes)
-        start = int(r.ts // a.window_s) * a.window_s
+        start = window_start(r.ts, a.window_s)
         windows: dict[str, list[Any]] = st.setdefault("aw", {})
         for old in [k for k in windows if int(k) < start - a.window_s]:
             del windows[old]  # closed windows: only the current and the previous stay

@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import msgspec
 
+from detector.behaviour.records import KEY_MAX_BYTES, entity_key
 from detector.model import Signal
 
 
@@ -83,12 +84,30 @@ class FlagUpdate(msgspec.Struct, array_like=True, frozen=True, gc=False):
     raised_at: float  # event time of the record that caused the update
 
 
+FLAG_MAX_BYTES = 16 * 1024  # an encoded flag update never exceeds this
+FLAG_DETAIL_MAX = 1024  # chars of a flag's evidence sentence (the engine clips it)
+MAX_FLAGS = 16  # flags of one entity in one update (its detectors have a handful of codes)
+
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(FlagUpdate).decode
 
 
 def encode_update(u: FlagUpdate) -> bytes:
-    return _encode(u)
+    """The update as JSON, at most `FLAG_MAX_BYTES`: the engine's updates are bounded
+    by construction (keys by `entity_key`, sentences by FLAG_DETAIL_MAX); an update
+    that is still larger (escaped control characters) goes out with its sentences cut
+    shorter and at most MAX_FLAGS flags, the codes, expiry and scopes intact."""
+    raw = _encode(u)
+    if len(raw) <= FLAG_MAX_BYTES:
+        return raw
+    key = u.key if len(u.key) * 4 <= KEY_MAX_BYTES else entity_key(u.key)
+    # worst case escaped (x6): key, etype and framing 1536 bytes; per flag its code,
+    # expiry, scope and framing 512 bytes, plus 6 per character of its sentence
+    n = max(1, min(len(u.flags), MAX_FLAGS))
+    budget = max(0, ((FLAG_MAX_BYTES - 1536) // n - 512) // 6)
+    flags = tuple(msgspec.structs.replace(f, code=f.code[:64], detail=_clip(f.detail, budget))
+                  for f in u.flags[:MAX_FLAGS])
+    return _encode(FlagUpdate(u.etype[:64], key, flags, u.raised_at))
 
 
 def decode_update(value: bytes) -> FlagUpdate:
@@ -100,11 +119,22 @@ class FlagMap:
         self.weight_of = weight_of
         self._flags: dict[tuple[str, str], tuple[Flag, ...]] = {}
         self._signals: dict[tuple[str, str], tuple[Signal, ...]] = {}
+        self._at: float | None = None  # see as_of
+
+    def as_of(self, at: float) -> FlagMap:
+        """A read-only view of the same flags that judges them at event time `at` at
+        the latest: a request dated ahead of the reference clock (detector.eventtime)
+        carries the flags in force at the reference, so its own date cannot outrun them."""
+        view = FlagMap(self.weight_of)
+        view._flags, view._signals, view._at = self._flags, self._signals, at
+        return view
 
     def __len__(self) -> int:
         return len(self._flags)
 
     def apply(self, updates: Iterable[FlagUpdate]) -> None:
+        if self._at is not None:
+            raise TypeError("a FlagMap view (as_of) is read-only")
         for u in updates:
             key = (u.etype, u.key)
             if u.flags:
@@ -122,12 +152,15 @@ class FlagMap:
         whose scope (if any) admits the request's `facts`."""
         if not self._flags:
             return []
+        if self._at is not None and ts > self._at:
+            ts = self._at
         out: list[Signal] = []
         for etype, key in entities.items():
-            flags = self._flags.get((etype, key))
+            k = (etype, key if len(key) * 4 <= KEY_MAX_BYTES else entity_key(key))  # as the records name it
+            flags = self._flags.get(k)
             if flags is None:
                 continue
-            for f, sig in zip(flags, self._signals[(etype, key)]):
+            for f, sig in zip(flags, self._signals[k]):
                 if f.until >= ts and (f.scope is None or f.scope.admits(facts)):
                     out.append(sig)
         return out
@@ -146,6 +179,10 @@ class FlagMap:
 
     def snapshot(self) -> dict[str, Any]:
         return {f"{e}|{k}": [f.code for f in fl] for (e, k), fl in self._flags.items()}
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:max(0, limit - 3)] + "..."[:limit]
 
 
 def _short(key: str) -> str:

@@ -1,24 +1,37 @@
 """The stream's rules applied offline, in event-time order: each request is scored
 with the flags known before it, then its entity records update the behaviour state,
 and the flags they raise apply to the requests after it (the zero-delay limit of the
-stream's broadcast). `detector score` and `detector eval` use this."""
+stream's broadcast). `detector score` and `detector eval` use this.
+
+Event time is judged against `reference_time` (detector.eventtime): a request dated
+more than `event_time.max_future_s` after it is scored statelessly (with the flags in
+force at the reference), updates no behaviour state and is counted in `future`. The
+caller supplies the reference (the CLI: the wall clock at start, or
+`--reference-time`); the core reads no clock."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from detector.behaviour.engine import BehaviourEngine
 from detector.behaviour.flags import FlagMap
 from detector.behaviour.records import records_for
 from detector.model import ClientRequest, Verdict
 
+if TYPE_CHECKING:
+    from detector.engine import DetectionConfig
+
 
 class OfflineScorer:
-    def __init__(self, cfg: Any, disabled_families: Sequence[str] = ()):
+    def __init__(self, cfg: DetectionConfig, disabled_families: Sequence[str] = (), *, reference_time: float):
         self.cfg = cfg
         self.pipeline = cfg.pipeline(disabled_families)
         self.engine = BehaviourEngine(cfg.behaviour, cfg.alerts, cfg.scoring.weight_of, disabled_families)
         self.flags = FlagMap(cfg.scoring.weight_of)
+        self.guard = cfg.event_time
+        self.reference_time = float(reference_time)
+        self.future = 0  # requests dated beyond the tolerance: scored without behaviour state
+        self.late = 0  # entity records older than the allowed lateness: dropped from state
         self._seq = 0
 
     def score(self, requests: Sequence[ClientRequest]) -> tuple[list[Verdict], list[dict[str, Any]]]:
@@ -27,13 +40,21 @@ class OfflineScorer:
         order = sorted(range(len(requests)), key=lambda i: requests[i].ts)
         verdicts: list[Verdict | None] = [None] * len(requests)
         alerts: list[dict[str, Any]] = []
+        ref = self.reference_time
         for i in order:
             r = requests[i]
+            if self.guard.is_future(r.ts, ref):
+                # judged on its own, with the flags in force at the reference: its own
+                # date can neither move event time nor let it outrun a flag
+                verdicts[i] = self.pipeline.assess(r, self.flags.as_of(ref))[0]
+                self.future += 1
+                continue
             verdict, ctx = self.pipeline.assess(r, self.flags)
             verdicts[i] = verdict
             records = records_for(r, ctx, verdict)
             self._seq += 1
-            out = self.engine.observe(records, sources=[(0, self._seq, 0)] * len(records))
+            out = self.engine.observe(records, sources=[(0, self._seq, 0)] * len(records), reference=ref)
+            self.late += out.late
             if out.flags:
                 self.flags.apply(out.flags)
             alerts.extend(out.alerts)

@@ -3,6 +3,14 @@ updates, not the whole request, plus the settings of the behaviour detectors.
 
 Records are msgspec array-like Structs: they encode as short JSON arrays in C, so a
 batch envelope of hundreds of them costs little on the hot path.
+
+Every string a record carries is bounded (`records_for`): an entity key, device,
+account or session id longer than `KEY_MAX_BYTES` is replaced by its *digest form*,
+a readable prefix and a SHA-256 digest of the whole value (`bounded_id`), stable
+across workers and restarts, so a hostile 8 KB id is one small entity; the state,
+flags and alerts name the entity by this form (the verdict keeps the raw id, and
+`entity_key` maps a raw id to the form). A batch's records go out in envelopes split
+by bytes (`encode_envelopes`), each under the topic's record limit.
 """
 
 from __future__ import annotations
@@ -10,11 +18,11 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from dataclasses import dataclass, field, fields, is_dataclass
-from functools import lru_cache
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import msgspec
 
+from detector.cache import bounded_cache
 from detector.checks.base import RequestContext
 from detector.fingerprints.headers import names_fingerprint
 from detector.model import ClientRequest, Verdict
@@ -65,7 +73,74 @@ def decode_envelope(value: bytes) -> Envelope:
     return _decode(value)
 
 
-@lru_cache(maxsize=65536)
+def encode_envelopes(records: Sequence[EntityRecord], sources: Sequence[tuple[int, int, int]],
+                     max_bytes: int) -> list[bytes]:
+    """`records` (with their `sources`, one each) as envelopes of at most `max_bytes`
+    encoded bytes each, in order: decoding every envelope in turn gives back all
+    records and sources in their order. One envelope when it fits (the usual case,
+    encoded once); else records are packed greedily by their encoded sizes. Raises
+    ValueError for a record that cannot fit alone (records are bounded by
+    `records_for` to a few KB, far below any topic limit)."""
+    if len(records) != len(sources):
+        raise ValueError(f"{len(records)} records but {len(sources)} sources")
+    whole = _encode(Envelope(list(records), list(sources)))
+    if len(whole) <= max_bytes:
+        return [whole]
+    out: list[bytes] = []
+    empty = len(_encode(Envelope()))  # [[],[]]
+    group: list[EntityRecord] = []
+    group_src: list[tuple[int, int, int]] = []
+    size = empty
+    for r, src in zip(records, sources):
+        # each element adds its encoding and (after the first) a comma, in both lists
+        add = len(_encode(r)) + len(_encode(src)) + (2 if group else 0)
+        if group and size + add > max_bytes:
+            out.append(_encode(Envelope(group, group_src)))
+            group, group_src, size = [], [], empty
+            add -= 2
+        if size + add > max_bytes:
+            raise ValueError(f"an entity record of {add} bytes exceeds the envelope limit of {max_bytes} bytes")
+        group.append(r)
+        group_src.append(src)
+        size += add
+    if group:
+        out.append(_encode(Envelope(group, group_src)))
+    return out
+
+
+# --- bounded strings -----------------------------------------------------------------
+KEY_MAX_BYTES = 128  # entity keys, device, account and session ids, request ids
+FIELD_MAX_BYTES = 64  # ip, country, profile, endpoint
+_DIGEST_MARK = "~sha256:"
+
+
+def bounded_id(value: str, limit: int = KEY_MAX_BYTES) -> str:
+    """`value` when its UTF-8 form has at most `limit` bytes; else its digest form:
+    the longest prefix that leaves room, then `~sha256:` and the first 32 hex digits
+    of the SHA-256 of the whole value (128 bits: distinct ids stay distinct), at most
+    `limit` bytes in all. Deterministic, so every worker names the entity alike."""
+    if len(value) * 4 <= limit:
+        return value
+    raw = value.encode("utf-8", "surrogatepass")
+    if len(raw) <= limit:
+        return value
+    digest = hashlib.sha256(raw).hexdigest()[:32]
+    room = max(0, limit - len(_DIGEST_MARK) - 32)
+    return raw[:room].decode("utf-8", "ignore") + _DIGEST_MARK + digest
+
+
+def entity_key(key: str) -> str:
+    """The name the behaviour state, its flags and alerts give an entity whose raw id
+    is `key` (the verdict's `entities`): `key` itself unless it is over
+    `KEY_MAX_BYTES` bytes, then its digest form (`bounded_id`)."""
+    return key if len(key) * 4 <= KEY_MAX_BYTES else bounded_id(key)
+
+
+def _opt(value: str | None, limit: int = KEY_MAX_BYTES) -> str | None:
+    return None if value is None else bounded_id(value, limit)
+
+
+@bounded_cache(max_bytes=8 << 20, max_item_bytes=512)
 def ip_block(ip: str) -> str:
     """The /24 of an IPv4 address, the /48 of an IPv6 one (the usual allocation unit
     behind one subscriber line or one hosting customer)."""
@@ -96,7 +171,7 @@ def population_fingerprint(ctx: RequestContext) -> str | None:
     return "fp1_" + hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
-@lru_cache(maxsize=4096)
+@bounded_cache(max_bytes=4 << 20, max_item_bytes=8192)
 def _required_order(names: tuple[str, ...], required: frozenset[str]) -> str:
     return names_fingerprint(tuple(n for n in names if n.lower() in required))
 
@@ -113,20 +188,25 @@ def records_for(request: ClientRequest, ctx: RequestContext, verdict: Verdict) -
     # the request's own (stateless) evidence, never the flags it was scored with
     score, level_name, codes = ctx.derived["stateless"]
     level = LEVEL_RANK[level_name]
+    # every string bounded (ids over KEY_MAX_BYTES by their digest form, see bounded_id)
+    device, account, session = _opt(device), _opt(account), _opt(session)
     keys: list[tuple[str, str | None]] = [
-        ("device", device), ("account", account), ("ip_block", ents.get("ip_block")),
+        ("device", device), ("account", account), ("ip_block", _opt(ents.get("ip_block"))),
         # only hosting networks: the ASN detector ignores carriers and home ISPs (each
         # carries millions of users), so their records would be work without a signal
-        ("asn", f"AS{asn}" if asn is not None and hosting else None), ("signature", ents.get("signature")),
-        ("fingerprint", ents.get("fingerprint")),
+        ("asn", f"AS{asn}" if asn is not None and hosting else None), ("signature", _opt(ents.get("signature"))),
+        ("fingerprint", _opt(ents.get("fingerprint"))),
     ]
     sig = ents.get("signature")
     sig = sig[:16] if sig else None
     age = ctx.derived.get("sign_age")
     age = round(age, 1) if age is not None else None
+    rid, ip = bounded_id(request.request_id), bounded_id(request.client_ip, FIELD_MAX_BYTES)
+    profile, country, endpoint = (_opt(verdict.profile, FIELD_MAX_BYTES), _opt(country, FIELD_MAX_BYTES),
+                                  _opt(endpoint, FIELD_MAX_BYTES))
     return [
-        EntityRecord(etype, key, request.request_id, request.ts, level, score, codes, verdict.profile,
-                     request.client_ip, asn, hosting, country, device, account, session, endpoint, sig, age)
+        EntityRecord(etype, key, rid, request.ts, level, score, codes, profile,
+                     ip, asn, hosting, country, device, account, session, endpoint, sig, age)
         for etype, key in keys if key
     ]
 

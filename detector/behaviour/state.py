@@ -1,7 +1,8 @@
 """Compact, event-time state primitives for the behaviour detectors, on plain dicts
 and lists so a whole shard bucket serialises with one `orjson.dumps` for the changelog.
 
-Everything is bounded: a last-seen map keeps at most `cap` members (the least
+Everything is bounded: a member longer than `MEMBER_MAX_BYTES` is kept as a
+fixed-size digest, and a last-seen map keeps at most `cap` members (the least
 recently seen are dropped first), so a distinct count saturates at `cap` instead of
 growing; every threshold is far below the cap, so saturation never hides a
 detection. A time ring keeps the last `n` times. Members older than a window are
@@ -10,12 +11,31 @@ expired on access. Time is always the events' own `ts`, never the clock.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any
 
 
+MEMBER_MAX_BYTES = 64
+
+
+def member_of(value: str) -> str:
+    """How a distinct set holds `value`: itself up to `MEMBER_MAX_BYTES` bytes, else a
+    fixed-size digest (`~` and 24 hex digits of its SHA-256, 96 bits): a set only
+    counts its members, so a hostile 8 KB id costs what a UUID costs."""
+    if len(value) * 4 <= MEMBER_MAX_BYTES:
+        return value
+    raw = value.encode("utf-8", "surrogatepass")
+    if len(raw) <= MEMBER_MAX_BYTES:
+        return value
+    return "~" + hashlib.sha256(raw).hexdigest()[:24]
+
+
 def touch(seen: dict[str, float], member: str, ts: float, cap: int) -> bool:
-    """Record `member` at `ts`; returns True when it was not in the map."""
+    """Record `member` (bounded: `member_of`) at `ts`; returns True when it was not
+    in the map."""
+    if len(member) * 4 > MEMBER_MAX_BYTES:
+        member = member_of(member)
     prev = seen.pop(member, None)  # re-insert: dict order is recency order
     seen[member] = ts if prev is None or ts > prev else prev
     if len(seen) > cap:

@@ -4,6 +4,7 @@ worker killed with SIGKILL (recovery) and across rebalances between two workers.
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import msgspec
@@ -53,7 +54,7 @@ async def produce_ordered(bootstrap: str, events: list[dict[str, Any]], per_mess
 
 
 def offline(detection: Any, events: list[dict[str, Any]]) -> tuple[list[Any], list[dict[str, Any]]]:
-    return OfflineScorer(detection).score([request_from_obj(e) for e in events])
+    return OfflineScorer(detection, reference_time=math.inf).score([request_from_obj(e) for e in events])
 
 
 def diff(got: dict, expected: dict) -> list[str]:
@@ -100,7 +101,7 @@ async def test_stream_alerts_and_verdicts_match_the_offline_rules(broker, worker
     # phase 1's flags and, depending on the broadcast delay, some of those phase 2
     # raises itself. Offline gives both limits (zero delay, and phase 1's flags only);
     # where they agree, the stream must give exactly that verdict.
-    frozen = OfflineScorer(detection)
+    frozen = OfflineScorer(detection, reference_time=math.inf)
     frozen.score([request_from_obj(e) for e in phase1])
     limit = {r.request_id: frozen.pipeline.assess(r, frozen.flags)[0]
              for r in (request_from_obj(e) for e in phase2)}

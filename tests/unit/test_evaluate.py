@@ -3,6 +3,7 @@ hand), the one scoring entry point, and the `detector eval` command's output."""
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -122,7 +123,7 @@ def test_score_offline_is_the_offline_scorer_of_detector_score(detection, profil
 
     events = list(private_api_library(profile, 60, seed=4))
     verdicts, alerts = score_offline(events, detection)
-    direct, direct_alerts = OfflineScorer(detection).score([request_from_obj(e) for e in events])
+    direct, direct_alerts = OfflineScorer(detection, reference_time=math.inf).score([request_from_obj(e) for e in events])
     assert [v.to_json() for v in verdicts] == [v.to_json() for v in direct] and alerts == direct_alerts
     stateless = detection.pipeline().score_batch([request_from_obj(e) for e in events[:1]])
     assert verdicts[0].to_json() == stateless[0].to_json()  # nothing known before the first request
