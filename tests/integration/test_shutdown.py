@@ -14,8 +14,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Callable
 
+import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
@@ -52,8 +53,6 @@ class VerdictTail:
         await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
-        import orjson
-
         c = AIOKafkaConsumer(VERDICTS.name, bootstrap_servers=self.bootstrap, group_id=None,
                              auto_offset_reset="earliest")
         await c.start()
@@ -174,7 +173,9 @@ def _stat(pid: int) -> tuple[str, int] | None:
     except OSError:
         return None
     fields = text.rsplit(")", 1)[1].split()
-    return (None if fields[0] == "Z" else (fields[0], int(fields[1])))  # type: ignore[return-value]
+    if fields[0] == "Z":
+        return None
+    return fields[0], int(fields[1])
 
 
 def _descendants(pid: int) -> set[int]:
@@ -189,7 +190,7 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
-def _read_until(proc: subprocess.Popen[str], predicate: Any, timeout: float) -> list[str]:
+def _read_until(proc: subprocess.Popen[str], predicate: Callable[[str], bool], timeout: float) -> list[str]:
     assert proc.stdout is not None
     lines: list[str] = []
     deadline = time.monotonic() + timeout
