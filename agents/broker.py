@@ -86,6 +86,16 @@ class EmbeddedBroker:
             proc.kill()
             proc.wait(grace)
 
+    def restart(self, timeout: float = 15.0) -> EmbeddedBroker:
+        """Stop and start again on the same port. Memory-only: every topic, record and
+        committed offset is gone afterwards (what the worker does then:
+        docs/operations.md, broker outages)."""
+        self.stop()
+        deadline = time.monotonic() + timeout
+        while port_open(self.host, self.port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.start(timeout)
+
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
 
