@@ -411,6 +411,37 @@ class ShardState:
                 del self.engines[p]
                 log.info("shard %d: released", p)
 
+    def forget_positions(self) -> None:
+        """The broker lost its log (agents/brokerwatch.py: a restarted memory-only
+        broker): offsets start again from 0, so the input positions the state holds
+        (each bucket's envelope offset, the source marks that skip re-sent records)
+        belong to a log that is gone and would make the shards skip the new one. Forget
+        them, in the engines and in the table's snapshots; the entities' state stays."""
+        scratch: BehaviourEngine | None = None
+        reset = 0
+        for engine in self.engines.values():
+            for b, bucket in enumerate(engine.buckets):
+                if bucket.offset >= 0 or bucket.marks:
+                    bucket.offset, bucket.marks = -1, {}
+                    engine.dirty.add(b)
+                    reset += 1
+        owned = {f"{p}:" for p in self.engines}
+        for key in list(self.table.data):
+            name = key.decode() if isinstance(key, bytes) else str(key)
+            if any(name.startswith(prefix) for prefix in owned):
+                continue  # rewritten from the engine at its next flush
+            raw = self.table.data[key]
+            if not raw or ":" not in name:
+                continue
+            d = self.detection
+            scratch = scratch or BehaviourEngine(self.behaviour, d.alerts, d.scoring.weight_of)
+            b = int(name.split(":", 1)[1])
+            if b < len(scratch.buckets) and scratch.load_bucket(b, raw):
+                scratch.buckets[b].offset, scratch.buckets[b].marks = -1, {}
+                self.table.data[key] = scratch.dump_bucket(b)
+                reset += 1
+        log.warning("shard state: forgot the input positions of %d state buckets (the broker lost its log)", reset)
+
 
 def build_app(settings: Settings, detection: DetectionConfig, metrics: Metrics | None = None) -> faust.App:
     """The Faust app: ingest stage, entity-shard agent, /metrics, /healthz, /readyz."""
@@ -479,6 +510,7 @@ def build_app(settings: Settings, detection: DetectionConfig, metrics: Metrics |
     state_table = app.Table("behaviour-state", default=None, key_type=str, value_type=bytes, partitions=n_shards)
     shard = ShardState(behaviour, detection, state_table, metrics, s.state_flush_interval_s)
     app.detector_shard = shard  # type: ignore[attr-defined]
+    ingest.on_log_lost.append(shard.forget_positions)  # a restarted memory-only broker (H6)
 
     @app.agent(events_topic, name="entity-shard")
     async def entity_shard(stream: Any) -> None:
