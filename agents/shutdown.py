@@ -180,5 +180,6 @@ class ChildProcesses:
             if p.poll() is None:
                 log.warning("%s did not stop within %.1f s: killing it", name, grace_s)
                 _signal_group(p, signal.SIGKILL)
-                while p.poll() is None:
+                reaped_by = time.monotonic() + 2.0  # SIGKILL cannot be ignored; bounded all the same
+                while p.poll() is None and time.monotonic() < reaped_by:
                     await asyncio.sleep(0.02)
