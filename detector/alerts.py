@@ -116,7 +116,8 @@ def iso(ts: float) -> str:
     (decode accepts 2000..2200 only, but this never raises for any float) is clamped
     to year 1 or year 9999; NaN reads as the epoch."""
     try:
-        return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        d = datetime.fromtimestamp(ts, tz=timezone.utc).replace(tzinfo=None)
+        return d.isoformat(timespec="milliseconds") + "Z"  # milliseconds truncated; year zero-padded
     except (OverflowError, ValueError, OSError):
         if ts != ts:
             return "1970-01-01T00:00:00.000Z"

@@ -31,6 +31,10 @@ from detector.behaviour.replay import DeviceReplay, ReplayDetector
 from detector.behaviour.travel import Travel
 
 _ETYPE_RANK = {e: i for i, e in enumerate(ENTITY_TYPES)}
+# The serialised state of one entity never exceeds this (at the default max_distinct:
+# record strings are bounded, long or escaped members digested, every set and list
+# capped); a bucket holds at most max_entities / buckets entities.
+ENTITY_STATE_MAX_BYTES = 512 * 1024
 
 
 def all_detectors() -> dict[str, list[Any]]:

@@ -116,9 +116,10 @@ _DIGEST_MARK = "~sha256:"
 
 def bounded_id(value: str, limit: int = KEY_MAX_BYTES) -> str:
     """`value` when its UTF-8 form has at most `limit` bytes; else its digest form:
-    the longest prefix that leaves room, then `~sha256:` and the first 32 hex digits
-    of the SHA-256 of the whole value (128 bits: distinct ids stay distinct), at most
-    `limit` bytes in all. Deterministic, so every worker names the entity alike."""
+    its first `limit - 40` characters (printable ASCII kept, any other as `?`), then
+    `~sha256:` and the first 32 hex digits of the SHA-256 of the whole value (128
+    bits: distinct ids stay distinct), `limit` bytes in all. Deterministic, so every
+    worker names the entity alike."""
     if len(value) * 4 <= limit:
         return value
     raw = value.encode("utf-8", "surrogatepass")
@@ -126,7 +127,9 @@ def bounded_id(value: str, limit: int = KEY_MAX_BYTES) -> str:
         return value
     digest = hashlib.sha256(raw).hexdigest()[:32]
     room = max(0, limit - len(_DIGEST_MARK) - 32)
-    return raw[:room].decode("utf-8", "ignore") + _DIGEST_MARK + digest
+    # the prefix in printable ASCII (anything else as "?"): JSON never escapes it
+    head = "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in value[:room])
+    return head + _DIGEST_MARK + digest
 
 
 def entity_key(key: str) -> str:

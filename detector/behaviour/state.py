@@ -19,23 +19,27 @@ from typing import Any
 MEMBER_MAX_BYTES = 64
 
 
+def _plain(value: str) -> bool:
+    """Printable ASCII that JSON writes as is (no quote, backslash or control
+    character to escape): UUIDs, numeric ids, IPs, country codes."""
+    return value.isascii() and value.isprintable() and '"' not in value and "\\" not in value
+
+
 def member_of(value: str) -> str:
-    """How a distinct set holds `value`: itself up to `MEMBER_MAX_BYTES` bytes, else a
-    fixed-size digest (`~` and 24 hex digits of its SHA-256, 96 bits): a set only
-    counts its members, so a hostile 8 KB id costs what a UUID costs."""
-    if len(value) * 4 <= MEMBER_MAX_BYTES:
+    """How a distinct set holds `value`: itself when it is plain (`_plain`) and at most
+    `MEMBER_MAX_BYTES` long, else a fixed-size digest (`~` and 24 hex digits of its
+    SHA-256, 96 bits): a set only counts its members, so a hostile 8 KB id (or one
+    full of characters JSON escapes six-fold) costs what a UUID costs, and a set of
+    `cap` members serialises to at most about cap * 90 bytes."""
+    if len(value) <= MEMBER_MAX_BYTES and _plain(value):
         return value
-    raw = value.encode("utf-8", "surrogatepass")
-    if len(raw) <= MEMBER_MAX_BYTES:
-        return value
-    return "~" + hashlib.sha256(raw).hexdigest()[:24]
+    return "~" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:24]
 
 
 def touch(seen: dict[str, float], member: str, ts: float, cap: int) -> bool:
     """Record `member` (bounded: `member_of`) at `ts`; returns True when it was not
     in the map."""
-    if len(member) * 4 > MEMBER_MAX_BYTES:
-        member = member_of(member)
+    member = member_of(member)
     prev = seen.pop(member, None)  # re-insert: dict order is recency order
     seen[member] = ts if prev is None or ts > prev else prev
     if len(seen) > cap:

@@ -391,3 +391,97 @@ def test_replayed_device_whose_clock_runs_ahead(engine, detection):
     fm.apply(out.flags)
     assert fm.signals_for({"device": "d-ahead"}, T0 + 70, RequestFacts(sign_age=-95.0))
     assert not fm.signals_for({"device": "d-ahead"}, T0 + 70, RequestFacts(sign_age=-149.0))
+
+
+# ---------------------------------------------------------------- event time (issue 11)
+
+def _bots(detection, profile):
+    from detector.decode import request_from_obj
+    from detector.simulate import bot_network
+
+    return [request_from_obj(e) for e in bot_network(profile, 400, seed=1, catalogue=detection.catalogue)]
+
+
+def _genuine_at(detection, profile, start_ts, n=300):
+    from detector.decode import request_from_obj
+    from detector.simulate import genuine
+
+    return [request_from_obj(e) for e in genuine(profile, n, seed=2, start_ts=start_ts, catalogue=detection.catalogue)]
+
+
+@pytest.mark.parametrize("ahead", ["a month", "year 2100"])
+def test_requests_dated_ahead_of_the_reference_do_not_blind_the_detector(detection, profile, ahead):
+    """Issue 11: 300 requests dated ahead, then a 400-request bot network (in that order
+    of arrival: two batches) raise exactly the alerts of the bot network alone, and
+    its flags stay in force. Without a reference (math.inf: every date trusted) the
+    same traffic raises no alert at all: the test can fail."""
+    from detector.behaviour.offline import OfflineScorer
+
+    bots = _bots(detection, profile)
+    ref = max(r.ts for r in bots)
+    future = _genuine_at(detection, profile, ref + 30 * 86400 if ahead == "a month" else 4102444800.0)
+    alone = OfflineScorer(detection, reference_time=ref)
+    _, expected = alone.score(bots)
+    assert len(expected) > 20
+
+    poisoned = OfflineScorer(detection, reference_time=ref)
+    future_verdicts, first = poisoned.score(future)
+    _, alerts = poisoned.score(bots)
+    assert len(future_verdicts) == 300 and not first
+    assert alerts == expected
+    assert poisoned.future == 300 and alone.future == 0
+    assert poisoned.flags.current() == alone.flags.current() and len(poisoned.flags)
+    assert poisoned.engine.entity_count() == alone.engine.entity_count()
+
+    unguarded = OfflineScorer(detection, reference_time=math.inf)
+    unguarded.score(future)
+    assert unguarded.score(bots)[1] == [] and len(unguarded.flags) == 0  # the issue's finding
+
+
+def test_a_request_dated_ahead_still_carries_the_flags_of_its_entities(detection, profile):
+    """A flagged bot cannot shed its flags by dating its requests ahead: it is judged
+    with the flags in force at the reference, not at its own date."""
+    import msgspec
+
+    from detector.behaviour.offline import OfflineScorer
+
+    bots = _bots(detection, profile)
+    ref = max(r.ts for r in bots)
+    scorer = OfflineScorer(detection, reference_time=ref)
+    verdicts, _ = scorer.score(bots)
+    last = bots[-1]
+    flagged = [s.code for s in verdicts[-1].signals if s.family == "behaviour"]
+    assert flagged
+    (ahead,), alerts = scorer.score([msgspec.structs.replace(last, request_id="ahead", ts=ref + 30 * 86400)])
+    assert [s.code for s in ahead.signals if s.family == "behaviour"] == flagged
+    assert not alerts and scorer.future == 1
+
+
+def test_records_within_the_tolerance_cannot_make_genuine_ones_late(engine):
+    """A record dated ahead but within the tolerance is applied, but the watermark stops
+    at the reference: genuine records a little older than the reference stay on time."""
+    ref = T0 + 1000
+    engine.observe([rec("device", "dev-t", ref + 250, 0, account="a0")], reference=ref)
+    out = engine.observe([rec("device", "dev-t", ref - 100, 1, account="a1")], reference=ref)
+    assert out.late == 0 and out.applied == 1
+    unguarded = BehaviourEngine(engine.s, engine.alerts, engine.weight_of)
+    unguarded.observe([rec("device", "dev-t", ref + 250, 0, account="a0")])
+    assert unguarded.observe([rec("device", "dev-t", ref - 100, 1, account="a1")]).late == 1
+
+
+@pytest.mark.parametrize("ts", [946684800.0, 7258118399.999, 4102444800.0])
+def test_the_engine_takes_any_time_decode_accepts(engine, ts):
+    """From 2000-01-01 up to 2200-01-01 (decode's range): records apply, flags and
+    alerts are built (their times formatted), nothing raises."""
+    out = engine.observe([rec("device", "dev-y", ts + i * 0.5, i, account=f"acc-{i}", level=2, score=0.9,
+                              codes=("ua.missing",)) for i in range(8)])
+    assert out.applied == 8 and out.flags and out.alerts
+    for a in out.alerts:
+        assert a["created_at"][:2] in ("20", "21", "22")
+
+
+@pytest.mark.parametrize("ts", [math.inf, -math.inf, math.nan])
+def test_a_record_without_a_finite_time_is_dropped_not_raised(engine, ts):
+    out = engine.observe([rec("device", "dev-n", ts, 0, account="a", level=2, score=0.9, codes=("ua.missing",))])
+    assert out.late == 1 and out.applied == 0 and not out.alerts
+    assert engine.observe([rec("device", "dev-n", T0, 1, account="a")]).applied == 1  # the watermark is untouched
