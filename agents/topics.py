@@ -4,12 +4,26 @@ retention, compaction), so operators, the worker and the tests agree on them.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
+log = logging.getLogger("detector.topics")
+
 DAY_MS = 24 * 3600 * 1000
+# Apache Kafka's broker default `message.max.bytes` (1 MiB + 12): the limit of a topic
+# that does not override `max.message.bytes`, and what we assume when the broker does
+# not answer (the embedded broker returns only the configs a topic was created with,
+# and closes the connection on a broker-config request).
+KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1048588
+# Every record the worker writes stays this fraction under its limit: room for the
+# record batch's framing (about 70 bytes) and for a limit lowered after start.
+RECORD_LIMIT_FACTOR = 0.9
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,3 +101,96 @@ async def create_topics(bootstrap: str, partitions: int, replication: int = 1,
     finally:
         await admin.close()
     return [s.name for s in missing]
+
+
+# --- record size limits --------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class TopicLimits:
+    """The `max.message.bytes` of the topics the worker writes, read once at start
+    (`read_topic_limits`); `record_limit` gives the largest record a producer may send
+    to one of them."""
+
+    max_message_bytes: Mapping[str, int] = field(default_factory=dict)
+    default: int = KAFKA_DEFAULT_MAX_MESSAGE_BYTES  # a topic not read (absent at start, no answer)
+
+    def topic_max(self, topic: str) -> int:
+        return self.max_message_bytes.get(topic, self.default)
+
+    def record_limit(self, topic: str, producer_max_request_size: int) -> int:
+        """min(the topic's max.message.bytes, the producer's max_request_size) minus 10%."""
+        return record_limit(self.topic_max(topic), producer_max_request_size)
+
+
+def record_limit(topic_max_message_bytes: int, producer_max_request_size: int) -> int:
+    return int(min(topic_max_message_bytes, producer_max_request_size) * RECORD_LIMIT_FACTOR)
+
+
+def _config_value(resource: Any, name: str) -> str | None:
+    for entry in resource.config_entries if hasattr(resource, "config_entries") else resource[4]:
+        key, value = (entry.config_names, entry.config_value) if hasattr(entry, "config_names") else (entry[0], entry[1])
+        if key == name:
+            return str(value) if value is not None else None
+    return None
+
+
+def _positive_int(value: str | None) -> int | None:
+    try:
+        n = int(value) if value is not None else 0
+    except ValueError:
+        return None
+    return n if n > 0 else None
+
+
+async def read_topic_limits(bootstrap: str, topics: Iterable[str], timeout_s: float = 10.0) -> TopicLimits:
+    """Each topic's `max.message.bytes` (DescribeConfigs). A topic that does not exist
+    yet, or whose answer lacks the key, gets the broker's `message.max.bytes` (what an
+    auto-created topic would get), else Kafka's default. Never raises: a broker that
+    cannot be asked leaves every topic at the default (logged)."""
+    names = list(dict.fromkeys(topics))
+    found: dict[str, int] = {}
+    default = KAFKA_DEFAULT_MAX_MESSAGE_BYTES
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    try:
+        await asyncio.wait_for(admin.start(), timeout_s)
+        try:
+            responses = await asyncio.wait_for(admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, n) for n in names]), timeout_s)
+            for resp in responses:
+                for res in resp.resources:
+                    error_code, name = res[0], res[3]
+                    value = _positive_int(_config_value(res, "max.message.bytes")) if error_code == 0 else None
+                    if value is not None:
+                        found[str(name)] = value
+            missing = [n for n in names if n not in found]
+            if missing:
+                broker_default = await _broker_max_message_bytes(admin, timeout_s)
+                if broker_default is not None:
+                    default = broker_default
+        finally:
+            await admin.close()
+    except Exception as exc:  # noqa: BLE001 - limits fall back to the default, the worker still starts
+        log.warning("could not read the topics' max.message.bytes (%s: %s); assuming %d bytes",
+                    type(exc).__name__, str(exc)[:200], default)
+    return TopicLimits(found, default)
+
+
+async def _broker_max_message_bytes(admin: AIOKafkaAdminClient, timeout_s: float) -> int | None:
+    """The broker's `message.max.bytes`, or None when it does not answer (the embedded
+    broker drops the connection on this request)."""
+    try:
+        cluster = await asyncio.wait_for(admin.describe_cluster(), timeout_s)
+        brokers = cluster.get("brokers") or []
+        if not brokers:
+            return None
+        node = str(brokers[0]["node_id"])
+        responses = await asyncio.wait_for(admin.describe_configs(
+            [ConfigResource(ConfigResourceType.BROKER, node, {"message.max.bytes": None})]), timeout_s)
+        for resp in responses:
+            for res in resp.resources:
+                if res[0] == 0:
+                    value = _positive_int(_config_value(res, "message.max.bytes"))
+                    if value is not None:
+                        return value
+    except Exception as exc:  # noqa: BLE001 - an optional refinement of the default
+        log.debug("broker config not readable (%s: %s)", type(exc).__name__, str(exc)[:200])
+    return None

@@ -1,0 +1,350 @@
+"""The stream worker's per-message safety, record limits and event-time reference,
+without a broker: the ingest stage's batch step and the shard agent's envelope step
+driven with fake publishers, and failures injected where real code raises."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import TopicPartition
+from prometheus_client import CollectorRegistry
+
+import agents.worker as worker
+from agents.broker import free_port
+from agents.metrics import Metrics
+from agents.settings import load_settings
+from agents.topics import (CLIENT_REQUESTS, CLIENT_REQUESTS_DLQ, ENTITY_EVENTS, KAFKA_DEFAULT_MAX_MESSAGE_BYTES,
+                           VERDICTS, TopicLimits, read_topic_limits, record_limit)
+from agents.worker import IngestStage, LogLimiter, RecordLimits, ShardProcessor, ShardState, log_text
+from detector.behaviour.records import decode_envelope
+from detector.simulate import genuine, private_api_library
+
+TP = TopicPartition(CLIENT_REQUESTS.name, 0)
+
+
+@dataclass
+class FakeOut:
+    """The BatchPublisher as the batch step uses it."""
+
+    records: list[tuple[str, bytes, bytes | None, int | None]] = field(default_factory=list)
+
+    async def add(self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None) -> None:
+        self.records.append((topic, value, key, partition))
+
+    def of(self, topic: str) -> list[bytes]:
+        return [v for t, v, _, _ in self.records if t == topic]
+
+
+def msg(offset: int, value: bytes, ts_ms: float | None = None) -> Any:
+    return SimpleNamespace(offset=offset, value=value, timestamp=int(ts_ms if ts_ms is not None else time.time() * 1000))
+
+
+def sample(m: Metrics, name: str, **labels: str) -> float:
+    v = m.registry.get_sample_value(name, labels or None)
+    return 0.0 if v is None else v
+
+
+@pytest.fixture
+def stage(detection: Any) -> IngestStage:
+    return IngestStage(load_settings(), detection, Metrics(CollectorRegistry()), loop=None)
+
+
+@pytest.fixture
+def events(profile: Any) -> list[dict[str, Any]]:
+    return list(genuine(profile, 12, seed=7))
+
+
+def stamp(events: list[dict[str, Any]]) -> float:
+    """A Kafka timestamp (ms) just after the events: they are not in the future."""
+    return (events[-1]["ts"] + 1) * 1000
+
+
+async def test_a_request_whose_scoring_raises_is_dead_lettered_and_the_batch_goes_on(stage, events, monkeypatch):
+    real = stage.pipeline.assess
+
+    def assess(r: Any, flags: Any) -> Any:
+        if r.request_id == events[3]["request_id"]:
+            raise TypeError("unhashable type: 'list'")
+        return real(r, flags)
+
+    monkeypatch.setattr(stage.pipeline, "assess", assess)
+    out = FakeOut()
+    batch = {TP: [msg(10, orjson.dumps(events[:6]), stamp(events)), msg(11, orjson.dumps(events[6]), stamp(events))]}
+    verdicts = await stage._score_batch(batch, out)
+    ids = {orjson.loads(v)["request_id"] for v in out.of(VERDICTS.name)}
+    assert ids == {e["request_id"] for e in events[:7]} - {events[3]["request_id"]}
+    assert len(verdicts) == 6
+    (dlq,) = [orjson.loads(v) for v in out.of(CLIENT_REQUESTS_DLQ.name)]
+    assert dlq["code"] == "internal_error" and dlq["index"] == 3
+    assert dlq["source"] == {"topic": CLIENT_REQUESTS.name, "partition": 0, "offset": 10}
+    assert "TypeError" in dlq["reason"] and events[3]["request_id"] in dlq["reason"]
+    assert sample(stage.metrics, "detector_internal_errors_total", stage="ingest") == 1
+    assert sample(stage.metrics, "detector_dlq_records_total", reason="internal_error") == 1
+    assert out.of(ENTITY_EVENTS.name), "the other requests' records still go to the shards"
+
+
+async def test_a_message_whose_decoding_raises_is_dead_lettered(stage, events, monkeypatch):
+    real = worker.decode_message
+
+    def decode(value: bytes | None, limits: Any) -> Any:
+        if value == b"poison":
+            raise RecursionError("maximum recursion depth exceeded")
+        return real(value, limits)
+
+    monkeypatch.setattr(worker, "decode_message", decode)
+    out = FakeOut()
+    await stage._score_batch({TP: [msg(1, b"poison"), msg(2, orjson.dumps(events[:2]), stamp(events))]}, out)
+    assert len(out.of(VERDICTS.name)) == 2
+    (dlq,) = [orjson.loads(v) for v in out.of(CLIENT_REQUESTS_DLQ.name)]
+    assert dlq["code"] == "internal_error" and dlq["source"]["offset"] == 1 and "RecursionError" in dlq["reason"]
+
+
+async def test_failures_of_one_message_make_one_dead_letter_with_every_rejection(stage, events, monkeypatch):
+    real = stage.pipeline.assess
+    bad = {events[0]["request_id"], events[2]["request_id"]}
+    monkeypatch.setattr(stage.pipeline, "assess",
+                        lambda r, f: (_ for _ in ()).throw(KeyError("x")) if r.request_id in bad else real(r, f))
+    value = orjson.dumps([events[0], events[1], events[2], {"request_id": "no-path"}])
+    out = FakeOut()
+    await stage._score_batch({TP: [msg(5, value, stamp(events))]}, out)
+    (dlq,) = [orjson.loads(v) for v in out.of(CLIENT_REQUESTS_DLQ.name)]
+    assert [(e["index"], e["code"]) for e in dlq["errors"]] == [(0, "internal_error"), (2, "internal_error"),
+                                                                (3, "missing_field")]
+    assert len(out.of(VERDICTS.name)) == 1
+
+
+async def test_a_failing_dead_letter_encoder_still_writes_a_bounded_record(stage, monkeypatch):
+    def broken(*a: Any, **k: Any) -> bytes:
+        raise MemoryError()
+
+    monkeypatch.setattr(worker, "encode_dlq_record", broken)
+    out = FakeOut()
+    await stage._score_batch({TP: [msg(3, b"\xff" * 5000)]}, out)
+    (dlq,) = [orjson.loads(v) for v in out.of(CLIENT_REQUESTS_DLQ.name)]
+    assert dlq["code"] == "invalid_utf8" and dlq["size"] == 5000 and dlq["message"] == "" and dlq["truncated"]
+
+
+async def test_future_requests_get_verdicts_but_no_records_and_leave_event_time(stage, events):
+    out = FakeOut()
+    now_ms = stamp(events)
+    await stage._score_batch({TP: [msg(1, orjson.dumps(events[:4]), now_ms)]}, out)
+    watermark = stage.watermark
+    assert watermark == events[3]["ts"]
+    envelopes = len(out.of(ENTITY_EVENTS.name))
+    ahead = [dict(e, ts=e["ts"] + 3600, request_id=f"future-{i}") for i, e in enumerate(events[4:])]
+    await stage._score_batch({TP: [msg(2, orjson.dumps(ahead), now_ms)]}, out)
+    assert {orjson.loads(v)["request_id"] for v in out.of(VERDICTS.name)} >= {e["request_id"] for e in ahead}
+    assert len(out.of(ENTITY_EVENTS.name)) == envelopes, "future requests send no entity records"
+    assert stage.watermark == watermark
+    assert sample(stage.metrics, "detector_future_events_total") == len(ahead)
+    # within the tolerance: ordinary requests
+    near = [dict(events[4], ts=events[4]["ts"] + 60, request_id="near")]
+    await stage._score_batch({TP: [msg(3, orjson.dumps(near), stamp(events))]}, out)
+    assert sample(stage.metrics, "detector_future_events_total") == len(ahead)
+    assert stage.watermark == events[4]["ts"] + 60
+
+
+def test_the_reference_is_the_record_timestamp_capped_at_the_wall_clock(stage):
+    now = 1_800_000_000.0
+    tol = stage.event_time.max_future_s
+    assert stage.reference_time(msg(0, b"", 1_700_000_000_000), now) == 1_700_000_000.0  # a replay of history
+    assert stage.reference_time(msg(0, b"", 4_102_444_800_000), now) == now + tol  # a producer clock in 2100
+    assert stage.reference_time(SimpleNamespace(timestamp=-1), now) == now  # no timestamp
+    assert stage.reference_time(SimpleNamespace(timestamp=None), now) == now
+
+
+async def test_envelopes_are_split_by_bytes_under_the_limit(stage, profile):
+    attack = list(private_api_library(profile, 60, seed=3))
+    stage.limits = RecordLimits(verdict=900_000, dlq=900_000, envelope=4096, alert=1, flag=1, state=1, shard_dlq=1)
+    out = FakeOut()
+    await stage._score_batch({TP: [msg(1, orjson.dumps(attack), (attack[-1]["ts"] + 1) * 1000)]}, out)
+    envelopes = out.of(ENTITY_EVENTS.name)
+    assert len(envelopes) > 4 and all(len(e) <= 4096 for e in envelopes)
+    assert sum(len(decode_envelope(e).records) for e in envelopes) >= len(attack)
+
+
+async def test_an_oversized_verdict_is_dead_lettered_not_sent(stage, events):
+    stage.limits = RecordLimits(verdict=200, dlq=900_000, envelope=900_000, alert=1, flag=1, state=1, shard_dlq=1)
+    out = FakeOut()
+    await stage._score_batch({TP: [msg(4, orjson.dumps(events[0]), stamp(events))]}, out)
+    assert out.of(VERDICTS.name) == []
+    (dlq,) = [orjson.loads(v) for v in out.of(CLIENT_REQUESTS_DLQ.name)]
+    assert dlq["code"] == "oversized"
+    assert sample(stage.metrics, "detector_oversized_records_total", kind="verdict") == 1
+
+
+def test_record_limits_take_the_smaller_of_topic_and_producer_minus_ten_percent():
+    assert record_limit(1_048_576, 4 * 1024 * 1024) == 943_718
+    assert record_limit(8 * 1024 * 1024, 1_000_000) == 900_000
+    limits = RecordLimits.of(TopicLimits({CLIENT_REQUESTS_DLQ.name: 1_048_576, VERDICTS.name: 100_000}),
+                             4 * 1024 * 1024, 1_000_000, "app-behaviour-state-changelog")
+    assert (limits.dlq, limits.verdict, limits.shard_dlq) == (943_718, 90_000, 900_000)
+    assert limits.envelope == int(KAFKA_DEFAULT_MAX_MESSAGE_BYTES * 0.9)  # not read: the broker default
+
+
+async def test_topic_limits_fall_back_to_the_default_when_the_broker_does_not_answer():
+    started = time.monotonic()
+    limits = await read_topic_limits(f"127.0.0.1:{free_port()}", [VERDICTS.name], timeout_s=2.0)
+    assert limits.topic_max(VERDICTS.name) == KAFKA_DEFAULT_MAX_MESSAGE_BYTES
+    assert time.monotonic() - started < 10
+
+
+def test_log_lines_are_rate_limited_per_kind_and_count_what_they_hold_back(caplog):
+    clock = [0.0]
+    held = []
+    limiter = LogLimiter(logging.getLogger("test.limiter"), burst=3, interval_s=10, clock=lambda: clock[0],
+                         on_suppressed=lambda: held.append(1))
+    with caplog.at_level(logging.WARNING, logger="test.limiter"):
+        for i in range(10):
+            limiter.log(logging.WARNING, "a", "line %d", i)
+        limiter.log(logging.WARNING, "b", "other kind")
+        clock[0] = 11
+        limiter.log(logging.WARNING, "a", "after")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["line 0", "line 1", "line 2", "other kind", "after (7 similar lines suppressed before)"]
+    assert len(held) == 7
+
+
+def test_log_text_scrubs_credentials_and_bounds_the_line(detection):
+    text = 'bad header line\nAuthorization: Bearer abcdefghijklmnop and ["cookie", "sid=s3cr3t-value"]' + "x" * 1000
+    out = log_text(text, detection.redactor)
+    assert "abcdefghijklmnop" not in out and "s3cr3t" not in out and "\n" not in out
+    assert len(out) <= 303
+
+
+# --- the shard agent's envelope step --------------------------------------------------
+class FakeTable:
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+        self.sent: list[tuple[int, str, bytes]] = []
+
+    def send_changelog(self, p: int, key: str, raw: bytes) -> None:
+        self.sent.append((p, key, raw))
+
+
+class FakeEvent:
+    def __init__(self, p: int, offset: int, value: bytes):
+        self.message = SimpleNamespace(partition=p, offset=offset, timestamp=time.time())
+        self.value = value
+        self.acked = False
+
+    def ack(self) -> None:
+        self.acked = True
+
+
+@dataclass
+class Sent:
+    flags: list[bytes] = field(default_factory=list)
+    alerts: list[bytes] = field(default_factory=list)
+    dlq: list[bytes] = field(default_factory=list)
+    fail_dlq: bool = False
+
+    async def flag(self, key: bytes, value: bytes) -> None:
+        self.flags.append(value)
+
+    async def alert(self, key: bytes, value: bytes) -> None:
+        self.alerts.append(value)
+
+    async def dead(self, value: bytes) -> None:
+        if self.fail_dlq:
+            raise ConnectionError("broker down")
+        self.dlq.append(value)
+
+
+def shard_setup(detection: Any) -> tuple[ShardProcessor, ShardState, Sent, FakeTable]:
+    metrics = Metrics(CollectorRegistry())
+    table = FakeTable()
+    shard = ShardState(detection.behaviour, detection, table, metrics, interval=3600)
+    sent = Sent()
+    return ShardProcessor(shard, detection, metrics, send_flag=sent.flag, send_alert=sent.alert,
+                          send_dlq=sent.dead), shard, sent, table
+
+
+async def envelopes_of(stage: IngestStage, events: list[dict[str, Any]]) -> list[tuple[int, bytes]]:
+    out = FakeOut()
+    await stage._score_batch({TP: [msg(1, orjson.dumps(events), (events[-1]["ts"] + 1) * 1000)]}, out)
+    return [(p or 0, v) for t, v, _, p in out.records if t == ENTITY_EVENTS.name]
+
+
+async def test_an_undecodable_envelope_is_dead_lettered_and_acknowledged_never_dropped(detection):
+    proc, shard, sent, _ = shard_setup(detection)
+    # the envelope the found bug produced: a boolean where the ASN is an integer
+    bad = b'[[["asn","AS1","r",1.0,0,0.0,[],null,"1.2.3.4",true,true,null,null,null,null,null]],[[0,7,0]]]'
+    event = FakeEvent(2, 41, bad)
+    await proc.process(event)
+    (dlq,) = [orjson.loads(v) for v in sent.dlq]
+    assert dlq["code"] == "internal_error"
+    assert dlq["source"] == {"topic": ENTITY_EVENTS.name, "partition": 2, "offset": 41}
+    assert not event.acked
+    shard.flush(2)
+    assert event.acked, "acknowledged with the next flush, once dead-lettered"
+    assert sample(proc.metrics, "detector_internal_errors_total", stage="entity-shard") == 1
+
+
+async def test_an_envelope_whose_dead_letter_is_not_acknowledged_stays_unacknowledged(detection):
+    proc, shard, sent, _ = shard_setup(detection)
+    sent.fail_dlq = True
+    event = FakeEvent(0, 1, b"not an envelope")
+    await proc.process(event)
+    shard.flush(0)
+    assert not event.acked and sent.dlq == []
+
+
+async def test_a_record_whose_observation_raises_loses_only_itself(detection, profile, monkeypatch):
+    stage = IngestStage(load_settings(), detection, Metrics(CollectorRegistry()), loop=None)
+    attack = list(private_api_library(profile, 30, seed=5))
+    (p, value), *_ = sorted(await envelopes_of(stage, attack), key=lambda pv: -len(decode_envelope(pv[1]).records))
+    env = decode_envelope(value)
+    poison = env.records[len(env.records) // 2]
+    proc, shard, sent, table = shard_setup(detection)
+    engine = shard.engine(p)
+    real = engine._apply
+
+    def apply(bucket: Any, r: Any, out: Any) -> None:
+        if r is poison or r == poison:
+            raise ValueError("poisoned record")
+        real(bucket, r, out)
+
+    monkeypatch.setattr(engine, "_apply", apply)
+    event = FakeEvent(p, 9, value)
+    await proc.process(event)
+    (dlq,) = [orjson.loads(v) for v in sent.dlq]
+    assert dlq["code"] == "internal_error" and dlq["index"] is None and "ValueError" in dlq["reason"]
+    assert dlq["source"] == {"topic": ENTITY_EVENTS.name, "partition": p, "offset": 9}
+    assert sum(len(b.entities) for b in engine.buckets) > 0
+    # every other record was applied once: re-observing the envelope applies nothing
+    again = engine.observe(env.records, offset=None, sources=env.sources)
+    assert again.applied == 0
+    shard.flush(p)
+    assert event.acked and table.sent
+
+
+async def test_oversized_flags_alerts_and_state_buckets_are_never_sent(detection, profile):
+    stage = IngestStage(load_settings(), detection, Metrics(CollectorRegistry()), loop=None)
+    attack = list(private_api_library(profile, 40, seed=6))
+    proc, shard, sent, table = shard_setup(detection)
+    shard.limits = RecordLimits(verdict=1, dlq=1, envelope=1, alert=64, flag=16, state=32, shard_dlq=900_000)
+    for i, (p, value) in enumerate(await envelopes_of(stage, attack)):
+        await proc.process(FakeEvent(p, i, value))
+    for p in list(shard.engines):
+        shard.flush(p)
+    m = proc.metrics
+    assert sent.alerts == [] and sent.flags == [] and table.sent == []
+    assert sample(m, "detector_oversized_records_total", kind="alert") > 0
+    assert sample(m, "detector_oversized_records_total", kind="state") > 0
+    assert sample(m, "detector_alerts_total", severity="high") + sample(m, "detector_alerts_total", severity="critical") == 0
+
+
+def test_no_exception_handler_in_the_worker_swallows_cancellation():
+    """`except Exception` (never bare or BaseException) in the per-message paths: a stop
+    (CancelledError) still stops the worker."""
+    src = (worker.__file__ and open(worker.__file__, encoding="utf-8").read()) or ""
+    assert "except BaseException" not in src and "except:" not in src
+    assert issubclass(asyncio.CancelledError, BaseException) and not issubclass(asyncio.CancelledError, Exception)
