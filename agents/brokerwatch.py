@@ -5,13 +5,13 @@ embedded one, loses every topic when it restarts; `detector topics --create` doe
 same from the declarations in agents/topics.py).
 
 It also decides whether the broker lost its log: a declared topic that existed
-vanished, or, after an outage, the ingest group has no committed offset any more for
-a partition this worker committed. A broker that keeps its data (Apache Kafka) keeps
-both, so this is a restart of a memory-only broker; the consumers then restart from
-the new log's start (auto_offset_reset) and `on_log_lost` lets the worker forget
-positions that belonged to the old log. (A committed offset merely lower than ours is
-not taken as a loss: Apache Kafka was seen to answer with the one before our last
-commit right after a restart; that only means a re-delivered batch.)"""
+vanished, or, after an outage, a partition of the input ends before an offset this
+worker committed (committed offsets are consumed ones, so on a broker that keeps its
+data, Apache Kafka, the log end is never below them). That is a restart of a
+memory-only broker; the consumers then restart from the new log's start
+(auto_offset_reset) and `on_log_lost` lets the worker forget positions that belonged
+to the old log. (The group's committed offsets are no evidence: right after a
+restart Apache Kafka was seen to answer none, or the one before our last commit.)"""
 
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ class WatchHooks:
 
     topics: Callable[[], Awaitable[set[str]]]  # the topic names the broker has now
     create: Callable[[tuple[TopicSpec, ...]], Awaitable[list[str]]]  # create these; names created
-    # the ingest group's committed offsets of these partitions (None: none committed)
-    committed: Callable[[list[tuple[str, int]]], Awaitable[Mapping[tuple[str, int], int | None]]]
+    # the log end offsets of these partitions (those the broker knows)
+    end_offsets: Callable[[list[tuple[str, int]]], Awaitable[Mapping[tuple[str, int], int]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +59,7 @@ class BrokerWatch:
         self.seen: set[str] = set()  # declared topics seen on the broker at least once
         self.committed: dict[tuple[str, int], int] = {}  # what this worker committed last
         self.outage = False
+        self.verify = 0  # checks left to compare the log ends with our commits after an outage
         self.log_losses = 0
 
     def note_commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
@@ -95,34 +96,40 @@ class BrokerWatch:
             self.seen |= set(created)
             log.warning("the broker lost topics %s: recreated %s from the declarations", names,
                         ", ".join(created) or "none (already recreated by the broker)")
-        if ended or lost:
-            if not lost:
-                lost = await self._offsets_regressed()
-            if lost:
-                self.log_losses += 1
-                self.counters.log_lost()
-                self.committed.clear()
-                log.warning("the broker lost its log (a restarted memory-only broker?): the consumers restart from "
-                            "the new log's start; what the broker held before is gone")
-                self.on_log_lost()
+        if ended:
+            self.verify = 30
+        if self.verify and not lost:
+            lost = await self._log_shrank()
+        if lost:
+            self.verify = 0
+            self.log_losses += 1
+            self.counters.log_lost()
+            self.committed.clear()
+            log.warning("the broker lost its log (a restarted memory-only broker?): the consumers restart from "
+                        "the new log's start; what the broker held before is gone")
+            self.on_log_lost()
         lasted = self.health.recovered()
         if lasted is not None:
             self.counters.recovered()
             log.info("broker reachable again after %.1f s", lasted)
         return True
 
-    async def _offsets_regressed(self) -> bool:
+    async def _log_shrank(self) -> bool:
+        """After an outage: does a partition end before what we committed? Retried at
+        the next checks while the broker cannot answer yet (leaders being elected)."""
         if not self.committed:
+            self.verify = 0
             return False
+        self.verify -= 1
         try:
-            now = await asyncio.wait_for(self.hooks.committed(sorted(self.committed)), self.timeout_s)
+            ends = await asyncio.wait_for(self.hooks.end_offsets(sorted(self.committed)), self.timeout_s)
         except BROKER_ERRORS as exc:
-            log.info("could not read the committed offsets after the outage: %s: %s", type(exc).__name__, exc)
+            log.info("could not read the log end offsets after the outage (will retry): %s: %s", type(exc).__name__, exc)
             return False
+        self.verify = 0
         for tp, mine in self.committed.items():
-            theirs = now.get(tp)
-            if tp in now and theirs is None and mine > 0:
-                log.warning("the ingest group has no committed offset for %s[%d] any more; this worker committed %d",
-                            tp[0], tp[1], mine)
+            end = ends.get(tp)
+            if end is not None and end < mine:
+                log.warning("%s[%d] ends at offset %d, before the offset %d this worker committed", tp[0], tp[1], end, mine)
                 return True
         return False

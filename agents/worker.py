@@ -267,7 +267,7 @@ class IngestStage(Service):
         self.on_limits: list[Callable[[TopicLimits], None]] = []  # callbacks: the limits were read
         self._flag_failures = 0  # consecutive failed polls of the flag feed
         self.watch = BrokerWatch(
-            WatchHooks(topics=self._broker_topics, create=self._create_topics, committed=self._group_committed),
+            WatchHooks(topics=self._broker_topics, create=self._create_topics, end_offsets=self._log_ends),
             self.broker,
             WatchCounters(error=metrics.broker_errors.labels("metadata").inc, recovered=metrics.broker_recoveries.inc,
                           recreated=metrics.topics_recreated.inc, log_lost=metrics.broker_log_resets.inc),
@@ -394,17 +394,12 @@ class IngestStage(Service):
         s = self.settings
         return await create_topics(s.kafka_bootstrap, s.topic_partitions, s.topic_replication, specs=specs)
 
-    async def _group_committed(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int | None]:
+    async def _log_ends(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
         from aiokafka import TopicPartition
 
         assert self.consumer is not None
-        assigned = self.consumer.assignment()
-        out: dict[tuple[str, int], int | None] = {}
-        for topic, partition in tps:
-            tp = TopicPartition(topic, partition)
-            if tp in assigned:
-                out[(topic, partition)] = await self.consumer.committed(tp)
-        return out
+        ends = await self.consumer.end_offsets([TopicPartition(t, p) for t, p in tps])
+        return {(tp.topic, tp.partition): int(off) for tp, off in ends.items()}
 
     def _log_lost(self) -> None:
         for callback in self.on_log_lost:
