@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from detector.behaviour.engine import behaviour_codes
 from detector.behaviour.offline import OfflineScorer
-from detector.behaviour.records import ip_block
+from detector.behaviour.records import entity_key, ip_block
 from detector.decode import request_from_obj
 from detector.engine import DetectionConfig
 from detector.model import ClientRequest, Verdict
@@ -93,7 +93,8 @@ def entity_keys(request: ClientRequest, verdict: Verdict, signature_header: str 
         if sig:
             keys.add(("signature", sig))
     keys.update(("fingerprint", fp) for fp in verdict.fingerprints.values())
-    return keys
+    # alerts name an entity by its bounded form (an id over 128 bytes by its digest)
+    return {(t, entity_key(v)) for t, v in keys}
 
 
 def entity_metrics(requests: Sequence[ClientRequest], malicious: Sequence[bool], verdicts: Sequence[Verdict],

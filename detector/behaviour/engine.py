@@ -59,9 +59,10 @@ def _remember_signature(st: dict[str, Any], r: EntityRecord) -> str | None:
     list of at most 8 [IP block, last seen] (a small int per signature: a device's 64
     signatures cost little). With all slots taken, the least recently used is reused
     and the signatures it held are forgotten."""
+    sig = r.sig or ""  # (called only for a record with a signature)
     sigs: dict[str, int] = st.setdefault("sigs", {})
     slots: list[list[Any]] = st.setdefault("sip", [])
-    first = sigs.get(r.sig)
+    first = sigs.get(sig)
     if first is not None:
         return slots[first][0]
     block = ip_block(r.ip)
@@ -76,7 +77,7 @@ def _remember_signature(st: dict[str, Any], r: EntityRecord) -> str | None:
         slots[slot] = [block, r.ts]
         for k in [k for k, v in sigs.items() if v == slot]:
             del sigs[k]
-    sigs[r.sig] = slot
+    sigs[sig] = slot
     if len(sigs) > 64:
         del sigs[next(iter(sigs))]
     return None

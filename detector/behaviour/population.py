@@ -37,7 +37,8 @@ class Population:
                        "applies to the requests of accounts in that id range",
     }
 
-    def observe(self, st: dict[str, Any], r: EntityRecord, s: BehaviourSettings) -> list[tuple[str, str]]:
+    def observe(self, st: dict[str, Any], r: EntityRecord,
+                s: BehaviourSettings) -> list[tuple[str, str] | tuple[str, str, Scope]]:
         w = window_start(r.ts, s.population_window_s)
         cur = st.get("w")
         if cur is None or w > cur:
