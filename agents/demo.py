@@ -12,11 +12,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -29,6 +30,7 @@ from detector.engine import DEFAULT_CONFIG, DetectionConfig
 from detector.simulate import mixed
 
 log = logging.getLogger("detector.demo")
+T = TypeVar("T")
 
 # Settings that suit the embedded broker (architecture.md): it holds a group join for
 # the whole rebalance timeout, so short timeouts make the first event arrive in ~5 s.
@@ -202,10 +204,13 @@ async def _demo(duration: float, rate: float, web_port: int, as_json: bool, brok
     if port_open("127.0.0.1", web_port):
         raise DemoError(f"port {web_port} is in use (choose another with --web-port)")
     workdir = progress.workdir = Path(tempfile.mkdtemp(prefix="detector-demo-"))
+    count = int(rate * duration)
+    # The traffic (seconds of CPU) is generated beside the start-up of broker and
+    # worker, off the event loop, so a Ctrl-C is handled at once meanwhile.
+    traffic = _in_daemon_thread(lambda: _demo_traffic(config, count, rate))
     broker = EmbeddedBroker(port=broker_port, log_path=workdir / "broker.log").start()
     assert broker.proc is not None
     children.add("broker", broker.proc)
-    detection = DetectionConfig.load(Path(config) if config else DEFAULT_CONFIG)
     await create_topics(broker.bootstrap, partitions=4)
     worker_env = {"DETECTOR_SHUTDOWN_GRACE_S": str(DEMO_WORKER_GRACE_S)}
     if webhook:  # the worker sends every alert to this URL (docs/alerts.md)
@@ -220,10 +225,11 @@ async def _demo(duration: float, rate: float, web_port: int, as_json: bool, brok
     consumer = AIOKafkaConsumer(VERDICTS.name, ALERTS.name, CLIENT_REQUESTS_DLQ.name, bootstrap_servers=broker.bootstrap,
                                 group_id=None, auto_offset_reset="earliest")
     await consumer.start()
-    profile = detection.profiles[detection.default_profile]
-    count = int(rate * duration)
-    events = mixed(profile, count, seed=int(time.time()), start_ts=time.time() + 1, rate=rate,
-                   catalogue=detection.catalogue)
+    try:
+        events = await traffic
+    except BaseException:
+        await asyncio.wait_for(consumer.stop(), 1.0)
+        raise
 
     async def produce() -> None:
         # Paced in batches of 1/20 s, as a batching edge sends them; a malformed
@@ -231,8 +237,8 @@ async def _demo(duration: float, rate: float, web_port: int, as_json: bool, brok
         it = iter(events)
         batch = max(1, int(rate // 20))
         producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=5)
-        await producer.start()
         try:
+            await producer.start()
             t0 = time.monotonic()
             bad = list(BAD_MESSAGES)
             while not stop.is_set():
@@ -303,6 +309,40 @@ async def _demo(duration: float, rate: float, web_port: int, as_json: bool, brok
             await asyncio.wait_for(consumer.stop(), 0.5 if cancelled else 5)
         except (asyncio.TimeoutError, KafkaError) as exc:
             log.warning("demo consumer did not close cleanly: %r", exc)
+
+
+def _demo_traffic(config: str | None, count: int, rate: float) -> list[dict[str, Any]]:
+    detection = DetectionConfig.load(Path(config) if config else DEFAULT_CONFIG)
+    return mixed(detection.profiles[detection.default_profile], count, seed=int(time.time()),
+                 start_ts=time.time() + 1, rate=rate, catalogue=detection.catalogue)
+
+
+def _in_daemon_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
+    """`fn()` in a daemon thread, its outcome in the returned future: unlike the loop's
+    executor, an abandoned call (the demo was interrupted) never delays the exit."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, exc: BaseException | None) -> None:
+        if fut.done():
+            return
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result, exc = fn(), None
+        except BaseException as e:  # noqa: BLE001 - handed to the awaiting task
+            result, exc = None, e
+        try:
+            loop.call_soon_threadsafe(settle, result, exc)
+        except RuntimeError:  # the loop has closed: nobody waits any more
+            pass
+
+    threading.Thread(target=run, name="demo-traffic", daemon=True).start()
+    return fut
 
 
 def demo_webhook_config(config: str | None, url: str, secret: str | None, workdir: Path) -> tuple[str, dict[str, str]]:
