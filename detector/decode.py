@@ -600,6 +600,9 @@ def _header_split(limits: DecodeLimits) -> tuple[int, int]:
     return name, limits.max_header_bytes - name
 
 
+_COUNTRY_CODES = tuple(a + b for a in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" for b in "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
 def _nested_wire_type(name: str, limits: DecodeLimits, *, lenient: bool) -> type[msgspec.Struct]:
     """A Struct for one nested object whose field types accept only what
     `_nested_value` accepts. `lenient` ignores unknown keys (bounded in Python after)."""
@@ -610,7 +613,7 @@ def _nested_wire_type(name: str, limits: DecodeLimits, *, lenient: bool) -> type
         "str": text,
         "hello": Annotated[str, meta(max_length=MAX_CLIENT_HELLO_CHARS)],
         "hex32": Annotated[str, meta(min_length=32, max_length=32, pattern=r"\A[0-9a-fA-F]{32}\Z")],
-        "country": Annotated[str, meta(min_length=2, max_length=2, pattern=r"\A[A-Z]{2}\Z")],
+        "country": Literal[_COUNTRY_CODES],  # a hash lookup in C (a pattern would call re for each request)
         "bool": bool,
         "asn": Annotated[int, meta(ge=0, le=MAX_ASN)],
         "number": Annotated[float, meta(ge=-1e308, le=1e308)],  # finite; also takes ints, never booleans

@@ -22,7 +22,7 @@ from detector.checks.tls import TlsCheck
 from detector.checks.transport import TransportCheck
 from detector.checks.ua import UserAgentCheck
 from detector.behaviour.flags import FlagMap, RequestFacts, account_number
-from detector.cache import MISSING, ByteLRU, approx_size
+from detector.cache import MISSING, ByteCache, approx_size
 from detector.behaviour.records import ip_block, population_fingerprint
 from detector.devices import DeviceCatalogue
 from detector.fingerprints.headers import names_fingerprint
@@ -107,14 +107,14 @@ class Pipeline:
         missing = scoring.missing(code for c in self.checks for code in c.codes)
         if missing:
             raise ValueError(f"no weight configured for signal codes: {', '.join(missing)}")
-        self._ua_cache: ByteLRU[tuple[str, str], dict[str, str] | None] = ByteLRU(_UA_CACHE_BYTES, _CACHE_ITEM_BYTES)
+        self._ua_cache: ByteCache[tuple[str, str], dict[str, str] | None] = ByteCache(_UA_CACHE_BYTES, _CACHE_ITEM_BYTES)
         # Checks whose result depends only on the request's *shape* (profile, user
         # agent, TLS/HTTP fingerprints, network): their signals are computed once per
         # distinct shape and reused; shapes repeat across millions of requests.
         self._shape_checks = [c for c in self.checks if getattr(c, "scope", "request") == "shape"]
         self._request_checks = [c for c in self.checks if getattr(c, "scope", "request") != "shape"]
-        self._shape_cache: ByteLRU[tuple[Any, ...], tuple[Signal, ...]] = ByteLRU(_SHAPE_CACHE_BYTES, _CACHE_ITEM_BYTES)
-        self._names_cache: ByteLRU[tuple[str, ...], tuple[tuple[str, ...], bool, str]] = ByteLRU(
+        self._shape_cache: ByteCache[tuple[Any, ...], tuple[Signal, ...]] = ByteCache(_SHAPE_CACHE_BYTES, _CACHE_ITEM_BYTES)
+        self._names_cache: ByteCache[tuple[str, ...], tuple[tuple[str, ...], bool, str]] = ByteCache(
             _NAMES_CACHE_BYTES, _CACHE_ITEM_BYTES)
         self._profile_by_prefix = sorted(self.profiles.values(), key=lambda p: -len(p.ua_prefix))
         # credential values never appear in a verdict's signal details
@@ -133,7 +133,7 @@ class Pipeline:
 
     def _parse_ua(self, profile: ClientProfile, ua: str) -> dict[str, str] | None:
         key = (profile.name, ua)
-        found = self._ua_cache.lookup(key)
+        found = self._ua_cache.get(key, MISSING)
         if found is not MISSING:
             return found  # type: ignore[no-any-return]
         m = profile.user_agent.pattern.fullmatch(ua)

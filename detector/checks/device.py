@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Iterable, Mapping
 
-from detector.cache import ByteLRU
+from detector.cache import ByteCache
 from detector.checks.base import RequestContext
 from detector.devices import DeviceCatalogue
 from detector.model import ClientRequest, Signal
@@ -55,7 +55,7 @@ class DeviceCheck:
     def __init__(self, catalogue: DeviceCatalogue | None, releases: Mapping[int, tuple[str, ...]]):
         self.catalogue = catalogue
         self.releases = releases
-        self._cache: ByteLRU[tuple[str, ...], tuple[tuple[str, str], ...]] = ByteLRU(_CACHE_BYTES, 16 * 1024)
+        self._cache: ByteCache[tuple[str, ...], tuple[tuple[str, str], ...]] = ByteCache(_CACHE_BYTES, 16 * 1024)
 
     def check(self, request: ClientRequest, ctx: RequestContext) -> Iterable[Signal]:
         ua = ctx.derived.get("ua")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from typing import ClassVar, Iterable
 
-from detector.cache import ByteLRU, approx_size
+from detector.cache import ByteCache, approx_size
 from detector.checks.base import RequestContext
 from detector.model import ClientRequest, Signal
 from detector.profile import ClientProfile, HeaderRules
@@ -48,10 +48,10 @@ class HeadersCheck:
     }
 
     def __init__(self) -> None:
-        self._names_cache: ByteLRU[tuple[str, tuple[str, ...]], tuple[tuple[str, str], ...]] = ByteLRU(
+        self._names_cache: ByteCache[tuple[str, tuple[str, ...]], tuple[tuple[str, str], ...]] = ByteCache(
             _NAMES_CACHE_BYTES, _CACHE_ITEM_BYTES)
         # (profile, name, value) -> accepted
-        self._value_ok: ByteLRU[tuple[str, str, str], bool] = ByteLRU(_VALUES_CACHE_BYTES, _CACHE_ITEM_BYTES)
+        self._value_ok: ByteCache[tuple[str, str, str], bool] = ByteCache(_VALUES_CACHE_BYTES, _CACHE_ITEM_BYTES)
 
     def check(self, request: ClientRequest, ctx: RequestContext) -> Iterable[Signal]:
         profile: ClientProfile = ctx.profile

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import ClassVar, Iterable
 
-from detector.cache import ByteLRU
+from detector.cache import ByteCache
 from detector.checks.base import RequestContext
 from detector.model import ClientRequest, Signal
 from detector.profile import ClientProfile
@@ -33,7 +33,7 @@ class IdentityCheck:
 
     def __init__(self) -> None:
         # ids repeat for every request of a device, account or session
-        self._cache: ByteLRU[tuple[str, str, str], tuple[tuple[str, str], ...]] = ByteLRU(_CACHE_BYTES, 16 * 1024)
+        self._cache: ByteCache[tuple[str, str, str], tuple[tuple[str, str], ...]] = ByteCache(_CACHE_BYTES, 16 * 1024)
 
     def check(self, request: ClientRequest, ctx: RequestContext) -> Iterable[Signal]:
         profile: ClientProfile = ctx.profile

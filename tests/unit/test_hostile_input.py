@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from detector import decode
 from detector.behaviour.records import Envelope, decode_envelope, encode_envelope, records_for
-from detector.cache import ByteLRU, approx_size, bounded_cache
+from detector.cache import ByteCache, approx_size, bounded_cache
 from detector.decode import (REJECTION_CODES, TS_MAX, TS_MIN, DecodeLimits, Rejection, decode_message,
                              encode_dlq_record)
 from detector.engine import DetectionConfig
@@ -300,17 +300,17 @@ def test_byte_lru_holds_at_most_its_budget_of_attacker_sized_values() -> None:
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        cache: ByteLRU[str, str] = ByteLRU(32 * 2**20, 4 * 2**20)
+        cache: ByteCache[str, str] = ByteCache(32 * 2**20, 4 * 2**20)
         for i in range(100):  # 100 values of 3 MB (the as_org of the issue) would be 300 MB
             cache.put(f"k{i}", chr(0x41 + i % 26) * 3_000_000 + str(i))
         held = tracemalloc.get_traced_memory()[0] - before
         assert cache.bytes <= 32 * 2**20 and len(cache) == 11  # 11 x 3 MB fit in 32 MiB
         assert held < 40 * 2**20
-        small: ByteLRU[str, str] = ByteLRU(32 * 2**20, 16 * 1024)
+        small: ByteCache[str, str] = ByteCache(32 * 2**20, 16 * 1024)
         assert not small.put("k", "v" * 3_000_000) and len(small) == 0 and small.refused == 1  # over-long: not cached
     finally:
         tracemalloc.stop()
-    assert cache.get("k99") is not None and cache.get("k0") is None  # least recently used went first
+    assert cache.get("k99") is not None and cache.get("k0") is None  # the oldest went first
 
 
 def test_bounded_cache_memoises_and_does_not_cache_errors() -> None:
