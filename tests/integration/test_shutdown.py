@@ -213,11 +213,17 @@ def _start_demo() -> subprocess.Popen[str]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-@pytest.mark.parametrize("presses", [1, 2], ids=["ctrl-c", "ctrl-c-twice"])
-def test_demo_ctrl_c_stops_every_process_within_5_s_and_prints_the_summary(presses):
+@pytest.mark.parametrize("when, presses", [("running", 1), ("running", 2), ("starting", 1)],
+                         ids=["ctrl-c", "ctrl-c-twice", "ctrl-c-while-starting"])
+def test_demo_ctrl_c_stops_every_process_within_5_s_and_prints_the_summary(when, presses):
     demo = _start_demo()
     try:
-        _read_until(demo, lambda ln: "verdicts=" in ln and "verdicts=0 " not in ln, timeout=90)
+        if when == "running":
+            _read_until(demo, lambda ln: "verdicts=" in ln and "verdicts=0 " not in ln, timeout=90)
+        else:  # the broker is up, the worker starting, the traffic being generated
+            deadline = time.monotonic() + 30
+            while len(_descendants(demo.pid)) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
         children = _descendants(demo.pid)
         assert len(children) >= 2, "the demo runs a broker and a worker"  # and nothing else lingers
         t0 = time.monotonic()
