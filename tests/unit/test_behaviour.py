@@ -485,3 +485,34 @@ def test_a_record_without_a_finite_time_is_dropped_not_raised(engine, ts):
     out = engine.observe([rec("device", "dev-n", ts, 0, account="a", level=2, score=0.9, codes=("ua.missing",))])
     assert out.late == 1 and out.applied == 0 and not out.alerts
     assert engine.observe([rec("device", "dev-n", T0, 1, account="a")]).applied == 1  # the watermark is untouched
+
+
+def test_detector_score_takes_a_reference_time_and_counts_requests_dated_ahead(tmp_path, detection, profile):
+    """`detector score --reference-time`: the requests dated beyond the tolerance get
+    their verdicts, and one stderr line counts them; with the default (the wall clock,
+    after the simulated traffic) nothing is ahead and stderr stays empty."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import orjson
+
+    from detector.simulate import bot_network
+
+    events = list(bot_network(profile, 60, seed=1, catalogue=detection.catalogue))
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    root = Path(__file__).resolve().parents[2]
+
+    def score(*extra: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([sys.executable, "-m", "agents.cli", "score", str(src), *extra], capture_output=True,
+                              cwd=root, timeout=120)
+
+    plain = score()
+    assert plain.returncode == 0 and plain.stderr == b"" and len(plain.stdout.splitlines()) == 60
+    ref = events[29]["ts"] - 300  # the last 30 (at least) lie beyond the tolerance
+    ahead = sum(1 for e in events if e["ts"] > ref + 300)
+    res = score("--reference-time", f"{ref:.3f}")
+    assert res.returncode == 0 and len(res.stdout.splitlines()) == 60
+    (line,) = res.stderr.decode().splitlines()
+    assert line.startswith(f"detector score: {ahead} request(s) dated more than 300 s after the reference time")

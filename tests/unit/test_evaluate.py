@@ -209,3 +209,29 @@ def test_stateful_scenarios_meet_the_behaviour_targets(detection):
     assert report["scenarios"]["bot_network"]["time_to_detect_s"] <= 30
     assert report["scenarios"]["low_and_slow"]["time_to_detect_s"] <= 3600
     assert report["genuine"]["false_positive_rate"] <= 0.001
+
+
+def test_the_reference_time_reaches_the_offline_scorer(detection):
+    """`EvalSettings.reference_time` is the scorer's reference clock: with one before
+    the simulated traffic every request is dated ahead, so only stateless detection
+    is left (no behaviour record, so no alert); without one the traffic's times are
+    trusted."""
+    from dataclasses import replace
+
+    from detector.evaluate import Evaluation
+    from detector.simulate import DEFAULT_START_TS
+
+    settings = EvalSettings(genuine_count=600, attack_count=200)
+    trusted = Evaluation(detection, settings).run("bot_network", 0)
+    early = Evaluation(detection, replace(settings, reference_time=DEFAULT_START_TS - 3600)).run("bot_network", 0)
+    assert trusted.alerts and not early.alerts
+    assert [v.verdict for v in early.verdicts] == [detection.pipeline().score_one(r).verdict for r in early.requests]
+
+
+def test_eval_takes_a_reference_time_and_refuses_a_bad_one():
+    args = ("eval", "--json", "--scenario", "bot_network", "--evasion", "0", "--genuine", "400", "--count", "200")
+    now = orjson.loads(detector(*args).stdout.splitlines()[-1])  # default: the wall clock, after the traffic
+    early = orjson.loads(detector(*args, "--reference-time", "1000000000").stdout.splitlines()[-1])
+    assert now["scenarios"]["bot_network"]["alerts"] > 0 and early["scenarios"]["bot_network"]["alerts"] == 0
+    res = detector("eval", "--reference-time", "nan")
+    assert res.returncode == 2 and b"not a time" in res.stderr
