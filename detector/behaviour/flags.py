@@ -100,7 +100,7 @@ def encode_update(u: FlagUpdate) -> bytes:
     raw = _encode(u)
     if len(raw) <= FLAG_MAX_BYTES:
         return raw
-    key = u.key if len(u.key) * 4 <= KEY_MAX_BYTES else entity_key(u.key)
+    key = entity_key(u.key)
     # worst case escaped (x6): key, etype and framing 1536 bytes; per flag its code,
     # expiry, scope and framing 512 bytes, plus 6 per character of its sentence
     n = max(1, min(len(u.flags), MAX_FLAGS))
@@ -156,7 +156,7 @@ class FlagMap:
             ts = self._at
         out: list[Signal] = []
         for etype, key in entities.items():
-            k = (etype, key if len(key) * 4 <= KEY_MAX_BYTES else entity_key(key))  # as the records name it
+            k = (etype, key if len(key) <= KEY_MAX_BYTES and key.isascii() else entity_key(key))  # as records name it
             flags = self._flags.get(k)
             if flags is None:
                 continue

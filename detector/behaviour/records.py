@@ -120,7 +120,8 @@ def bounded_id(value: str, limit: int = KEY_MAX_BYTES) -> str:
     `~sha256:` and the first 32 hex digits of the SHA-256 of the whole value (128
     bits: distinct ids stay distinct), `limit` bytes in all. Deterministic, so every
     worker names the entity alike."""
-    if len(value) * 4 <= limit:
+    n = len(value)
+    if n * 4 <= limit or (n <= limit and value.isascii()):  # (isascii is O(1))
         return value
     raw = value.encode("utf-8", "surrogatepass")
     if len(raw) <= limit:
@@ -136,7 +137,7 @@ def entity_key(key: str) -> str:
     """The name the behaviour state, its flags and alerts give an entity whose raw id
     is `key` (the verdict's `entities`): `key` itself unless it is over
     `KEY_MAX_BYTES` bytes, then its digest form (`bounded_id`)."""
-    return key if len(key) * 4 <= KEY_MAX_BYTES else bounded_id(key)
+    return key if len(key) <= KEY_MAX_BYTES and key.isascii() else bounded_id(key)
 
 
 def _opt(value: str | None, limit: int = KEY_MAX_BYTES) -> str | None:
