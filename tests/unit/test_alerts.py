@@ -88,3 +88,36 @@ def test_suspicious_requests_never_alert_when_switched_off():
         assert "suspicious_min_count" in str(exc)
     else:
         raise AssertionError("a negative suspicious_min_count was accepted")
+
+
+def test_an_entity_id_over_the_bound_is_named_by_its_digest_form():
+    """Issue 11: ids are attacker-sized; the alert names the entity as the behaviour
+    engine does (detector.behaviour.records.entity_key) and stays small."""
+    from detector.behaviour.records import KEY_MAX_BYTES, entity_key
+
+    long = "android-" + "\x01" * 8000
+    out = AlertPolicy(AlertSettings(min_count=3)).observe([rec(i, 1_800_000_000.0 + i, long) for i in range(3)])
+    (a,) = out
+    assert a["entity"]["id"] == entity_key(long) and len(a["entity"]["id"]) <= KEY_MAX_BYTES
+    assert a["entity"]["id"].startswith("android-???") and "~sha256:" in a["entity"]["id"]
+    assert a["alert_id"] == alert_id("entity.flagged_requests", "device", entity_key(long), 1_800_000_000)
+    assert len(json.dumps(a)) < 4096
+    jsonschema.validate(a, SCHEMA)
+
+
+def test_the_year_10000_time_of_the_issue_builds_an_alert():
+    """Issue 11: ts 253402300700 crashed alert building (decode now refuses it, but
+    alert building takes any float)."""
+    (a,) = AlertPolicy(AlertSettings(min_count=1)).observe([rec(0, 253402300700.0)])
+    assert a["created_at"] == "9999-12-31T23:58:20.000Z"
+    assert a["window"] == {"start": "9999-12-31T23:55:00.000Z", "end": "9999-12-31T23:59:59.999Z"}  # year 10000
+    jsonschema.validate(a, SCHEMA)
+
+
+def test_alert_samples_are_bounded_by_configuration():
+    import pytest
+
+    for bad in (-1, 101, True, 2.5):
+        with pytest.raises(ValueError, match="alerts.samples"):
+            AlertSettings(samples=bad)
+    assert AlertSettings(samples=100).samples == 100
