@@ -119,6 +119,16 @@ def test_every_labelled_series_exists_at_zero_after_bind(label_sets):
     assert kinds["device"] == 3 * (len(set(label_sets.devices.values())) + 3)
     assert all(v == 0 for v in fps.values())
     assert samples(reg, "detector_build_info")
+    # hostile-input series: DLQ by every rejection code, internal errors per stage,
+    # oversized records per kind, all at zero before the first message
+    from detector.decode import REJECTION_CODES
+
+    assert {dict(k)["reason"] for k in samples(reg, "detector_dlq_records_total")} == REJECTION_CODES
+    assert {dict(k)["stage"] for k in samples(reg, "detector_internal_errors_total")} == {"ingest", "entity-shard"}
+    oversized = samples(reg, "detector_oversized_records_total")
+    assert {dict(k)["kind"] for k in oversized} == {"verdict", "dlq", "envelope", "alert", "flag", "state"}
+    assert all(v == 0 for v in oversized.values())
+    assert samples(reg, "detector_future_events_total") == {(): 0.0}
 
 
 def test_webhook_health_series_exist_at_zero_and_read_the_queues_at_scrape(label_sets):
