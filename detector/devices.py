@@ -25,12 +25,12 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from detector.cache import bounded_cache
 from detector.config import node_line
 
 __all__ = [
@@ -72,7 +72,8 @@ _MARKER_KEYS = {
     "requires_arm_only_model", "suppress_if_model_fits", "note",
 }
 _SCREEN_FIT = 0.12  # a panel minus system bars: reported height within 12% of the panel's
-_CACHE_SIZE = 16384
+_CACHE_BYTES = 16 << 20  # per memoised check: its arguments and result
+_CACHE_ITEM_BYTES = 4096  # a device tuple larger than this is checked every time
 
 
 class CatalogueError(ValueError):
@@ -228,7 +229,8 @@ class _Vendor:
 class _Vendors:
     def __init__(self, vendors: Sequence[_Vendor]):
         self._vendors = tuple(vendors)
-        self.classify_hardware = lru_cache(maxsize=8192)(self._classify_hardware)
+        # keys come from requests: bounded by bytes (detector.cache), long ones not kept
+        self.classify_hardware = bounded_cache(max_bytes=2 << 20, max_item_bytes=1024)(self._classify_hardware)
 
     def _classify_hardware(self, hardware: str) -> str | None:
         hw = hardware.strip().lower()
@@ -278,9 +280,11 @@ class DeviceCatalogue:
         self.play_rows = play_rows
         self._build_marker_index()
         # Real traffic repeats a small set of device tuples: memoise the two heavier checks
-        # (bounded, so attacker-chosen values cannot grow memory).
-        self._emulator_cached = lru_cache(maxsize=_CACHE_SIZE)(self._emulator_markers)
-        self._plausibility_cached = lru_cache(maxsize=_CACHE_SIZE)(self._plausibility)
+        # (bounded by bytes, so attacker-chosen values cannot grow memory: detector.cache).
+        self._emulator_cached = bounded_cache(max_bytes=_CACHE_BYTES, max_item_bytes=_CACHE_ITEM_BYTES)(
+            self._emulator_markers)
+        self._plausibility_cached = bounded_cache(max_bytes=_CACHE_BYTES, max_item_bytes=_CACHE_ITEM_BYTES)(
+            self._plausibility)
 
     # ---------------------------------------------------------------- loading
 
