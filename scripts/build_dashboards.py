@@ -276,6 +276,16 @@ def pipeline() -> dict[str, Any]:
             Panel("Dead letters by reason", [
                 q(f"sum by (reason) (rate(detector_dlq_records_total{{{SEL}}}[{RI}]))", "{{reason}}")],
                   unit="ops", stacked=True),
+            Panel("Hostile input: internal errors, future requests, oversized records", [
+                q(f"sum by (stage) (rate(detector_internal_errors_total{{{SEL}}}[{RI}]))", "internal error {{stage}}"),
+                q(f"sum(rate(detector_future_events_total{{{SEL}}}[{RI}]))", "future requests"),
+                q(f"sum by (kind) (rate(detector_oversized_records_total{{{SEL}}}[{RI}]))", "oversized {{kind}}"),
+                q(f"sum(rate(detector_log_lines_suppressed_total{{{SEL}}}[{RI}]))", "log lines suppressed")],
+                  unit="ops",
+                  description="Internal errors: messages, requests or envelopes whose processing raised, "
+                              "dead-lettered as internal_error (the worker went on). Future requests: dated more "
+                              "than event_time.max_future_s ahead of their Kafka timestamp, scored but kept out of "
+                              "behaviour state. Oversized: records over their topic's limit, never sent (expected 0)."),
             Panel("Webhook deliveries by endpoint and outcome", [
                 q(f"sum by (endpoint, outcome) (rate(detector_webhook_deliveries_total{{{SEL}}}[{RI}]))",
                   "{{endpoint}} {{outcome}}")], unit="ops"),
