@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import time
 import zlib
 from collections import defaultdict
@@ -474,8 +475,13 @@ class IngestStage(Service):
         else:
             self.watch.note_commit({(tp.topic, tp.partition): off for tp, off in offsets.items()})
         now = time.time()
-        # Per-batch aggregates, one inc(n) per label value (agents/metrics.py).
-        self.metrics.observe_batch(verdicts, messages=n_messages, now=now, seconds=time.monotonic() - started)
+        # Per-batch aggregates, one inc(n) per label value (agents/metrics.py); metrics
+        # never stop the stage (the batch is committed by now)
+        try:
+            self.metrics.observe_batch(verdicts, messages=n_messages, now=now, seconds=time.monotonic() - started)
+        except Exception as exc:  # noqa: BLE001
+            self.metrics.internal_errors.labels("ingest").inc()
+            log.error("batch metrics failed: %s", type(exc).__name__)
         if verdicts and self.first_event_at is None:
             self.first_event_at = now
             log.info("first request processed")
@@ -1027,6 +1033,21 @@ def build_app(settings: Settings, detection: DetectionConfig, metrics: Metrics |
         # shard, which acknowledges the envelopes it includes; Faust then flushes the
         # producer and commits only acknowledged offsets (acked == persisted).
         shard.release(set(shard.engines))
+        # No flush after it: an envelope the agent still finishes stays unacknowledged
+        # and is read again on restart (a later changelog write would reach Faust's
+        # producer buffer after its last flush, and crash the stop).
+        shard.interval = math.inf
+        # Faust's own flush of its producer buffer returns as soon as one message waits
+        # over 0.1 s (a busy broker), and the commit follows it: drain the snapshot
+        # completely first. Never bounded here: if the broker does not take it, the
+        # stop deadline (shutdown_grace_s) ends the process before anything is committed.
+        buffer = app.producer.buffer
+        while buffer.size:
+            try:
+                await buffer.flush()
+            except RuntimeError as exc:  # the producer is not running: nothing will be committed either
+                log.error("state snapshot not flushed at stop: %s", exc)
+                break
 
     # Observability: closed label sets from config (series at zero up front), our
     # Faust sensor, consumer lag sampled at scrape time, the worker's log format.
