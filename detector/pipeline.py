@@ -264,7 +264,8 @@ class Pipeline:
         if signals:
             secrets = self.redactor.secrets(ctx.headers, request.params)
             if secrets:
-                signals = [Signal(s.code, s.weight, scrub_detail(s.detail, secrets)) for s in signals]
+                signals = [Signal(s.code, s.weight, scrub_detail(s.detail, secrets))
+                           if any(x[:16] in s.detail for x in secrets) else s for s in signals]
         # What the request shows on its own, before the behavioural flags of its
         # entities: the behaviour stage's records carry only this, so the state and
         # alerts never depend on how fast flags propagated.

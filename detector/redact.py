@@ -139,8 +139,9 @@ class Redactor:
 
     def secrets(self, headers: Mapping[str, str], params: Mapping[str, str] | None) -> tuple[str, ...]:
         """The credential values a request carries (`headers`: lower-cased names)."""
-        found = [v for n in self.headers if isinstance(v := headers.get(n), str) and len(v) >= _MIN_SECRET_CHARS]
-        if params:
+        names = headers.keys() & self.headers  # in C; usually empty
+        found = [v for n in names if isinstance(v := headers.get(n), str) and len(v) >= _MIN_SECRET_CHARS]
+        if params and self.params:
             for k, v in params.items():
                 if isinstance(k, str) and k.lower() in self.params and isinstance(v, str) and len(v) >= _MIN_SECRET_CHARS:
                     found.append(v)
