@@ -553,12 +553,13 @@ class IngestStage(Service):
             r = item.request
             p, offset, _ = item.source
             try:
-                v, ctx = assess(r, flags)
+                # ahead of the reference clock: judged statelessly with the flags in force
+                # at the reference (its own date cannot outrun them), no entity records,
+                # event time not moved
+                ahead = guard.is_future(r.ts, item.reference)
+                v, ctx = assess(r, flags.as_of(item.reference) if ahead else flags)
                 value = v.to_json()
                 key = (v.entities.get("device") or v.request_id).encode()
-                # ahead of the reference clock: judged statelessly (with the flags already
-                # known), no entity records, event time not moved
-                ahead = guard.is_future(r.ts, item.reference)
                 records = [] if ahead else records_for(r, ctx, v)
                 targets = [shard_of(rec.etype, rec.key, shards) for rec in records]
             except Exception as exc:  # noqa: BLE001 - this request is dead-lettered, the others go on

@@ -348,3 +348,23 @@ def test_no_exception_handler_in_the_worker_swallows_cancellation():
     src = (worker.__file__ and open(worker.__file__, encoding="utf-8").read()) or ""
     assert "except BaseException" not in src and "except:" not in src
     assert issubclass(asyncio.CancelledError, BaseException) and not issubclass(asyncio.CancelledError, Exception)
+
+
+async def test_a_future_request_carries_the_flags_in_force_at_the_reference(stage, events):
+    """A flagged device cannot shed its flag by dating its requests ahead: the flag
+    (valid for an hour after the reference) still applies to a request dated a month on."""
+    from detector.behaviour.engine import behaviour_codes
+    from detector.behaviour.flags import Flag, FlagUpdate
+
+    code = sorted(behaviour_codes())[0]
+    ref = events[-1]["ts"] + 1
+    first = FakeOut()
+    await stage._score_batch({TP: [msg(0, orjson.dumps(events[0]), ref * 1000)]}, first)
+    device = orjson.loads(first.of(VERDICTS.name)[0])["entities"]["device"]
+    stage.flags.apply([FlagUpdate("device", device, (Flag(code, "test flag", ref + 3600),), ref - 10)])
+    ahead = dict(events[0], request_id="ahead-flagged", ts=ref + 30 * 86400)
+    out = FakeOut()
+    await stage._score_batch({TP: [msg(1, orjson.dumps(ahead), ref * 1000)]}, out)
+    (verdict,) = [orjson.loads(v) for v in out.of(VERDICTS.name)]
+    assert code in [s["code"] for s in verdict["signals"]]
+    assert out.of(ENTITY_EVENTS.name) == [] and sample(stage.metrics, "detector_future_events_total") == 1
