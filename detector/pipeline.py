@@ -224,6 +224,8 @@ class Pipeline:
                 alpn = tls.get("alpn")
                 if isinstance(alpn, str):
                     d["alpn"] = alpn
+                elif isinstance(alpn, list):  # the list offered: what is offered first counts
+                    d["alpn"] = alpn[0] if alpn and isinstance(alpn[0], str) else ""
         if request.h2 and isinstance(request.h2.get("fingerprint"), str):
             fps["h2"] = request.h2["fingerprint"]
         if ua is not None:

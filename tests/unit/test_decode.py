@@ -129,6 +129,7 @@ def test_invalid_fields_are_named_in_the_reason(override, reason):
     with pytest.raises(InvalidRequest) as exc:
         request_from_obj(req(**override))
     assert str(exc.value).startswith(reason)
+    assert exc.value.code in decode.REJECTION_CODES and exc.value.code != "internal_error"
 
 
 def test_rfc3339_timestamps_are_accepted():

@@ -379,3 +379,16 @@ def test_pipeline_memory_stays_bounded_over_many_distinct_max_size_values(detect
     assert all(c.bytes <= c.max_bytes == mb for c in caches)
     assert sum(c.evictions for c in caches) > 0  # the budgets were reached
     assert grown < 20 * mb, f"{grown / mb:.1f} MB kept"
+
+
+def test_alpn_as_a_list_counts_what_is_offered_first(detection: Any) -> None:
+    pipeline = detection.pipeline()
+    event = orjson.loads(orjson.dumps(_events[0]))
+    as_string = decode_message(orjson.dumps(event), LIMITS).requests[0]
+    event["tls"] = {**event["tls"], "alpn": [event["tls"]["alpn"], "http/1.1"]}
+    as_list = decode_message(orjson.dumps(event), LIMITS).requests[0]
+    codes = [[s.code for s in pipeline.score_one(r).signals] for r in (as_string, as_list)]
+    assert codes[0] == codes[1]
+    event["tls"]["alpn"] = ["http/1.1", "h2"]
+    wrong_first = decode_message(orjson.dumps(event), LIMITS).requests[0]
+    assert "tls.alpn_mismatch" in [s.code for s in pipeline.score_one(wrong_first).signals]
