@@ -392,3 +392,35 @@ def test_alpn_as_a_list_counts_what_is_offered_first(detection: Any) -> None:
     event["tls"]["alpn"] = ["http/1.1", "h2"]
     wrong_first = decode_message(orjson.dumps(event), LIMITS).requests[0]
     assert "tls.alpn_mismatch" in [s.code for s in pipeline.score_one(wrong_first).signals]
+
+
+@pytest.mark.parametrize("section, problem", [
+    ("redact:\n  headers: authorization\n", "redact.headers must be a list of names, got str"),
+    ("redact:\n  headers: [authorization, 'bad name']\n", "redact.headers must be names (HTTP tokens), got 'bad name'"),
+    ("redact:\n  header: [authorization]\n", "unknown key(s) header (allowed: headers, params)"),
+    ("redact: [authorization]\n", "redact"),
+])
+def test_redact_config_errors_name_the_file_and_line(tmp_path: Path, section: str, problem: str) -> None:
+    from detector.config import ConfigError
+
+    root = Path(__file__).resolve().parents[2] / "config"
+    for sub in ("profiles", "devices", "fingerprints", "geo"):
+        (tmp_path / sub).symlink_to(root / sub)
+    text = (root / "detector.yaml").read_text()
+    start = text.index("\nredact:\n") + 1
+    end = text.index("\n\n", start) + 1
+    (tmp_path / "detector.yaml").write_text(text[:start] + section + text[end:])
+    with pytest.raises(ConfigError) as exc:
+        DetectionConfig.load(tmp_path / "detector.yaml")
+    msg = str(exc.value)
+    assert msg.startswith(f"{tmp_path / 'detector.yaml'}:") and problem in msg
+    line = int(msg.split("detector.yaml:")[1].split(":")[0])
+    assert "redact" in (tmp_path / "detector.yaml").read_text().splitlines()[line - 1]
+
+
+def test_redact_config_replaces_the_default_lists() -> None:
+    r = Redactor.from_config({"headers": ["X-Secret"], "params": []})
+    assert r.headers == frozenset({"x-secret"}) and r.params == frozenset()
+    assert r.redact_json({"headers": [["authorization", "a"], ["X-SECRET", "b"]], "params": {"password": "p"}}) == (
+        {"headers": [["authorization", "a"], ["X-SECRET", MARK]], "params": {"password": "p"}}, True)
+    assert _CFG.redactor == Redactor.default()  # the shipped config lists the defaults
