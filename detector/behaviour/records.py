@@ -184,7 +184,7 @@ def records_for(request: ClientRequest, ctx: RequestContext, verdict: Verdict) -
     """One record per entity this request updates."""
     ents = verdict.entities
     net = request.network or {}
-    asn = net.get("asn") if isinstance(net.get("asn"), int) else None
+    asn = net.get("asn") if type(net.get("asn")) is int else None  # a bool is not an ASN
     country = net.get("country") if isinstance(net.get("country"), str) else None
     hosting = net.get("hosting") is True
     device, account, session = ents.get("device"), ents.get("account"), ents.get("session")
