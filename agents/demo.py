@@ -128,8 +128,8 @@ class DemoError(Exception):
 # Ctrl-C (or SIGTERM/SIGHUP) to every child stopped: within this, then the summary.
 # The demo's worker gets a shorter grace than production's (its broker is memory-only:
 # nothing it leaves uncommitted matters after the demo).
-DEMO_STOP_S = 4.0
-DEMO_WORKER_GRACE_S = 2.5
+DEMO_STOP_S = 3.0
+DEMO_WORKER_GRACE_S = 2.0
 
 
 @dataclass
@@ -170,14 +170,15 @@ async def _run(duration: float, rate: float, web_port: int, as_json: bool, broke
         stop_by = time.monotonic() + DEMO_STOP_S
         if not body.done():
             body.cancel()
-            await asyncio.wait({body}, timeout=1.0)
+            await asyncio.wait({body}, timeout=0.6)
         elif body.exception() is not None:
             raise body.exception()  # type: ignore[misc]
     finally:
         waiter.cancel()
         # the worker first (it commits what it processed), then the broker it uses
-        await children.stop("worker", max(0.5, stop_by - 0.8 - time.monotonic()))
-        await children.stop("broker", max(0.2, stop_by - time.monotonic()))
+        # (the broker is memory-only: nothing to lose when it is killed)
+        await children.stop("worker", max(0.5, stop_by - 0.4 - time.monotonic()))
+        await children.stop("broker", min(0.3, max(0.1, stop_by - time.monotonic())))
         for sig in signals:
             loop.remove_signal_handler(sig)
     view, started = progress.view, progress.started
@@ -228,7 +229,7 @@ async def _demo(duration: float, rate: float, web_port: int, as_json: bool, brok
     try:
         events = await traffic
     except BaseException:
-        await asyncio.wait_for(consumer.stop(), 1.0)
+        await asyncio.wait_for(consumer.stop(), 0.25)
         raise
 
     async def produce() -> None:
@@ -303,10 +304,10 @@ async def _demo(duration: float, rate: float, web_port: int, as_json: bool, brok
             producer_task.cancel()
             consumer_task.cancel()
         # bounded: the clients close while the broker is still up
-        await asyncio.wait({producer_task, consumer_task}, timeout=0.5 if cancelled else 10)
+        await asyncio.wait({producer_task, consumer_task}, timeout=0.25 if cancelled else 10)
         consumer_task.cancel()
         try:
-            await asyncio.wait_for(consumer.stop(), 0.5 if cancelled else 5)
+            await asyncio.wait_for(consumer.stop(), 0.25 if cancelled else 5)
         except (asyncio.TimeoutError, KafkaError) as exc:
             log.warning("demo consumer did not close cleanly: %r", exc)
 

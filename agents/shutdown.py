@@ -178,7 +178,7 @@ class ChildProcesses:
             while p.poll() is None and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             if p.poll() is None:
-                log.warning("%s did not stop within %.1f s: killing it", name, grace_s)
+                log.info("%s did not stop within %.1f s: killing it", name, grace_s)
                 _signal_group(p, signal.SIGKILL)
                 reaped_by = time.monotonic() + 2.0  # SIGKILL cannot be ignored; bounded all the same
                 while p.poll() is None and time.monotonic() < reaped_by:

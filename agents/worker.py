@@ -311,12 +311,19 @@ class IngestStage(Service):
 
     async def on_stop(self) -> None:
         async with self._lock:  # let the batch in flight finish and commit
-            if self.flag_consumer is not None:
-                await self.flag_consumer.stop()
-            if self.consumer is not None:
-                await self.consumer.stop()
-            if self.producer is not None:
-                await self.producer.stop()
+            # Closing the clients is bounded: a consumer in the middle of a group join
+            # waits for the join (up to the rebalance timeout). One left behind is
+            # dropped by its group after the session timeout; the stop goes on, so the
+            # shards still commit within shutdown_grace_s.
+            budget = self.settings.shutdown_grace_s * 0.3
+            for name, client in (("flag feed", self.flag_consumer), ("ingest consumer", self.consumer),
+                                 ("ingest producer", self.producer)):
+                if client is None:
+                    continue
+                try:
+                    await asyncio.wait_for(client.stop(), budget)
+                except asyncio.TimeoutError:
+                    log.warning("the %s did not close within %.1f s: left behind", name, budget)
         log.info("ingest stage stopped")
 
     @Service.task

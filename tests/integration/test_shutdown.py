@@ -84,13 +84,22 @@ def _log_since(path: Path, offset: int) -> str:
         return f.read().decode(errors="replace")
 
 
+async def _wait_for_shard_state(log_path: Path, timeout: float) -> None:
+    """Until the shards own partitions and hold behaviour state (they log each
+    partition's restore on its first envelope)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not re.search(r"shard \d+: restored", _log_since(log_path, 0)):
+        await asyncio.sleep(0.25)
+    assert re.search(r"shard \d+: restored", _log_since(log_path, 0)), "the shards never received an envelope"
+
+
 async def test_sigterm_under_load_stops_within_the_grace_and_loses_no_request(broker, worker_factory, detection,
                                                                               tmp_path):
     grace = load_settings().shutdown_grace_s  # the configured default (10 s)
     await create_topics(broker.bootstrap, partitions=4)
     profile = detection.profiles[detection.default_profile]
     # a steady stream with attacks in it, so the shards hold behaviour state to persist
-    events = list(mixed(profile, int(RATE * 18), seed=11, start_ts=time.time(), rate=RATE,
+    events = list(mixed(profile, int(RATE * 20), seed=11, start_ts=time.time(), rate=RATE,
                         catalogue=detection.catalogue))
     produced = {e["request_id"] for e in events}
     stop_producing = asyncio.Event()
@@ -100,7 +109,9 @@ async def test_sigterm_under_load_stops_within_the_grace_and_loses_no_request(br
                                                       stop=stop_producing))
         await verdicts.wait_for(1, timeout=60)
         assert verdicts.ids, "the worker produced no verdict"
-        await asyncio.sleep(4.0)  # under load: the stream keeps coming through the stop
+        log_path = tmp_path / "worker.log"
+        await _wait_for_shard_state(log_path, timeout=60)
+        await asyncio.sleep(2.0)  # under load: the stream keeps coming through the stop
         before = len(verdicts.ids)
         assert before > 0 and not producer.done()
 
@@ -111,7 +122,6 @@ async def test_sigterm_under_load_stops_within_the_grace_and_loses_no_request(br
         assert took <= grace + MARGIN_S
         assert proc.returncode == 0, "the graceful stop should finish well within the grace"
 
-        log_path = tmp_path / "worker.log"
         log_offset = log_path.stat().st_size
         await asyncio.sleep(1.0)  # requests keep arriving while no worker runs
         worker_factory()
@@ -145,10 +155,7 @@ async def test_a_graceful_stop_that_hangs_exits_at_the_grace(broker, worker_fact
         proc, _ = worker_factory(DETECTOR_SHUTDOWN_GRACE_S=str(grace))
         await produce_events(broker.bootstrap, events, rate=RATE, batch=20)
         await verdicts.wait_for(len(events), timeout=60)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not re.search(r"shard \d+: restored", _log_since(log_path, 0)):
-            await asyncio.sleep(0.25)  # the shards own partitions and hold state
-    assert re.search(r"shard \d+: restored", _log_since(log_path, 0)), "the shards never received an envelope"
+        await _wait_for_shard_state(log_path, timeout=60)
     assert broker.proc is not None
     os.killpg(broker.proc.pid, signal.SIGSTOP)
     try:
