@@ -2,7 +2,10 @@
 `broker_check_interval_s` feeds `BrokerHealth` (readiness), notices an outage ending,
 and recreates the declared topics that vanished (a memory-only broker, such as the
 embedded one, loses every topic when it restarts; `detector topics --create` does the
-same from the declarations in agents/topics.py).
+same from the declarations in agents/topics.py). A vanished topic is recreated only
+after it stayed missing for `recreate_after` probes: the embedded broker creates a
+topic itself when a client asks for it, and creating one that clients were already
+producing to made it refuse their sends for seconds (measured: UnknownError for ~7 s).
 
 It also decides whether the broker lost its log: a declared topic that existed
 vanished, or, after an outage, a partition of the input ends before an offset this
@@ -49,13 +52,15 @@ class WatchCounters:
 class BrokerWatch:
     def __init__(self, hooks: WatchHooks, health: BrokerHealth, counters: WatchCounters,
                  specs: tuple[TopicSpec, ...], timeout_s: float = 5.0,
-                 on_log_lost: Callable[[], None] = lambda: None):
+                 on_log_lost: Callable[[], None] = lambda: None, recreate_after: int = 3):
         self.hooks = hooks
         self.health = health
         self.counters = counters
         self.specs = specs
         self.timeout_s = timeout_s
         self.on_log_lost = on_log_lost
+        self.recreate_after = recreate_after
+        self.missing: dict[str, int] = {}  # vanished declared topic -> consecutive probes missing
         self.seen: set[str] = set()  # declared topics seen on the broker at least once
         self.committed: dict[tuple[str, int], int] = {}  # what this worker committed last
         self.outage = False
@@ -82,11 +87,15 @@ class BrokerWatch:
         declared = {s.name for s in self.specs}
         vanished = [s for s in self.specs if s.name in self.seen and s.name not in have]
         self.seen |= declared & have
-        lost = bool(vanished)
-        if vanished:
-            names = ", ".join(s.name for s in vanished)
+        lost = any(s.name not in self.missing for s in vanished)  # newly vanished
+        self.missing = {s.name: self.missing.get(s.name, 0) + 1 for s in vanished}
+        if lost:
+            log.warning("the broker lost topics %s", ", ".join(s.name for s in vanished))
+        due = tuple(s for s in vanished if self.missing[s.name] >= self.recreate_after)
+        if due:
+            names = ", ".join(s.name for s in due)
             try:
-                created = await asyncio.wait_for(self.hooks.create(tuple(vanished)), self.timeout_s * 2)
+                created = await asyncio.wait_for(self.hooks.create(due), self.timeout_s * 2)
             except BROKER_ERRORS as exc:
                 self.health.failed("metadata", exc)
                 self.counters.error()
@@ -94,8 +103,9 @@ class BrokerWatch:
                 return True
             self.counters.recreated(len(created))
             self.seen |= set(created)
-            log.warning("the broker lost topics %s: recreated %s from the declarations", names,
-                        ", ".join(created) or "none (already recreated by the broker)")
+            for name in created:
+                self.missing.pop(name, None)
+            log.warning("recreated the vanished topics %s from the declarations", ", ".join(created) or "(none)")
         if ended:
             self.verify = 30
         if self.verify and not lost:

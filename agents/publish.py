@@ -92,7 +92,7 @@ class BrokerHealth:
         self.failures = 0  # consecutive
         self.retrying = 0  # produce retries in progress
         self.last_error = ""
-        self.down_since: float | None = None  # first failure of the current outage
+        self.down_since: float | None = None  # when readiness was lost to the current outage
 
     def ok(self) -> None:
         self.last_ok = self.clock()
@@ -101,8 +101,8 @@ class BrokerHealth:
     def failed(self, what: str, exc: BaseException) -> None:
         self.failures += 1
         self.last_error = f"{what}: {type(exc).__name__}: {exc}"[:300]
-        if self.down_since is None:
-            self.down_since = self.clock()
+        if self.down_since is None and not self.healthy():
+            self.down_since = self.clock()  # an outage begins (readiness is lost)
 
     def healthy(self) -> bool:
         return (self.failures < self.unready_failures and not self.retrying

@@ -60,12 +60,12 @@ async def produce(bootstrap: str, values: list[bytes]) -> int:
     retries = 0
     try:
         for v in values:
-            for attempt in range(10):
+            for attempt in range(60):  # Tansu refuses sends for seconds after a produce/create race
                 try:
                     await p.send_and_wait(CLIENT_REQUESTS.name, v)
                     break
                 except KafkaError:
-                    if attempt == 9:
+                    if attempt == 59:
                         raise
                     retries += 1
                     await asyncio.sleep(0.5)

@@ -217,7 +217,7 @@ def test_broker_health_goes_unready_after_consecutive_failures_or_silence_and_re
     assert h.recovered() is None
     now[0] += 4
     h.ok()
-    assert h.healthy() and h.recovered() == pytest.approx(5.0) and h.recovered() is None
+    assert h.healthy() and h.recovered() == pytest.approx(4.0) and h.recovered() is None
     now[0] += 11
     assert not h.healthy() and "no successful broker interaction" in h.reason()
     h.retrying += 1
