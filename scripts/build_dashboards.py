@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Grafana dashboards as code: writes config/grafana/dashboards/*.json from the panel
-lists below (run it after changing them; a test checks the committed JSON equals its
-output, and another runs every panel's query against a real Prometheus).
+lists below with Grafana's own typed builders (grafana-foundation-sdk, in the test
+extra, the build for the Grafana that docker-compose.yml runs), so the JSON follows
+Grafana's dashboard schema. Run it after changing the panels; a test checks the
+committed JSON equals its output, another runs every panel's query against a real
+Prometheus.
 
     python scripts/build_dashboards.py           # write the JSON files
     python scripts/build_dashboards.py --check   # exit 1 when a file is stale
@@ -12,30 +15,42 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Literal
+
+from grafana_foundation_sdk.builders import bargauge, common, prometheus, stat, table, timeseries
+from grafana_foundation_sdk.builders import dashboard as dash
+from grafana_foundation_sdk.cog.builder import Builder
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common as cm
+from grafana_foundation_sdk.models import dashboard as dm
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 OUT_DIR = Path(__file__).resolve().parent.parent / "config" / "grafana" / "dashboards"
-SCHEMA_VERSION = 39
-DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+GRID_WIDTH = 24
+DATASOURCE = dm.DataSourceRef(type_val="prometheus", uid="${datasource}")
 # Every query is filtered by these two variables.
 SEL = 'job=~"$job", instance=~"$instance"'
 RI = "$__rate_interval"
 
+PanelKind = Literal["timeseries", "stat", "bargauge", "table"]
+AnyPanel = timeseries.Panel | stat.Panel | bargauge.Panel | table.Panel
 
-@dataclass
+
+@dataclass(frozen=True)
 class Query:
     expr: str
     legend: str = ""
     instant: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class Panel:
     title: str
     queries: list[Query]
-    kind: str = "timeseries"  # timeseries | stat | bargauge | table
+    kind: PanelKind = "timeseries"
     unit: str = "short"
     width: int = 12
     height: int = 8
@@ -45,110 +60,120 @@ class Panel:
     thresholds: list[tuple[float | None, str]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Variable:
+    """A query variable over label values (`label_values(...)`)."""
+
+    name: str
+    label: str
+    query: str
+    include_all: bool
+    current: str
+
+
 def q(expr: str, legend: str = "", instant: bool = False) -> Query:
     return Query(" ".join(expr.split()), legend, instant)
 
 
-def _variables(extra: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    def query_var(name: str, label: str, query: str, *, include_all: bool, current: str) -> dict[str, Any]:
-        var: dict[str, Any] = {
-            "name": name, "label": label, "type": "query", "datasource": DATASOURCE,
-            "query": {"query": query, "refId": f"{name}-values"}, "definition": query,
-            "refresh": 2, "sort": 1, "multi": include_all, "includeAll": include_all,
-            "current": {"selected": True, "text": current, "value": current},
-            "options": [], "hide": 0,
-        }
-        if include_all:
-            var["allValue"] = ".*"
-            var["current"] = {"selected": True, "text": ["All"], "value": ["$__all"]}
-        return var
+def _query_variable(v: Variable) -> dash.QueryVariable:
+    var = (dash.QueryVariable(v.name).label(v.label).datasource(DATASOURCE)
+           .query({"query": v.query, "refId": f"{v.name}-values"})
+           .refresh(dm.VariableRefresh.ON_TIME_RANGE_CHANGED).sort(dm.VariableSort.ALPHABETICAL_ASC)
+           .multi(v.include_all).include_all(v.include_all).options([]).hide(dm.VariableHide.DONT_HIDE))
+    if v.include_all:
+        return var.all_value(".*").current(dm.VariableOption(selected=True, text=["All"], value=["$__all"]))
+    return var.current(dm.VariableOption(selected=True, text=v.current, value=v.current))
 
+
+def _variables(extra: list[Variable]) -> list[Builder[dm.VariableModel]]:
     return [
-        {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
-         "current": {"selected": True, "text": "Prometheus", "value": "prometheus"}, "hide": 0, "options": [],
-         "refresh": 1, "regex": ""},
-        query_var("job", "Job", "label_values(detector_build_info, job)", include_all=False, current="detector"),
-        query_var("instance", "Worker", 'label_values(detector_build_info{job=~"$job"}, instance)', include_all=True,
-                  current="All"),
-        *[query_var(**e) for e in extra],
+        dash.DatasourceVariable("datasource").label("Data source").type("prometheus").regex("")
+        .current(dm.VariableOption(selected=True, text="Prometheus", value="prometheus"))
+        .hide(dm.VariableHide.DONT_HIDE),
+        _query_variable(Variable("job", "Job", "label_values(detector_build_info, job)", False, "detector")),
+        _query_variable(Variable("instance", "Worker", 'label_values(detector_build_info{job=~"$job"}, instance)',
+                                 True, "All")),
+        *[_query_variable(e) for e in extra],
     ]
 
 
-def _panel(p: Panel, pid: int, x: int, y: int) -> dict[str, Any]:
-    targets = []
-    for i, query in enumerate(p.queries):
-        t: dict[str, Any] = {"refId": chr(ord("A") + i), "datasource": DATASOURCE, "expr": query.expr,
-                             "legendFormat": query.legend or "__auto", "range": not query.instant,
-                             "instant": query.instant}
-        if p.kind == "table":
-            t["format"] = "table"
-        targets.append(t)
-    defaults: dict[str, Any] = {"unit": p.unit}
-    if p.decimals is not None:
-        defaults["decimals"] = p.decimals
-    steps = [{"color": c, "value": v} for v, c in (p.thresholds or [(None, "green")])]
-    defaults["thresholds"] = {"mode": "absolute", "steps": steps}
-    options: dict[str, Any] = {}
+def _target(query: Query, ref_id: str, kind: PanelKind) -> prometheus.Dataquery:
+    t = (prometheus.Dataquery().ref_id(ref_id).datasource(DATASOURCE).expr(query.expr)
+         .legend_format(query.legend or "__auto"))
+    t = t.instant() if query.instant else t.range()
+    return t.format(PromQueryFormat.TABLE) if kind == "table" else t
+
+
+def _reduce_last() -> common.ReduceDataOptions:
+    return common.ReduceDataOptions().calcs(["lastNotNull"]).fields("").values(False)
+
+
+def _panel(p: Panel, pid: int) -> AnyPanel:
+    panel: AnyPanel
     if p.kind == "timeseries":
-        defaults["custom"] = {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 20 if p.stacked else 5,
-                              "stacking": {"mode": "normal" if p.stacked else "none", "group": "A"},
-                              "showPoints": "never", "spanNulls": True}
-        options = {"legend": {"displayMode": "table", "placement": "right", "calcs": ["lastNotNull", "max"],
-                              "showLegend": True},
-                   "tooltip": {"mode": "multi", "sort": "desc"}}
+        panel = (timeseries.Panel().draw_style(cm.GraphDrawStyle.LINE).line_width(1)
+                 .fill_opacity(20 if p.stacked else 5)
+                 .stacking(common.StackingConfig().mode(cm.StackingMode.NORMAL if p.stacked else cm.StackingMode.NONE)
+                           .group("A"))
+                 .show_points(cm.VisibilityMode.NEVER).span_nulls(True)
+                 .legend(common.VizLegendOptions().display_mode(cm.LegendDisplayMode.TABLE)
+                         .placement(cm.LegendPlacement.RIGHT).calcs(["lastNotNull", "max"]).show_legend(True))
+                 .tooltip(common.VizTooltipOptions().mode(cm.TooltipDisplayMode.MULTI).sort(cm.SortOrder.DESCENDING)))
     elif p.kind == "stat":
-        defaults["color"] = {"mode": "thresholds"}
-        options = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                   "colorMode": "value", "graphMode": "area", "textMode": "auto"}
+        panel = (stat.Panel().color_scheme(dash.FieldColor().mode(dm.FieldColorModeId.THRESHOLDS))
+                 .reduce_options(_reduce_last()).color_mode(cm.BigValueColorMode.VALUE)
+                 .graph_mode(cm.BigValueGraphMode.AREA).text_mode(cm.BigValueTextMode.AUTO))
     elif p.kind == "bargauge":
-        defaults["color"] = {"mode": "continuous-GrYlRd"}
-        options = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                   "orientation": "horizontal", "displayMode": "gradient", "showUnfilled": True}
-    elif p.kind == "table":
-        options = {"showHeader": True, "sortBy": [{"desc": True, "displayName": "Value"}]}
-    panel: dict[str, Any] = {
-        "id": pid, "type": p.kind, "title": p.title, "datasource": DATASOURCE,
-        "gridPos": {"h": p.height, "w": p.width, "x": x, "y": y},
-        "fieldConfig": {"defaults": defaults, "overrides": []}, "options": options, "targets": targets,
-    }
+        panel = (bargauge.Panel().color_scheme(dash.FieldColor().mode(dm.FieldColorModeId.CONTINUOUS_GR_YL_RD))
+                 .reduce_options(_reduce_last()).orientation(cm.VizOrientation.HORIZONTAL)
+                 .display_mode(cm.BarGaugeDisplayMode.GRADIENT).show_unfilled(True))
+    else:
+        panel = (table.Panel().show_header(True)
+                 .sort_by([common.TableSortByFieldState().display_name("Value").desc(True)])
+                 .with_transformation(dm.DataTransformerConfig(id_val="organize",
+                                                               options={"excludeByName": {"Time": True}})))
+    panel = panel.id(pid).title(p.title).datasource(DATASOURCE).span(p.width).height(p.height).unit(p.unit)
+    panel = panel.thresholds(dash.ThresholdsConfig().mode(dm.ThresholdsMode.ABSOLUTE).steps(
+        [dm.Threshold(value=v, color=c) for v, c in (p.thresholds or [(None, "green")])]))
+    if p.decimals is not None:
+        panel = panel.decimals(p.decimals)
     if p.description:
-        panel["description"] = p.description
-    if p.kind == "table":
-        panel["transformations"] = [{"id": "organize", "options": {"excludeByName": {"Time": True}}}]
-    return panel
+        panel = panel.description(p.description)
+    return panel.targets([_target(query, chr(ord("A") + i), p.kind) for i, query in enumerate(p.queries)])
 
 
 def dashboard(uid: str, title: str, description: str, rows: list[tuple[str, list[Panel]]],
-              extra_vars: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    panels: list[dict[str, Any]] = []
-    pid, y = 1, 0
+              extra_vars: list[Variable] | None = None) -> dm.Dashboard:
+    """A dashboard of expanded rows; the builder lays the panels out left to right,
+    a new line when one is full (each line of a row fills the grid's 24 columns)."""
+    builder = (dash.Dashboard(title).uid(uid).description(description).tags(["detector"]).editable()
+               .version(1).time("now-1h", "now").refresh("30s").timezone("browser")
+               .tooltip(dm.DashboardCursorSync.CROSSHAIR).fiscal_year_start_month(0).live_now(False).week_start("")
+               .variables(_variables(extra_vars or []))
+               .annotation(dash.AnnotationQuery().built_in(1).datasource(dm.DataSourceRef(type_val="grafana",
+                                                                                          uid="-- Grafana --"))
+                           .enable(True).hide(True).icon_color("rgba(0, 211, 255, 1)").name("Annotations & Alerts")
+                           .type("dashboard"))
+               .link(dash.DashboardLink("Detector").type(dm.DashboardLinkType.DASHBOARDS).tags(["detector"])
+                     .as_dropdown(False).include_vars(True).keep_time(True)))
+    pid = 1
     for row_title, row in rows:
-        panels.append({"id": pid, "type": "row", "title": row_title, "collapsed": False, "panels": [],
-                       "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}})
-        pid, y, x, row_h = pid + 1, y + 1, 0, 0
+        builder = builder.with_row(dash.Row(row_title).id(pid).collapsed(False))
+        pid += 1
+        line = 0
         for p in row:
-            if x + p.width > 24:
-                x, y, row_h = 0, y + row_h, 0
-            panels.append(_panel(p, pid, x, y))
-            pid, x, row_h = pid + 1, x + p.width, max(row_h, p.height)
-        y += row_h
-    return {
-        "uid": uid, "title": title, "description": description, "tags": ["detector"], "editable": True,
-        "schemaVersion": SCHEMA_VERSION, "version": 1, "time": {"from": "now-1h", "to": "now"},
-        "refresh": "30s", "timezone": "browser", "graphTooltip": 1, "fiscalYearStartMonth": 0,
-        "liveNow": False, "weekStart": "", "timepicker": {},
-        "templating": {"list": _variables(extra_vars or [])},
-        "annotations": {"list": [{"builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"},
-                                  "enable": True, "hide": True, "iconColor": "rgba(0, 211, 255, 1)",
-                                  "name": "Annotations & Alerts", "type": "dashboard"}]},
-        "links": [{"type": "dashboards", "tags": ["detector"], "asDropdown": False, "title": "Detector",
-                   "includeVars": True, "keepTime": True}],
-        "panels": panels,
-    }
+            if line + p.width > GRID_WIDTH:
+                raise ValueError(f"{title} / {row_title}: {p.title!r} does not fit the line (fill each line)")
+            line = (line + p.width) % GRID_WIDTH
+            builder = builder.with_panel(_panel(p, pid))
+            pid += 1
+        if line:
+            raise ValueError(f"{title} / {row_title}: the last line is not full")
+    return builder.build()
 
 
 # --------------------------------------------------------------------- overview
-def overview() -> dict[str, Any]:
+def overview() -> dm.Dashboard:
     psel = SEL + ', profile=~"$profile"'
     rows = [
         ("Now", [
@@ -185,16 +210,15 @@ def overview() -> dict[str, Any]:
                   instant=True)], kind="bargauge", width=24, height=10, decimals=0),
         ]),
     ]
-    profile_var = {"name": "profile", "label": "Profile",
-                   "query": 'label_values(detector_profile_requests_total{job=~"$job"}, profile)',
-                   "include_all": True, "current": "All"}
+    profile_var = Variable("profile", "Profile", 'label_values(detector_profile_requests_total{job=~"$job"}, profile)',
+                           include_all=True, current="All")
     return dashboard("detector-overview", "Detector / Overview",
                      "Traffic, verdict mix, top signals and alert rate of the app-impersonation detector.", rows,
                      [profile_var])
 
 
 # ----------------------------------------------------------------- fingerprints
-def fingerprints() -> dict[str, Any]:
+def fingerprints() -> dm.Dashboard:
     def fp(kind: str) -> str:
         return f'detector_fingerprint_requests_total{{{SEL}, kind="{kind}"}}'
 
@@ -204,7 +228,8 @@ def fingerprints() -> dict[str, Any]:
                 q(f"topk(10, sum by (fingerprint) (increase({fp('ja4')}[$__range])))", "{{fingerprint}}",
                   instant=True)], kind="bargauge", decimals=0,
                   description="A profile's allowed JA4 by value, a known non-app stack by its name "
-                              "(config/fingerprints/known-stacks.yaml); anything else is 'other', no TLS facts 'none'."),
+                              "(config/fingerprints/known-stacks.yaml); anything else is 'other', "
+                              "no TLS facts 'none'."),
             Panel("JA4 by verdict", [q(f"sum by (fingerprint, verdict) (rate({fp('ja4')}[{RI}]))",
                                        "{{fingerprint}} {{verdict}}")], unit="reqps"),
         ]),
@@ -238,7 +263,7 @@ def fingerprints() -> dict[str, Any]:
 
 
 # -------------------------------------------------------------- pipeline health
-def pipeline() -> dict[str, Any]:
+def pipeline() -> dm.Dashboard:
     def quantiles(metric: str) -> list[Query]:
         return [q(f"histogram_quantile({p}, sum by (le) (rate({metric}_bucket{{{SEL}}}[{RI}])))", f"p{int(p * 100)}")
                 for p in (0.5, 0.95, 0.99)]
@@ -322,11 +347,12 @@ def pipeline() -> dict[str, Any]:
                      "Consumer lag, latency, dead letters, webhook failures and state of the detector workers.", rows)
 
 
-DASHBOARDS = {"overview.json": overview, "fingerprints.json": fingerprints, "pipeline.json": pipeline}
+DASHBOARDS: dict[str, Callable[[], dm.Dashboard]] = {
+    "overview.json": overview, "fingerprints.json": fingerprints, "pipeline.json": pipeline}
 
 
-def render(build: Any) -> str:
-    return json.dumps(build(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+def render(build: Callable[[], dm.Dashboard]) -> str:
+    return json.dumps(build(), cls=JSONEncoder, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -163,8 +163,9 @@ def dashboard_variables(dash: dict[str, Any]) -> tuple[dict[str, str], list[str]
             values[var["name"]] = var["allValue"]
         else:
             values[var["name"]] = var["current"]["value"]
-        if var["type"] == "query":
-            queries.append(var["definition"])
+        if var["type"] == "query":  # Prometheus's variable query: {"query": ..., "refId": ...}
+            query = var["query"]
+            queries.append(query["query"] if isinstance(query, dict) else query)
     return values, queries
 
 
