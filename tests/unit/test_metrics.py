@@ -393,3 +393,40 @@ def test_every_dashboard_panel_has_a_query_and_a_unique_id():
         for p in dash["panels"]:
             if p["type"] != "row":
                 assert p["targets"] and all(t["expr"].strip() for t in p["targets"]), (path, p["title"])
+
+
+def _outside(committed: object, decoded: object, path: str = "") -> list[str]:
+    """Paths of `committed` that `decoded` lacks or holds differently (`decoded` may
+    add the schema's defaults)."""
+    if isinstance(committed, dict) and isinstance(decoded, dict):
+        return [p for k, v in committed.items()
+                for p in (_outside(v, decoded[k], f"{path}.{k}") if k in decoded else [f"{path}.{k}"])]
+    if isinstance(committed, list) and isinstance(decoded, list) and len(committed) == len(decoded):
+        return [p for i, (a, b) in enumerate(zip(committed, decoded)) for p in _outside(a, b, f"{path}[{i}]")]
+    return [] if committed == decoded else [f"{path}: {committed!r} != {decoded!r}"]
+
+
+def test_every_dashboard_follows_grafanas_schema_and_can_be_provisioned():
+    """Decoded by grafana-foundation-sdk's models (panel options and Prometheus
+    queries by their plugins' schemas) and encoded again, a dashboard keeps every key
+    and value: none is outside Grafana's schema. Provisioning needs a unique uid."""
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.cog.plugins import register_default_plugins
+    from grafana_foundation_sdk.models.dashboard import Dashboard
+
+    register_default_plugins()
+    uids = []
+    for path in sorted((ROOT / "config" / "grafana" / "dashboards").glob("*.json")):
+        committed = json.loads(path.read_text())
+        decoded = json.loads(json.dumps(Dashboard.from_json(committed), cls=JSONEncoder))
+        assert not _outside(committed, decoded), (path.name, _outside(committed, decoded))
+        assert committed["title"].startswith("Detector / ") and committed["schemaVersion"] >= 39, path.name
+        assert "id" not in committed, f"{path.name}: provisioned dashboards are matched by uid, not id"
+        uids.append(committed["uid"])
+    assert len(uids) == 3 and len(set(uids)) == 3 and all(1 <= len(u) <= 40 for u in uids), uids
+
+
+def test_the_schema_check_finds_a_key_outside_the_schema():
+    committed = {"panels": [{"type": "stat", "options": {"colorMode": "value", "colourMode": "value"}}]}
+    decoded = {"panels": [{"type": "stat", "options": {"colorMode": "value", "graphMode": "area"}}]}
+    assert _outside(committed, decoded) == [".panels[0].options.colourMode"]
