@@ -1,5 +1,5 @@
 """`detector eval`: runs the simulator's scenarios through the offline pipeline
-(`detector.evaluate`) and prints per-scenario precision, recall, false-positive rate and
+(`detector.simulate.evaluate`) and prints per-scenario precision, recall, false-positive rate and
 time-to-detect as Markdown tables (`--json`: one final JSON line), optionally with an
 ablation table (`--ablation`) and a precision-recall plot (`--plot FILE`, PNG)."""
 
@@ -154,7 +154,7 @@ def json_line(report: dict[str, Any], ablation: dict[str, dict[str, float | None
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from detector.engine import DEFAULT_CONFIG, DetectionConfig
-    from detector.evaluate import EvalSettings, ablation, evaluate, families
+    from detector.simulate.evaluate import EvalSettings, ablation, evaluate, families
     from detector.simulate import ATTACKS
 
     cfg = DetectionConfig.load(Path(args.config or os.environ.get("DETECTOR_CONFIG") or DEFAULT_CONFIG))

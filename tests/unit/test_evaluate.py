@@ -13,7 +13,7 @@ import pytest
 
 from detector.alerts import iso
 from detector.decode import request_from_obj
-from detector.evaluate import (
+from detector.simulate.evaluate import (
     EvalSettings,
     ablation,
     alert_ts,
@@ -218,7 +218,7 @@ def test_the_reference_time_reaches_the_offline_scorer(detection):
     trusted."""
     from dataclasses import replace
 
-    from detector.evaluate import Evaluation
+    from detector.simulate.evaluate import Evaluation
     from detector.simulate import DEFAULT_START_TS
 
     settings = EvalSettings(genuine_count=600, attack_count=200)

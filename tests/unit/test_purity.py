@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 CORE = Path(__file__).resolve().parents[2] / "detector"
@@ -29,3 +31,31 @@ def test_core_imports_no_io_library_and_reads_no_clock():
                 if (node.func.value.id, node.func.attr) in FORBIDDEN_CALLS:
                     problems.append(f"{path.name}:{node.lineno} reads the clock ({node.func.value.id}.{node.func.attr})")
     assert not problems, problems
+
+
+SIMULATOR = "detector.simulate"
+SERVICE = ("agents.worker",)  # the stream service: what runs in production
+
+
+def _detection_modules() -> list[str]:
+    """Every module of detector/ outside the simulator (the detection path)."""
+    out = []
+    for path in sorted(CORE.rglob("*.py")):
+        parts = path.relative_to(CORE.parent).with_suffix("").parts
+        if parts[1] == "simulate":
+            continue
+        out.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return out
+
+
+def test_detection_path_never_imports_the_simulator():
+    # A fresh interpreter: this test process has the simulator loaded by other tests.
+    modules = _detection_modules() + list(SERVICE)
+    assert "detector.pipeline" in modules and "detector.behaviour.engine" in modules
+    code = ("import importlib, sys\n"
+            f"for m in {modules!r}: importlib.import_module(m)\n"
+            f"print(sorted(m for m in sys.modules if m == {SIMULATOR!r} or m.startswith({SIMULATOR + '.'!r})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=CORE.parent).stdout.strip()
+    assert out == "[]", f"the detection path imports the simulator: {out}"
+

@@ -20,7 +20,11 @@ from detector.behaviour.records import entity_key, ip_block
 from detector.decode import request_from_obj
 from detector.engine import DetectionConfig
 from detector.model import ClientRequest, Verdict
-from detector.simulate import ATTACKS, DEFAULT_START_TS, EVASION_LEVELS, NEEDS_STATE, genuine, simulate
+from detector.simulate import simulate
+from detector.simulate.attacks import ATTACKS, NEEDS_STATE
+from detector.simulate.kit import EVASION_LEVELS
+from detector.simulate.scenarios.genuine import genuine
+from detector.simulate.wire import DEFAULT_START_TS
 
 LEVEL_RANK = {"clean": 0, "suspicious": 1, "malicious": 2}
 # Entity types whose share alerted is the per-entity recall (event-schema.md section 3).

@@ -1,0 +1,1 @@
+"""One module per scenario: genuine users and each attack."""
