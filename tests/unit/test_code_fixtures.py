@@ -1,0 +1,76 @@
+"""Golden fixtures per signal code (tests/fixtures/codes/, written by
+scripts/build_code_fixtures.py): each `<code>.jsonl` is scored through the path
+`detector score` takes (decode with the configured limits, OfflineScorer, a fixed
+reference time) and must give its `<code>.expected.json`: the code appears (in a
+verdict or as a raised behaviour flag), its `must_not` codes do not, and every
+verdict's codes and the raised flags are the golden ones. Every code documented in
+docs/detections.md has a fixture, a weight and a declaration, and nothing else does."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from detector.behaviour.engine import behaviour_codes
+from detector.behaviour.offline import OfflineScorer
+from detector.decode import decode_line
+from detector.engine import DetectionConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures" / "codes"
+DOCUMENTED = re.findall(r"^\| `([a-z0-9_]+\.[a-z0-9_]+)` \|", (ROOT / "docs" / "detections.md").read_text(), re.M)
+CODES = sorted(p.name[: -len(".jsonl")] for p in FIXTURES.glob("*.jsonl"))
+
+
+def with_profile_changes(cfg: DetectionConfig, changes: dict[str, Any]) -> DetectionConfig:
+    """`cfg` with fields of the default profile's sections replaced (a code the
+    shipped profile cannot raise, e.g. tls.missing needs tls.required)."""
+    if not changes:
+        return cfg
+    p = cfg.profiles[cfg.default_profile]
+    for section, values in changes.items():
+        p = dataclasses.replace(p, **{section: dataclasses.replace(getattr(p, section), **values)})
+    return dataclasses.replace(cfg, profiles={**cfg.profiles, cfg.default_profile: p})
+
+
+def test_every_documented_code_has_a_fixture_a_weight_and_a_declaration(detection):
+    assert len(DOCUMENTED) == len(set(DOCUMENTED)), "a code is documented twice"
+    documented = set(DOCUMENTED)
+    declared = set(detection.pipeline().codes) | set(behaviour_codes())
+    assert documented == set(CODES), (f"documented without a fixture: {sorted(documented - set(CODES))}; "
+                                      f"fixture of an undocumented code: {sorted(set(CODES) - documented)}")
+    assert documented == set(detection.scoring.weights), "docs/detections.md and scoring.weights list other codes"
+    assert documented == declared, "docs/detections.md and the checks' and detectors' declared codes differ"
+
+
+@pytest.mark.parametrize("code", CODES)
+def test_fixture_gives_its_codes(code, detection):
+    expected = json.loads((FIXTURES / f"{code}.expected.json").read_text())
+    assert expected["code"] == code and code in expected["must"]
+    cfg = with_profile_changes(detection, expected.get("profile_changes") or {})
+    lines = [line for line in (FIXTURES / f"{code}.jsonl").read_bytes().splitlines() if line.strip()]
+    requests = [decode_line(line, cfg.limits) for line in lines]
+    scorer = OfflineScorer(cfg, reference_time=expected["reference_time"])
+    verdicts, _ = scorer.score(requests)
+    got = [[s.code for s in v.signals] for v in verdicts]
+    flags = sorted({f"{etype}:{f.code}" for (etype, _), fl in scorer.flags.current().items() for f in fl})
+    seen = {c for codes in got for c in codes} | {f.split(":", 1)[1] for f in flags}
+    assert set(expected["must"]) <= seen, f"{code}: missing {sorted(set(expected['must']) - seen)}"
+    assert not seen & set(expected["must_not"]), f"{code}: unexpected {sorted(seen & set(expected['must_not']))}"
+    assert scorer.future == 0 and scorer.late == 0  # the reference time covers every request; none dropped
+    assert got == expected["verdicts"], f"{code}: verdict codes differ from the golden ones"
+    assert flags == expected["flags"], f"{code}: raised flags differ from the golden ones"
+
+
+def test_stateless_fixtures_have_a_clean_control(detection):
+    """A stateless fixture is a genuine request of one user and one changed request of
+    another: the control gives no signal, so the change alone raises the code."""
+    stateless = set(detection.pipeline().codes)
+    for code in sorted(stateless & set(CODES)):
+        verdicts = json.loads((FIXTURES / f"{code}.expected.json").read_text())["verdicts"]
+        assert len(verdicts) == 2 and verdicts[0] == [] and code in verdicts[1], code
