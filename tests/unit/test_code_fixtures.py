@@ -8,34 +8,17 @@ docs/detections.md has a fixture, a weight and a declaration, and nothing else d
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import re
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from detector.behaviour.engine import behaviour_codes
 from detector.behaviour.offline import OfflineScorer
-from detector.decode import decode_line
-from detector.engine import DetectionConfig
+from tests.codes import CODES, config_for, expected, requests
 
 ROOT = Path(__file__).resolve().parents[2]
-FIXTURES = ROOT / "tests" / "fixtures" / "codes"
 DOCUMENTED = re.findall(r"^\| `([a-z0-9_]+\.[a-z0-9_]+)` \|", (ROOT / "docs" / "detections.md").read_text(), re.M)
-CODES = sorted(p.name[: -len(".jsonl")] for p in FIXTURES.glob("*.jsonl"))
-
-
-def with_profile_changes(cfg: DetectionConfig, changes: dict[str, Any]) -> DetectionConfig:
-    """`cfg` with fields of the default profile's sections replaced (a code the
-    shipped profile cannot raise, e.g. tls.missing needs tls.required)."""
-    if not changes:
-        return cfg
-    p = cfg.profiles[cfg.default_profile]
-    for section, values in changes.items():
-        p = dataclasses.replace(p, **{section: dataclasses.replace(getattr(p, section), **values)})
-    return dataclasses.replace(cfg, profiles={**cfg.profiles, cfg.default_profile: p})
 
 
 def test_every_documented_code_has_a_fixture_a_weight_and_a_declaration(detection):
@@ -50,21 +33,19 @@ def test_every_documented_code_has_a_fixture_a_weight_and_a_declaration(detectio
 
 @pytest.mark.parametrize("code", CODES)
 def test_fixture_gives_its_codes(code, detection):
-    expected = json.loads((FIXTURES / f"{code}.expected.json").read_text())
-    assert expected["code"] == code and code in expected["must"]
-    cfg = with_profile_changes(detection, expected.get("profile_changes") or {})
-    lines = [line for line in (FIXTURES / f"{code}.jsonl").read_bytes().splitlines() if line.strip()]
-    requests = [decode_line(line, cfg.limits) for line in lines]
-    scorer = OfflineScorer(cfg, reference_time=expected["reference_time"])
-    verdicts, _ = scorer.score(requests)
+    want = expected(code)
+    assert want["code"] == code and code in want["must"]
+    cfg = config_for(detection, code)
+    scorer = OfflineScorer(cfg, reference_time=want["reference_time"])
+    verdicts, _ = scorer.score(requests(cfg, code))
     got = [[s.code for s in v.signals] for v in verdicts]
     flags = sorted({f"{etype}:{f.code}" for (etype, _), fl in scorer.flags.current().items() for f in fl})
     seen = {c for codes in got for c in codes} | {f.split(":", 1)[1] for f in flags}
-    assert set(expected["must"]) <= seen, f"{code}: missing {sorted(set(expected['must']) - seen)}"
-    assert not seen & set(expected["must_not"]), f"{code}: unexpected {sorted(seen & set(expected['must_not']))}"
+    assert set(want["must"]) <= seen, f"{code}: missing {sorted(set(want['must']) - seen)}"
+    assert not seen & set(want["must_not"]), f"{code}: unexpected {sorted(seen & set(want['must_not']))}"
     assert scorer.future == 0 and scorer.late == 0  # the reference time covers every request; none dropped
-    assert got == expected["verdicts"], f"{code}: verdict codes differ from the golden ones"
-    assert flags == expected["flags"], f"{code}: raised flags differ from the golden ones"
+    assert got == want["verdicts"], f"{code}: verdict codes differ from the golden ones"
+    assert flags == want["flags"], f"{code}: raised flags differ from the golden ones"
 
 
 def test_stateless_fixtures_have_a_clean_control(detection):
@@ -72,5 +53,5 @@ def test_stateless_fixtures_have_a_clean_control(detection):
     another: the control gives no signal, so the change alone raises the code."""
     stateless = set(detection.pipeline().codes)
     for code in sorted(stateless & set(CODES)):
-        verdicts = json.loads((FIXTURES / f"{code}.expected.json").read_text())["verdicts"]
+        verdicts = expected(code)["verdicts"]
         assert len(verdicts) == 2 and verdicts[0] == [] and code in verdicts[1], code
