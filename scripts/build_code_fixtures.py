@@ -508,6 +508,8 @@ BEHAVIOUR: dict[str, tuple[str, Sequence_, list[str]]] = {
                                                               "population.fingerprint_account_surge"]),
     "behaviour.ip_block_device_fanout": ("41 logged-out devices behind one /24", ip_block_devices,
                                          ["behaviour.ip_block_account_fanout", "population.fingerprint_device_surge"]),
+    # (both hosting-ASN flags are raised on the ASN entity, which no verdict names: they
+    # show in the raised flags, not in a verdict's signals)
     "behaviour.hosting_asn_account_fanout": ("16 accounts (4 per device) from one hosting ASN", hosting_accounts,
                                              ["behaviour.hosting_asn_device_fanout"]),
     "behaviour.hosting_asn_device_fanout": ("16 logged-out devices from one hosting ASN", hosting_devices,
