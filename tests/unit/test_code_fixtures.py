@@ -9,13 +9,16 @@ docs/detections.md has a fixture, a weight and a declaration, and nothing else d
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
+import orjson
 import pytest
 
 from detector.behaviour.engine import behaviour_codes
 from detector.behaviour.offline import OfflineScorer
-from tests.codes import CODES, config_for, expected, requests
+from tests.codes import CODES, FIXTURES, config_for, expected, requests
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENTED = re.findall(r"^\| `([a-z0-9_]+\.[a-z0-9_]+)` \|", (ROOT / "docs" / "detections.md").read_text(), re.M)
@@ -55,3 +58,14 @@ def test_stateless_fixtures_have_a_clean_control(detection):
     for code in sorted(stateless & set(CODES)):
         verdicts = expected(code)["verdicts"]
         assert len(verdicts) == 2 and verdicts[0] == [] and code in verdicts[1], code
+
+
+def test_detector_score_gives_the_golden_codes(tmp_path):
+    """The command itself on one behaviour fixture: the same codes per verdict."""
+    code = "replay.device_replayed"
+    want = expected(code)
+    res = subprocess.run([sys.executable, "-m", "agents.cli", "score", str(FIXTURES / f"{code}.jsonl"),
+                          "--reference-time", str(want["reference_time"])], capture_output=True, cwd=ROOT, timeout=120)
+    assert res.returncode == 0, res.stderr
+    got = [[s["code"] for s in orjson.loads(line)["signals"]] for line in res.stdout.splitlines()]
+    assert got == want["verdicts"]
