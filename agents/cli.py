@@ -30,7 +30,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     decoded; every other line gets exactly one stderr line
     `line N: rejected: <code>: <reason>` (and a JSONL record with --rejections). A
     line whose scoring fails is rejected with code internal_error; the run goes on."""
-    from agents.eval_cli import reference_time
+    from agents.tools.eval_cli import reference_time
     from detector.behaviour.offline import OfflineScorer
     from detector.decode import InvalidRequest, decode_line
 
@@ -140,7 +140,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print(f"detector simulate: {exc}", file=sys.stderr)
         return 2
     if args.to == "kafka":
-        from agents.produce import produce_events
+        from agents.tools.produce import produce_events
 
         asyncio.run(produce_events(args.bootstrap or _bootstrap(), events, rate=args.rate, batch=args.batch))
         return 0
@@ -162,7 +162,7 @@ def _bootstrap() -> str:
 
 # --- detector broker ---------------------------------------------------------------
 def cmd_broker(args: argparse.Namespace) -> int:
-    from agents.broker import EmbeddedBroker
+    from agents.tools.broker import EmbeddedBroker
 
     broker = EmbeddedBroker(port=args.port).start()
     print(f"embedded broker (Tansu) listening on {broker.bootstrap}; Ctrl-C to stop", flush=True)
@@ -291,7 +291,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from agents.demo import run_demo
+    from agents.tools.demo import run_demo
 
     return run_demo(duration=args.duration, as_json=args.json, rate=args.rate, web_port=args.web_port,
                     broker_port=args.broker_port, config=args.config, webhook=args.webhook,
@@ -300,7 +300,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.offline:
-        from agents.offline_bench import run_offline_bench
+        from agents.tools.offline_bench import run_offline_bench
 
         off = run_offline_bench(n=args.count, rounds=args.rounds, seed=args.seed)
         if args.json:
@@ -310,7 +310,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                   f"median of {off['rounds']} rounds: {off['requests_per_s']:,} requests/s "
                   f"(decode {off['decode_us']} us, score {off['score_us']} us, encode {off['encode_us']} us per request)")
         return 0
-    from agents.bench import run_bench
+    from agents.tools.bench import run_bench
 
     result = run_bench(n=args.count, batch=args.batch, bootstrap=args.bootstrap, seed=args.seed,
                        latency_rate=args.latency_rate, latency_seconds=args.latency_seconds)
@@ -331,7 +331,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from agents.eval_cli import add_reference_time
+    from agents.tools.eval_cli import add_reference_time
 
     p = argparse.ArgumentParser(prog="detector", description="Find clients that pretend to be an official mobile app.")
     p.add_argument("--config", help="settings file (default config/detector.yaml or $DETECTOR_CONFIG)")
@@ -398,7 +398,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--latency-seconds", type=float, default=10.0, help="duration of the latency phase")
     s.set_defaults(func=cmd_bench)
 
-    from agents.eval_cli import add_parser as add_eval_parser
+    from agents.tools.eval_cli import add_parser as add_eval_parser
 
     add_eval_parser(sub)
 

@@ -13,7 +13,7 @@ import time
 import uuid
 from pathlib import Path
 
-from agents.broker import EmbeddedBroker, free_port, port_open
+from agents.tools.broker import EmbeddedBroker, free_port, port_open
 
 KAFKA_DIR = Path(__file__).resolve().parent / "kafka"
 KAFKA_LIBS = KAFKA_DIR / "target" / "libs"

@@ -3,7 +3,7 @@ scored offline exactly as the stream worker scores it (`score_offline`: the pipe
 then the alert policy), and measured per request (precision, recall, F1, genuine
 false-positive rate) and per attacking entity (share alerted, time-to-detect).
 
-Pure: events in, numbers out; no clock and no I/O. `agents/eval_cli.py` is the
+Pure: events in, numbers out; no clock and no I/O. `agents/tools/eval_cli.py` is the
 `detector eval` command around it.
 """
 

@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from agents.broker import free_port
-from agents.demo import start_worker, stop_process
+from agents.tools.broker import free_port
+from agents.tools.demo import start_worker, stop_process
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from agents.demo import stop_process
+from agents.tools.demo import stop_process
 from agents.topics import ALERTS, CLIENT_REQUESTS, ENTITY_FLAGS, VERDICTS, create_topics
 from detector.behaviour.offline import OfflineScorer
 from detector.decode import request_from_obj

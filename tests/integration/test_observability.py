@@ -27,8 +27,8 @@ import pytest
 import yaml
 from aiokafka import AIOKafkaProducer
 
-from agents.broker import free_port
-from agents.demo import start_worker, stop_process
+from agents.tools.broker import free_port
+from agents.tools.demo import start_worker, stop_process
 from agents.topics import CLIENT_REQUESTS, create_topics
 from detector.engine import DEFAULT_CONFIG
 from detector.simulate import mixed, private_api_library

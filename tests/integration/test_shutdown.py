@@ -20,8 +20,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from agents.broker import free_port
-from agents.produce import produce_events
+from agents.tools.broker import free_port
+from agents.tools.produce import produce_events
 from agents.settings import load_settings
 from agents.shutdown import EXIT_DEADLINE
 from agents.topics import VERDICTS, create_topics

@@ -21,8 +21,8 @@ import pytest
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from agents.broker import free_port
-from agents.demo import stop_process
+from agents.tools.broker import free_port
+from agents.tools.demo import stop_process
 from agents.topics import ALERTS, ALERTS_DLQ, create_topics
 from agents.webhooks import write_config_with_webhooks
 from detector.alerts import iso

@@ -17,8 +17,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from agents.broker import free_port
-from agents.demo import start_worker, stop_process
+from agents.tools.broker import free_port
+from agents.tools.demo import start_worker, stop_process
 from agents.topics import ALERTS, ALL_TOPICS, CLIENT_REQUESTS, CLIENT_REQUESTS_DLQ, VERDICTS, create_topics
 from detector.simulate import genuine, private_api_library
 

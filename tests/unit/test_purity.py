@@ -33,29 +33,31 @@ def test_core_imports_no_io_library_and_reads_no_clock():
     assert not problems, problems
 
 
-SIMULATOR = "detector.simulate"
-SERVICE = ("agents.worker",)  # the stream service: what runs in production
+
+SHELL = CORE.parent / "agents"
+# What the detection path and the service must never load: the simulator and the tools.
+NOT_IN_SERVICE = ("detector.simulate", "agents.tools")
 
 
-def _detection_modules() -> list[str]:
-    """Every module of detector/ outside the simulator (the detection path)."""
+def _modules(root: Path, skip: set[str]) -> list[str]:
     out = []
-    for path in sorted(CORE.rglob("*.py")):
-        parts = path.relative_to(CORE.parent).with_suffix("").parts
-        if parts[1] == "simulate":
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        if len(parts) > 1 and parts[1] in skip:
             continue
         out.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
     return out
 
 
-def test_detection_path_never_imports_the_simulator():
-    # A fresh interpreter: this test process has the simulator loaded by other tests.
-    modules = _detection_modules() + list(SERVICE)
-    assert "detector.pipeline" in modules and "detector.behaviour.engine" in modules
+def test_detection_path_and_service_never_import_the_simulator_or_the_tools():
+    # Every module of detector/ outside the simulator, and of agents/ outside the tools
+    # and the CLI (which imports each tool in its command), in a fresh interpreter: this
+    # test process has the simulator loaded by other tests.
+    modules = _modules(CORE, {"simulate"}) + _modules(SHELL, {"tools", "cli"})
+    assert {"detector.pipeline", "detector.behaviour.engine", "agents.worker"} <= set(modules)
     code = ("import importlib, sys\n"
             f"for m in {modules!r}: importlib.import_module(m)\n"
-            f"print(sorted(m for m in sys.modules if m == {SIMULATOR!r} or m.startswith({SIMULATOR + '.'!r})))")
+            f"print(sorted(m for m in sys.modules if m.startswith({NOT_IN_SERVICE!r})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=CORE.parent).stdout.strip()
-    assert out == "[]", f"the detection path imports the simulator: {out}"
-
+    assert out == "[]", f"the detection path or the service imports: {out}"

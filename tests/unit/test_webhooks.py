@@ -244,7 +244,7 @@ def test_severity_by_code_raises_the_severity_of_the_count():
 
 def test_demo_takes_a_webhook_url_and_secret(tmp_path):
     from agents.cli import parser
-    from agents.demo import demo_webhook_config
+    from agents.tools.demo import demo_webhook_config
 
     args = parser().parse_args(["demo", "--webhook", "http://127.0.0.1:9/hook", "--webhook-secret", "s"])
     assert (args.webhook, args.webhook_secret) == ("http://127.0.0.1:9/hook", "s")

@@ -17,7 +17,7 @@ from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
 import agents.worker as worker
-from agents.broker import free_port
+from agents.tools.broker import free_port
 from agents.metrics import Metrics
 from agents.settings import load_settings
 from agents.topics import (CLIENT_REQUESTS, CLIENT_REQUESTS_DLQ, ENTITY_EVENTS, KAFKA_DEFAULT_MAX_MESSAGE_BYTES,

@@ -32,8 +32,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from agents.broker import EmbeddedBroker, free_port
-from agents.demo import EMBEDDED_WORKER_ENV, stop_process
+from agents.tools.broker import EmbeddedBroker, free_port
+from agents.tools.demo import EMBEDDED_WORKER_ENV, stop_process
 from agents.topics import ALERTS, CLIENT_REQUESTS, VERDICTS, create_topics
 from detector.engine import DEFAULT_CONFIG, DetectionConfig
 from detector.simulate import mixed

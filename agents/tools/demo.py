@@ -23,7 +23,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from agents.broker import EmbeddedBroker, port_open
+from agents.tools.broker import EmbeddedBroker, port_open
 from agents.shutdown import ChildProcesses, die_with_parent
 from agents.topics import ALERTS, CLIENT_REQUESTS_DLQ, VERDICTS, create_topics
 from detector.engine import DEFAULT_CONFIG, DetectionConfig
