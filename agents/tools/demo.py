@@ -181,6 +181,10 @@ async def _run(duration: float, rate: float, web_port: int, as_json: bool, broke
         await children.stop("broker", min(0.3, max(0.1, stop_by - time.monotonic())))
         for sig in signals:
             loop.remove_signal_handler(sig)
+            # removing restores Python's handler, whose KeyboardInterrupt can strike
+            # anywhere in the teardown (seen: inside a weakref callback, a traceback on
+            # stderr): from now on a Ctrl-C only kills what is left of the children
+            signal.signal(sig, lambda _sig, _frame: children.kill(wait=False))
     view, started = progress.view, progress.started
     return {
         "verdicts": view.verdicts,
