@@ -369,7 +369,8 @@ def device_accounts(k: Kit, rng: random.Random) -> list[Request]:
     times = _times(rng, e["ts"], 7)
     accounts = [k.new_account(rng) for _ in range(6)]
     accounts.append(accounts[0])
-    return [k.at(k.browse(e, rng), t, f"fx-{i}", x_es_user_id=a) for i, (t, a) in enumerate(zip(times, accounts))]
+    return [k.at(k.browse(e, rng), t, f"fx-{i}", x_es_user_id=a)
+            for i, (t, a) in enumerate(zip(times, accounts, strict=True))]
 
 
 def account_devices(k: Kit, rng: random.Random) -> list[Request]:
@@ -377,7 +378,8 @@ def account_devices(k: Kit, rng: random.Random) -> list[Request]:
     times = _times(rng, e["ts"], 7, 30, 600)
     devices = [k.new_device(rng) for _ in range(6)]
     devices.append(devices[0])
-    return [k.at(k.browse(e, rng), t, f"fx-{i}", **k.device(e, d)) for i, (t, d) in enumerate(zip(times, devices))]
+    return [k.at(k.browse(e, rng), t, f"fx-{i}", **k.device(e, d))
+            for i, (t, d) in enumerate(zip(times, devices, strict=True))]
 
 
 def _crowd(k: Kit, rng: random.Random, n: int, per_device: int, *, accounts: bool, per_handset: int = 4,
@@ -443,7 +445,7 @@ def bulk_accounts(k: Kit, rng: random.Random) -> list[Request]:
     ids = [first, first + 1373, first + 4410, 9_876_543_210, first + 2000]  # the 4th: a real user of the phone
     times = _times(rng, e["ts"], len(ids), 20, 120)
     return [k.at(k.browse(e, rng), t, f"fx-{i}", **k.device(e, k.new_device(rng)), x_es_user_id=str(a))
-            for i, (t, a) in enumerate(zip(times, ids))]
+            for i, (t, a) in enumerate(zip(times, ids, strict=True))]
 
 
 def action_velocity(k: Kit, rng: random.Random) -> list[Request]:
