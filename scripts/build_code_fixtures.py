@@ -568,17 +568,25 @@ def build(cfg: DetectionConfig, code: str, kit: Kit) -> tuple[list[Request], dic
                      f"{', '.join(sorted(seen))}); fix the fixture's recipe")
 
 
-def main() -> int:
-    cfg = DetectionConfig.load(DEFAULT_CONFIG)
+def render(cfg: DetectionConfig) -> dict[str, bytes]:
+    """Every fixture file: name -> content."""
     kit = Kit(cfg)
+    files: dict[str, bytes] = {}
+    for code in [*STATELESS, *BEHAVIOUR]:
+        reqs, expected = build(cfg, code, kit)
+        files[f"{code}.jsonl"] = b"".join(orjson.dumps(r) + b"\n" for r in reqs)
+        files[f"{code}.expected.json"] = orjson.dumps(expected, option=orjson.OPT_INDENT_2) + b"\n"
+    return files
+
+
+def main() -> int:
+    files = render(DetectionConfig.load(DEFAULT_CONFIG))
     OUT.mkdir(parents=True, exist_ok=True)
     for old in OUT.glob("*.json*"):
         old.unlink()
-    for code in [*STATELESS, *BEHAVIOUR]:
-        reqs, expected = build(cfg, code, kit)
-        (OUT / f"{code}.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in reqs))
-        (OUT / f"{code}.expected.json").write_bytes(orjson.dumps(expected, option=orjson.OPT_INDENT_2) + b"\n")
-        print(f"{code}: {len(reqs)} requests")
+    for name, content in files.items():
+        (OUT / name).write_bytes(content)
+    print(f"wrote {len(files) // 2} fixtures to {OUT.relative_to(ROOT)}")
     return 0
 
 

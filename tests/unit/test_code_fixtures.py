@@ -8,6 +8,7 @@ docs/detections.md has a fixture, a weight and a declaration, and nothing else d
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -69,3 +70,18 @@ def test_detector_score_gives_the_golden_codes(tmp_path):
     assert res.returncode == 0, res.stderr
     got = [[s["code"] for s in orjson.loads(line)["signals"]] for line in res.stdout.splitlines()]
     assert got == want["verdicts"]
+
+
+def test_committed_fixtures_equal_the_script_output(detection):
+    """The fixtures are what scripts/build_code_fixtures.py writes today: a change to the
+    simulator's genuine traffic or to what a fixture gives shows here and in the diff
+    of a regeneration."""
+    spec = importlib.util.spec_from_file_location("build_code_fixtures", ROOT / "scripts" / "build_code_fixtures.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    files = mod.render(detection)
+    committed = {p.name: p.read_bytes() for p in FIXTURES.glob("*.json*")}
+    assert sorted(files) == sorted(committed)
+    stale = [name for name in files if files[name] != committed[name]]
+    assert not stale, f"{stale[:3]} stale: run .venv/bin/python scripts/build_code_fixtures.py"
