@@ -211,7 +211,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agents.metrics import Metrics
     from agents.settings import load_settings
     from agents.topics import create_topics
-    from agents.worker import build_app
+    from agents.app import build_app
 
     overrides: dict[str, Any] = {}
     if args.bootstrap:

@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from agents.topics import (ALERTS, ALL_TOPICS, CLIENT_REQUESTS, CLIENT_REQUESTS_DLQ, ENTITY_EVENTS, ENTITY_FLAGS,
                            VERDICTS, create_topics, existing_topics, read_topic_limits, record_limit)
-from agents.worker import FAUST_MAX_REQUEST_SIZE, INGEST_MAX_REQUEST_SIZE
+from agents.records import FAUST_MAX_REQUEST_SIZE, INGEST_MAX_REQUEST_SIZE
 from detector.simulate import genuine, private_api_library
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(240)]

@@ -54,7 +54,7 @@ def test_detection_path_and_service_never_import_the_simulator_or_the_tools():
     # and the CLI (which imports each tool in its command), in a fresh interpreter: this
     # test process has the simulator loaded by other tests.
     modules = _modules(CORE, {"simulate"}) + _modules(SHELL, {"tools", "cli"})
-    assert {"detector.pipeline", "detector.behaviour.engine", "agents.worker"} <= set(modules)
+    assert {"detector.pipeline", "detector.behaviour.engine", "agents.app", "agents.ingest", "agents.shards"} <= set(modules)
     code = ("import importlib, sys\n"
             f"for m in {modules!r}: importlib.import_module(m)\n"
             f"print(sorted(m for m in sys.modules if m.startswith({NOT_IN_SERVICE!r})))")

@@ -16,13 +16,18 @@ import pytest
 from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
-import agents.worker as worker
+import agents.app
+import agents.ingest as ingest
+import agents.records as records
+import agents.shards
 from agents.tools.broker import free_port
 from agents.metrics import Metrics
 from agents.settings import load_settings
 from agents.topics import (CLIENT_REQUESTS, CLIENT_REQUESTS_DLQ, ENTITY_EVENTS, KAFKA_DEFAULT_MAX_MESSAGE_BYTES,
                            VERDICTS, TopicLimits, read_topic_limits, record_limit)
-from agents.worker import IngestStage, LogLimiter, RecordLimits, ShardProcessor, ShardState, log_text
+from agents.ingest import IngestStage
+from agents.records import LogLimiter, RecordLimits, log_text
+from agents.shards import ShardProcessor, ShardState
 from detector.behaviour.records import decode_envelope
 from detector.simulate import genuine, private_api_library
 
@@ -91,14 +96,14 @@ async def test_a_request_whose_scoring_raises_is_dead_lettered_and_the_batch_goe
 
 
 async def test_a_message_whose_decoding_raises_is_dead_lettered(stage, events, monkeypatch):
-    real = worker.decode_message
+    real = ingest.decode_message
 
     def decode(value: bytes | None, limits: Any) -> Any:
         if value == b"poison":
             raise RecursionError("maximum recursion depth exceeded")
         return real(value, limits)
 
-    monkeypatch.setattr(worker, "decode_message", decode)
+    monkeypatch.setattr(ingest, "decode_message", decode)
     out = FakeOut()
     await stage._score_batch({TP: [msg(1, b"poison"), msg(2, orjson.dumps(events[:2]), stamp(events))]}, out)
     assert len(out.of(VERDICTS.name)) == 2
@@ -124,7 +129,7 @@ async def test_a_failing_dead_letter_encoder_still_writes_a_bounded_record(stage
     def broken(*a: Any, **k: Any) -> bytes:
         raise MemoryError()
 
-    monkeypatch.setattr(worker, "encode_dlq_record", broken)
+    monkeypatch.setattr(records, "encode_dlq_record", broken)
     out = FakeOut()
     await stage._score_batch({TP: [msg(3, b"\xff" * 5000)]}, out)
     (dlq,) = [orjson.loads(v) for v in out.of(CLIENT_REQUESTS_DLQ.name)]
@@ -345,8 +350,9 @@ async def test_oversized_flags_alerts_and_state_buckets_are_never_sent(detection
 def test_no_exception_handler_in_the_worker_swallows_cancellation():
     """`except Exception` (never bare or BaseException) in the per-message paths: a stop
     (CancelledError) still stops the worker."""
-    src = (worker.__file__ and open(worker.__file__, encoding="utf-8").read()) or ""
-    assert "except BaseException" not in src and "except:" not in src
+    for module in (agents.app, ingest, records, agents.shards):
+        src = open(module.__file__ or "", encoding="utf-8").read()
+        assert "except BaseException" not in src and "except:" not in src, module.__name__
     assert issubclass(asyncio.CancelledError, BaseException) and not issubclass(asyncio.CancelledError, Exception)
 
 
