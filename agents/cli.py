@@ -15,11 +15,13 @@ from typing import IO, TYPE_CHECKING, Any, Sequence
 import orjson
 
 from detector.config import ConfigError
-from detector.engine import DEFAULT_CONFIG, DetectionConfig
+from detector.engine import DetectionConfig
 
 
 def _detection(args: argparse.Namespace) -> DetectionConfig:
-    return DetectionConfig.load(Path(args.config) if args.config else Path(os.environ.get("DETECTOR_CONFIG") or DEFAULT_CONFIG))
+    from agents.settings import load_detection
+
+    return load_detection(args.config)
 
 
 # --- detector score --------------------------------------------------------------
@@ -209,7 +211,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
 # --- detector run ------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from agents.metrics import Metrics
-    from agents.settings import load_settings
+    from agents.settings import load_detection, load_settings
     from agents.topics import create_topics
     from agents.app import build_app
 
@@ -219,7 +221,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.web_port is not None:
         overrides["web_port"] = args.web_port
     settings = load_settings(args.config, **overrides)
-    detection = DetectionConfig.load(settings.config)
+    detection = load_detection(settings.config)
     if args.create_topics:
         asyncio.run(create_topics(settings.kafka_bootstrap, settings.topic_partitions, settings.topic_replication))
     app = build_app(settings, detection, Metrics())
@@ -277,16 +279,17 @@ def _deadline_worker(app: faust.App, loglevel: str, deadline: StopDeadline) -> f
 
 # --- detector config check -----------------------------------------------------------
 def cmd_config_check(args: argparse.Namespace) -> int:
-    from agents.settings import load_settings
+    from agents.settings import load_detection, load_settings, resolve_config
 
-    path = Path(args.dir) if args.dir else Path(args.config) if args.config else DEFAULT_CONFIG
-    if path.is_dir():
-        path = path / "detector.yaml"
+    path = resolve_config(args.dir or args.config)
+    from agents.webhooks import load_endpoints
+
     settings = load_settings(path)
-    cfg = DetectionConfig.load(path)
+    cfg = load_detection(path)
+    endpoints = load_endpoints(path)
     n_versions = sum(len(p.versions) for p in cfg.profiles.values())
     print(f"{path}: ok: {len(cfg.profiles)} profile(s) ({', '.join(cfg.profiles)}), {n_versions} app versions, "
-          f"{len(cfg.scoring.weights)} signal weights; kafka {settings.kafka_bootstrap}")
+          f"{len(cfg.scoring.weights)} signal weights, {len(endpoints)} webhook(s); kafka {settings.kafka_bootstrap}")
     return 0
 
 
@@ -334,7 +337,7 @@ def parser() -> argparse.ArgumentParser:
     from agents.tools.eval_cli import add_reference_time
 
     p = argparse.ArgumentParser(prog="detector", description="Find clients that pretend to be an official mobile app.")
-    p.add_argument("--config", help="settings file (default config/detector.yaml or $DETECTOR_CONFIG)")
+    p.add_argument("--config", help=CONFIG_HELP)
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("score", help="offline: ClientRequest JSONL in, Verdict JSONL out")
@@ -407,7 +410,23 @@ def parser() -> argparse.ArgumentParser:
     c = csub.add_parser("check", help="validate settings and profiles; exit 2 on error")
     c.add_argument("dir", nargs="?", help="config directory or settings file")
     c.set_defaults(func=cmd_config_check)
+    _config_after_subcommand(p)
     return p
+
+
+CONFIG_HELP = ("settings file, or the directory holding detector.yaml, profiles/, ... "
+               "(default config/detector.yaml or $DETECTOR_CONFIG)")
+
+
+def _config_after_subcommand(p: argparse.ArgumentParser) -> None:
+    """`--config` is accepted after the subcommand too (`detector score --config X`):
+    each subcommand's parser takes it, leaving the top-level value alone when absent."""
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sp in dict.fromkeys(action.choices.values()):
+                if not any("--config" in a.option_strings for a in sp._actions):
+                    sp.add_argument("--config", default=argparse.SUPPRESS, help=CONFIG_HELP)
+                _config_after_subcommand(sp)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

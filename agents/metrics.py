@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import faust
-import yaml
 from prometheus_client import CollectorRegistry, Counter as PromCounter, Gauge, Histogram
 from prometheus_client.core import HistogramMetricFamily
 
 from agents.webhooks import ATTEMPT_RESULTS
+from detector.config import ConfigError, YamlDocument
 from detector.decode import REJECTION_CODES
 from detector.fingerprints.headers import names_fingerprint
 from detector.model import Verdict
@@ -137,8 +137,8 @@ def webhook_endpoint_names(config_path: Path | str) -> tuple[str, ...]:
     with a `name`, or a mapping from name to endpoint settings. (The webhook sender
     defines the rest of the section; only the names matter for metric labels.)"""
     try:
-        data = yaml.safe_load(Path(config_path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
+        data = YamlDocument(Path(config_path)).data or {}
+    except ConfigError:
         return ()
     hooks = data.get("webhooks") if isinstance(data, dict) else None
     if isinstance(hooks, dict):

@@ -1,25 +1,53 @@
-"""Runtime settings of the worker: one frozen model read from `config/detector.yaml`
-(or `--config`), overridden by `DETECTOR_*` environment variables (12-factor).
-The detection sections of the same file are read by `detector.engine`."""
+"""Settings, read one way: the settings file (`config/detector.yaml`, `--config`,
+`$DETECTOR_CONFIG`; a file or the directory holding it) checked against
+`detector.config.schema.SettingsFile`, with `DETECTOR_*` environment variables over it
+(12-factor). `load_settings` gives the worker's runtime settings, `load_detection`
+the detection config; both apply the same overrides, and the shell resolves the
+profiles' secrets here so the core reads no environment."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from detector.config import ConfigError
-from detector.engine import DEFAULT_CONFIG
+from detector.config import ConfigError, YamlDocument
+from detector.config.schema import (Override, RuntimeSettings, SettingsFile, apply_overrides, check, field_kind, is_model,
+                                    is_string)
+from detector.engine import DEFAULT_CONFIG, DetectionConfig
 
 CONFIG_ENV = "DETECTOR_CONFIG"
+ENV_PREFIX = "DETECTOR_"
+
+# DETECTOR_* variables that are not settings: read by tools, tests, the image or the
+# log set-up. They are never warned about (docs/operations.md "Settings" lists them).
+RESERVED_ENV = {
+    "DETECTOR_CONFIG": "the settings file or directory (like --config)",
+    "DETECTOR_LOG_FORMAT": "json (default) or text log lines (agents/logs.py)",
+    "DETECTOR_BUILD_COMMIT": "the commit shown by detector_build_info (set in the image)",
+    "DETECTOR_IMAGE_TAG": "the image tag docker-compose runs",
+    "DETECTOR_TEST_TIERS": "the test tiers tests/ run (tests/conftest.py)",
+    "DETECTOR_DEMO_WEBHOOK_SECRET": "the demo's webhook signing secret (agents/demo.py)",
+}
+
+log = logging.getLogger("detector.config")
+_warned: set[str] = set()
+
+
+def resolve_config(config: Path | str | None = None) -> Path:
+    """The settings file: `config` (a file, or a directory holding detector.yaml),
+    else $DETECTOR_CONFIG, else config/detector.yaml."""
+    path = Path(config) if config else Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+    return path / "detector.yaml" if path.is_dir() else path
 
 
 class _YamlSource(PydanticBaseSettingsSource):
-    """Reads the runtime keys from the settings YAML (detection sections are ignored)."""
+    """The runtime keys of the settings file, after the whole file passed its schema."""
 
     def __init__(self, settings_cls: type[BaseSettings], path: Path):
         super().__init__(settings_cls)
@@ -29,49 +57,17 @@ class _YamlSource(PydanticBaseSettingsSource):
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        try:
-            data = yaml.safe_load(self.path.read_text(encoding="utf-8")) or {}
-        except OSError as exc:
-            raise ConfigError(self.path, "", f"cannot read settings file: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(self.path, "", f"invalid YAML: {exc}") from None
+        data = read_settings_file(self.path)
         return {k: v for k, v in data.items() if k in self.settings_cls.model_fields}
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DETECTOR_", frozen=True, extra="ignore")
+class Settings(BaseSettings, RuntimeSettings):
+    """The runtime keys (declared in RuntimeSettings, with the file's schema), each
+    overridable by DETECTOR_<KEY>."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore", strict=False)
 
     config: Path = DEFAULT_CONFIG
-    kafka_bootstrap: str = "127.0.0.1:9092"
-    app_id: str = "detector"
-    web_host: str = "127.0.0.1"
-    web_port: int = Field(6066, ge=0, le=65535)
-    web_enabled: bool = True
-    rebalance_timeout_s: float = Field(30, gt=0)
-    session_timeout_s: float = Field(45, gt=0)
-    heartbeat_interval_s: float = Field(3, gt=0)
-    ingest_max_records: int = Field(5000, gt=0)
-    ingest_poll_timeout_ms: int = Field(100, ge=0)
-    topic_partitions: int = Field(4, gt=0)
-    state_flush_interval_s: float = Field(2.0, gt=0)  # behaviour state snapshot cadence
-    # SIGTERM/SIGINT: the graceful stop gets this long, then the process exits anyway
-    shutdown_grace_s: float = Field(10.0, gt=0, le=600)
-    topic_replication: int = Field(1, gt=0)
-    # Broker faults (docs/operations.md): the ingest stage probes the broker (metadata)
-    # every broker_check_interval_s, is not ready after broker_unready_failures
-    # consecutive failures, and retries a failed produce with exponential backoff from
-    # produce_retry_initial_s up to produce_retry_max_s (with jitter), without end.
-    broker_check_interval_s: float = Field(1.0, gt=0, le=60)
-    broker_unready_failures: int = Field(2, ge=1, le=100)
-    produce_retry_initial_s: float = Field(0.2, gt=0, le=60)
-    produce_retry_max_s: float = Field(10.0, gt=0, le=600)
-
-    @model_validator(mode="after")
-    def _retry_bounds(self) -> Settings:
-        if self.produce_retry_initial_s > self.produce_retry_max_s:
-            raise ValueError("produce_retry_initial_s must not exceed produce_retry_max_s")
-        return self
-    log_level: str = "info"
 
     @classmethod
     def settings_customise_sources(
@@ -82,10 +78,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        path = Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
         init = getattr(init_settings, "init_kwargs", {})
-        if init.get("config"):
-            path = Path(init["config"])
+        path = resolve_config(init.get("config"))
         return (init_settings, env_settings, _YamlSource(settings_cls, path))
 
     def masked(self) -> dict[str, Any]:
@@ -93,26 +87,93 @@ class Settings(BaseSettings):
         return {k: str(v) for k, v in self.model_dump().items()}
 
 
+def read_settings_file(path: Path, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The settings file's data, checked against its schema with the environment's
+    overrides applied (a misspelled key, in the file or in a variable's value, stops here)."""
+    doc = YamlDocument(path)
+    if not isinstance(doc.data, dict):
+        raise doc.error([], "the settings file must be a mapping")
+    overrides = env_overrides(doc.data, environ)
+    check(doc, SettingsFile, apply_overrides(doc.data, overrides), overrides=overrides)
+    return dict(doc.data)
+
+
 def load_settings(config: Path | str | None = None, **overrides: Any) -> Settings:
     kwargs = dict(overrides)
-    if config is not None:
-        kwargs["config"] = Path(config)
+    path = resolve_config(config)
+    kwargs["config"] = path
     try:
         return Settings(**kwargs)
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
-        path = Path(kwargs.get("config") or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
-        env = f"DETECTOR_{key.upper()}"
-        if key in kwargs or env in os.environ:  # an override, not the file's value
-            raise ConfigError(path, key, f"{err['msg']} (from {'the command line' if key in kwargs else env})") from None
-        raise ConfigError(path, key, err["msg"], line=_yaml_line(path, key)) from None
+        env = f"{ENV_PREFIX}{key.upper()}"
+        if key in overrides or env in os.environ:  # an override, not the file's value
+            raise ConfigError(path, key, f"{err['msg']} (from {'the command line' if key in overrides else env})") from None
+        doc = YamlDocument(path)
+        raise doc.error([key], err["msg"]) from None
 
 
-def _yaml_line(path: Path, key: str) -> int | None:
-    from detector.config import node_line
+def load_detection(config: Path | str | None = None) -> DetectionConfig:
+    """The detection config of the settings file, with the DETECTOR_<SECTION>__<KEY>
+    overrides and the profiles' `{env: NAME}` secrets from this process's environment."""
+    path = resolve_config(config)
+    doc = YamlDocument(path)
+    data = doc.data if isinstance(doc.data, dict) else {}
+    return DetectionConfig.load(path, env_overrides(data), secrets=os.environ.get)
 
+
+def env_overrides(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> list[Override]:
+    """The DETECTOR_* variables that set keys of the settings file: DETECTOR_<KEY> for a
+    top-level key, DETECTOR_<SECTION>__<KEY> below (one `__` per level; a key of a free
+    mapping such as scoring.weights is matched with its dots written as `_`). Values
+    are read as YAML (`0.9`, `true`, `[device, account]`); a string key takes the text
+    as it is. The runtime keys are read by `Settings` itself; a variable that names
+    no key (and is not reserved) is warned about once, in one line."""
+    environ = os.environ if environ is None else environ
+    out: list[Override] = []
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or name in RESERVED_ENV:
+            continue
+        parts = name[len(ENV_PREFIX):].lower().split("__")
+        if len(parts) == 1 and parts[0] in Settings.model_fields:
+            continue  # a runtime key: pydantic-settings reads it
+        key = _resolve(parts, data)
+        if key is None:
+            if name not in _warned:
+                _warned.add(name)
+                log.warning("ignoring environment variable %s: it names no setting (docs/operations.md \"Settings\")", name)
+            continue
+        found = field_kind(SettingsFile, [str(k) for k in key])
+        kind = found[1] if found is not None else None
+        value: Any = raw if is_string(kind) and not is_model(kind) else _yaml_value(raw)
+        out.append(Override(tuple(key), value, name))
+    return out
+
+
+def _resolve(parts: list[str], data: Any) -> list[Any] | None:
+    """The file key path a variable's parts name, or None. A part below a free
+    mapping (scoring.weights, alerts.severity_by_code) must name a key the file
+    has, its dots written as `_` (`ua_missing` is `ua.missing`)."""
+    key: list[Any] = []
+    node: Any = data
+    for part in parts:
+        found = field_kind(SettingsFile, [*key, part])
+        if found is None:
+            return None
+        entry: Any = part
+        if found[0] == "entry":
+            existing = {str(k).lower().replace(".", "_"): k for k in node} if isinstance(node, dict) else {}
+            if part not in existing:
+                return None
+            entry = existing[part]
+        key.append(entry)
+        node = node.get(entry) if isinstance(node, dict) else None
+    return key or None
+
+
+def _yaml_value(raw: str) -> Any:
     try:
-        return node_line(yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader), [key])
-    except (OSError, yaml.YAMLError):
-        return None
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw

@@ -31,7 +31,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import orjson
 import yaml
 
-from detector.config import ConfigError, node_line
+from detector.config import ConfigError, YamlDocument, node_line, unknown_key
+from detector.config.schema import WebhookEndpoint
 
 log = logging.getLogger("detector.webhooks")
 
@@ -188,9 +189,7 @@ class Endpoint:
         return True
 
 
-_KEYS = {"name", "url", "secret", "format", "min_severity", "codes", "entity_types", "timeout_s", "max_attempts",
-         "concurrency", "backoff_s", "backoff_max_s", "breaker_failures", "breaker_reset_s", "repeat_interval_s",
-         "allow_addresses", "deny_private"}
+_KEYS = frozenset(WebhookEndpoint.model_fields)  # the schema of one endpoint (detector.config.schema)
 
 
 def _networks(value: Any, fail: Callable[[str], ConfigError]) -> tuple[IPNetwork, ...]:
@@ -253,7 +252,7 @@ def parse_endpoints(section: Any, path: Path | str = "<config>", env: Mapping[st
             raise err([i], "must be a mapping")
         unknown = set(raw) - _KEYS
         if unknown:
-            raise err([i, sorted(unknown)[0]], "unknown key")
+            raise err([i, sorted(unknown)[0]], unknown_key(sorted(unknown)[0], _KEYS))
         for k in ("name", "url"):
             if not isinstance(raw.get(k), str) or not raw[k]:
                 raise err([i, k], "required string")
@@ -300,19 +299,9 @@ def parse_endpoints(section: Any, path: Path | str = "<config>", env: Mapping[st
 
 
 def load_endpoints(config: Path | str, env: Mapping[str, str] | None = None) -> tuple[Endpoint, ...]:
-    path = Path(config)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(path, "", f"cannot read settings file: {exc.strerror}") from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ConfigError(path, "", f"invalid YAML: {getattr(exc, 'problem', None) or exc}",
-                          mark.line + 1 if mark is not None else None) from None
-    return parse_endpoints(data.get("webhooks") if isinstance(data, dict) else None, path, env, node)
+    doc = YamlDocument(Path(config))
+    data = doc.data if isinstance(doc.data, dict) else {}
+    return parse_endpoints(data.get("webhooks"), doc.path, env, doc.node)
 
 
 _PATH_KEYS = ("profiles_dir", "devices_dir", "known_stacks", "country_centroids")
@@ -322,7 +311,7 @@ def write_config_with_webhooks(base: Path | str, endpoints: list[dict[str, Any]]
     """A copy of a settings file with a `webhooks` section (paths made absolute, so the
     copy can live anywhere): used by `detector demo --webhook` and the tests."""
     base, out = Path(base), Path(out)
-    data = yaml.safe_load(base.read_text(encoding="utf-8")) or {}
+    data = YamlDocument(base).data or {}
     for k in _PATH_KEYS:
         if isinstance(data.get(k), str) and not Path(data[k]).is_absolute():
             data[k] = str((base.parent / data[k]).resolve())

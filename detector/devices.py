@@ -28,10 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from detector.cache import bounded_cache
-from detector.config import node_line
+from detector.config import ConfigError, YamlDocument, unknown_key
+from detector.config.schema import EmulatorsFile, MarkerEntry, ModelEntry, ModelsFile, Section, check
 
 __all__ = [
     "PLAUSIBILITY_CODES",
@@ -63,14 +62,8 @@ _ABIS = {"arm64-v8a", "armeabi-v7a", "armeabi", "x86", "x86_64", "riscv64", "mip
 _ARM_ABIS = {"arm64-v8a", "armeabi-v7a", "armeabi"}
 _RES = re.compile(r"^(\d{2,5})x(\d{2,5})$")
 _SCREEN = re.compile(r"^(\d{2,4})dpi (\d{2,5})x(\d{2,5})$")
-_MODEL_KEYS = {
-    "manufacturer", "brand", "model", "name", "device", "hardware", "soc", "dpi", "dpi_exhaustive",
-    "resolutions", "sdk_min", "sdk_max", "abis", "popularity", "source", "note",
-}
-_MARKER_KEYS = {
-    "id", "family", "field", "match", "values", "strength", "citation", "unless", "case_sensitive",
-    "requires_arm_only_model", "suppress_if_model_fits", "note",
-}
+_MODEL_KEYS = frozenset(ModelEntry.model_fields)
+_MARKER_KEYS = frozenset(MarkerEntry.model_fields)
 _SCREEN_FIT = 0.12  # a panel minus system bars: reported height within 12% of the panel's
 _CACHE_BYTES = 16 << 20  # per memoised check: its arguments and result
 _CACHE_ITEM_BYTES = 4096  # a device tuple larger than this is checked every time
@@ -158,32 +151,27 @@ class _Limits:
 # YAML reading with positions
 
 
-_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available: same result, faster
-
-
 class _Doc:
-    """A parsed YAML file; node positions (for line numbers in errors) are only worked
-    out when an error is raised."""
+    """A catalogue file read as every config file is (`detector.config.YamlDocument`),
+    with errors as CatalogueError (file, entry, problem, line)."""
 
     def __init__(self, path: Path):
         self.path = path
         try:
-            self.text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise CatalogueError(path, "", f"cannot read file: {exc.strerror or exc}") from None
+            self._doc = YamlDocument(path)
+        except ConfigError as exc:
+            raise CatalogueError(path, exc.key, exc.reason, exc.line) from None
+        self.data = self._doc.data
+
+    def check(self, model: type[Section], keys_only: bool = False) -> None:
+        """Keys and value types against the file's schema (detector.config.schema)."""
         try:
-            self.data = yaml.load(self.text, Loader=_Loader)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise CatalogueError(path, "", f"invalid YAML: {problem}", mark.line + 1 if mark else None) from None
+            check(self._doc, model, keys_only=keys_only)
+        except ConfigError as exc:
+            raise CatalogueError(self.path, exc.key, exc.reason, exc.line) from None
 
     def line_of(self, path: Sequence[str | int]) -> int | None:
-        try:
-            node = yaml.compose(self.text, Loader=_Loader)
-        except yaml.YAMLError:
-            return None
-        return node_line(node, path)
+        return self._doc.line_of(path)
 
     def error(self, path: Sequence[str | int], where: str, problem: str) -> CatalogueError:
         return CatalogueError(self.path, where, problem, self.line_of(path))
@@ -293,9 +281,11 @@ class DeviceCatalogue:
         """Read and validate ``models.yaml``, ``emulators.yaml`` and (when present)
         ``play_devices.csv.gz`` from ``directory``. Raises ``CatalogueError``."""
         directory = Path(directory)
-        mdoc = _Doc(directory / MODELS_FILE)
+        mdoc, edoc = _Doc(directory / MODELS_FILE), _Doc(directory / EMULATORS_FILE)
+        mdoc.check(ModelsFile, keys_only=True)
+        edoc.check(EmulatorsFile, keys_only=True)
         aliases, vendors, factors, models = _parse_models(mdoc)
-        markers = _parse_markers(_Doc(directory / EMULATORS_FILE))
+        markers = _parse_markers(edoc)
 
         limits = {m: _limits_for(f, factors, vendors) for m, f in models.items()}
 
@@ -639,6 +629,7 @@ def _parse_models(doc: _Doc) -> tuple[dict[str, frozenset[str]], _Vendors, tuple
             raise doc.error(["models", i, "model"], _where("models", i, facts.model, "model"),
                             f"duplicate model {facts.model!r}")
         models[facts.model] = facts
+    doc.check(ModelsFile)  # what the checks above leave: unknown keys anywhere, value types
     return aliases, vendors, (float(lo), float(hi)), models
 
 
@@ -652,7 +643,7 @@ def _parse_model(doc: _Doc, i: int, e: Any, vendors: _Vendors) -> ModelFacts:
 
     unknown = set(e) - _MODEL_KEYS
     if unknown:
-        raise bad(sorted(unknown)[0], f"unknown key (allowed: {', '.join(sorted(_MODEL_KEYS))})")
+        raise bad(sorted(unknown)[0], unknown_key(sorted(unknown)[0], _MODEL_KEYS))
     if not _str(e.get("model")):
         raise bad("model", "is required: Build.MODEL as a non-empty string")
     if e.get("model") != e["model"].strip():
@@ -779,7 +770,7 @@ def _parse_markers(doc: _Doc) -> list[EmulatorMarker]:
 
         unknown = set(e) - _MARKER_KEYS
         if unknown:
-            raise bad(sorted(unknown)[0], f"unknown key (allowed: {', '.join(sorted(_MARKER_KEYS))})")
+            raise bad(sorted(unknown)[0], unknown_key(sorted(unknown)[0], _MARKER_KEYS))
         for key in ("id", "family", "citation"):
             if not _str(e.get(key)):
                 raise bad(key, "is required (non-empty string)")
@@ -830,6 +821,7 @@ def _parse_markers(doc: _Doc) -> list[EmulatorMarker]:
             requires_arm_only_model=flags["requires_arm_only_model"],
             suppress_if_model_fits=flags["suppress_if_model_fits"],
         ))
+    doc.check(EmulatorsFile)
     return out
 
 

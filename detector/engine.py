@@ -9,18 +9,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from detector.alerts import AlertPolicy, AlertSettings
 from detector.behaviour.engine import behaviour_codes
 from detector.behaviour.records import BehaviourSettings
 from detector.config import ConfigError, YamlDocument, require
+from detector.config.schema import ALERT_ENTITY_TYPES, Override, SettingsFile, apply_overrides, check
 from detector.decode import DecodeLimits
 from detector.devices import CatalogueError, DeviceCatalogue
 from detector.eventtime import EventTimeGuard
 from detector.fingerprints.known import KnownStacks
 from detector.pipeline import Pipeline
-from detector.profile import ClientProfile, load_profiles
+from detector.profile import ClientProfile, SecretResolver, load_profiles, no_secrets
 from detector.redact import Redactor
 from detector.scoring import ScoringPolicy
 
@@ -43,15 +44,21 @@ class DetectionConfig:
     event_time: EventTimeGuard = EventTimeGuard()  # config `event_time`: tolerance for events dated ahead
 
     @classmethod
-    def load(cls, path: Path = DEFAULT_CONFIG, overrides: Mapping[str, Any] | None = None) -> DetectionConfig:
+    def load(cls, path: Path = DEFAULT_CONFIG, overrides: Sequence[Override] = (),
+             secrets: SecretResolver = no_secrets) -> DetectionConfig:
+        """Read and check the settings file at `path` (every section against
+        `detector.config.schema.SettingsFile`, then each file it names). `overrides`
+        are values set from outside the file (the shell's DETECTOR_* variables);
+        `secrets` resolves a profile's `{env: NAME}` signing keys (the core reads no
+        environment)."""
         doc = YamlDocument(path)
-        data = doc.data if isinstance(doc.data, dict) else {}
         if not isinstance(doc.data, dict):
             raise doc.error([], "the settings file must be a mapping")
-        data = {**data, **(overrides or {})}
+        data = apply_overrides(doc.data, overrides)
+        check(doc, SettingsFile, data, overrides=overrides, keys_only=True)
         pdir = Path(require(doc, data, ["profiles_dir"], str))
         pdir = pdir if pdir.is_absolute() else path.parent / pdir
-        profiles = load_profiles(pdir)
+        profiles = load_profiles(pdir, secrets)
         default = require(doc, data, ["default_profile"], str, optional=True, default=next(iter(profiles)))
         if default not in profiles:
             raise doc.error(["default_profile"], f"no profile named {default!r} in {pdir} (have: {', '.join(profiles)})")
@@ -76,7 +83,8 @@ class DetectionConfig:
             raise doc.error(["limits"], str(exc)) from None
 
         al = dict(require(doc, data, ["alerts"], dict, optional=True, default={}))
-        for k in ("escalate_at", "entity_types"):
+        al.pop("entity_types", None), al.pop("allowed_lateness_s", None)  # aliases, checked below
+        for k in ("escalate_at",):
             if k in al:
                 al[k] = tuple(al[k])
         try:
@@ -138,6 +146,8 @@ class DetectionConfig:
         except ValueError as exc:
             raise doc.error(["event_time", "max_future_s"], str(exc)) from None
 
+        checked: SettingsFile = check(doc, SettingsFile, data, overrides=overrides)  # what is left: types
+        _check_alias_settings(doc, checked, behaviour)
         cfg = cls(path, profiles, default, scoring, limits, alerts, catalogue, known, releases, behaviour,
                   redactor=redactor, event_time=event_time)
         try:
@@ -153,6 +163,24 @@ class DetectionConfig:
 
     def alert_policy(self) -> AlertPolicy:
         return AlertPolicy(self.alerts)
+
+
+def _check_alias_settings(doc: YamlDocument, checked: SettingsFile, behaviour: BehaviourSettings) -> None:
+    """`alerts.entity_types` and `alerts.allowed_lateness_s` are kept as keys, but the
+    alerts come from the behaviour engine, which raises them per device and per
+    account and drops records later than `behaviour.allowed_lateness_s`: the keys
+    may only say that."""
+    alerts = checked.alerts
+    if alerts is None:
+        return
+    if alerts.entity_types is not None and sorted(set(alerts.entity_types)) != sorted(ALERT_ENTITY_TYPES):
+        raise doc.error(["alerts", "entity_types"],
+                        f"must be [{', '.join(ALERT_ENTITY_TYPES)}] (alerts are raised per device and per account; "
+                        f"got {alerts.entity_types!r})")
+    if alerts.allowed_lateness_s is not None and alerts.allowed_lateness_s != behaviour.allowed_lateness_s:
+        raise doc.error(["alerts", "allowed_lateness_s"],
+                        f"is behaviour.allowed_lateness_s ({behaviour.allowed_lateness_s:g}), got "
+                        f"{alerts.allowed_lateness_s:g}: set behaviour.allowed_lateness_s instead")
 
 
 def _int(doc: YamlDocument, key: list[str | int], v: Any) -> int:

@@ -5,13 +5,22 @@ validated into frozen values. Checks compare requests against these facts.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 from detector.config import ConfigError, YamlDocument, require
+from detector.config.schema import ProfileFile, check
+
+# A profile's `{env: NAME}` signing secret is resolved by the shell (agents/ passes
+# the process environment's look-up): NAME -> value, or None when it is not set.
+SecretResolver = Callable[[str], str | None]
+
+
+def no_secrets(name: str) -> str | None:
+    """The resolver of a caller that provides no environment: every NAME is unset."""
+    return None
 
 VersionStatus = Literal["current", "supported", "retired"]
 _STATUSES = ("current", "supported", "retired")
@@ -211,12 +220,12 @@ def _compile(doc: YamlDocument, key: list[str | int], pattern: str) -> re.Patter
         raise doc.error(key, f"invalid regular expression: {exc}") from None
 
 
-def _secret(doc: YamlDocument, key: list[str | int], spec: Any, base: Path) -> tuple[bytes, bool]:
+def _secret(doc: YamlDocument, key: list[str | int], spec: Any, base: Path, secrets: SecretResolver) -> tuple[bytes, bool]:
     if not isinstance(spec, dict) or len(spec) != 1:
         raise doc.error(key, "must be one of {env: NAME}, {file: PATH} or {demo: VALUE}")
     ((kind, value),) = spec.items()
     if kind == "env":
-        secret = os.environ.get(str(value))
+        secret = secrets(str(value))
         if not secret:
             raise doc.error(key, f"environment variable {value} is not set")
         return secret.encode(), False
@@ -232,11 +241,18 @@ def _secret(doc: YamlDocument, key: list[str | int], spec: Any, base: Path) -> t
     raise doc.error(key, f"unknown secret source {kind!r} (env, file or demo)")
 
 
-def load_profile(path: Path) -> ClientProfile:
+def load_profile(path: Path, secrets: SecretResolver = no_secrets) -> ClientProfile:
     doc = YamlDocument(path)
     data = doc.data
     if not isinstance(data, dict):
         raise doc.error([], "a profile must be a mapping")
+    check(doc, ProfileFile, keys_only=True)
+    profile = _build_profile(doc, path, data, secrets)
+    check(doc, ProfileFile)  # what the builder leaves: value types
+    return profile
+
+
+def _build_profile(doc: YamlDocument, path: Path, data: dict[str, Any], secrets: SecretResolver) -> ClientProfile:
     name = require(doc, data, ["name"], str)
     ua = require(doc, data, ["user_agent"], dict)
     grammar = UserAgentGrammar(
@@ -278,7 +294,7 @@ def load_profile(path: Path) -> ClientProfile:
             kstatus = require(doc, ks, k + ["status"], str, optional=True, default="active")
             if kstatus not in ("active", "retired"):
                 raise doc.error(k + ["status"], "must be active or retired")
-            secret, demo = _secret(doc, k + ["secret"], ks.get("secret"), path.parent)
+            secret, demo = _secret(doc, k + ["secret"], ks.get("secret"), path.parent, secrets)
             keys[kid] = SigningKey(kid, secret, kstatus, demo)
         fmt = _compile(doc, ["signing", "format"], require(doc, sg, ["signing", "format"], str))
         for g in ("key_id", "mac"):
@@ -458,12 +474,12 @@ def _endpoints(doc: YamlDocument, data: dict[str, Any]) -> dict[str, tuple[re.Pa
     return out
 
 
-def load_profiles(directory: Path) -> dict[str, ClientProfile]:
+def load_profiles(directory: Path, secrets: SecretResolver = no_secrets) -> dict[str, ClientProfile]:
     if not directory.is_dir():
         raise ConfigError(directory, "profiles_dir", "is not a directory")
     profiles: dict[str, ClientProfile] = {}
     for path in sorted(directory.glob("*.yaml")):
-        p = load_profile(path)
+        p = load_profile(path, secrets)
         if p.name in profiles:
             raise ConfigError(path, "name", f"profile {p.name!r} is also defined in {profiles[p.name].source}")
         profiles[p.name] = p

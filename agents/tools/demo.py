@@ -26,7 +26,7 @@ from aiokafka.errors import KafkaError
 from agents.tools.broker import EmbeddedBroker, port_open
 from agents.shutdown import ChildProcesses, die_with_parent
 from agents.topics import ALERTS, CLIENT_REQUESTS_DLQ, VERDICTS, create_topics
-from detector.engine import DEFAULT_CONFIG, DetectionConfig
+from agents.settings import load_detection, resolve_config
 from detector.simulate import mixed
 
 log = logging.getLogger("detector.demo")
@@ -317,7 +317,7 @@ async def _demo(duration: float, rate: float, web_port: int, as_json: bool, brok
 
 
 def _demo_traffic(config: str | None, count: int, rate: float) -> list[dict[str, Any]]:
-    detection = DetectionConfig.load(Path(config) if config else DEFAULT_CONFIG)
+    detection = load_detection(config)
     return mixed(detection.profiles[detection.default_profile], count, seed=int(time.time()),
                  start_ts=time.time() + 1, rate=rate, catalogue=detection.catalogue)
 
@@ -360,7 +360,7 @@ def demo_webhook_config(config: str | None, url: str, secret: str | None, workdi
     if secret:
         ep["secret"] = {"env": "DETECTOR_DEMO_WEBHOOK_SECRET"}
         env["DETECTOR_DEMO_WEBHOOK_SECRET"] = secret
-    path = write_config_with_webhooks(Path(config) if config else DEFAULT_CONFIG, [ep], workdir / "detector.yaml")
+    path = write_config_with_webhooks(resolve_config(config), [ep], workdir / "detector.yaml")
     return str(path), env
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -153,11 +152,11 @@ def json_line(report: dict[str, Any], ablation: dict[str, dict[str, float | None
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from detector.engine import DEFAULT_CONFIG, DetectionConfig
+    from agents.settings import load_detection
     from detector.simulate.evaluate import EvalSettings, ablation, evaluate, families
     from detector.simulate import ATTACKS
 
-    cfg = DetectionConfig.load(Path(args.config or os.environ.get("DETECTOR_CONFIG") or DEFAULT_CONFIG))
+    cfg = load_detection(args.config)
     known = families(cfg)
     unknown = [f for f in args.without if f not in known]
     if unknown:

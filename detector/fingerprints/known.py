@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Mapping
 
 from detector.config import YamlDocument
+from detector.config.schema import KnownStacksFile, check
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,10 +23,12 @@ class KnownStacks:
         data = doc.data or {}
         if not isinstance(data, dict):
             raise doc.error([], "must be a mapping with ja4 and h2")
+        check(doc, KnownStacksFile, data, keys_only=True)
         out = {}
         for section in ("ja4", "h2"):
             m = data.get(section) or {}
             if not isinstance(m, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in m.items()):
                 raise doc.error([section], "must map fingerprints to stack names")
             out[section] = dict(m)
+        check(doc, KnownStacksFile, data)
         return cls(out["ja4"], out["h2"])

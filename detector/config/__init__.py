@@ -1,12 +1,19 @@
 """Loading YAML configuration with errors that name the file, the key path and the
-line, so a bad config stops start-up with a message an operator can act on."""
+line, so a bad config stops start-up with a message an operator can act on. Every
+config file (settings, profiles, device catalogue, fingerprints, webhooks) is read
+through `YamlDocument` and checked against its model in `detector.config.schema`."""
 
 from __future__ import annotations
 
+import difflib
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import yaml
+
+# libyaml when available: same result, faster (the device catalogue is large)
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class ConfigError(ValueError):
@@ -32,14 +39,22 @@ class YamlDocument:
             text = path.read_text(encoding="utf-8") if text is None else text
         except OSError as exc:
             raise ConfigError(path, "", f"cannot read file: {exc.strerror}") from None
+        self.text = text
         try:
-            self.node = yaml.compose(text, Loader=yaml.SafeLoader)
-            self.data = yaml.safe_load(text)
+            self.data: Any = yaml.load(text, Loader=_Loader)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = mark.line + 1 if mark is not None else None
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             raise ConfigError(path, "", f"invalid YAML: {problem}", line) from None
+
+    @cached_property
+    def node(self) -> Any:
+        """The composed node tree, for line numbers: only worked out for an error."""
+        try:
+            return yaml.compose(self.text, Loader=_Loader)
+        except yaml.YAMLError:  # pragma: no cover - the text parsed above
+            return None
 
     def line_of(self, key: Sequence[str | int]) -> int | None:
         return node_line(self.node, key)
@@ -66,6 +81,19 @@ def node_line(node: Any, key: Sequence[str | int]) -> int | None:
         else:
             return line
     return line
+
+
+def did_you_mean(key: object, known: Iterable[str]) -> str:
+    """` (did you mean X?)` when a known key is close to a misspelled one, else ``."""
+    close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def unknown_key(key: object, known: Iterable[str]) -> str:
+    """The reason text of an unknown key: the suggestion, or the keys allowed there."""
+    known = sorted(known)
+    hint = did_you_mean(key, known)
+    return f"unknown key{hint}" if hint else f"unknown key (allowed: {', '.join(known)})"
 
 
 def load_yaml(path: Path) -> YamlDocument:
