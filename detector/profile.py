@@ -278,10 +278,10 @@ def _build_profile(doc: YamlDocument, path: Path, data: dict[str, Any], secrets:
         status = require(doc, v, k + ["status"], str)
         if status not in _STATUSES:
             raise doc.error(k + ["status"], f"must be one of {', '.join(_STATUSES)}, got {status!r}")
-        keys = require(doc, v, k + ["keys"], list, optional=True, default=[])
+        key_ids = require(doc, v, k + ["keys"], list, optional=True, default=[])
         if ver in versions:
             raise doc.error(k + ["version"], f"version {ver} is listed twice")
-        versions[ver] = AppVersion(ver, frozenset(codes), status, frozenset(map(str, keys)), v.get("released"))
+        versions[ver] = AppVersion(ver, frozenset(codes), status, frozenset(map(str, key_ids)), v.get("released"))
 
     signing = None
     sg = require(doc, data, ["signing"], dict, optional=True)
@@ -313,22 +313,22 @@ def _build_profile(doc: YamlDocument, path: Path, data: dict[str, Any], secrets:
             max_skew_s=float(require(doc, sg, ["signing", "max_skew_s"], (int, float))),
             keys=keys,
         )
-        for i, ver in enumerate(versions.values()):
-            unknown = ver.keys - keys.keys()
+        for i, app in enumerate(versions.values()):
+            unknown = app.keys - keys.keys()
             if unknown:
                 raise doc.error(["versions", i, "keys"], f"unknown signing key ids: {', '.join(sorted(unknown))}")
-            if ver.status != "retired" and not any(keys[k].status == "active" for k in ver.keys):
-                raise doc.error(["versions", i, "keys"], f"version {ver.version} is {ver.status} but carries no active key")
+            if app.status != "retired" and not any(keys[kid].status == "active" for kid in app.keys):
+                raise doc.error(["versions", i, "keys"], f"version {app.version} is {app.status} but carries no active key")
 
     ids: dict[str, IdSource] = {}
     for ent, spec in (require(doc, data, ["ids"], dict, optional=True, default={}) or {}).items():
         if not isinstance(spec, dict):
             raise doc.error(["ids", ent], "must be a mapping with header and/or param")
-        fmt = spec.get("format") or {}
-        if not isinstance(fmt, dict):
+        id_fmt = spec.get("format") or {}
+        if not isinstance(id_fmt, dict):
             raise doc.error(["ids", ent, "format"], "must be {regex: ...} or {uuid: VERSION}")
-        regex = _compile(doc, ["ids", ent, "format", "regex"], fmt["regex"]) if "regex" in fmt else None
-        uuid_version = fmt.get("uuid")
+        regex = _compile(doc, ["ids", ent, "format", "regex"], id_fmt["regex"]) if "regex" in id_fmt else None
+        uuid_version = id_fmt.get("uuid")
         if uuid_version is not None and (not isinstance(uuid_version, int) or not 1 <= uuid_version <= 8):
             raise doc.error(["ids", ent, "format", "uuid"], "must be a UUID version 1..8")
         ids[str(ent)] = IdSource(header=(spec.get("header") or "").lower() or None, param=spec.get("param"),

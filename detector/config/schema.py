@@ -27,7 +27,10 @@ class Section(BaseModel):
 # --- config/detector.yaml: runtime keys (read by agents/settings.py) -----------------
 class RuntimeSettings(Section):
     """The worker's runtime keys at the top of the settings file. agents.settings
-    builds its environment-aware `Settings` on these fields."""
+    builds its environment-aware `Settings` on these fields. Values are converted as
+    pydantic-settings always did (`web_port: "6066"` is 6066)."""
+
+    model_config = ConfigDict(extra="forbid", strict=False)
 
     kafka_bootstrap: str = "127.0.0.1:9092"
     app_id: str = "detector"
@@ -156,7 +159,10 @@ class DetectionSettings(Section):
 
 
 class SettingsFile(RuntimeSettings, DetectionSettings):
-    """config/detector.yaml: the runtime keys and the detection sections."""
+    """config/detector.yaml: the runtime keys and the detection sections (each
+    section a strict model of its own)."""
+
+    model_config = ConfigDict(extra="forbid", strict=False)
 
 
 class WebhookEndpoint(Section):
