@@ -153,8 +153,8 @@ def json_line(report: dict[str, Any], ablation: dict[str, dict[str, float | None
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from agents.settings import load_detection
-    from detector.simulate.evaluate import EvalSettings, ablation, evaluate, families
     from detector.simulate import ATTACKS
+    from detector.simulate.evaluate import EvalSettings, ablation, evaluate, families
 
     cfg = load_detection(args.config)
     known = families(cfg)
