@@ -88,13 +88,14 @@ class Settings(BaseSettings, RuntimeSettings):
 
 
 def read_settings_file(path: Path, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The settings file's data, checked against its schema with the environment's
-    overrides applied (a misspelled key, in the file or in a variable's value, stops here)."""
+    """The settings file's data after its keys passed the schema (a misspelled key, or
+    a wrong value set by a variable, stops here). Values are checked where they are
+    read: the runtime keys by `Settings`, the detection sections by DetectionConfig."""
     doc = YamlDocument(path)
     if not isinstance(doc.data, dict):
         raise doc.error([], "the settings file must be a mapping")
     overrides = env_overrides(doc.data, environ)
-    check(doc, SettingsFile, apply_overrides(doc.data, overrides), overrides=overrides)
+    check(doc, SettingsFile, apply_overrides(doc.data, overrides), overrides=overrides, keys_only=True)
     return dict(doc.data)
 
 
@@ -129,11 +130,13 @@ def env_overrides(data: Mapping[str, Any], environ: Mapping[str, str] | None = N
     mapping such as scoring.weights is matched with its dots written as `_`). Values
     are read as YAML (`0.9`, `true`, `[device, account]`); a string key takes the text
     as it is. The runtime keys are read by `Settings` itself; a variable that names
-    no key (and is not reserved) is warned about once, in one line."""
+    no key (and is not reserved, nor a secret the file names) is warned about once,
+    in one line."""
     environ = os.environ if environ is None else environ
+    secrets = _secret_names(data)
     out: list[Override] = []
     for name, raw in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX) or name in RESERVED_ENV:
+        if not name.startswith(ENV_PREFIX) or name in RESERVED_ENV or name in secrets:
             continue
         parts = name[len(ENV_PREFIX):].lower().split("__")
         if len(parts) == 1 and parts[0] in Settings.model_fields:
@@ -149,6 +152,17 @@ def env_overrides(data: Mapping[str, Any], environ: Mapping[str, str] | None = N
         value: Any = raw if is_string(kind) and not is_model(kind) else _yaml_value(raw)
         out.append(Override(tuple(key), value, name))
     return out
+
+
+def _secret_names(node: Any) -> set[str]:
+    """The variables the file names as secrets (`{env: NAME}`): not settings either."""
+    if isinstance(node, dict):
+        if set(node) == {"env"}:
+            return {str(node["env"])}
+        return set().union(*(_secret_names(v) for v in node.values())) if node else set()
+    if isinstance(node, list):
+        return set().union(*(_secret_names(v) for v in node)) if node else set()
+    return set()
 
 
 def _resolve(parts: list[str], data: Any) -> list[Any] | None:

@@ -165,6 +165,15 @@ def test_an_unknown_variable_is_one_warning_and_reserved_names_none(monkeypatch:
         "ignoring environment variable DETECTOR_SCORNG__MALICIOUS"]
 
 
+def test_a_secret_the_file_names_is_not_warned_about(monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(settings_mod, "_warned", set())
+    data = {"webhooks": [{"name": "soc", "url": "https://x", "secret": {"env": "DETECTOR_SOC_SECRET"}}]}
+    with caplog.at_level(logging.WARNING, "detector.config"):
+        assert env_overrides(data, {"DETECTOR_SOC_SECRET": "s"}) == []
+    assert not caplog.records
+
+
 def test_reserved_names_are_documented() -> None:
     ops = (ROOT / "docs" / "operations.md").read_text()
     for name in settings_mod.RESERVED_ENV:
