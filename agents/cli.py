@@ -14,6 +14,7 @@ from typing import IO, TYPE_CHECKING, Any, Sequence
 
 import orjson
 
+from agents.fileargs import check_readable, check_writable, command_name
 from detector.config import ConfigError
 from detector.engine import DetectionConfig
 
@@ -36,6 +37,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     from detector.behaviour.offline import OfflineScorer
     from detector.decode import InvalidRequest, decode_line
 
+    for out in (args.output, args.alerts, args.rejections):
+        check_writable(out)
+    check_readable(args.input)
     cfg = _detection(args)
     ref = reference_time(args)  # the reference clock of event time, read once at start
     _tune_gc()
@@ -57,6 +61,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     finally:
         if src is not sys.stdin.buffer:
             src.close()
+    if not requests and not rejections:
+        print(f"detector score: 0 requests in {'stdin' if args.input in (None, '-') else args.input}", file=sys.stderr)
 
     scorers: list[OfflineScorer] = []
 
@@ -132,6 +138,8 @@ def _tune_gc() -> None:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from detector.simulate import DEFAULT_START_TS, simulate
 
+    if args.to == "file":
+        check_writable(args.output)
     cfg = _detection(args)
     profile = cfg.profiles[cfg.default_profile]
     start = time.time() if args.start == "now" else (float(args.start) if args.start else DEFAULT_START_TS)
@@ -284,6 +292,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     path = resolve_config(args.dir or args.config)
     from agents.webhooks import load_endpoints
 
+    check_readable(path)
     settings = load_settings(path)
     cfg = load_detection(path)
     endpoints = load_endpoints(path)
@@ -333,10 +342,48 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def version_text() -> str:
+    """`detector --version`: the package version, the git commit when run from a
+    checkout, and the engine (the Python that runs the detection)."""
+    import platform
+    import subprocess
+    from importlib import metadata
+
+    try:
+        version = metadata.version("app-impersonation-detector")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    root = Path(__file__).resolve().parent.parent
+    commit = None
+    if (root / ".git").exists():
+        try:
+            res = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                                 text=True, timeout=5)
+            commit = res.stdout.strip() if res.returncode == 0 else None
+        except (OSError, subprocess.SubprocessError):
+            pass
+    parts = [f"commit {commit}"] if commit else []
+    parts.append(f"engine python {platform.python_version()}")
+    return f"detector {version} ({', '.join(parts)})"
+
+
+class _VersionAction(argparse.Action):
+    """Like argparse's "version" action, with the text made only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest=dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(version_text())
+        parser.exit()
+
+
 def parser() -> argparse.ArgumentParser:
     from agents.tools.eval_cli import add_reference_time
 
     p = argparse.ArgumentParser(prog="detector", description="Find clients that pretend to be an official mobile app.")
+    p.add_argument("--version", action=_VersionAction, help="print the version, commit and engine, and exit")
     p.add_argument("--config", help=CONFIG_HELP)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -354,37 +401,38 @@ def parser() -> argparse.ArgumentParser:
                         "low_and_slow, fingerprint_spoofing or mixed (docs/evaluation.md)")
     s.add_argument("--evasion", type=int, choices=[0, 1, 2],
                    help="how careful the attacker is (default 0; mixed: drawn per attack)")
-    s.add_argument("--count", type=int, default=1000)
-    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--count", type=int, default=1000, help="requests to generate (default 1000)")
+    s.add_argument("--seed", type=int, default=1, help="random seed: the same seed gives the same traffic (default 1)")
     s.add_argument("--rate", type=float, help="requests per second of event time (and of sending, with --to kafka)")
     s.add_argument("--start", help="event time of the first request: epoch seconds or 'now' (default a fixed origin)")
-    s.add_argument("--to", default="file", choices=["file", "kafka"])
+    s.add_argument("--to", default="file", choices=["file", "kafka"],
+                   help="write JSONL (-o or stdout, the default) or produce to the client-requests topic")
     s.add_argument("--bootstrap", help="Kafka bootstrap for --to kafka")
     s.add_argument("--batch", type=int, default=50, help="requests per Kafka message (JSON array) for --to kafka")
     s.add_argument("-o", "--output", help="output JSONL (default stdout)")
     s.set_defaults(func=cmd_simulate)
 
     s = sub.add_parser("broker", help="run the embedded Kafka-compatible broker (Tansu)")
-    s.add_argument("--port", type=int, default=9092)
+    s.add_argument("--port", type=int, default=9092, help="port to listen on (default 9092)")
     s.set_defaults(func=cmd_broker)
 
     s = sub.add_parser("topics", help="list (or --create) the service's topics on the configured cluster")
-    s.add_argument("--create", action="store_true")
-    s.add_argument("--bootstrap")
+    s.add_argument("--create", action="store_true", help="create the missing topics first")
+    s.add_argument("--bootstrap", help="Kafka bootstrap servers (default: the settings' kafka_bootstrap)")
     s.set_defaults(func=cmd_topics)
 
     s = sub.add_parser("run", help="the stream worker (Faust app) against the configured Kafka")
-    s.add_argument("--bootstrap")
-    s.add_argument("--web-port", type=int)
+    s.add_argument("--bootstrap", help="Kafka bootstrap servers (default: the settings' kafka_bootstrap)")
+    s.add_argument("--web-port", type=int, help="port of /metrics, /healthz and /readyz (default: the settings' web_port)")
     s.add_argument("--create-topics", action="store_true", help="create missing topics before starting")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("demo", help="embedded broker + worker + simulator, with a live view")
-    s.add_argument("--duration", type=float, default=60.0)
+    s.add_argument("--duration", type=float, default=60.0, help="seconds of traffic to send (default 60)")
     s.add_argument("--json", action="store_true", help="print a final one-line JSON summary")
     s.add_argument("--rate", type=float, default=400.0, help="requests per second to send")
-    s.add_argument("--web-port", type=int, default=6066)
-    s.add_argument("--broker-port", type=int, default=None)
+    s.add_argument("--web-port", type=int, default=6066, help="the worker's /metrics port (default 6066)")
+    s.add_argument("--broker-port", type=int, default=None, help="the embedded broker's port (default: a free one)")
     s.add_argument("--webhook", metavar="URL", help="also send every alert to this URL (generic format, docs/alerts.md)")
     s.add_argument("--webhook-secret", metavar="S", help="sign the webhook requests with this secret")
     s.set_defaults(func=cmd_demo)
@@ -393,7 +441,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--count", type=int, default=100_000, help="requests to produce")
     s.add_argument("--batch", type=int, default=1, help="requests per Kafka message (1 = one request per message)")
     s.add_argument("--bootstrap", help="a dedicated Kafka cluster instead of the embedded broker")
-    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--seed", type=int, default=1, help="random seed of the simulated traffic (default 1)")
     s.add_argument("--json", action="store_true", help="print one final JSON line")
     s.add_argument("--offline", action="store_true", help="the offline pipeline alone (detector score minus file I/O)")
     s.add_argument("--rounds", type=int, default=5, help="rounds for --offline (the median is reported)")
@@ -451,6 +499,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except BrokenPipeError:
         return 0
+    except OSError as exc:
+        if exc.filename is None:  # not about a file argument (a port in use...)
+            raise
+        print(f"detector {command_name(args)}: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

@@ -28,7 +28,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="also the recall of each scenario with each family disabled in turn (at --evasion, default 2)")
     s.add_argument("--json", action="store_true", help="print one final JSON line")
     s.add_argument("--plot", metavar="FILE", help="write precision-recall curves over the score threshold (PNG)")
-    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--seed", type=int, default=1, help="random seed of the simulated traffic (default 1)")
     s.add_argument("--genuine", type=int, default=20_000, help="genuine requests each attack is mixed into")
     s.add_argument("--count", type=int, default=1_500, help="attack requests per scenario run")
     s.add_argument("--level", choices=["suspicious", "malicious"], default="suspicious",
@@ -152,10 +152,12 @@ def json_line(report: dict[str, Any], ablation: dict[str, dict[str, float | None
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from agents.fileargs import check_writable
     from agents.settings import load_detection
     from detector.simulate import ATTACKS
     from detector.simulate.evaluate import EvalSettings, ablation, evaluate, families
 
+    check_writable(args.plot, make_parents=True)  # before minutes of work
     cfg = load_detection(args.config)
     known = families(cfg)
     unknown = [f for f in args.without if f not in known]

@@ -149,3 +149,114 @@ def test_config_check_names_file_key_and_line_of_an_error(tmp_path):
     assert f"{tmp_path / 'profiles' / 'p.yaml'}:" in err and "versions.0.status: must be one of current, supported, retired" in err
     line = int(err.split("p.yaml:")[1].split(":")[0])
     assert "shiny" in (tmp_path / "profiles" / "p.yaml").read_text().splitlines()[line - 1]
+
+
+# --- a new user's mistakes: one line naming the file, exit status 2 -----------------------
+def _one_line_error(res: subprocess.CompletedProcess[bytes], cmd: str, path: Path | str) -> str:
+    assert res.returncode == 2, res.stderr
+    err = res.stderr.decode()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith(f"detector {cmd}: {path}: "), err
+    return err
+
+
+def _a_request() -> bytes:
+    return detector("simulate", "--count", "1", "--seed", "1").stdout
+
+
+def test_score_names_a_missing_or_directory_input(tmp_path):
+    assert "No such file" in _one_line_error(detector("score", str(tmp_path / "nope.jsonl")), "score",
+                                             tmp_path / "nope.jsonl")
+    assert "Is a directory" in _one_line_error(detector("score", str(tmp_path)), "score", tmp_path)
+
+
+def test_score_checks_every_output_before_scoring_and_leaves_the_input_alone(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(_a_request())
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    for flag in ("-o", "--alerts", "--rejections"):
+        for bad, reason in ((tmp_path / "no-dir" / "out.jsonl", "No such file"), (tmp_path, "Is a directory"),
+                            (blocker / "out.jsonl", "Not a directory")):
+            res = detector("score", str(src), flag, str(bad))
+            assert reason in _one_line_error(res, "score", bad), (flag, bad)
+            assert res.stdout == b""
+        assert src.read_bytes() == _a_request()
+    # An output that is the input is read first, then written (as before).
+    assert detector("score", str(src), "-o", str(src)).returncode == 0
+    assert orjson.loads(src.read_bytes())["verdict"]
+
+
+def test_score_names_an_unwritable_output(tmp_path):
+    import os
+
+    if os.geteuid() == 0:
+        import pytest
+
+        pytest.skip("root may write anywhere")
+    src, ro = tmp_path / "in.jsonl", tmp_path / "ro"
+    src.write_bytes(_a_request())
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        assert "Permission denied" in _one_line_error(detector("score", str(src), "-o", str(ro / "o")), "score", ro / "o")
+    finally:
+        ro.chmod(0o700)
+
+
+def test_other_commands_name_their_bad_files(tmp_path):
+    _one_line_error(detector("simulate", "--count", "1", "-o", str(tmp_path / "x" / "y.jsonl")), "simulate",
+                    tmp_path / "x" / "y.jsonl")
+    _one_line_error(detector("eval", "--plot", str(tmp_path), "--scenario", "replay"), "eval", tmp_path)
+    _one_line_error(detector("config", "check", str(tmp_path / "missing.yaml")), "config check",
+                    tmp_path / "missing.yaml")
+    _one_line_error(detector("config", "check", str(tmp_path)), "config check", tmp_path / "detector.yaml")
+
+
+def test_score_says_0_requests_for_an_empty_input(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"\n  \n")
+    res = detector("score", str(empty))
+    assert (res.returncode, res.stdout) == (0, b"")
+    assert res.stderr.decode().strip() == f"detector score: 0 requests in {empty}"
+    res = detector("score", stdin=b"")
+    assert (res.returncode, res.stdout, res.stderr.decode().strip()) == (0, b"", "detector score: 0 requests in stdin")
+
+
+def test_version_names_package_commit_and_engine():
+    import platform
+    from importlib import metadata
+
+    res = detector("--version")
+    assert res.returncode == 0, res.stderr
+    out = res.stdout.decode().strip()
+    assert out.startswith(f"detector {metadata.version('app-impersonation-detector')} (")
+    assert f"engine python {platform.python_version()}" in out
+    if (ROOT / ".git").exists():
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True).stdout.strip()
+        assert f"commit {head}" in out
+
+
+def test_every_option_of_every_subcommand_has_help():
+    import argparse
+
+    from agents.cli import parser
+
+    missing, seen = [], 0
+
+    def walk(p: argparse.ArgumentParser, name: str) -> None:
+        nonlocal seen
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub_name, sub in action.choices.items():
+                    walk(sub, f"{name} {sub_name}")
+                continue
+            if isinstance(action, argparse._HelpAction):
+                continue
+            seen += 1
+            if not action.help or action.help == argparse.SUPPRESS:
+                missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(parser(), "detector")
+    assert seen > 40 and not missing, missing
