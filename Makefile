@@ -46,8 +46,9 @@ test: venv test-deps
 	fi
 	$(BIN)/python -m pytest -q -ra
 
+# The embedded broker tier only, without the tests marked slow (more than ~5 s each).
 test-fast: venv test-deps
-	DETECTOR_TEST_TIERS=embedded $(BIN)/python -m pytest -q -ra
+	DETECTOR_TEST_TIERS=embedded $(BIN)/python -m pytest -q -ra -m 'not slow'
 
 # Re-pin the tested versions after changing dependencies in pyproject.toml.
 constraints:
@@ -60,5 +61,7 @@ constraints:
 kafka-jars:
 	bash tests/kafka/fetch.sh
 
+# detector-data/: Faust's data directory of a worker run from the repository root
+# (`detector run`; set APP_DATADIR to put it elsewhere).
 clean:
-	rm -rf $(VENV) tests/kafka/target .pytest_cache
+	rm -rf $(VENV) tests/kafka/target .pytest_cache detector-data

@@ -307,7 +307,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     return run_demo(duration=args.duration, as_json=args.json, rate=args.rate, web_port=args.web_port,
                     broker_port=args.broker_port, config=args.config, webhook=args.webhook,
-                    webhook_secret=args.webhook_secret)
+                    webhook_secret=args.webhook_secret, log_dir=args.log_dir)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -325,7 +325,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from agents.tools.bench import run_bench
 
     result = run_bench(n=args.count, batch=args.batch, bootstrap=args.bootstrap, seed=args.seed,
-                       latency_rate=args.latency_rate, latency_seconds=args.latency_seconds)
+                       latency_rate=args.latency_rate, latency_seconds=args.latency_seconds, log_dir=args.log_dir)
     if args.json:
         print(orjson.dumps(result).decode())
     else:
@@ -435,6 +435,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--broker-port", type=int, default=None, help="the embedded broker's port (default: a free one)")
     s.add_argument("--webhook", metavar="URL", help="also send every alert to this URL (generic format, docs/alerts.md)")
     s.add_argument("--webhook-secret", metavar="S", help="sign the webhook requests with this secret")
+    s.add_argument("--log-dir", metavar="DIR", help="keep the broker's and worker's logs here (default: a temporary "
+                                                    "directory, removed after a normal end, kept after a failure)")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("bench", help="worker throughput through a broker beside the raw-consumer baseline")
@@ -447,6 +449,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--rounds", type=int, default=5, help="rounds for --offline (the median is reported)")
     s.add_argument("--latency-rate", type=float, default=1000.0, help="requests/s offered in the latency phase")
     s.add_argument("--latency-seconds", type=float, default=10.0, help="duration of the latency phase")
+    s.add_argument("--log-dir", metavar="DIR", help="keep the broker's and worker's logs here (default: a temporary "
+                                                    "directory, removed after a completed run, kept after a failure)")
     s.set_defaults(func=cmd_bench)
 
     from agents.tools.eval_cli import add_parser as add_eval_parser

@@ -143,9 +143,9 @@ def _start_worker(bootstrap: str, web_port: int, workdir: Path) -> subprocess.Po
     env = {**os.environ, **EMBEDDED_WORKER_ENV, "DETECTOR_KAFKA_BOOTSTRAP": bootstrap,
            "DETECTOR_WEB_PORT": str(web_port), "DETECTOR_APP_ID": f"bench-{time.time_ns()}",
            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
-    log = open(workdir / "worker.log", "ab")
-    return subprocess.Popen([sys.executable, "-m", "agents.cli", "run"], stdout=log, stderr=subprocess.STDOUT,
-                            env=env, cwd=workdir, start_new_session=True)
+    with open(workdir / "worker.log", "ab") as log:  # the child has its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", "agents.cli", "run"], stdout=log, stderr=subprocess.STDOUT,
+                                env=env, cwd=workdir, start_new_session=True)
 
 
 def _scrape(port: int) -> str | None:
@@ -294,9 +294,9 @@ async def _latency(bootstrap: str, port: int, events: list[dict[str, Any]], rate
 
 
 async def _run(n: int, batch: int, bootstrap: str | None, seed: int, latency_rate: float,
-               latency_seconds: float) -> dict[str, Any]:
+               latency_seconds: float, workdir: Path | None = None) -> dict[str, Any]:
     t_start = time.monotonic()
-    workdir = Path(tempfile.mkdtemp(prefix="detector-bench-"))
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="detector-bench-"))
     broker = None
     if bootstrap is None:
         broker = EmbeddedBroker(log_path=workdir / "broker.log").start()
@@ -347,5 +347,18 @@ async def _run(n: int, batch: int, bootstrap: str | None, seed: int, latency_rat
 
 
 def run_bench(n: int = 100_000, batch: int = 1, bootstrap: str | None = None, seed: int = 1,
-              latency_rate: float = 1000.0, latency_seconds: float = 10.0) -> dict[str, Any]:
-    return asyncio.run(_run(n, batch, bootstrap, seed, latency_rate, latency_seconds))
+              latency_rate: float = 1000.0, latency_seconds: float = 10.0, log_dir: str | None = None) -> dict[str, Any]:
+    """The logs (and the worker's Faust data directory) go to `log_dir`, else to a
+    temporary directory removed after a run that completed (agents/rundir.py); their
+    place is printed on stderr at the start and the end."""
+    from agents.rundir import RunDir
+
+    run_dir = RunDir("bench", log_dir)
+    print(f"detector bench: logs in {run_dir.path}", file=sys.stderr, flush=True)
+    ok = False
+    try:
+        result = asyncio.run(_run(n, batch, bootstrap, seed, latency_rate, latency_seconds, run_dir.path))
+        ok = True
+        return result
+    finally:
+        print(f"detector bench: {run_dir.finish(ok)}", file=sys.stderr, flush=True)

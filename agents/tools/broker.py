@@ -58,13 +58,17 @@ class EmbeddedBroker:
             raise BrokerError(f"port {self.port} on {self.host} is already in use")
         url = f"tcp://{self.host}:{self.port}"
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(
-            [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
-            stdout=out, stderr=subprocess.STDOUT if self.log_path else subprocess.DEVNULL, env=env,
-            start_new_session=True, preexec_fn=die_with_parent(),  # never outlives its parent (Linux)
-        )
+        out = open(self.log_path, "ab") if self.log_path else None
+        try:  # the child has its own copy of the log's descriptor
+            self.proc = subprocess.Popen(
+                [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                 "--storage-engine", "memory://tansu/"],
+                stdout=out or subprocess.DEVNULL, stderr=subprocess.STDOUT if out else subprocess.DEVNULL, env=env,
+                start_new_session=True, preexec_fn=die_with_parent(),  # never outlives its parent (Linux)
+            )
+        finally:
+            if out is not None:
+                out.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

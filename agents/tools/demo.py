@@ -54,6 +54,9 @@ def start_worker(bootstrap: str, web_port: int, log_path: Path, config: str | No
            "DETECTOR_WEB_PORT": str(web_port), **(extra_env or {})}
     if config:
         env["DETECTOR_CONFIG"] = str(config)
+    # Faust's data directory (its APP_DATADIR, default ./detector-data) beside the log,
+    # not in the current directory
+    env.setdefault("APP_DATADIR", str(log_path.parent / f"{log_path.stem}-data"))
     # Its own session: a terminal's Ctrl-C reaches only the parent, which stops it in
     # order; SIGTERM when the parent dies (Linux), so it never outlives the parent.
     with open(log_path, "ab") as out:
@@ -143,12 +146,14 @@ class _Progress:
 
 async def _run(duration: float, rate: float, web_port: int, as_json: bool, broker_port: int | None,
                config: str | None, webhook: str | None = None, webhook_secret: str | None = None,
-               children: ChildProcesses | None = None) -> dict[str, Any]:
+               children: ChildProcesses | None = None, workdir: Path | None = None) -> dict[str, Any]:
     """The demo, stoppable at any moment: the first Ctrl-C (SIGINT, SIGTERM or SIGHUP)
     cancels it and stops the worker, then the broker, within DEMO_STOP_S; a second one
-    kills every child at once. The summary covers what happened until then."""
+    kills every child at once. The summary covers what happened until then. The logs
+    go to `workdir` (default: a new temporary directory)."""
     children = children if children is not None else ChildProcesses()
-    progress = _Progress(started=time.monotonic())
+    progress = _Progress(started=time.monotonic(),
+                         workdir=workdir or Path(tempfile.mkdtemp(prefix="detector-demo-")))
     loop = asyncio.get_running_loop()
     interrupted = asyncio.Event()
 
@@ -208,7 +213,8 @@ async def _demo(duration: float, rate: float, web_port: int, as_json: bool, brok
                 children: ChildProcesses, progress: _Progress) -> None:
     if port_open("127.0.0.1", web_port):
         raise DemoError(f"port {web_port} is in use (choose another with --web-port)")
-    workdir = progress.workdir = Path(tempfile.mkdtemp(prefix="detector-demo-"))
+    assert progress.workdir is not None
+    workdir = progress.workdir
     count = int(rate * duration)
     # The traffic (seconds of CPU) is generated beside the start-up of broker and
     # worker, off the event loop, so a Ctrl-C is handled at once meanwhile.
@@ -389,19 +395,30 @@ async def wait_for_webhooks(web_port: int, view: DemoView, worker: subprocess.Po
 
 def run_demo(duration: float = 60.0, as_json: bool = False, rate: float = 400.0, web_port: int = 6066,
              broker_port: int | None = None, config: str | None = None, webhook: str | None = None,
-             webhook_secret: str | None = None) -> int:
+             webhook_secret: str | None = None, log_dir: str | None = None) -> int:
     """Exit status 0 with verdicts and alerts, 1 without, 130 when interrupted (the
-    summary is printed in every case)."""
+    summary is printed in every case). The logs go to `log_dir`, else to a temporary
+    directory that is removed after status 0 or 130 (agents/rundir.py); their place is
+    printed (stderr) at the start and the end."""
+    from agents.rundir import RunDir
+
+    run_dir = RunDir("demo", log_dir)
+    print(f"detector demo: logs in {run_dir.path}", file=sys.stderr, flush=True)
     children = ChildProcesses()
     atexit.register(children.kill)  # and every child dies with this process (die_with_parent)
+    summary = None
     try:
         summary = asyncio.run(_run(duration, rate, web_port, as_json, broker_port, config, webhook, webhook_secret,
-                                   children))
+                                   children, run_dir.path))
     except DemoError as exc:
         raise SystemExit(f"detector demo: {exc}") from None
     finally:
         children.kill()
         atexit.unregister(children.kill)
+        if summary is None:  # failed: the logs say why
+            print(f"detector demo: {run_dir.finish(ok=False)}", file=sys.stderr, flush=True)
+    status = 130 if summary["interrupted"] else 0 if summary["verdicts"] and summary["alerts"] else 1
+    logs_line = run_dir.finish(ok=status != 1)
     if as_json:
         print(orjson.dumps(summary).decode(), flush=True)
     else:
@@ -412,6 +429,5 @@ def run_demo(duration: float = 60.0, as_json: bool = False, rate: float = 400.0,
               f"Logs: {summary['logs']}", flush=True)
         if webhook:
             print(f"webhook {webhook}: {summary['webhook']} (alerts-dlq holds any not delivered)", flush=True)
-    if summary["interrupted"]:
-        return 130
-    return 0 if summary["verdicts"] and summary["alerts"] else 1
+    print(f"detector demo: {logs_line}", file=sys.stderr, flush=True)
+    return status

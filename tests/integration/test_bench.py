@@ -35,3 +35,27 @@ def test_bench_reports_throughput_latency_and_memory_in_one_json_line(broker, tm
     assert 0 < r["latency_p50_ms"] <= r["latency_p99_ms"] < 10_000
     assert 20 < r["rss_mb"] < 2000
     assert not list(tmp_path.glob("bench-*-data"))  # the worker's files stay in the bench's own directory
+    # Its logs: a directory it named at the start and removed after the run completed.
+    err = res.stderr.decode()
+    logs = Path(err.split("detector bench: logs in ", 1)[1].splitlines()[0])
+    assert r["logs"] == str(logs) and f"detector bench: logs removed ({logs};" in err
+    assert not logs.exists()
+
+
+def test_bench_keeps_its_logs_after_a_failure_and_in_log_dir(tmp_path):
+    # A broker nobody listens on: the run fails; its logs stay and their place is named.
+    from agents.broker import free_port
+
+    res = subprocess.run(
+        [sys.executable, "-m", "agents.cli", "bench", "--json", "--count", "10", "--bootstrap",
+         f"127.0.0.1:{free_port()}"], capture_output=True, cwd=tmp_path, timeout=120,
+    )
+    assert res.returncode != 0
+    err = res.stderr.decode()
+    logs = Path(err.split("detector bench: logs in ", 1)[1].splitlines()[0])
+    try:
+        assert f"detector bench: logs kept in {logs}" in err and logs.is_dir()
+    finally:
+        import shutil
+
+        shutil.rmtree(logs, ignore_errors=True)
