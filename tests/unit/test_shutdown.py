@@ -84,6 +84,7 @@ def test_stop_kills_a_child_that_ignores_sigterm_after_the_grace():
     t0 = time.monotonic()
     asyncio.run(children.stop("stubborn", 0.3))
     took = time.monotonic() - t0
+    stubborn.stdout.close()
     assert stubborn.poll() == -signal.SIGKILL
     assert 0.25 <= took < 2.0
     assert children.alive() == []
@@ -96,6 +97,7 @@ def test_kill_takes_the_whole_process_group_with_it():
         ["sh", "-c", "sleep 60 & echo $!; wait"], stdout=subprocess.PIPE, start_new_session=True))
     assert shell.stdout is not None
     grandchild = int(shell.stdout.readline())
+    shell.stdout.close()
     children.kill()
     assert shell.poll() is not None
     assert _wait_gone(grandchild), "the shell's background child survived"
@@ -118,6 +120,7 @@ def test_a_child_started_with_die_with_parent_dies_when_its_parent_is_killed(tmp
     parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE)
     assert parent.stdout is not None
     child = int(parent.stdout.readline())
+    parent.stdout.close()
     assert not _gone(child)
     parent.kill()
     parent.wait(5)

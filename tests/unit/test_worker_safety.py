@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -351,7 +352,7 @@ def test_no_exception_handler_in_the_worker_swallows_cancellation():
     """`except Exception` (never bare or BaseException) in the per-message paths: a stop
     (CancelledError) still stops the worker."""
     for module in (agents.app, ingest, records, agents.shards):
-        src = open(module.__file__ or "", encoding="utf-8").read()
+        src = Path(module.__file__ or "").read_text(encoding="utf-8")
         assert "except BaseException" not in src and "except:" not in src, module.__name__
     assert issubclass(asyncio.CancelledError, BaseException) and not issubclass(asyncio.CancelledError, Exception)
 
