@@ -39,7 +39,7 @@ INTERNAL_ERROR_STAGES = ("ingest", "entity-shard")
 # never sent (detector_oversized_records_total).
 RECORD_KINDS = ("verdict", "dlq", "envelope", "alert", "flag", "state")
 SEVERITIES = ("low", "medium", "high", "critical")
-# The final outcome of one alert revision at one endpoint (event-schema.md section 4):
+# The final outcome of one alert revision at one endpoint (docs/contracts.md, Webhook delivery):
 # delivered (2xx), rejected (a 4xx other than 429: never retried, sent to alerts-dlq),
 # failed (retries exhausted on network errors, 429 or 5xx: sent to alerts-dlq).
 WEBHOOK_OUTCOMES = ("delivered", "rejected", "failed")

@@ -1,4 +1,4 @@
-"""Webhook delivery of alerts (event-schema.md section 4): which endpoints get an
+"""Webhook delivery of alerts (docs/contracts.md, Webhook delivery): which endpoints get an
 alert (filters), in which format (generic, Slack, Alertmanager), how it is signed, and
 when a failed attempt is retried, given up (`alerts-dlq`) or held by a circuit breaker.
 
@@ -400,7 +400,7 @@ def alertmanager_alert(alert: Mapping[str, Any], now: float) -> dict[str, Any]:
 
 
 def sign(secret: str, timestamp: int, body: bytes) -> str:
-    """`sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">` (event-schema.md section 4)."""
+    """`sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">` (docs/contracts.md, Webhook delivery)."""
     mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
     return "sha256=" + mac.hexdigest()
 

@@ -3,7 +3,7 @@ escalates while the behaviour continues, instead of one alert per request.
 
 Everything is a function of the events: windows are aligned to the epoch, the alert
 id is a hash of (rule, entity, window), times come from the requests' `ts`, so a
-replayed or re-processed stream yields the same alerts (event-schema.md section 3).
+replayed or re-processed stream yields the same alerts (docs/contracts.md, Alert).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Decoding of ClientRequest messages (event-schema.md section 1) into typed values.
+"""Decoding of ClientRequest messages (docs/contracts.md, ClientRequest) into typed values.
 
 A Kafka message value holds one JSON object, a JSON array of objects, or NDJSON.
 Bad input is data, not an exception: every element that cannot be used comes back

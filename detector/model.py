@@ -1,5 +1,5 @@
 """The values that flow through the core: one observed request, the signals a check
-raises about it, and the verdict that combines them (event-schema.md, version 1).
+raises about it, and the verdict that combines them (docs/contracts.md, version 1).
 
 Everything here is a frozen value; decoding from the wire lives in `detector.decode`.
 They are msgspec Structs, not dataclasses, because they are built once per request
@@ -82,7 +82,7 @@ class Verdict(msgspec.Struct, frozen=True, gc=False):
     schema: str = "verdict/1"
 
     def to_json(self) -> bytes:
-        """The wire form (event-schema.md section 2), encoded in C; never more than
+        """The wire form (docs/contracts.md, Verdict), encoded in C; never more than
         VERDICT_MAX_BYTES. A verdict over `_PLAIN_MAX_BYTES` (genuine ones are about
         1 KB) is re-encoded with its strings shortened: fingerprints to
         VERDICT_FINGERPRINT_CHARS, entity ids to VERDICT_ENTITY_CHARS, signal details

@@ -2,7 +2,7 @@
 structures, the detectors of each entity type, flags with an event-time TTL, and the
 entity alerts.
 
-State is split into `buckets` (by crc32 of the entity) so persistence is bulk and
+State is split into `buckets` (by adler32 of the entity) so persistence is bulk and
 bounded: `dirty_buckets()` returns only the buckets changed since the last snapshot,
 each serialised whole with the input offset it includes, so a restart restores
 them and skips what they already contain (`observe(records, offset)`), neither losing

@@ -27,7 +27,7 @@ from detector.simulate.scenarios.genuine import genuine
 from detector.simulate.wire import DEFAULT_START_TS
 
 LEVEL_RANK = {"clean": 0, "suspicious": 1, "malicious": 2}
-# Entity types whose share alerted is the per-entity recall (event-schema.md section 3).
+# Entity types whose share alerted is the per-entity recall (docs/contracts.md, Alert).
 RECALL_ENTITY_TYPES = ("device", "account")
 
 
