@@ -177,6 +177,7 @@ def test_hostile_unique_keys_cannot_grow_state_without_bound(detection):
     assert e.entity_count() <= s.max_entities
 
 
+@pytest.mark.slow
 def test_memory_per_entity_is_bounded(detection):
     """A device with one account and a short session of signed requests (the common
     entity: its signatures are kept for the replay check, its signing ages for the

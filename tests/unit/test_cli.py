@@ -170,18 +170,24 @@ def test_score_names_a_missing_or_directory_input(tmp_path):
     assert "Is a directory" in _one_line_error(detector("score", str(tmp_path)), "score", tmp_path)
 
 
-def test_score_checks_every_output_before_scoring_and_leaves_the_input_alone(tmp_path):
+def test_score_checks_every_output_before_scoring_and_leaves_the_input_alone(tmp_path, capsys):
+    from agents.cli import main  # in process: the checks come before any work
+
+    request = _a_request()
     src = tmp_path / "in.jsonl"
-    src.write_bytes(_a_request())
+    src.write_bytes(request)
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     for flag in ("-o", "--alerts", "--rejections"):
         for bad, reason in ((tmp_path / "no-dir" / "out.jsonl", "No such file"), (tmp_path, "Is a directory"),
                             (blocker / "out.jsonl", "Not a directory")):
-            res = detector("score", str(src), flag, str(bad))
-            assert reason in _one_line_error(res, "score", bad), (flag, bad)
-            assert res.stdout == b""
-        assert src.read_bytes() == _a_request()
+            assert main(["score", str(src), flag, str(bad)]) == 2
+            out, err = capsys.readouterr()
+            assert out == "" and err == f"detector score: {bad}: {reason}" + err.split(reason, 1)[1], (flag, err)
+            assert len(err.splitlines()) == 1
+        assert src.read_bytes() == request
+    res = detector("score", str(src), "--alerts", str(tmp_path))  # the installed command says the same
+    assert "Is a directory" in _one_line_error(res, "score", tmp_path) and res.stdout == b""
     # An output that is the input is read first, then written (as before).
     assert detector("score", str(src), "-o", str(src)).returncode == 0
     assert orjson.loads(src.read_bytes())["verdict"]

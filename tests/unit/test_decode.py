@@ -334,6 +334,7 @@ def _assert_agrees(obj, limits: DecodeLimits) -> None:  # type: ignore[no-untype
 
 @settings(max_examples=600, deadline=None)
 @given(st.one_of(_requests(), _requests(), _requests(), st.dictionaries(st.sampled_from(sorted(_VALID)), _json, max_size=6), _json), _limits)
+@pytest.mark.slow
 def test_fast_path_agrees_with_the_reference_validator(obj, limits):
     _assert_agrees(obj, limits)
 

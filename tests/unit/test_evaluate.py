@@ -194,6 +194,7 @@ def test_eval_refuses_unknown_families_and_scenarios():
     assert res.returncode == 2 and b"unknown scenario nope" in res.stderr
 
 
+@pytest.mark.slow
 def test_stateful_scenarios_meet_the_behaviour_targets(detection):
     """Issue 5's acceptance at the shipped settings (seed 1, strongest evasion): bot
     network, replay, low-and-slow and the private-API library at recall >= 0.99 per

@@ -267,6 +267,7 @@ def stages(detection: Any) -> Any:
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                                                    HealthCheck.function_scoped_fixture])
 @given(_messages())
+@pytest.mark.slow
 def test_decode_score_records_encode_never_raise_and_stay_bounded(stages: Any, message: tuple[bytes, dict[str, Any]]) -> None:
     pipeline, limits = stages
     raw, _ = message
