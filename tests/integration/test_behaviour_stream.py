@@ -19,7 +19,7 @@ from detector.decode import request_from_obj
 from detector.simulate import genuine, low_and_slow, private_api_library, replay
 from tests.integration.test_worker import collect
 
-pytestmark = [pytest.mark.broker, pytest.mark.timeout(400)]
+pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.timeout(400)]
 
 
 def traffic(profile: Any, seed: int) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(240)]
 
 
+@pytest.mark.slow  # a worker process: > 5 s
 def test_bench_reports_throughput_latency_and_memory_in_one_json_line(broker, tmp_path):
     res = subprocess.run(
         [sys.executable, "-m", "agents.cli", "bench", "--json", "--count", "3000", "--bootstrap", broker.bootstrap,
@@ -42,7 +43,7 @@ def test_bench_reports_throughput_latency_and_memory_in_one_json_line(broker, tm
     assert not logs.exists()
 
 
-def test_bench_keeps_its_logs_after_a_failure_and_in_log_dir(tmp_path):
+def test_bench_keeps_its_logs_after_a_failure(tmp_path):
     # A broker nobody listens on: the run fails; its logs stay and their place is named.
     from agents.broker import free_port
 

@@ -30,7 +30,7 @@ from agents.topics import ALERTS, CLIENT_REQUESTS, VERDICTS, create_topics
 from detector.simulate import genuine, private_api_library
 from tests.integration.test_worker import _log, collect
 
-pytestmark = [pytest.mark.broker, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 def get(port: int, path: str) -> tuple[int, str]:

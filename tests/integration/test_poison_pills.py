@@ -27,7 +27,7 @@ from agents.topics import (ALERTS, ALL_TOPICS, CLIENT_REQUESTS, CLIENT_REQUESTS_
 from agents.records import FAUST_MAX_REQUEST_SIZE, INGEST_MAX_REQUEST_SIZE
 from detector.simulate import genuine, private_api_library
 
-pytestmark = [pytest.mark.broker, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.timeout(240)]
 
 INPUT_MAX_BYTES = 8 * 1024 * 1024
 CHANGELOG = "detector-behaviour-state-changelog"  # Faust: {app_id}-{table}-changelog

@@ -245,6 +245,9 @@ def test_demo_ctrl_c_stops_every_process_within_5_s_and_prints_the_summary(when,
         assert demo.returncode == 130
         assert "interrupted: sent " in out and " verdicts " in out, out + err
         assert "Traceback" not in err, err
+        # its logs were in a directory it named, removed at this normal (interrupted) end
+        logs = Path(err.split("detector demo: logs in ", 1)[1].splitlines()[0])
+        assert f"detector demo: logs removed ({logs};" in err and not logs.exists(), err
         deadline = time.monotonic() + 1.0  # a SIGKILLed child may take a moment to be reaped by init
         while time.monotonic() < deadline and any(_stat(p) for p in children):
             time.sleep(0.05)

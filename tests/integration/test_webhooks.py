@@ -28,7 +28,7 @@ from agents.webhooks import write_config_with_webhooks
 from detector.alerts import iso
 from detector.engine import DEFAULT_CONFIG
 
-pytestmark = [pytest.mark.broker, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.timeout(300)]
 SECRET = "s3cret-for-tests"
 BODY_MARKER = "internal-stack-trace-of-the-receiver"
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"

@@ -65,6 +65,7 @@ def _log(tmp_path: Path) -> str:
     return "\n".join(keep)[-6000:]
 
 
+@pytest.mark.slow  # a worker process: > 5 s
 async def test_requests_in_every_form_become_verdicts_dead_letters_and_alerts(broker, worker_factory, profile, tmp_path):
     await create_topics(broker.bootstrap, partitions=4)
     worker_factory()
@@ -114,6 +115,7 @@ async def test_requests_in_every_form_become_verdicts_dead_letters_and_alerts(br
     assert {a["entity"]["type"] for a in alerts} == {"device", "account"}
 
 
+@pytest.mark.slow  # a worker process: > 5 s
 async def test_first_event_is_processed_within_15_s_of_start(broker, worker_factory, profile):
     await create_topics(broker.bootstrap, partitions=4)
     started = time.monotonic()
@@ -126,6 +128,7 @@ async def test_first_event_is_processed_within_15_s_of_start(broker, worker_fact
     assert elapsed < 15.0
 
 
+@pytest.mark.slow  # a worker process: > 5 s
 async def test_restart_resumes_from_committed_offsets_without_loss(broker, worker_factory, profile):
     await create_topics(broker.bootstrap, partitions=4)
     events = list(genuine(profile, 400, seed=4))
@@ -143,6 +146,7 @@ async def test_restart_resumes_from_committed_offsets_without_loss(broker, worke
     assert len(ids) == 400, "a gracefully stopped worker must not leave processed offsets uncommitted"
 
 
+@pytest.mark.slow  # a worker process: > 5 s
 async def test_metrics_health_and_readiness_endpoints(broker, worker_factory, profile):
     await create_topics(broker.bootstrap, partitions=4)
     _, port = worker_factory()
