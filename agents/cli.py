@@ -37,9 +37,10 @@ def cmd_score(args: argparse.Namespace) -> int:
     from detector.behaviour.offline import OfflineScorer
     from detector.decode import InvalidRequest, decode_line
 
+    # Outputs are checked before any work; the input is opened once, below (a FIFO
+    # cannot be opened twice): an OSError of either is main's one-line error.
     for out in (args.output, args.alerts, args.rejections):
         check_writable(out)
-    check_readable(args.input)
     cfg = _detection(args)
     ref = reference_time(args)  # the reference clock of event time, read once at start
     _tune_gc()
