@@ -349,9 +349,9 @@ async def _run(n: int, batch: int, bootstrap: str | None, seed: int, latency_rat
 def run_bench(n: int = 100_000, batch: int = 1, bootstrap: str | None = None, seed: int = 1,
               latency_rate: float = 1000.0, latency_seconds: float = 10.0, log_dir: str | None = None) -> dict[str, Any]:
     """The logs (and the worker's Faust data directory) go to `log_dir`, else to a
-    temporary directory removed after a run that completed (agents/rundir.py); their
+    temporary directory removed after a run that completed (agents/tools/rundir.py); their
     place is printed on stderr at the start and the end."""
-    from agents.rundir import RunDir
+    from agents.tools.rundir import RunDir
 
     run_dir = RunDir("bench", log_dir)
     print(f"detector bench: logs in {run_dir.path}", file=sys.stderr, flush=True)

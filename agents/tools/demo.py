@@ -398,15 +398,15 @@ def run_demo(duration: float = 60.0, as_json: bool = False, rate: float = 400.0,
              webhook_secret: str | None = None, log_dir: str | None = None) -> int:
     """Exit status 0 with verdicts and alerts, 1 without, 130 when interrupted (the
     summary is printed in every case). The logs go to `log_dir`, else to a temporary
-    directory that is removed after status 0 or 130 (agents/rundir.py); their place is
+    directory that is removed after status 0 or 130 (agents/tools/rundir.py); their place is
     printed (stderr) at the start and the end."""
-    from agents.rundir import RunDir
+    from agents.tools.rundir import RunDir
 
     run_dir = RunDir("demo", log_dir)
     print(f"detector demo: logs in {run_dir.path}", file=sys.stderr, flush=True)
     children = ChildProcesses()
     atexit.register(children.kill)  # and every child dies with this process (die_with_parent)
-    summary = None
+    summary: dict[str, Any] | None = None
     try:
         summary = asyncio.run(_run(duration, rate, web_port, as_json, broker_port, config, webhook, webhook_secret,
                                    children, run_dir.path))
@@ -417,6 +417,7 @@ def run_demo(duration: float = 60.0, as_json: bool = False, rate: float = 400.0,
         atexit.unregister(children.kill)
         if summary is None:  # failed: the logs say why
             print(f"detector demo: {run_dir.finish(ok=False)}", file=sys.stderr, flush=True)
+    assert summary is not None
     status = 130 if summary["interrupted"] else 0 if summary["verdicts"] and summary["alerts"] else 1
     logs_line = run_dir.finish(ok=status != 1)
     if as_json:

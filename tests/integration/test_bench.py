@@ -45,7 +45,7 @@ def test_bench_reports_throughput_latency_and_memory_in_one_json_line(broker, tm
 
 def test_bench_keeps_its_logs_after_a_failure(tmp_path):
     # A broker nobody listens on: the run fails; its logs stay and their place is named.
-    from agents.broker import free_port
+    from agents.tools.broker import free_port
 
     res = subprocess.run(
         [sys.executable, "-m", "agents.cli", "bench", "--json", "--count", "10", "--bootstrap",

@@ -1,11 +1,11 @@
-"""Where demo and bench keep their logs (agents/rundir.py)."""
+"""Where demo and bench keep their logs (agents/tools/rundir.py)."""
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
 
-from agents.rundir import RunDir
+from agents.tools.rundir import RunDir
 
 
 def test_a_temporary_run_directory_is_named_per_run_and_removed_after_a_normal_end():
