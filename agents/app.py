@@ -120,11 +120,11 @@ def build_app(settings: Settings, detection: DetectionConfig, metrics: Metrics |
     ingest.on_limits.append(lambda topics: setattr(
         shard, "limits", RecordLimits.of(topics, INGEST_MAX_REQUEST_SIZE, faust_max_request, changelog)))
 
-    async def send_flag(key: bytes, value: bytes) -> None:
-        await flags_topic.send(key=key, value=value)
+    async def send_flag(key: bytes, value: bytes) -> Awaitable[Any]:
+        return await flags_topic.send(key=key, value=value)  # the future of the broker's acknowledgement
 
-    async def send_alert(key: bytes, value: bytes) -> None:
-        await alerts_topic.send(key=key, value=value)
+    async def send_alert(key: bytes, value: bytes) -> Awaitable[Any]:
+        return await alerts_topic.send(key=key, value=value)
 
     async def send_dlq(value: bytes) -> None:
         await (await dlq_topic.send(value=value))  # returns once the broker acknowledged it
@@ -144,9 +144,27 @@ def build_app(settings: Settings, detection: DetectionConfig, metrics: Metrics |
     async def flush_idle_shards() -> None:
         shard.flush_due()
 
+    async def drain_buffer(when: str) -> None:
+        # Faust's own flush of its producer buffer returns as soon as one message waits
+        # over 0.1 s (a busy broker): drain the snapshot completely
+        buffer = app.producer.buffer
+        while buffer.size:
+            try:
+                await buffer.flush()
+            except RuntimeError as exc:  # the producer is not running: nothing will be committed either
+                log.error("state snapshot not flushed %s: %s", when, exc)
+                break
+
     @app.on_partitions_revoked.connect
     async def on_revoked(app_: Any, revoked: Any, **_: Any) -> None:
         shard.release({tp.partition for tp in revoked if tp.topic == ENTITY_EVENTS.name})
+        # the next owner reads the changelog: let the snapshot reach the broker (and its
+        # envelopes be acknowledged) within a share of the rebalance; what is not
+        # acknowledged by then is read again by the next owner
+        await drain_buffer("at a rebalance")
+        if not await shard.settle(timeout=max(1.0, s.rebalance_timeout_s / 3)):
+            log.warning("shard snapshot not acknowledged within the rebalance's share: its envelopes are read "
+                        "again by their next owner")
 
     @app.on_before_shutdown.connect
     async def on_stop(app_: Any, **_: Any) -> None:
@@ -158,17 +176,12 @@ def build_app(settings: Settings, detection: DetectionConfig, metrics: Metrics |
         # and is read again on restart (a later changelog write would reach Faust's
         # producer buffer after its last flush, and crash the stop).
         shard.interval = math.inf
-        # Faust's own flush of its producer buffer returns as soon as one message waits
-        # over 0.1 s (a busy broker), and the commit follows it: drain the snapshot
-        # completely first. Never bounded here: if the broker does not take it, the
-        # stop deadline (shutdown_grace_s) ends the process before anything is committed.
-        buffer = app.producer.buffer
-        while buffer.size:
-            try:
-                await buffer.flush()
-            except RuntimeError as exc:  # the producer is not running: nothing will be committed either
-                log.error("state snapshot not flushed at stop: %s", exc)
-                break
+        # The commit follows: drain the snapshot completely first and wait for its
+        # acknowledgement (the envelopes are acknowledged then). Never bounded here: if
+        # the broker does not take it, the stop deadline (shutdown_grace_s) ends the
+        # process before anything is committed.
+        await drain_buffer("at stop")
+        await shard.settle()
 
     # Observability: closed label sets from config (series at zero up front), our
     # Faust sensor, consumer lag sampled at scrape time, the worker's log format.

@@ -4,6 +4,7 @@ entity-shard agent does with one envelope (flags, alert revisions, dead letters)
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import defaultdict
@@ -44,6 +45,11 @@ class ShardState:
         self.interval = interval
         self.engines: dict[int, BehaviourEngine] = {}
         self.pending: dict[int, list[Any]] = defaultdict(list)
+        # deliveries (flag updates, alerts) sent from a partition's envelopes since its
+        # last flush: its envelopes are acknowledged only once these and the snapshot
+        # that includes them were acknowledged by the broker
+        self.outputs: dict[int, list[Awaitable[Any]]] = defaultdict(list)
+        self.deliveries: set[asyncio.Task[None]] = set()  # flushes waiting for the broker
         self.last_flush: dict[int, float] = {}
         # record limits of what the shards write (Kafka's defaults until the ingest
         # stage read the topics' own at start, see build_app)
@@ -78,6 +84,12 @@ class ShardState:
     def hold(self, p: int, event: Any) -> None:
         self.pending[p].append(event)
 
+    def delivering(self, p: int, fut: Any) -> None:
+        """A flag update or alert of partition p on its way (the future of its broker
+        acknowledgement): the next flush acknowledges envelopes only after it."""
+        if isinstance(fut, Awaitable):
+            self.outputs[p].append(fut)
+
     def maybe_flush(self, p: int) -> None:
         if time.monotonic() - self.last_flush.get(p, 0.0) >= self.interval:
             self.flush(p)
@@ -90,9 +102,19 @@ class ShardState:
 
     def flush(self, p: int, everything: bool = False) -> None:
         """Send the changed buckets of partition p (every bucket, with `everything`) to
-        the changelog, then acknowledge the envelopes they include. A bounded number of
-        writes: at most `buckets`."""
+        the changelog, then acknowledge the envelopes they include once the broker
+        acknowledged those writes and the envelopes' flag updates and alerts. A bounded
+        number of writes: at most `buckets`.
+
+        Acknowledged means persisted: Faust commits acknowledged offsets, and its own
+        flush before a commit returns as soon as one buffered message waits over 0.1 s
+        (`ProducerBuffer.flush_atmost`), so without this wait a commit under load
+        could pass envelopes whose state (or alerts) the broker never received, and the
+        partition's next owner would skip them (seen as alert revisions missing after a
+        rebalance)."""
         engine = self.engines.get(p)
+        sent: list[Awaitable[Any]] = self.outputs.pop(p, [])
+        written_buckets: list[int] = []
         if engine is not None:
             written = 0
             buckets = list(range(len(engine.buckets))) if everything else sorted(engine.dirty)
@@ -115,17 +137,54 @@ class ShardState:
                     log.error("shard %d: state bucket %d is %d bytes, over the changelog limit of %d bytes: "
                               "not persisted", p, b, len(raw), self.limits.state)
                     continue
-                self.table.send_changelog(p, key, raw)
+                fut = self.table.send_changelog(p, key, raw)
+                if isinstance(fut, Awaitable):
+                    sent.append(fut)
+                written_buckets.append(b)
                 written += 1
             if written:
                 self.metrics.state_writes.inc(written)
             self.metrics.state_entities.set(sum(e.entity_count() for e in self.engines.values()))
-        for event in self.pending.pop(p, []):
+        events = self.pending.pop(p, [])
+        self.last_flush[p] = time.monotonic()
+        if not sent:
+            self._ack(p, events)
+            return
+        task = asyncio.get_running_loop().create_task(self._ack_when_delivered(p, sent, written_buckets, events))
+        self.deliveries.add(task)
+        task.add_done_callback(self.deliveries.discard)
+
+    async def _ack_when_delivered(self, p: int, sent: list[Awaitable[Any]], buckets: list[int],
+                                  events: list[Any]) -> None:
+        results = await asyncio.gather(*sent, return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if not failed:
+            self._ack(p, events)
+            return
+        # not acknowledged: the buckets are written again at the next flush, and the
+        # envelopes wait for it (or, released meanwhile, are read again by the next owner)
+        self.metrics.internal_errors.labels("entity-shard").inc()
+        log.error("shard %d: %d of %d writes not acknowledged by the broker (%s): the envelopes they cover "
+                  "wait for the next flush", p, len(failed), len(sent), type(failed[0]).__name__)
+        engine = self.engines.get(p)
+        if engine is not None:
+            engine.dirty.update(buckets)
+            self.pending[p][:0] = events
+
+    @staticmethod
+    def _ack(p: int, events: list[Any]) -> None:
+        for event in events:
             try:
                 event.ack()
             except Exception as exc:  # noqa: BLE001 - a revoked partition's events cannot be acked
                 log.debug("could not ack an event of partition %d: %s", p, exc)
-        self.last_flush[p] = time.monotonic()
+
+    async def settle(self, timeout: float | None = None) -> bool:
+        """Wait for the flushes in flight (their acknowledgements); whether all ended."""
+        if not self.deliveries:
+            return True
+        _, pending = await asyncio.wait(set(self.deliveries), timeout=timeout)
+        return not pending
 
     def release(self, partitions: set[int]) -> None:
         """A rebalance takes these partitions away: a complete snapshot for the next
@@ -304,7 +363,7 @@ class ShardProcessor:
                     log.error("not sending a flag update of %d bytes (limit %d) from %s[%d]@%d",
                               len(key) + len(value), limits.flag, ENTITY_EVENTS.name, p, offset)
                     continue
-                await self.send_flag(key, value)
+                self.shard.delivering(p, await self.send_flag(key, value))
             except Exception as exc:  # noqa: BLE001 - one update must not lose the others
                 self.metrics.internal_errors.labels("entity-shard").inc()
                 log.error("a flag update from %s[%d]@%d was not sent: %s", ENTITY_EVENTS.name, p, offset,
@@ -318,7 +377,7 @@ class ShardProcessor:
                     log.error("not sending alert %s: %d bytes, over the limit of %d", log_text(alert_id, self.redactor, 80),
                               len(key) + len(value), limits.alert)
                     continue
-                await self.send_alert(key, value)
+                self.shard.delivering(p, await self.send_alert(key, value))
                 self.metrics.alerts.labels(alert["severity"]).inc()
                 log.info("alert %s rev %d %s: %s", log_text(alert_id, self.redactor, 80), alert["revision"],
                          alert["severity"], log_text(str(alert["summary"]), self.redactor))

@@ -332,6 +332,77 @@ async def test_a_record_whose_observation_raises_loses_only_itself(detection, pr
     assert event.acked and table.sent
 
 
+class DeferredTable(FakeTable):
+    """A changelog whose writes the test acknowledges (or fails) by hand, like a busy broker."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.futures: list[asyncio.Future[None]] = []
+
+    def send_changelog(self, p: int, key: str, raw: bytes) -> asyncio.Future[None]:
+        super().send_changelog(p, key, raw)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.futures.append(fut)
+        return fut
+
+
+async def test_envelopes_are_acknowledged_only_once_their_snapshot_and_alerts_reached_the_broker(detection, profile):
+    stage = IngestStage(load_settings(), detection, Metrics(CollectorRegistry()), loop=None)
+    attack = list(private_api_library(profile, 40, seed=6))
+    proc, shard, sent, _ = shard_setup(detection)
+    table = shard.table = DeferredTable()
+    alert_acks: list[asyncio.Future[None]] = []
+
+    async def alert(key: bytes, value: bytes) -> asyncio.Future[None]:
+        sent.alerts.append(value)
+        alert_acks.append(asyncio.get_running_loop().create_future())
+        return alert_acks[-1]
+
+    proc.send_alert = alert
+    events = [FakeEvent(p, i, value) for i, (p, value) in enumerate(await envelopes_of(stage, attack))]
+    for event in events:
+        await proc.process(event)
+    assert alert_acks, "the attack raises alerts"
+    for p in list(shard.engines):
+        shard.flush(p)
+    await asyncio.sleep(0)
+    assert table.futures and not any(e.acked for e in events), "nothing acknowledged before the broker answered"
+    for fut in table.futures:
+        fut.set_result(None)
+    await asyncio.sleep(0)
+    assert not all(e.acked for e in events), "the envelopes that raised alerts wait for them"
+    for fut in alert_acks:
+        fut.set_result(None)
+    assert await shard.settle(timeout=5)
+    assert all(e.acked for e in events)
+
+
+async def test_a_snapshot_the_broker_refused_is_written_again_and_its_envelopes_wait_for_it(detection, profile):
+    stage = IngestStage(load_settings(), detection, Metrics(CollectorRegistry()), loop=None)
+    attack = list(genuine(profile, 30, seed=7))
+    proc, shard, sent, _ = shard_setup(detection)
+    table = shard.table = DeferredTable()
+    events = [FakeEvent(p, i, value) for i, (p, value) in enumerate(await envelopes_of(stage, attack))]
+    for event in events:
+        await proc.process(event)
+    p = events[0].message.partition
+    shard.flush(p)
+    first = len(table.futures)
+    assert first > 0
+    for fut in table.futures:
+        fut.set_exception(ConnectionError("not leader"))
+    assert await shard.settle(timeout=5)
+    mine = [e for e in events if e.message.partition == p]
+    assert mine and not any(e.acked for e in mine)
+    assert sample(proc.metrics, "detector_internal_errors_total", stage="entity-shard") == 1
+    shard.flush(p)  # the same buckets again, and the envelopes still wait for them
+    assert len(table.futures) == 2 * first
+    for fut in table.futures[first:]:
+        fut.set_result(None)
+    assert await shard.settle(timeout=5)
+    assert all(e.acked for e in mine)
+
+
 async def test_oversized_flags_alerts_and_state_buckets_are_never_sent(detection, profile):
     stage = IngestStage(load_settings(), detection, Metrics(CollectorRegistry()), loop=None)
     attack = list(private_api_library(profile, 40, seed=6))
