@@ -15,7 +15,8 @@ from detector.alerts import AlertPolicy, AlertSettings
 from detector.behaviour.engine import behaviour_codes
 from detector.behaviour.records import BehaviourSettings
 from detector.config import ConfigError, YamlDocument, require
-from detector.config.schema import ALERT_ENTITY_TYPES, Override, SettingsFile, apply_overrides, check
+from detector.config.schema import (ALERT_ENTITY_TYPES, AlertsSection, EventTimeSection, LimitsSection, Override,
+                                    ScoringSection, Section, SettingsFile, apply_overrides, check)
 from detector.decode import DecodeLimits
 from detector.devices import CatalogueError, DeviceCatalogue
 from detector.eventtime import EventTimeGuard
@@ -63,34 +64,29 @@ class DetectionConfig:
         if default not in profiles:
             raise doc.error(["default_profile"], f"no profile named {default!r} in {pdir} (have: {', '.join(profiles)})")
 
-        sc = require(doc, data, ["scoring"], dict)
-        weights = require(doc, sc, ["scoring", "weights"], dict)
+        def section(model: type[Section], name: str, *, optional: bool = True) -> Any:
+            """The checked model of section `name` (None when an optional one is absent)."""
+            raw = require(doc, data, [name], dict, optional=optional)
+            return None if raw is None else check(doc, model, raw, at=[name], overrides=overrides)
+
+        sc: ScoringSection = section(ScoringSection, "scoring", optional=False)
         try:
-            scoring = ScoringPolicy(
-                weights={str(k): float(v) for k, v in weights.items()},
-                suspicious=float(require(doc, sc, ["scoring", "suspicious"], (int, float))),
-                malicious=float(require(doc, sc, ["scoring", "malicious"], (int, float))),
-            )
+            scoring = ScoringPolicy(weights=dict(sc.weights), suspicious=sc.suspicious, malicious=sc.malicious)
         except (TypeError, ValueError) as exc:
             raise doc.error(["scoring"], str(exc)) from None
 
-        lim = require(doc, data, ["limits"], dict, optional=True, default={})
+        lim: LimitsSection | None = section(LimitsSection, "limits")
         try:
-            limits = DecodeLimits(**{k: _int(doc, ["limits", k], v) for k, v in lim.items()})
-        except TypeError as exc:
-            raise doc.error(["limits"], f"unknown key: {exc}") from None
+            limits = DecodeLimits(**(lim.model_dump(exclude_none=True) if lim else {}))
         except ValueError as exc:
             raise doc.error(["limits"], str(exc)) from None
 
-        al = dict(require(doc, data, ["alerts"], dict, optional=True, default={}))
-        al.pop("entity_types", None), al.pop("allowed_lateness_s", None)  # aliases, checked below
-        for k in ("escalate_at",):
-            if k in al:
-                al[k] = tuple(al[k])
+        al: AlertsSection | None = section(AlertsSection, "alerts")
+        kw = al.model_dump(exclude_none=True, exclude={"entity_types", "allowed_lateness_s"}) if al else {}
+        if "escalate_at" in kw:
+            kw["escalate_at"] = tuple(kw["escalate_at"])
         try:
-            alerts = AlertSettings(**al)
-        except TypeError as exc:
-            raise doc.error(["alerts"], f"unknown key: {exc}") from None
+            alerts = AlertSettings(**kw)
         except ValueError as exc:
             raise doc.error(["alerts"], str(exc)) from None
 
@@ -136,13 +132,9 @@ class DetectionConfig:
         except ValueError as exc:
             raise doc.error(["redact"], str(exc)) from None
 
-        et = require(doc, data, ["event_time"], dict, optional=True, default={})
-        for k in et:
-            if k != "max_future_s":
-                raise doc.error(["event_time", k], "unknown key (known: max_future_s)")
-        future = require(doc, et, ["event_time", "max_future_s"], (int, float), optional=True)
+        et: EventTimeSection | None = section(EventTimeSection, "event_time")
         try:
-            event_time = EventTimeGuard() if future is None else EventTimeGuard(max_future_s=future)
+            event_time = EventTimeGuard() if et is None or et.max_future_s is None else EventTimeGuard(et.max_future_s)
         except ValueError as exc:
             raise doc.error(["event_time", "max_future_s"], str(exc)) from None
 
@@ -181,12 +173,6 @@ def _check_alias_settings(doc: YamlDocument, checked: SettingsFile, behaviour: B
         raise doc.error(["alerts", "allowed_lateness_s"],
                         f"is behaviour.allowed_lateness_s ({behaviour.allowed_lateness_s:g}), got "
                         f"{alerts.allowed_lateness_s:g}: set behaviour.allowed_lateness_s instead")
-
-
-def _int(doc: YamlDocument, key: list[str | int], v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise doc.error(key, f"must be an integer, got {type(v).__name__}")
-    return v
 
 
 __all__ = ["DetectionConfig", "ConfigError", "DEFAULT_CONFIG"]

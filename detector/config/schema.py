@@ -109,7 +109,7 @@ class AlertsSection(Section):
 
 
 class EventTimeSection(Section):
-    max_future_s: float | None = None
+    max_future_s: int | float | None = None
 
 
 class FanoutSection(Section):
