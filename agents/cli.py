@@ -14,7 +14,7 @@ from typing import IO, TYPE_CHECKING, Any, Sequence
 
 import orjson
 
-from agents.fileargs import check_readable, check_writable, command_name
+from agents.fileargs import check_readable, check_writable, command_name, output
 from detector.config import ConfigError
 from detector.engine import DetectionConfig
 
@@ -83,18 +83,13 @@ def cmd_score(args: argparse.Namespace) -> int:
     for lineno, code, reason in rejections:
         print(f"line {lineno}: rejected: {code}: {reason}", file=sys.stderr)
     if args.rejections:
-        with open(args.rejections, "wb") as f:
+        with output(args.rejections) as f:
             f.write(b"".join(orjson.dumps({"line": n, "code": c, "reason": r}) + b"\n" for n, c, r in rejections))
-    dst: IO[bytes] = sys.stdout.buffer if args.output in (None, "-") else open(args.output, "wb")
-    try:
+    with output(None if args.output in (None, "-") else args.output) as dst:
         for i in range(0, len(verdicts), 2000):
             dst.write(b"".join(v.to_json() + b"\n" for v in verdicts[i:i + 2000]))
-    finally:
-        dst.flush()
-        if dst is not sys.stdout.buffer:
-            dst.close()
     if args.alerts:
-        with open(args.alerts, "wb") as f:
+        with output(args.alerts) as f:
             f.write(b"".join(orjson.dumps(a) + b"\n" for a in alerts))
     return 1 if rejections else 0
 
@@ -155,13 +150,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
         asyncio.run(produce_events(args.bootstrap or _bootstrap(), events, rate=args.rate, batch=args.batch))
         return 0
-    out: IO[bytes] = sys.stdout.buffer if args.output in (None, "-") else open(args.output, "wb")
-    try:
+    with output(None if args.output in (None, "-") else args.output) as out:
         for e in events:
             out.write(orjson.dumps(e) + b"\n")
-    finally:
-        if out is not sys.stdout.buffer:
-            out.close()
     return 0
 
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Iterator
 
 
 def check_readable(path: str | Path | None) -> None:
@@ -51,3 +54,24 @@ def command_name(args: argparse.Namespace) -> str:
     """`score`, `config check`...: the prefix of the command's error lines."""
     sub = getattr(args, "config_command", None)
     return f"{args.command} {sub}" if sub else str(args.command)
+
+
+@contextmanager
+def output(path: str | Path | None) -> Iterator[IO[bytes]]:
+    """`path` opened for writing (None: stdout, flushed at the end); an OSError while
+    writing, flushing or closing it (a full disk, an I/O error) is raised again naming
+    the path, so main reports it in one line. A closed pipe stays a BrokenPipeError."""
+    name = "stdout" if path is None else str(path)
+    try:
+        if path is None:
+            yield sys.stdout.buffer
+            sys.stdout.buffer.flush()
+        else:
+            with open(path, "wb") as f:
+                yield f
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        raise OSError(exc.errno, exc.strerror or str(exc), name) from None

@@ -210,6 +210,22 @@ def test_score_names_an_unwritable_output(tmp_path):
         ro.chmod(0o700)
 
 
+def test_a_write_that_fails_is_named_too(tmp_path):
+    import pytest
+
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(_a_request())
+    assert "No space left" in _one_line_error(detector("score", str(src), "-o", "/dev/full"), "score", "/dev/full")
+    assert "No space left" in _one_line_error(detector("simulate", "--count", "5", "-o", "/dev/full"), "simulate",
+                                              "/dev/full")
+    with open("/dev/full", "wb") as full:  # stdout itself
+        res = subprocess.run([sys.executable, "-m", "agents.cli", "score", str(src)], stdout=full,
+                             stderr=subprocess.PIPE, cwd=ROOT, timeout=120)
+    assert res.returncode == 2 and res.stderr.decode() == "detector score: stdout: No space left on device\n"
+
+
 def test_other_commands_name_their_bad_files(tmp_path):
     _one_line_error(detector("simulate", "--count", "1", "-o", str(tmp_path / "x" / "y.jsonl")), "simulate",
                     tmp_path / "x" / "y.jsonl")
