@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from detector import decode
-from detector.decode import DecodeLimits, InvalidRequest, decode_line, decode_message, dlq_reason_class, dlq_record, request_from_obj
+from detector.decode import (DecodeLimits, InvalidRequest, decode_line, decode_message, dlq_reason_class, dlq_record,
+                             fastpath, request_from_obj)
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "config" / "schema"
 
@@ -206,11 +207,11 @@ def test_arbitrary_bytes_never_escape_as_exceptions(raw):
 
 # --- The fast path against the reference validator -------------------------------------
 #
-# `decode_message`/`decode_line` first try `decode._fast_path(limits)` (msgspec-typed
+# `decode_message`/`decode_line` first try `fastpath._fast_path(limits)` (msgspec-typed
 # conversion) and fall back to `request_from_obj`, the reference, when it returns None.
 # The fast path must never accept what the reference rejects, must build the very same
 # ClientRequest when it accepts, and may decline a valid object only in the documented
-# conservative case (a header name or value beyond `decode._header_split(limits)`).
+# conservative case (a header name or value beyond `fastpath._header_split(limits)`).
 
 
 _text = st.text(max_size=6)
@@ -319,12 +320,12 @@ def _field_types(r) -> list:  # type: ignore[no-untyped-def]
 def _assert_agrees(obj, limits: DecodeLimits) -> None:  # type: ignore[no-untyped-def]
     obj = orjson.loads(orjson.dumps(obj))  # what the decoder sees: orjson output
     ref = _outcome(request_from_obj, obj, limits)
-    fast = decode._fast_path(limits)(obj)
+    fast = fastpath._fast_path(limits)(obj)
     if fast is not None:
         assert not isinstance(ref, str), f"fast path accepted what the reference rejects: {ref}"
         assert fast == ref and _field_types(fast) == _field_types(ref)
     elif not isinstance(ref, str):  # valid, declined: only the documented conservative case
-        name_max, value_max = decode._header_split(limits)
+        name_max, value_max = fastpath._header_split(limits)
         assert any(len(n) > name_max or len(v) > value_max for n, v in ref.headers), "fast path declined a valid request"
     # and the decoder as a whole answers exactly as the reference, reasons included
     assert _outcome(decode_line, orjson.dumps(obj), limits) == ref
@@ -342,7 +343,7 @@ def test_fast_path_agrees_with_the_reference_validator(obj, limits):
 def _at_the_bounds(limits: DecodeLimits) -> list[tuple[str, object]]:
     """(field, value) pairs at and one past each limit, for a request otherwise valid."""
     F, HB, NH = limits.max_field_chars, limits.max_header_bytes, limits.max_headers
-    name_max, _ = decode._header_split(limits)
+    name_max, _ = fastpath._header_split(limits)
     out: list[tuple[str, object]] = []
     for n in (F, F + 1):
         out += [("request_id", "r" * min(n, 129)), ("method", "M" * n), ("path", "/" + "p" * (n - 1)), ("query", "q" * n),
@@ -379,7 +380,7 @@ def test_fast_path_agrees_at_the_limits(limits):
 
 
 def test_fast_path_takes_rfc3339_timestamps_and_unknown_fields():
-    fast = decode._fast_path(DecodeLimits())
+    fast = fastpath._fast_path(DecodeLimits())
     for obj in (req(ts="2026-11-22T11:00:00.250+01:00"), req(unknown_field=[1], extra={"a": 1}), req(query="a=1", params={"k": "v"})):
         r = fast(obj)
         assert r is not None and r == request_from_obj(obj)
@@ -388,9 +389,9 @@ def test_fast_path_takes_rfc3339_timestamps_and_unknown_fields():
 
 def test_header_beyond_the_fast_path_split_is_still_accepted():
     limits = DecodeLimits(max_header_bytes=600)
-    name_max, _ = decode._header_split(limits)
+    name_max, _ = fastpath._header_split(limits)
     obj = req(headers=[["x" * (name_max + 1), "v"]])
-    assert decode._fast_path(limits)(obj) is None  # declined, so the reference decides
+    assert fastpath._fast_path(limits)(obj) is None  # declined, so the reference decides
     d = decode_message(orjson.dumps(obj), limits)
     assert not d.rejections and d.requests[0].headers == (("x" * (name_max + 1), "v"),)
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from detector import decode
-from detector.decode import DecodeLimits, decode_line, decode_message
+from detector.decode import DecodeLimits, decode_line, decode_message, fastpath, messages
 from detector.simulate import mixed
 
 
@@ -17,13 +16,13 @@ from detector.simulate import mixed
 def reference_calls(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     """Counts calls of the reference validator (the decoder's slow path)."""
     calls: list[object] = []
-    real = decode.request_from_obj
+    real = messages.request_from_obj
 
     def counting(obj, limits=DecodeLimits()):  # type: ignore[no-untyped-def]
         calls.append(obj)
         return real(obj, limits)
 
-    monkeypatch.setattr(decode, "request_from_obj", counting)
+    monkeypatch.setattr(messages, "request_from_obj", counting)  # where the message forms look it up
     return calls
 
 
@@ -31,7 +30,7 @@ def test_valid_traffic_never_reaches_the_reference_validator(detection, profile,
     events = mixed(profile, 2000, 1, catalogue=detection.catalogue)
     limits = detection.limits
     lines = [orjson.dumps(e) for e in events]
-    assert decode._build_fast_path(limits) is not decode._no_fast_path  # not disabled by a model change
+    assert fastpath._build_fast_path(limits) is not fastpath._no_fast_path  # not disabled by a model change
 
     singles = [decode_message(line, limits) for line in lines]
     arrays = [decode_message(orjson.dumps(events[i:i + 200]), limits) for i in range(0, len(events), 200)]

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from detector import decode
 from detector.behaviour.records import decode_envelope, encode_envelopes, records_for
 from detector.cache import ByteCache, approx_size, bounded_cache
-from detector.decode import (REJECTION_CODES, TS_MAX, TS_MIN, DecodeLimits, Rejection, decode_message,
+from detector.decode import (REJECTION_CODES, TS_MAX, TS_MIN, DecodeLimits, Rejection, contract, decode_message,
                              encode_dlq_record)
 from detector.engine import DetectionConfig
 from detector.model import VERDICT_MAX_BYTES, ClientRequest, Signal, Verdict
@@ -224,8 +224,8 @@ _hostile = st.one_of(
     st.dictionaries(st.text(max_size=4), st.one_of(_int64, st.text(max_size=4), _big), max_size=70),
     st.lists(st.lists(st.text(max_size=4), max_size=3), max_size=3),
 )
-_TOP = sorted(decode._KNOWN_FIELDS) + ["unknown_field"]
-_NESTED = [(obj, key) for obj, spec in decode._NESTED.items() for key in spec] + [(obj, "unknown") for obj in decode._NESTED]
+_TOP = sorted(contract._KNOWN_FIELDS) + ["unknown_field"]
+_NESTED = [(obj, key) for obj, spec in contract._NESTED.items() for key in spec] + [(obj, "unknown") for obj in contract._NESTED]
 
 
 @st.composite
