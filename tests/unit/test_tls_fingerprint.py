@@ -1,4 +1,4 @@
-"""detector.fingerprints.tls: ClientHello parsing, JA4 and JA3.
+"""detector.fingerprints.clienthello and .tls: ClientHello parsing, JA4 and JA3.
 
 Reference data: tests/data/ja4_vectors.json (FoxIO's pcaps and the JA4 its test data
 expects) and tests/data/client_hellos.json (hellos captured from the stacks on a dev
