@@ -302,7 +302,7 @@ class ProfileFile(Section):
     endpoints: dict[str, Any] | None = None
 
 
-# --- config/devices/ (read by detector/devices.py) ----------------------------------
+# --- config/devices/ (read by detector/devices/) -----------------------------------
 class _SocVendor(Section):
     hardware: list[Any]
     soc: list[Any]

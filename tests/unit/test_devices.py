@@ -1,4 +1,4 @@
-"""Device catalogue (detector/devices.py) and its data in config/devices/."""
+"""Device catalogue (detector/devices/) and its data in config/devices/."""
 
 from __future__ import annotations
 
