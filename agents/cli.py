@@ -9,12 +9,12 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Sequence
 
 import orjson
 
 from agents.fileargs import check_readable, check_writable, command_name, output
+from agents.version import VersionAction
 from detector.config import ConfigError
 from detector.engine import DetectionConfig
 
@@ -334,48 +334,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def version_text() -> str:
-    """`detector --version`: the package version, the git commit when run from a
-    checkout, and the engine (the Python that runs the detection)."""
-    import platform
-    import subprocess
-    from importlib import metadata
-
-    try:
-        version = metadata.version("app-impersonation-detector")
-    except metadata.PackageNotFoundError:
-        version = "unknown"
-    root = Path(__file__).resolve().parent.parent
-    commit = None
-    if (root / ".git").exists():
-        try:
-            res = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                                 text=True, timeout=5)
-            commit = res.stdout.strip() if res.returncode == 0 else None
-        except (OSError, subprocess.SubprocessError):
-            pass
-    parts = [f"commit {commit}"] if commit else []
-    parts.append(f"engine python {platform.python_version()}")
-    return f"detector {version} ({', '.join(parts)})"
-
-
-class _VersionAction(argparse.Action):
-    """Like argparse's "version" action, with the text made only when asked for."""
-
-    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
-        super().__init__(option_strings, dest=dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
-        print(version_text())
-        parser.exit()
-
-
 def parser() -> argparse.ArgumentParser:
     from agents.tools.eval_cli import add_reference_time
 
     p = argparse.ArgumentParser(prog="detector", description="Find clients that pretend to be an official mobile app.")
-    p.add_argument("--version", action=_VersionAction, help="print the version, commit and engine, and exit")
+    p.add_argument("--version", action=VersionAction, help="print the version, commit and engine, and exit")
     p.add_argument("--config", help=CONFIG_HELP)
     sub = p.add_subparsers(dest="command", required=True)
 
