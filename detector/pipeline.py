@@ -9,10 +9,10 @@ requests (user agents, header orders) is parsed once and cached.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 from detector.checks.attestation import AttestationCheck
-from detector.checks.base import Check, RequestContext
+from detector.checks.base import Check, Derived, RequestContext, Stateless
 from detector.checks.device import DeviceCheck
 from detector.checks.headers import HeadersCheck
 from detector.checks.identity import IdentityCheck
@@ -21,10 +21,9 @@ from detector.checks.signature import SignatureCheck
 from detector.checks.tls import TlsCheck
 from detector.checks.transport import TransportCheck
 from detector.checks.ua import UserAgentCheck
-from detector.behaviour.flags import FlagMap, RequestFacts, account_number
 from detector.cache import MISSING, ByteCache, approx_size
-from detector.behaviour.records import ip_block, population_fingerprint
 from detector.devices import DeviceCatalogue
+from detector.entities import RequestFacts, account_number, ip_block, population_fingerprint
 from detector.fingerprints.headers import names_fingerprint
 from detector.fingerprints.known import KnownStacks
 from detector.fingerprints.tls import ClientHelloError, fingerprints_from_b64
@@ -60,6 +59,17 @@ def default_checks(
         IdentityCheck(),
         NetworkCheck(),
     ]
+
+
+class EntityFlags(Protocol):
+    """The behavioural flags of flagged entities, as the pipeline reads them
+    (detector.behaviour.flags.FlagMap): their signals join each verdict."""
+
+    def __len__(self) -> int: ...
+
+    def signals_for(self, entities: Mapping[str, str], ts: float, facts: RequestFacts | None = None) -> list[Signal]:
+        """The signals of the flags in force at `ts` on these entities that admit `facts`."""
+        ...
 
 
 def _signing_time(raw: str | None) -> float | None:
@@ -111,8 +121,8 @@ class Pipeline:
         # Checks whose result depends only on the request's *shape* (profile, user
         # agent, TLS/HTTP fingerprints, network): their signals are computed once per
         # distinct shape and reused; shapes repeat across millions of requests.
-        self._shape_checks = [c for c in self.checks if getattr(c, "scope", "request") == "shape"]
-        self._request_checks = [c for c in self.checks if getattr(c, "scope", "request") != "shape"]
+        self._shape_checks = [c for c in self.checks if c.scope == "shape"]
+        self._request_checks = [c for c in self.checks if c.scope != "shape"]
         self._shape_cache: ByteCache[tuple[Any, ...], tuple[Signal, ...]] = ByteCache(_SHAPE_CACHE_BYTES, _CACHE_ITEM_BYTES)
         self._names_cache: ByteCache[tuple[str, ...], tuple[tuple[str, ...], bool, str]] = ByteCache(
             _NAMES_CACHE_BYTES, _CACHE_ITEM_BYTES)
@@ -160,7 +170,7 @@ class Pipeline:
     def _names(self, names: tuple[str, ...]) -> tuple[tuple[str, ...], bool, str]:
         """Per header-name sequence: lower-cased names, whether a name repeats, and the
         header-order fingerprint (cached: a client stack sends few sequences)."""
-        found = self._names_cache.get(names)
+        found: tuple[tuple[str, ...], bool, str] | None = self._names_cache.get(names)
         if found is None:
             lowered = tuple(n.lower() for n in names)
             found = (lowered, len(set(lowered)) != len(lowered), names_fingerprint(names))
@@ -179,17 +189,13 @@ class Pipeline:
             headers = dict(zip(lowered, [v for _, v in raw]))
         ua_raw = headers.get("user-agent")
         profile = self.profile_for(ua_raw)
-        ctx = RequestContext(profile=profile, weight_of=self.scoring.weight_of, headers=headers)
-        d = ctx.derived
-        d["ua_raw"] = ua_raw
-        d["header_names"] = names
         ua = self._parse_ua(profile, ua_raw) if ua_raw else None
-        d["ua"] = ua
         entities: dict[str, str] = {"ip": request.client_ip}
         for kind, given in (("device", request.device_id), ("account", request.account_id), ("session", request.session_id)):
             v = self._entity(request, headers, profile, kind, given)
             if v:
                 entities[kind] = v
+        signed_at = sign_age = None
         if profile.signing is not None:
             sig = headers.get(profile.signing.header)
             m = profile.signing.format.fullmatch(sig) if sig else None
@@ -198,11 +204,10 @@ class Pipeline:
             # parsed once: the signature check judges it, the behaviour records carry
             # the signing age (arrival minus signing time)
             signed_at = _signing_time(headers.get(profile.signing.timestamp_header))
-            d["signed_at"] = signed_at
-            d["sign_age"] = request.ts - signed_at if signed_at is not None else None
+            sign_age = request.ts - signed_at if signed_at is not None else None
         entities["ip_block"] = ip_block(request.client_ip)
-        d["entities"] = entities
         fps: dict[str, str] = {"headers": header_fp}
+        tls_error = alpn = None
         tls = request.tls
         if tls:
             hello = tls.get("client_hello")
@@ -212,43 +217,43 @@ class Pipeline:
                 try:
                     computed = fingerprints_from_b64(hello)
                 except ClientHelloError as exc:
-                    d["tls_error"] = str(exc)
+                    tls_error = str(exc)
             if computed is not None:
                 fps["ja4"], fps["ja3"] = computed.ja4, computed.ja3
-                d["alpn"] = computed.alpn or ""
+                alpn = computed.alpn or ""
             else:
                 for k in ("ja4", "ja3"):
                     v = tls.get(k)
                     if isinstance(v, str):
                         fps[k] = v
-                alpn = tls.get("alpn")
-                if isinstance(alpn, str):
-                    d["alpn"] = alpn
-                elif isinstance(alpn, list):  # the list offered: what is offered first counts
-                    d["alpn"] = alpn[0] if alpn and isinstance(alpn[0], str) else ""
-        if request.h2 and isinstance(request.h2.get("fingerprint"), str):
-            fps["h2"] = request.h2["fingerprint"]
+                offered = tls.get("alpn")
+                if isinstance(offered, str):
+                    alpn = offered
+                elif isinstance(offered, list):  # the list offered: what is offered first counts
+                    alpn = offered[0] if offered and isinstance(offered[0], str) else ""
+        if request.h2 and isinstance(h2 := request.h2.get("fingerprint"), str):
+            fps["h2"] = h2
         if ua is not None:
             fps["device"] = f"{ua.get('manufacturer', '')}/{ua.get('model', '')}/{ua.get('device', '')}"
-        d["fingerprints"] = fps
-        pop = population_fingerprint(ctx)
-        if pop is not None:
-            entities["fingerprint"] = pop
-        return ctx
+            rules = profile.headers
+            entities["fingerprint"] = population_fingerprint(ua, fps, rules.required if rules is not None else None,
+                                                             names)
+        derived = Derived(ua_raw, names, ua, entities, fps, signed_at, sign_age, tls_error, alpn)
+        return RequestContext(profile, self.scoring.weight_of, headers, derived)
 
     def _shape_key(self, request: ClientRequest, ctx: RequestContext) -> tuple[Any, ...]:
         d = ctx.derived
-        fps = d["fingerprints"]
+        fps = d.fingerprints
         net = request.network
         net_key = (tuple(_scalar(net.get(k)) for k in ("hosting", "asn", "as_org", "country"))
                    if net else None)
-        return (ctx.profile.name, d["ua_raw"], fps.get("ja4"), d.get("alpn"), d.get("tls_error"),
+        return (ctx.profile.name, d.ua_raw, fps.get("ja4"), d.alpn, d.tls_error,
                 request.http_version, fps.get("h2"), net_key)
 
-    def score_one(self, request: ClientRequest, flags: FlagMap | None = None) -> Verdict:
+    def score_one(self, request: ClientRequest, flags: EntityFlags | None = None) -> Verdict:
         return self.assess(request, flags)[0]
 
-    def assess(self, request: ClientRequest, flags: FlagMap | None = None) -> tuple[Verdict, RequestContext]:
+    def assess(self, request: ClientRequest, flags: EntityFlags | None = None) -> tuple[Verdict, RequestContext]:
         """The verdict and what was derived on the way (the behaviour stage needs it).
         `flags`: the behavioural flags known for the request's entities."""
         ctx = self.derive(request)
@@ -272,12 +277,13 @@ class Pipeline:
         # entities: the behaviour stage's records carry only this, so the state and
         # alerts never depend on how fast flags propagated.
         stateless_score = self.scoring.score(signals)
-        ctx.derived["stateless"] = (stateless_score, self.scoring.level(stateless_score), tuple(s.code for s in signals))
+        ctx.stateless = Stateless(stateless_score, self.scoring.level(stateless_score), tuple(s.code for s in signals))
+        derived = ctx.derived
         if flags is not None and len(flags):
-            ents = ctx.derived["entities"]
+            ents = derived.entities
             account = ents.get("account")
             number = account_number(account) if account is not None else None
-            facts = RequestFacts(ctx.derived.get("sign_age"), number)
+            facts = RequestFacts(derived.sign_age, number)
             signals.extend(flags.signals_for(ents, request.ts, facts))
         score = self.scoring.score(signals)
         return Verdict(
@@ -286,13 +292,13 @@ class Pipeline:
             score=score,
             verdict=self.scoring.level(score),
             profile=ctx.profile.name,
-            entities=ctx.derived["entities"],
-            fingerprints=ctx.derived["fingerprints"],
+            entities=derived.entities,
+            fingerprints=derived.fingerprints,
             signals=tuple(signals),
-            app_version=ua["app_version"] if (ua := ctx.derived["ua"]) is not None else None,
+            app_version=ua["app_version"] if (ua := derived.ua) is not None else None,
         ), ctx
 
-    def score_batch(self, requests: Sequence[ClientRequest], state: FlagMap | None = None) -> list[Verdict]:
+    def score_batch(self, requests: Sequence[ClientRequest], state: EntityFlags | None = None) -> list[Verdict]:
         """Score a batch in order. `state`: the flags of behaviour-flagged entities,
         whose signals join each verdict (see detector.behaviour)."""
         score_one = self.score_one

@@ -26,7 +26,8 @@ import msgspec
 
 from detector.behaviour.flags import FLAG_DETAIL_MAX, Flag, FlagUpdate, Scope
 from detector.behaviour.population import Population
-from detector.behaviour.records import ENTITY_TYPES, BehaviourSettings, EntityRecord, ip_block
+from detector.behaviour.records import ENTITY_TYPES, BehaviourSettings, EntityRecord
+from detector.entities import ip_block
 from detector.behaviour.replay import DeviceReplay, ReplayDetector
 from detector.behaviour.travel import Travel
 
@@ -64,7 +65,8 @@ def _remember_signature(st: dict[str, Any], r: EntityRecord) -> str | None:
     slots: list[list[Any]] = st.setdefault("sip", [])
     first = sigs.get(sig)
     if first is not None:
-        return slots[first][0]
+        found: str = slots[first][0]
+        return found
     block = ip_block(r.ip)
     slot = next((i for i, sl in enumerate(slots) if sl[0] == block), None)
     if slot is not None:
@@ -85,9 +87,10 @@ def _remember_signature(st: dict[str, Any], r: EntityRecord) -> str | None:
 
 def _described(flag: list[Any]) -> str:
     """A flag's evidence sentence, with its scope when it has one."""
+    detail: str = flag[0]
     if flag[3] is None:
-        return flag[0]
-    return f"{flag[0]} (applies to {msgspec.convert(flag[3], Scope).describe()})"
+        return detail
+    return f"{detail} (applies to {msgspec.convert(flag[3], Scope).describe()})"
 
 
 def bucket_of(etype: str, key: str, buckets: int) -> int:

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Mapping
 import msgspec
 
 from detector.behaviour.records import KEY_MAX_BYTES, entity_key
+from detector.entities import RequestFacts
 from detector.model import Signal
 
 
@@ -49,23 +50,6 @@ class Scope(msgspec.Struct, array_like=True, frozen=True, gc=False, omit_default
         if self.account_ids is not None:
             parts.append(f"account ids {self.account_ids[0]}-{self.account_ids[1]}")
         return " and ".join(parts)
-
-
-def account_number(account: str) -> int | None:
-    """The account id as a number, when it is one that fits 63 bits (ids are at most
-    19 digits; a longer digit string is not an id to compare, and `int()` of a
-    many-thousand-digit string is refused by Python)."""
-    if len(account) > 19 or not (account.isascii() and account.isdigit()):
-        return None
-    n = int(account)
-    return n if n < 2**63 else None
-
-
-class RequestFacts(msgspec.Struct, frozen=True, gc=False):
-    """What a scoped flag needs to know of a request (see `Scope`)."""
-
-    sign_age: float | None = None  # arrival time minus signing time, seconds
-    account_number: int | None = None  # the account id, when it is a number
 
 
 class Flag(msgspec.Struct, array_like=True, frozen=True, gc=False):

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from detector.behaviour.flags import Scope, account_number
+from detector.behaviour.flags import Scope
+from detector.entities import account_number
 from detector.behaviour.records import BehaviourSettings, EntityRecord
 from detector.behaviour.state import touch, window_start
 

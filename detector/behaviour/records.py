@@ -16,16 +16,16 @@ by bytes (`encode_envelopes`), each under the topic's record limit.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import msgspec
 
-from detector.cache import bounded_cache
-from detector.checks.base import RequestContext
-from detector.fingerprints.headers import names_fingerprint
+from detector.entities import ip_block as ip_block  # (moved there; still named here for the simulator)
 from detector.model import ClientRequest, Verdict
+
+if TYPE_CHECKING:  # (the checks' context imports the profiles, whose schema imports these settings)
+    from detector.checks.base import RequestContext
 
 ENTITY_TYPES = ("device", "account", "ip_block", "asn", "signature", "fingerprint")
 LEVEL_RANK = {"clean": 0, "suspicious": 1, "malicious": 2}
@@ -144,42 +144,6 @@ def _opt(value: str | None, limit: int = KEY_MAX_BYTES) -> str | None:
     return None if value is None else bounded_id(value, limit)
 
 
-@bounded_cache(max_bytes=8 << 20, max_item_bytes=512)
-def ip_block(ip: str) -> str:
-    """The /24 of an IPv4 address, the /48 of an IPv6 one (the usual allocation unit
-    behind one subscriber line or one hosting customer)."""
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return ip
-    prefix = 24 if addr.version == 4 else 48
-    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
-
-
-def population_fingerprint(ctx: RequestContext) -> str | None:
-    """Device tuple + screen + app version + TLS + header order: what a library's
-    default device or an emulator image repeats across many device ids. The header
-    order is that of the names the profile requires on every request (as received,
-    case included): the optional ones (content type and length, bandwidth) come and go
-    with the endpoint, and one client must keep one fingerprint across its calls."""
-    ua = ctx.derived.get("ua")
-    if ua is None:
-        return None
-    fps = ctx.derived["fingerprints"]
-    rules = ctx.profile.headers
-    names = ctx.derived.get("header_names")
-    order = (_required_order(names, rules.required) if rules is not None and names is not None
-             else fps.get("headers", ""))
-    raw = "|".join((fps.get("device", ""), f"{ua.get('dpi')}/{ua.get('width')}x{ua.get('height')}",
-                    ua.get("app_version", ""), fps.get("ja4", ""), order))
-    return "fp1_" + hashlib.sha256(raw.encode()).hexdigest()[:16]
-
-
-@bounded_cache(max_bytes=4 << 20, max_item_bytes=8192)
-def _required_order(names: tuple[str, ...], required: frozenset[str]) -> str:
-    return names_fingerprint(tuple(n for n in names if n.lower() in required))
-
-
 def records_for(request: ClientRequest, ctx: RequestContext, verdict: Verdict) -> list[EntityRecord]:
     """One record per entity this request updates."""
     ents = verdict.entities
@@ -190,8 +154,10 @@ def records_for(request: ClientRequest, ctx: RequestContext, verdict: Verdict) -
     device, account, session = ents.get("device"), ents.get("account"), ents.get("session")
     endpoint = ctx.profile.endpoint_class(request.path)
     # the request's own (stateless) evidence, never the flags it was scored with
-    score, level_name, codes = ctx.derived["stateless"]
-    level = LEVEL_RANK[level_name]
+    own = ctx.stateless
+    if own is None:
+        raise ValueError("records_for needs the context of an assessed request (Pipeline.assess)")
+    score, level, codes = own.score, LEVEL_RANK[own.level], own.codes
     # every string bounded (ids over KEY_MAX_BYTES by their digest form, see bounded_id)
     device, account, session = _opt(device), _opt(account), _opt(session)
     keys: list[tuple[str, str | None]] = [
@@ -203,7 +169,7 @@ def records_for(request: ClientRequest, ctx: RequestContext, verdict: Verdict) -
     ]
     sig = ents.get("signature")
     sig = sig[:16] if sig else None
-    age = ctx.derived.get("sign_age")
+    age = ctx.derived.sign_age
     age = round(age, 1) if age is not None else None
     rid, ip = bounded_id(request.request_id), bounded_id(request.client_ip, FIELD_MAX_BYTES)
     profile, country, endpoint = (_opt(verdict.profile, FIELD_MAX_BYTES), _opt(country, FIELD_MAX_BYTES),

@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from detector.behaviour.flags import Scope
-from detector.behaviour.records import BehaviourSettings, EntityRecord, ip_block
+from detector.behaviour.records import BehaviourSettings, EntityRecord
+from detector.entities import ip_block
 
 REUSED = "replay.signature_reused"
 REUSED_ELSEWHERE = "replay.signature_reused_elsewhere"

@@ -5,11 +5,10 @@ a token bound to another request, or an old one, is being replayed."""
 
 from __future__ import annotations
 
-from typing import ClassVar, Iterable
+from typing import ClassVar, Iterable, Mapping
 
-from detector.checks.base import RequestContext
+from detector.checks.base import CheckScope, RequestContext
 from detector.model import ClientRequest, Signal
-from detector.profile import ClientProfile
 
 MISSING = "attestation.missing"
 UNKNOWN_PROVIDER = "attestation.unknown_provider"
@@ -24,7 +23,8 @@ VIRTUAL = "MEETS_VIRTUAL_INTEGRITY"
 
 class AttestationCheck:
     name: ClassVar[str] = "attestation"
-    codes: ClassVar[dict[str, str]] = {
+    scope: ClassVar[CheckScope] = "request"
+    codes: ClassVar[Mapping[str, str]] = {
         MISSING: "no attestation although the profile requires it",
         UNKNOWN_PROVIDER: "attestation from a provider the profile does not use",
         APP_UNRECOGNIZED: "the attestation does not recognise the app (repackaged, sideloaded or unknown build)",
@@ -35,7 +35,7 @@ class AttestationCheck:
     }
 
     def check(self, request: ClientRequest, ctx: RequestContext) -> Iterable[Signal]:
-        profile: ClientProfile = ctx.profile
+        profile = ctx.profile
         policy = profile.attestation
         if policy is None:
             return

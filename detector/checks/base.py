@@ -7,25 +7,53 @@ the conformance suite and the catalogue can hold it to them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable, Mapping, Protocol
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Iterable, Literal, Mapping, Protocol
 
-from detector.model import ClientRequest, Signal
+import msgspec
+
+from detector.model import ClientRequest, Signal, VerdictLevel
+from detector.profile import ClientProfile
+
+CheckScope = Literal["shape", "request"]
+
+
+class Derived(msgspec.Struct, frozen=True, gc=False):
+    """What `Pipeline.derive` works out of a request once, so no check parses the same
+    thing twice (a msgspec Struct: one is built per request on the hot path)."""
+
+    ua_raw: str | None  # the User-Agent header as sent; None: absent
+    header_names: tuple[str, ...]  # in the order received, names as sent
+    ua: Mapping[str, str] | None  # the profile grammar's named groups; None: absent or malformed
+    entities: Mapping[str, str]  # entity type -> id (ip, ip_block, device, account, session, signature, fingerprint)
+    fingerprints: Mapping[str, str]  # headers, ja4, ja3, h2, device
+    signed_at: float | None = None  # the signing timestamp header (None: absent, not finite, or no signing)
+    sign_age: float | None = None  # arrival minus signing time, seconds
+    tls_error: str | None = None  # why the captured ClientHello cannot be parsed
+    alpn: str | None = None  # the protocol offered first ("" none); None: no TLS facts
+
+
+class Stateless(msgspec.Struct, frozen=True, gc=False):
+    """What a request shows on its own, before the behavioural flags of its entities:
+    the behaviour stage's records carry only this."""
+
+    score: float
+    level: VerdictLevel
+    codes: tuple[str, ...]
 
 
 @dataclass(slots=True)
 class RequestContext:
-    """What the pipeline knows about a request before the checks run.
+    """What the pipeline knows about a request before the checks run: its profile, its
+    headers by lower-cased name (first value), what was derived from it, and
+    `weight_of`, which maps a code to its configured weight. `stateless` is set once
+    the checks have run (`Pipeline.assess`)."""
 
-    `derived` is a per-request scratch space filled by earlier stages (parsed user
-    agent, computed fingerprints, resolved ids) so no check parses the same thing
-    twice. `weight_of` maps a code to its configured weight.
-    """
-
-    profile: Any
+    profile: ClientProfile
     weight_of: Callable[[str], float]
-    headers: dict[str, str] = field(default_factory=dict)  # lower-cased name -> first value
-    derived: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, str]
+    derived: Derived
+    stateless: Stateless | None = None
 
     def header(self, name: str) -> str | None:
         """First value of a header by lower-case name (built once per request)."""
@@ -41,9 +69,10 @@ class Check(Protocol):
     `scope = "shape"` declares that the check reads only the request's shape (profile,
     user agent, TLS and HTTP fingerprints, ALPN, HTTP version, network facts), so the
     pipeline may reuse its signals for every request of the same shape; any other
-    check runs on every request (`scope = "request"`, the default)."""
+    check runs on every request (`scope = "request"`)."""
 
     name: ClassVar[str]
+    scope: ClassVar[CheckScope]
     codes: ClassVar[Mapping[str, str]]  # code -> one-line meaning
 
     def check(self, request: ClientRequest, ctx: RequestContext) -> Iterable[Signal]: ...

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import ClassVar, Iterable, Mapping
 
 from detector.cache import ByteCache
-from detector.checks.base import RequestContext
+from detector.checks.base import CheckScope, RequestContext
 from detector.devices import DeviceCatalogue
 from detector.model import ClientRequest, Signal
 
@@ -40,8 +40,8 @@ def _int(v: str | None) -> int | None:
 
 class DeviceCheck:
     name: ClassVar[str] = "device"
-    scope: ClassVar[str] = "shape"
-    codes: ClassVar[dict[str, str]] = {
+    scope: ClassVar[CheckScope] = "shape"
+    codes: ClassVar[Mapping[str, str]] = {
         EMULATOR: "an emulator or virtual-device build property in the device tuple",
         EMULATOR_SCREEN: "a default emulator screen (density and resolution) on a model that has no such panel",
         SDK_RELEASE_MISMATCH: "Android API level and release that never shipped together",
@@ -58,7 +58,7 @@ class DeviceCheck:
         self._cache: ByteCache[tuple[str, ...], tuple[tuple[str, str], ...]] = ByteCache(_CACHE_BYTES, 16 * 1024)
 
     def check(self, request: ClientRequest, ctx: RequestContext) -> Iterable[Signal]:
-        ua = ctx.derived.get("ua")
+        ua = ctx.derived.ua
         if ua is None or "model" not in ua:
             return ()
         key = tuple(ua.get(f) or "" for f in ("manufacturer", "model", "device", "hardware", "dpi", "width", "height",
@@ -92,6 +92,6 @@ class DeviceCheck:
             yield UNKNOWN_PAIR, (f"Google Play's device list has model {model} ({manufacturer}) but never with "
                                  f"device codename {device}")
         for reason, detail in cat.plausibility(model, dpi, width, height, hardware, sdk):
-            code = _PLAUSIBILITY_TO_CODE.get(reason)
-            if code is not None:
-                yield code, detail
+            found = _PLAUSIBILITY_TO_CODE.get(reason)
+            if found is not None:
+                yield found, detail

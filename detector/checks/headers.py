@@ -9,12 +9,12 @@ the app's custom headers still gives itself away by where and how it writes them
 from __future__ import annotations
 
 import hashlib
-from typing import ClassVar, Iterable
+from typing import ClassVar, Iterable, Mapping
 
 from detector.cache import ByteCache, approx_size
-from detector.checks.base import RequestContext
+from detector.checks.base import CheckScope, RequestContext
 from detector.model import ClientRequest, Signal
-from detector.profile import ClientProfile, HeaderRules
+from detector.profile import HeaderRules
 
 MISSING_REQUIRED = "headers.missing_required"
 FORBIDDEN = "headers.forbidden"
@@ -36,7 +36,8 @@ def _shorten(names: list[str], n: int = 4) -> str:
 
 class HeadersCheck:
     name: ClassVar[str] = "headers"
-    codes: ClassVar[dict[str, str]] = {
+    scope: ClassVar[CheckScope] = "request"
+    codes: ClassVar[Mapping[str, str]] = {
         MISSING_REQUIRED: "a header the official client always sends is missing",
         FORBIDDEN: "a header the official client never sends (typical of HTTP libraries and browsers)",
         UNEXPECTED: "a header name the profile does not list",
@@ -54,13 +55,11 @@ class HeadersCheck:
         self._value_ok: ByteCache[tuple[str, str, str], bool] = ByteCache(_VALUES_CACHE_BYTES, _CACHE_ITEM_BYTES)
 
     def check(self, request: ClientRequest, ctx: RequestContext) -> Iterable[Signal]:
-        profile: ClientProfile = ctx.profile
+        profile = ctx.profile
         rules = profile.headers
         if rules is None:
             return []
-        names = ctx.derived.get("header_names")
-        if names is None:
-            names = tuple(n for n, _ in request.headers)
+        names = ctx.derived.header_names
         key = (profile.name, names)
         found = self._names_cache.get(key)
         if found is None:
@@ -105,7 +104,7 @@ class HeadersCheck:
         if kind == "param":
             return (request.params or {}).get(name)
         if kind == "ua":
-            ua = ctx.derived.get("ua")
+            ua = ctx.derived.ua
             return ua.get(name) if ua else None
         value = getattr(request, name, None)
         return None if value is None else str(value)

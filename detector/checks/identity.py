@@ -5,10 +5,10 @@ UUIDs (version 1), which also leak the generating host's MAC address."""
 from __future__ import annotations
 
 import re
-from typing import ClassVar, Iterable
+from typing import ClassVar, Iterable, Mapping
 
 from detector.cache import ByteCache
-from detector.checks.base import RequestContext
+from detector.checks.base import CheckScope, RequestContext
 from detector.model import ClientRequest, Signal
 from detector.profile import ClientProfile
 
@@ -24,7 +24,8 @@ _CODE = {"device": INVALID_DEVICE_ID, "account": INVALID_ACCOUNT_ID, "session": 
 
 class IdentityCheck:
     name: ClassVar[str] = "identity"
-    codes: ClassVar[dict[str, str]] = {
+    scope: ClassVar[CheckScope] = "request"
+    codes: ClassVar[Mapping[str, str]] = {
         INVALID_DEVICE_ID: "device id not in the official app's format",
         INVALID_ACCOUNT_ID: "account id not in the official app's format",
         INVALID_SESSION_ID: "session id not in the official app's format",
@@ -36,9 +37,9 @@ class IdentityCheck:
         self._cache: ByteCache[tuple[str, str, str], tuple[tuple[str, str], ...]] = ByteCache(_CACHE_BYTES, 16 * 1024)
 
     def check(self, request: ClientRequest, ctx: RequestContext) -> Iterable[Signal]:
-        profile: ClientProfile = ctx.profile
-        entities = ctx.derived["entities"]
-        out = []
+        profile = ctx.profile
+        entities = ctx.derived.entities
+        out: list[Signal] = []
         for kind in _CODE:
             value = entities.get(kind)
             if value is None:

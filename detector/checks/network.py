@@ -5,11 +5,10 @@ is weak evidence (travellers, expats), so it carries little weight."""
 
 from __future__ import annotations
 
-from typing import ClassVar, Iterable
+from typing import ClassVar, Iterable, Mapping
 
-from detector.checks.base import RequestContext
+from detector.checks.base import CheckScope, RequestContext
 from detector.model import ClientRequest, Signal
-from detector.profile import ClientProfile
 
 HOSTING = "network.hosting"
 LOCALE_COUNTRY_MISMATCH = "network.locale_country_mismatch"
@@ -17,14 +16,14 @@ LOCALE_COUNTRY_MISMATCH = "network.locale_country_mismatch"
 
 class NetworkCheck:
     name: ClassVar[str] = "network"
-    scope: ClassVar[str] = "shape"
-    codes: ClassVar[dict[str, str]] = {
+    scope: ClassVar[CheckScope] = "shape"
+    codes: ClassVar[Mapping[str, str]] = {
         HOSTING: "request from a hosting or datacenter network",
         LOCALE_COUNTRY_MISMATCH: "the user agent's locale country differs from the IP's country",
     }
 
     def check(self, request: ClientRequest, ctx: RequestContext) -> Iterable[Signal]:
-        profile: ClientProfile = ctx.profile
+        profile = ctx.profile
         net = request.network
         if not net:
             return
@@ -33,7 +32,7 @@ class NetworkCheck:
             yield ctx.signal(HOSTING, f"AS{net.get('asn', '?')} ({str(org)[:40]}) is a hosting network, not a "
                                       "mobile carrier or home ISP")
         if profile.network.locale_country:
-            ua = ctx.derived.get("ua")
+            ua = ctx.derived.ua
             locale = ua.get("locale") if ua else None
             country = net.get("country")
             if locale and isinstance(country, str) and "_" in locale and locale.rsplit("_", 1)[1] != country:

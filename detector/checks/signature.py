@@ -7,11 +7,10 @@ after rotation, so a key the claimed version never shipped is itself evidence.""
 from __future__ import annotations
 
 import hmac
-from typing import ClassVar, Iterable
+from typing import ClassVar, Iterable, Mapping
 
-from detector.checks.base import RequestContext
+from detector.checks.base import CheckScope, RequestContext
 from detector.model import ClientRequest, Signal
-from detector.profile import ClientProfile
 from detector.signing import canonical_string, mac
 
 MISSING = "signature.missing"
@@ -25,7 +24,8 @@ TIMESTAMP_SKEW = "signature.timestamp_skew"
 
 class SignatureCheck:
     name: ClassVar[str] = "signature"
-    codes: ClassVar[dict[str, str]] = {
+    scope: ClassVar[CheckScope] = "request"
+    codes: ClassVar[Mapping[str, str]] = {
         MISSING: "no request signature, or no signing timestamp",
         MALFORMED: "signature header does not match the profile's format",
         UNKNOWN_KEY: "signature names a key id the profile does not know",
@@ -36,7 +36,7 @@ class SignatureCheck:
     }
 
     def check(self, request: ClientRequest, ctx: RequestContext) -> Iterable[Signal]:
-        profile: ClientProfile = ctx.profile
+        profile = ctx.profile
         scheme = profile.signing
         if scheme is None:
             return
@@ -56,7 +56,7 @@ class SignatureCheck:
             return
         if key.status == "retired":
             yield ctx.signal(RETIRED_KEY, f"signature made with retired key {key_id}")
-        ua = ctx.derived.get("ua")
+        ua = ctx.derived.ua
         if ua is not None:
             info = profile.versions.get(ua["app_version"])
             if info is not None and info.keys and key_id not in info.keys:
@@ -64,7 +64,7 @@ class SignatureCheck:
                     KEY_NOT_IN_BUILD,
                     f"key {key_id} is not among the keys of app version {info.version} ({', '.join(sorted(info.keys))})",
                 )
-        signed_at = ctx.derived.get("signed_at")  # parsed by Pipeline.derive (None: absent or not a finite number)
+        signed_at = ctx.derived.signed_at  # parsed by Pipeline.derive (None: absent or not a finite number)
         if signed_at is None:
             yield ctx.signal(MISSING, f"no valid {scheme.timestamp_header} header to bind the signature to a time")
         elif abs(signed_at - request.ts) > scheme.max_skew_s:

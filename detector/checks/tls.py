@@ -5,12 +5,11 @@ known desktop or automation stack adds confidence and names it."""
 
 from __future__ import annotations
 
-from typing import ClassVar, Iterable
+from typing import ClassVar, Iterable, Mapping
 
-from detector.checks.base import RequestContext
+from detector.checks.base import CheckScope, RequestContext
 from detector.fingerprints.known import KnownStacks
 from detector.model import ClientRequest, Signal
-from detector.profile import ClientProfile
 
 MISSING = "tls.missing"
 FINGERPRINT_MISMATCH = "tls.fingerprint_mismatch"
@@ -21,8 +20,8 @@ CLIENT_HELLO_INVALID = "tls.client_hello_invalid"
 
 class TlsCheck:
     name: ClassVar[str] = "tls"
-    scope: ClassVar[str] = "shape"
-    codes: ClassVar[dict[str, str]] = {
+    scope: ClassVar[CheckScope] = "shape"
+    codes: ClassVar[Mapping[str, str]] = {
         MISSING: "no TLS facts although the profile requires them",
         FINGERPRINT_MISMATCH: "JA4 not among the profile's fingerprints for the claimed app version",
         KNOWN_AUTOMATION_STACK: "JA4 of a known desktop, automation or browser stack",
@@ -34,19 +33,19 @@ class TlsCheck:
         self.known = known or KnownStacks()
 
     def check(self, request: ClientRequest, ctx: RequestContext) -> Iterable[Signal]:
-        profile: ClientProfile = ctx.profile
+        profile = ctx.profile
         policy = profile.tls
         if policy is None:
             return
-        error = ctx.derived.get("tls_error")
+        error = ctx.derived.tls_error
         if error:
             yield ctx.signal(CLIENT_HELLO_INVALID, f"the captured ClientHello cannot be parsed: {error}")
-        ja4 = ctx.derived["fingerprints"].get("ja4")
+        ja4 = ctx.derived.fingerprints.get("ja4")
         if ja4 is None:
             if policy.required and not error:
                 yield ctx.signal(MISSING, f"no JA4 or ClientHello although {profile.name} requires TLS facts")
             return
-        ua = ctx.derived.get("ua")
+        ua = ctx.derived.ua
         version = ua.get("app_version") if ua else None
         allowed = [r.value for r in policy.ja4 if r.covers(version)]
         if allowed and ja4 not in allowed:
@@ -56,7 +55,7 @@ class TlsCheck:
                                                    f"{profile.name}{where}")
             if stack:
                 yield ctx.signal(KNOWN_AUTOMATION_STACK, f"JA4 {ja4} is the fingerprint of {stack}")
-        alpn = ctx.derived.get("alpn")
+        alpn = ctx.derived.alpn
         if policy.alpn_first and alpn is not None and alpn != policy.alpn_first:
             yield ctx.signal(ALPN_MISMATCH, f"ALPN offers {alpn or 'nothing'} first; the official client offers "
                                             f"{policy.alpn_first}")

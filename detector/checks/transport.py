@@ -5,12 +5,11 @@ libraries mostly speak HTTP/1.1, browsers have their own HTTP/2 settings."""
 
 from __future__ import annotations
 
-from typing import ClassVar, Iterable
+from typing import ClassVar, Iterable, Mapping
 
-from detector.checks.base import RequestContext
+from detector.checks.base import CheckScope, RequestContext
 from detector.fingerprints.known import KnownStacks
 from detector.model import ClientRequest, Signal
-from detector.profile import ClientProfile
 
 HTTP_VERSION = "transport.http_version"
 H2_FINGERPRINT_MISMATCH = "transport.h2_fingerprint_mismatch"
@@ -19,8 +18,8 @@ KNOWN_BROWSER_H2 = "transport.known_browser_h2"
 
 class TransportCheck:
     name: ClassVar[str] = "transport"
-    scope: ClassVar[str] = "shape"
-    codes: ClassVar[dict[str, str]] = {
+    scope: ClassVar[CheckScope] = "shape"
+    codes: ClassVar[Mapping[str, str]] = {
         HTTP_VERSION: "an HTTP version the official client never uses",
         H2_FINGERPRINT_MISMATCH: "HTTP/2 fingerprint differs from the official client's",
         KNOWN_BROWSER_H2: "HTTP/2 fingerprint of a known browser or HTTP library",
@@ -30,7 +29,7 @@ class TransportCheck:
         self.known = known or KnownStacks()
 
     def check(self, request: ClientRequest, ctx: RequestContext) -> Iterable[Signal]:
-        profile: ClientProfile = ctx.profile
+        profile = ctx.profile
         policy = profile.transport
         if policy is None:
             return
@@ -38,7 +37,7 @@ class TransportCheck:
         if v is not None and v not in policy.http_versions:
             yield ctx.signal(HTTP_VERSION, f"HTTP/{v}, but {profile.name} only speaks HTTP/"
                                            f"{' or HTTP/'.join(sorted(policy.http_versions))}")
-        fp = ctx.derived["fingerprints"].get("h2")
+        fp = ctx.derived.fingerprints.get("h2")
         if fp is not None and policy.h2_fingerprints and fp not in policy.h2_fingerprints:
             shown = fp if len(fp) <= 60 else fp[:57] + "..."
             yield ctx.signal(H2_FINGERPRINT_MISMATCH, f"HTTP/2 fingerprint {shown} is not the official client's")

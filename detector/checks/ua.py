@@ -3,11 +3,11 @@ in its release table, and pair that version with one of its real version codes?"
 
 from __future__ import annotations
 
-from typing import ClassVar, Iterable
+from typing import ClassVar, Iterable, Mapping
 
-from detector.checks.base import RequestContext
+from detector.checks.base import CheckScope, RequestContext
 from detector.model import ClientRequest, Signal
-from detector.profile import ClientProfile, version_key
+from detector.profile import version_key
 
 MISSING = "ua.missing"
 MALFORMED = "ua.malformed"
@@ -19,8 +19,8 @@ VERSION_CODE_MISMATCH = "ua.version_code_mismatch"
 
 class UserAgentCheck:
     name: ClassVar[str] = "ua"
-    scope: ClassVar[str] = "shape"
-    codes: ClassVar[dict[str, str]] = {
+    scope: ClassVar[CheckScope] = "shape"
+    codes: ClassVar[Mapping[str, str]] = {
         MISSING: "no User-Agent header",
         MALFORMED: "User-Agent does not follow the profile's grammar",
         UNKNOWN_VERSION: "app version not in the release table and not newer than its newest",
@@ -30,12 +30,12 @@ class UserAgentCheck:
     }
 
     def check(self, request: ClientRequest, ctx: RequestContext) -> Iterable[Signal]:
-        profile: ClientProfile = ctx.profile
-        raw = ctx.derived.get("ua_raw")
+        profile = ctx.profile
+        raw = ctx.derived.ua_raw
         if raw is None:
             yield ctx.signal(MISSING, "the request carries no User-Agent header")
             return
-        ua = ctx.derived.get("ua")
+        ua = ctx.derived.ua
         if ua is None:
             shown = raw if len(raw) <= 120 else raw[:117] + "..."
             yield ctx.signal(MALFORMED, f"user agent {shown!r} does not follow the {profile.name} grammar")

@@ -253,7 +253,7 @@ def _scoped(out, code):
 def test_bulk_registered_run_flags_only_the_batch_id_range(engine, detection):
     """Three accounts with neighbouring ids on one fingerprint raise the scoped flag; a
     real user of the same phone (an id from elsewhere) is outside its scope."""
-    from detector.behaviour.flags import RequestFacts
+    from detector.entities import RequestFacts
 
     base = 38_054_030_000
     recs = [rec("fingerprint", "fp1_image", T0 + i * 7, i, device=f"d{i}", account=str(base + i * 31),
@@ -293,7 +293,7 @@ def test_replayed_device_flag_reaches_replays_not_the_owner(engine, detection):
     """The device shard sees a device's signature come back from another address; its
     flag then applies to that device's requests signed long before arrival (replays of
     other captured requests), not to the owner's own requests."""
-    from detector.behaviour.flags import RequestFacts
+    from detector.entities import RequestFacts
 
     own = [rec("device", "d-cap", T0 + i * 5, i, ip="100.64.0.7", sig=f"s{i:015d}", sign_age=0.4 + i * 0.1)
            for i in range(5)]
@@ -335,7 +335,8 @@ def test_notification_action_and_browsing_sessions_are_not_action_only(engine):
 
 
 def test_scoped_flag_round_trips_through_the_flag_topic_encoding():
-    from detector.behaviour.flags import Flag, FlagUpdate, RequestFacts, Scope
+    from detector.behaviour.flags import Flag, FlagUpdate, Scope
+    from detector.entities import RequestFacts
 
     u = FlagUpdate("fingerprint", "fp1_x", (Flag("population.bulk_registered_accounts", "run", T0 + 60,
                                                  Scope(account_ids=(100, 200))),), T0)
@@ -370,7 +371,7 @@ def test_scoped_flag_restored_from_a_snapshot_is_not_broadcast_again(detection):
 
 
 def test_huge_numeric_account_ids_are_not_numbers():
-    from detector.behaviour.flags import account_number
+    from detector.entities import account_number
     from detector.behaviour.population import densest_run
 
     assert account_number("9" * 5000) is None and account_number("1" + "0" * 19) is None
@@ -381,7 +382,7 @@ def test_huge_numeric_account_ids_are_not_numbers():
 def test_replayed_device_whose_clock_runs_ahead(engine, detection):
     """A phone 150 s ahead signs with a negative age; a replay 50 s later still arrives
     signed 50 s later than the phone's own requests do."""
-    from detector.behaviour.flags import RequestFacts
+    from detector.entities import RequestFacts
 
     own = [rec("device", "d-ahead", T0 + i * 5, i, ip="100.64.1.7", sig=f"a{i:015d}", sign_age=-150.0 + i * 0.1)
            for i in range(4)]
