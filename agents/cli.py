@@ -90,7 +90,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             dst.write(b"".join(v.to_json() + b"\n" for v in verdicts[i:i + 2000]))
     if args.alerts:
         with output(args.alerts) as f:
-            f.write(b"".join(orjson.dumps(a) + b"\n" for a in alerts))
+            f.write(b"".join(a.to_json() + b"\n" for a in alerts))
     return 1 if rejections else 0
 
 

@@ -31,6 +31,8 @@ from agents.webhooks import (BREAKER_STATES, DELIVERED, REJECTED, AddressPolicy,
                              clip, delivery_seq, dlq_record, headers, pending_record, render, retry_after_s,
                              status_line)
 
+from detector.alerts import Alert, alert_from_obj, decode_alert
+
 log = logging.getLogger("detector.webhooks")
 
 MAX_IN_MEMORY = 20_000  # pending deliveries held per worker before reading the retry topic pauses
@@ -90,7 +92,7 @@ def refused_address(exc: BaseException) -> AddressRefused | None:
     return None
 
 
-async def post(session: aiohttp.ClientSession, e: Endpoint, alert: dict[str, Any]) -> Attempt:
+async def post(session: aiohttp.ClientSession, e: Endpoint, alert: Alert) -> Attempt:
     """One signed POST of `alert` to `e`. The response body is read only to drain the
     connection (at most DRAIN_MAX_BYTES) and dropped."""
     body = render(e, alert)
@@ -202,8 +204,7 @@ class DeliveryStage(Service):
             for tp, msgs in batches.items():
                 for m in msgs:
                     try:
-                        alert = orjson.loads(m.value)
-                        alert["alert_id"], alert["revision"]  # noqa: B018 - required to deliver
+                        alert = decode_alert(m.value)
                     except Exception as exc:  # noqa: BLE001 - a malformed alert must not stop delivery
                         log.error("skipping malformed alert %s[%d]@%d: %s", tp.topic, tp.partition, m.offset, exc)
                         continue
@@ -242,7 +243,8 @@ class DeliveryStage(Service):
                     self.tracker.add(tp.partition, m.offset)
                     try:
                         rec = orjson.loads(m.value)
-                        name, alert, attempt, due = rec["endpoint"], rec["alert"], int(rec["attempt"]), float(rec["due"])
+                        name, alert = rec["endpoint"], alert_from_obj(rec["alert"])
+                        attempt, due = int(rec["attempt"]), float(rec["due"])
                     except Exception as exc:  # noqa: BLE001
                         log.error("skipping malformed pending delivery %s[%d]@%d: %s", tp.topic, tp.partition,
                                   m.offset, exc)
@@ -341,7 +343,7 @@ class DeliveryStage(Service):
                 q.breaker.record(a.status is not None and a.status < 500)  # a 4xx answer: the endpoint is alive
             if self.generation.get(p.partition, 0) != p.generation:
                 return  # the partition was revoked meanwhile: its new owner delivers again
-            ident = f"{p.alert['alert_id']}:{p.alert['revision']}"
+            ident = f"{p.alert.alert_id}:{p.alert.revision}"
             outcome = classify(a.status)
             if a.result == "address_refused":
                 # The policy refuses where the endpoint's name points: not retried (it is
@@ -378,8 +380,7 @@ class DeliveryStage(Service):
             raise
         except Exception:  # noqa: BLE001 - keep the pending record uncommitted and try it again later
             q.breaker.abandon()
-            log.exception("webhook %s: delivery of %s:%s crashed", e.name, p.alert.get("alert_id"),
-                          p.alert.get("revision"))
+            log.exception("webhook %s: delivery of %s:%s crashed", e.name, p.alert.alert_id, p.alert.revision)
             q.push(Pending(time.time() + e.backoff_max_s, next(delivery_seq), p.partition, p.offset, p.generation,
                            p.attempt, p.alert))
         finally:
@@ -387,22 +388,22 @@ class DeliveryStage(Service):
             q.slots.release()
             q.changed.set()
 
-    async def _dead(self, endpoint: str, alert: dict[str, Any], outcome: str, reason: str, attempts: int) -> None:
+    async def _dead(self, endpoint: str, alert: Alert, outcome: str, reason: str, attempts: int) -> None:
         assert self.producer is not None
         await self.producer.send_and_wait(ALERTS_DLQ.name, dlq_record(endpoint, alert, outcome, reason, attempts,
                                                                       time.time()),
-                                          key=str(alert.get("alert_id", "")).encode())
+                                          key=alert.alert_id.encode())
 
     # --- alertmanager: repeat while open, endsAt when closed -------------------------------------------
-    def _track_open(self, e: Endpoint, alert: dict[str, Any]) -> None:
+    def _track_open(self, e: Endpoint, alert: Alert) -> None:
         opened = self.open_alerts[e.name]
-        prev = opened.get(alert["alert_id"])
-        if prev is not None and prev[0]["revision"] > alert["revision"]:
+        prev = opened.get(alert.alert_id)
+        if prev is not None and prev[0].revision > alert.revision:
             return
         if alert_closed(alert, time.time()):
-            opened.pop(alert["alert_id"], None)  # the push already carried endsAt
+            opened.pop(alert.alert_id, None)  # the push already carried endsAt
             return
-        opened[alert["alert_id"]] = [alert, time.monotonic() + e.repeat_interval_s]
+        opened[alert.alert_id] = [alert, time.monotonic() + e.repeat_interval_s]
 
     @Service.timer(1.0)
     async def _repeat_open_alerts(self) -> None:

@@ -370,17 +370,17 @@ class ShardProcessor:
                           type(exc).__name__)
         for alert in out.alerts:
             try:
-                alert_id = str(alert["alert_id"])
-                key, value = alert_id.encode(), orjson.dumps(alert)
+                alert_id = alert.alert_id
+                key, value = alert_id.encode(), alert.to_json()
                 if len(key) + len(value) > limits.alert:  # bounded by the engine: never expected
                     self.metrics.oversized_records.labels("alert").inc()
                     log.error("not sending alert %s: %d bytes, over the limit of %d", log_text(alert_id, self.redactor, 80),
                               len(key) + len(value), limits.alert)
                     continue
                 self.shard.delivering(p, await self.send_alert(key, value))
-                self.metrics.alerts.labels(alert["severity"]).inc()
-                log.info("alert %s rev %d %s: %s", log_text(alert_id, self.redactor, 80), alert["revision"],
-                         alert["severity"], log_text(str(alert["summary"]), self.redactor))
+                self.metrics.alerts.labels(alert.severity).inc()
+                log.info("alert %s rev %d %s: %s", log_text(alert_id, self.redactor, 80), alert.revision,
+                         alert.severity, log_text(alert.summary, self.redactor))
             except Exception as exc:  # noqa: BLE001 - one alert must not lose the others
                 self.metrics.internal_errors.labels("entity-shard").inc()
                 log.error("an alert from %s[%d]@%d was not sent: %s", ENTITY_EVENTS.name, p, offset,

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import orjson
 import yaml
 
+from detector.alerts import Alert
 from detector.config import ConfigError, YamlDocument, node_line, unknown_key
 from detector.config.schema import WebhookEndpoint
 
@@ -179,12 +180,12 @@ class Endpoint:
     def address_policy(self) -> AddressPolicy:
         return AddressPolicy(self.allow_addresses, self.deny_private)
 
-    def accepts(self, alert: Mapping[str, Any]) -> bool:
-        if _SEV_RANK.get(str(alert.get("severity")), -1) < _SEV_RANK[self.min_severity]:
+    def accepts(self, alert: Alert) -> bool:
+        if _SEV_RANK.get(alert.severity, -1) < _SEV_RANK[self.min_severity]:
             return False
-        if self.entity_types and alert.get("entity", {}).get("type") not in self.entity_types:
+        if self.entity_types and alert.entity.type not in self.entity_types:
             return False
-        if self.codes and not self.codes.intersection(alert.get("codes", ())):
+        if self.codes and not self.codes.intersection(alert.codes):
             return False
         return True
 
@@ -329,15 +330,15 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def alert_closed(alert: Mapping[str, Any], now: float) -> bool:
+def alert_closed(alert: Alert, now: float) -> bool:
     """An alert is open until the end of its window (wall clock)."""
     try:
-        return now >= _parse_iso(alert["window"]["end"])
-    except (KeyError, TypeError, ValueError):
+        return now >= _parse_iso(alert.window.end)
+    except ValueError:
         return False
 
 
-def render(endpoint: Endpoint, alert: Mapping[str, Any], now: float | None = None) -> bytes:
+def render(endpoint: Endpoint, alert: Alert, now: float | None = None) -> bytes:
     """The request body for this endpoint. Generic and Slack bodies are a pure function
     of the alert (a re-sent revision has identical content); an Alertmanager body also
     depends on whether the alert's window has closed at `now` (`endsAt`)."""
@@ -345,57 +346,57 @@ def render(endpoint: Endpoint, alert: Mapping[str, Any], now: float | None = Non
         return orjson.dumps(slack_message(alert))
     if endpoint.format == "alertmanager":
         return orjson.dumps([alertmanager_alert(alert, time.time() if now is None else now)])
-    return orjson.dumps(alert)
+    return alert.to_json()
 
 
-def slack_message(alert: Mapping[str, Any]) -> dict[str, Any]:
-    sev = str(alert.get("severity"))
-    ent = alert.get("entity", {})
-    title = f"{_SLACK_ICON.get(sev, '')} {sev.upper()} alert: {ent.get('type')} {ent.get('id')} (rev {alert.get('revision')})"
-    samples = ", ".join(f"`{r}`" for r in alert.get("sample_request_ids", [])) or "none"
-    details = (f"*codes*: {', '.join(alert.get('codes', []))}\n*requests*: {alert.get('count')}  *score*: "
-               f"{alert.get('score')}\n*window*: {alert.get('window', {}).get('start')} to "
-               f"{alert.get('window', {}).get('end')}\n*sample requests*: {samples}\n*alert id*: `{alert.get('alert_id')}`")
-    flags = (alert.get("evidence") or {}).get("flags") or {}
+def slack_message(alert: Alert) -> dict[str, Any]:
+    sev = alert.severity
+    ent = alert.entity
+    title = f"{_SLACK_ICON.get(sev, '')} {sev.upper()} alert: {ent.type} {ent.id} (rev {alert.revision})"
+    samples = ", ".join(f"`{r}`" for r in alert.sample_request_ids) or "none"
+    details = (f"*codes*: {', '.join(alert.codes)}\n*requests*: {alert.count}  *score*: "
+               f"{alert.score}\n*window*: {alert.window.start} to "
+               f"{alert.window.end}\n*sample requests*: {samples}\n*alert id*: `{alert.alert_id}`")
+    flags = alert.evidence.flags
     if flags:
         details += "\n*behaviour*:" + "".join(f"\n- `{c}`: {d}" for c, d in flags.items())
     return {
-        "text": f"{title}: {alert.get('summary')}",  # the notification text and the fallback
+        "text": f"{title}: {alert.summary}",  # the notification text and the fallback
         "blocks": [
-            {"type": "section", "text": {"type": "mrkdwn", "text": f"*{title}*\n{alert.get('summary')}"}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": f"*{title}*\n{alert.summary}"}},
             {"type": "section", "text": {"type": "mrkdwn", "text": details}},
         ],
     }
 
 
-def alertmanager_alert(alert: Mapping[str, Any], now: float) -> dict[str, Any]:
+def alertmanager_alert(alert: Alert, now: float) -> dict[str, Any]:
     """One alert of Alertmanager's `POST /api/v2/alerts` body. Labels identify the alert
     (Alertmanager groups and de-duplicates by them), annotations carry the rest."""
-    ent = alert.get("entity", {})
+    ent = alert.entity
     out: dict[str, Any] = {
         "labels": {
             "alertname": "ImpersonatingClient",
-            "alert_id": str(alert["alert_id"]),
-            "severity": str(alert.get("severity")),
-            "entity_type": str(ent.get("type")),
-            "entity_id": str(ent.get("id")),
-            "rule": str(alert.get("rule", "")),
+            "alert_id": alert.alert_id,
+            "severity": alert.severity,
+            "entity_type": ent.type,
+            "entity_id": ent.id,
+            "rule": alert.rule,
             "service": "app-impersonation-detector",
         },
         "annotations": {
-            "summary": str(alert.get("summary", "")),
-            "revision": str(alert.get("revision")),
-            "count": str(alert.get("count")),
-            "score": str(alert.get("score")),
-            "codes": ",".join(alert.get("codes", [])),
-            "sample_request_ids": ",".join(alert.get("sample_request_ids", [])),
+            "summary": alert.summary,
+            "revision": str(alert.revision),
+            "count": str(alert.count),
+            "score": str(alert.score),
+            "codes": ",".join(alert.codes),
+            "sample_request_ids": ",".join(alert.sample_request_ids),
             **({"behaviour": "; ".join(f"{c}: {d}" for c, d in flags.items())}
-               if (flags := (alert.get("evidence") or {}).get("flags")) else {}),
+               if (flags := alert.evidence.flags) else {}),
         },
-        "startsAt": alert.get("created_at"),
+        "startsAt": alert.created_at,
     }
     if alert_closed(alert, now):
-        out["endsAt"] = alert["window"]["end"]
+        out["endsAt"] = alert.window.end
     return out
 
 
@@ -405,9 +406,9 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
     return "sha256=" + mac.hexdigest()
 
 
-def headers(endpoint: Endpoint, alert: Mapping[str, Any], body: bytes, timestamp: int) -> dict[str, str]:
+def headers(endpoint: Endpoint, alert: Alert, body: bytes, timestamp: int) -> dict[str, str]:
     h = {"Content-Type": "application/json", "User-Agent": "app-impersonation-detector",
-         "Idempotency-Key": f"{alert['alert_id']}:{alert['revision']}", "X-Detector-Timestamp": str(timestamp)}
+         "Idempotency-Key": f"{alert.alert_id}:{alert.revision}", "X-Detector-Timestamp": str(timestamp)}
     if endpoint.secret:
         h["X-Detector-Signature"] = sign(endpoint.secret, timestamp, body)
     return h
@@ -511,16 +512,16 @@ class CircuitBreaker:
 
 
 # --- records on the retry topic and the DLQ ---------------------------------------------
-def pending_record(endpoint: str, alert: Mapping[str, Any], attempt: int, due: float,
+def pending_record(endpoint: str, alert: Alert, attempt: int, due: float,
                    last_error: str | None = None) -> bytes:
     """A delivery still to make: `attempt` is the number of the next attempt (from 1)."""
     return orjson.dumps({"schema": "webhook-delivery/1", "endpoint": endpoint, "attempt": attempt, "due": due,
-                         "last_error": last_error, "alert": alert})
+                         "last_error": last_error, "alert": orjson.Fragment(alert.to_json())})
 
 
-def dlq_record(endpoint: str, alert: Mapping[str, Any], outcome: str, reason: str, attempts: int, at: float) -> bytes:
+def dlq_record(endpoint: str, alert: Alert, outcome: str, reason: str, attempts: int, at: float) -> bytes:
     return orjson.dumps({"schema": "alert-dlq/1", "endpoint": endpoint, "outcome": outcome, "reason": reason,
-                         "attempts": attempts, "failed_at": _iso(at), "alert": alert})
+                         "attempts": attempts, "failed_at": _iso(at), "alert": orjson.Fragment(alert.to_json())})
 
 
 class OffsetTracker:
@@ -559,7 +560,7 @@ class Pending:
     offset: int = field(compare=False)
     generation: int = field(compare=False)
     attempt: int = field(compare=False)
-    alert: dict[str, Any] = field(compare=False)
+    alert: Alert = field(compare=False)
 
 
 class EndpointQueue:

@@ -1,5 +1,8 @@
-"""Alert policy: turns flagged verdicts into one alert per entity and window that
-escalates while the behaviour continues, instead of one alert per request.
+"""Alerts: the typed alert revision (`Alert`), its settings, and the window that
+aggregates an entity's flagged requests into one alert per entity and window, which
+escalates while the behaviour continues, instead of one alert per request. The
+behaviour engine (detector.behaviour.engine) keeps the windows in its state and
+raises the alerts; this module decides what a window's revision says.
 
 Everything is a function of the events: windows are aligned to the epoch, the alert
 id is a hash of (rule, entity, window), times come from the requests' `ts`, so a
@@ -13,12 +16,11 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Literal, Mapping
 
-import orjson
+import msgspec
 
 from detector.behaviour.records import bounded_id, entity_key
-from detector.model import Verdict
 
 RULE_FLAGGED_ENTITY = "entity.flagged_requests"
 _LEVEL_RANK = {"clean": 0, "suspicious": 1, "malicious": 2}
@@ -33,6 +35,67 @@ _MAX_PROFILES = 50
 _MAX_FLAGS = 64
 
 
+Severity = Literal["low", "medium", "high", "critical"]
+ALERT_SCHEMA = "alert/1"
+
+
+class AlertEntity(msgspec.Struct, frozen=True, gc=False):
+    type: str  # entity type: device, account, ...
+    id: str  # its bounded form (detector.behaviour.records.entity_key)
+
+
+class AlertSpan(msgspec.Struct, frozen=True, gc=False):
+    start: str  # RFC 3339 UTC, milliseconds
+    end: str
+
+
+class AlertEvidence(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    """What the window's requests showed. The optional parts are left out of the JSON
+    when they say nothing (not truncated, no suspicious requests, no flags)."""
+
+    code_counts: dict[str, int]
+    profiles: tuple[str, ...]
+    distinct_ips: int
+    truncated: bool = False
+    suspicious_count: int = 0  # of `count`, the requests below min_level
+    flags: dict[str, str] = msgspec.field(default_factory=dict)  # code -> the detector's sentence
+
+
+class Alert(msgspec.Struct, frozen=True, gc=False):
+    """One alert revision (contract: config/schema/alert.schema.json, docs/alerts.md),
+    typed from the engine that raises it to the webhook body that carries it. The
+    JSON is `to_json()`; a JSON alert reads back with `decode_alert`."""
+
+    schema: str
+    alert_id: str
+    revision: int
+    rule: str
+    created_at: str
+    updated_at: str
+    severity: Severity
+    entity: AlertEntity
+    codes: tuple[str, ...]
+    score: float
+    summary: str
+    window: AlertSpan
+    count: int
+    evidence: AlertEvidence
+    sample_request_ids: tuple[str, ...]
+
+    def to_json(self) -> bytes:
+        return _encode_alert(self)
+
+
+_encode_alert = msgspec.json.Encoder().encode
+_decode_alert = msgspec.json.Decoder(Alert).decode
+
+
+def decode_alert(raw: bytes | str) -> Alert:
+    """An alert from its JSON (raises msgspec.ValidationError, a ValueError, when it
+    is not one: a field missing or of another type)."""
+    return _decode_alert(raw)
+
+
 @dataclass(frozen=True, slots=True)
 class AlertSettings:
     window_s: int = 300
@@ -44,14 +107,14 @@ class AlertSettings:
     suspicious_min_count: int = 10
     escalate_at: tuple[int, ...] = (3, 10, 30, 100, 300, 1000, 3000, 10000)
     # count reached -> severity; the highest matching threshold wins
-    severity_by_count: Mapping[int, str] = field(default_factory=lambda: {1: "medium", 30: "high", 300: "critical"})
+    severity_by_count: Mapping[int, Severity] = field(default_factory=lambda: {1: "medium", 30: "high", 300: "critical"})
     entity_types: tuple[str, ...] = ("device", "account")
     allowed_lateness_s: int = 60
     max_open_windows: int = 200_000
     samples: int = 5
     # code -> the lowest severity of an alert whose requests carry it (the higher of
     # this and the count's severity wins), e.g. {replay.signature_reused_elsewhere: high}
-    severity_by_code: Mapping[str, str] = field(default_factory=dict)
+    severity_by_code: Mapping[str, Severity] = field(default_factory=dict)
     # entities that never alert (test devices, partner integrations), each with a reason:
     # [{entity_type: device, id: ..., reason: ...}]
     allowlist: tuple[Mapping[str, str], ...] = ()
@@ -86,7 +149,7 @@ class AlertSettings:
     def allowlisted(self, entity_type: str, entity_id: str) -> bool:
         return (entity_type, entity_id) in self._allowed
 
-    def severity_for(self, count: int, codes: Iterable[str]) -> str:
+    def severity_for(self, count: int, codes: Iterable[str]) -> Severity:
         """The count's severity, raised to the highest `severity_by_code` of the codes."""
         sev = self.severity(count)
         for c in codes:
@@ -95,8 +158,8 @@ class AlertSettings:
                 sev = floor
         return sev
 
-    def severity(self, count: int) -> str:
-        sev = "low"
+    def severity(self, count: int) -> Severity:
+        sev: Severity = "low"
         for threshold in sorted(self.severity_by_count):
             if count >= threshold:
                 sev = self.severity_by_count[threshold]
@@ -147,35 +210,6 @@ class FlaggedRequest:
     ip: str
     codes: tuple[str, ...]
 
-    @classmethod
-    def from_verdict(cls, v: Verdict, entity_type: str, entity_id: str) -> FlaggedRequest:
-        return cls(entity_type, entity_id, v.request_id, v.ts, v.score, v.verdict, v.profile,
-                   v.entities.get("ip", ""), tuple(s.code for s in v.signals))
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"t": self.entity_type, "e": self.entity_id, "r": self.request_id, "ts": self.ts, "s": self.score,
-                "v": self.verdict, "p": self.profile, "ip": self.ip, "c": list(self.codes)}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> FlaggedRequest:
-        return cls(str(d["t"]), str(d["e"]), str(d["r"]), float(d["ts"]), float(d["s"]), str(d["v"]),
-                   d.get("p"), str(d.get("ip", "")), tuple(d.get("c", ())))
-
-
-def flagged_records(verdicts: Iterable[Verdict], settings: AlertSettings) -> list[FlaggedRequest]:
-    """The records the alert policy sees for these verdicts, in their order: those at
-    `min_level` or worse, and the merely suspicious ones when they can alert too."""
-    min_rank = _LEVEL_RANK[settings.min_level] if not settings.suspicious_min_count else 1
-    out = []
-    for v in verdicts:
-        if _LEVEL_RANK[v.verdict] < min_rank:
-            continue
-        for etype in settings.entity_types:
-            eid = v.entities.get(etype)
-            if eid:
-                out.append(FlaggedRequest.from_verdict(v, etype, eid))
-    return out
-
 
 @dataclass(slots=True)
 class AlertWindow:
@@ -186,7 +220,7 @@ class AlertWindow:
     count: int = 0
     max_score: float = 0.0
     revision: int = 0
-    severity: str = "low"
+    severity: Severity = "low"
     codes: Counter[str] = field(default_factory=Counter)
     profiles: set[str] = field(default_factory=set)
     ips: set[str] = field(default_factory=set)
@@ -247,64 +281,12 @@ class AlertWindow:
                    d[10] if len(d) > 10 else 0)
 
 
-_Window = AlertWindow
-
-
-class AlertPolicy:
-    """In-memory, event-time alert aggregation. `observe` returns the alerts (new or
-    escalated revisions) that the given verdicts cause, in a deterministic order."""
-
-    def __init__(self, settings: AlertSettings = AlertSettings()):
-        self.settings = settings
-        self._windows: dict[tuple[str, str, int], _Window] = {}
-        self._watermark = 0.0
-        self._next_sweep = 0.0
-
-    def __len__(self) -> int:
-        return len(self._windows)
-
-    def observe(self, records: Iterable[FlaggedRequest]) -> list[dict[str, Any]]:
-        """Feed flagged-request records (one per request and entity, as routed to this
-        shard); returns every alert revision they cause, in order. A revision is built
-        when it happens, so its content does not depend on how records were batched."""
-        s = self.settings
-        out: list[dict[str, Any]] = []
-        for r in records:
-            if not math.isfinite(r.ts):
-                continue  # never from decode: no window holds it
-            if r.ts > self._watermark:
-                self._watermark = r.ts
-            if r.ts < self._watermark - s.window_s - s.allowed_lateness_s:
-                continue  # later than the allowed lateness: its window is closed
-            start = window_start(r.ts, s.window_s)
-            eid = entity_key(r.entity_id)  # as the behaviour engine names it (bounded)
-            key = (r.entity_type, eid, start)
-            w = self._windows.get(key)
-            if w is None:
-                w = self._windows[key] = AlertWindow(first_ts=r.ts, last_ts=r.ts)
-            if w.update(r, s):
-                out.append(build_alert(r.entity_type, eid, start, w, s))
-        self._expire()
-        return out
-
-    def _expire(self) -> None:
-        s = self.settings
-        horizon = self._watermark - 2 * s.window_s - s.allowed_lateness_s
-        # Sweep at most every tenth of a window of event time, or when over the bound.
-        if self._watermark >= self._next_sweep or len(self._windows) > s.max_open_windows:
-            self._next_sweep = self._watermark + s.window_s / 10
-            for key in [k for k in self._windows if k[2] < horizon]:
-                del self._windows[key]
-            if len(self._windows) > s.max_open_windows:  # bounded under a flood of unique entities
-                for key in sorted(self._windows, key=lambda k: self._windows[k].last_ts)[: len(self._windows) - s.max_open_windows]:
-                    del self._windows[key]
-
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def build_alert(etype: str, eid: str, start: int, w: AlertWindow, s: AlertSettings,
-                flags: Mapping[str, str] | None = None) -> dict[str, Any]:
+                flags: Mapping[str, str] | None = None) -> Alert:
     """The alert revision for window `w`. `flags`: the entity's behavioural flags when
     the revision was raised (code -> the detector's sentence of evidence), carried in
     `evidence.flags` so the alert says what was seen, not only which rules fired.
@@ -315,51 +297,46 @@ def build_alert(etype: str, eid: str, start: int, w: AlertWindow, s: AlertSettin
     the evidence is cut further and marked `"truncated": true`."""
     eid = entity_key(eid)
     alert = _alert_doc(etype, eid, start, w, s, flags, _TEXT_MAX, _MAX_FLAGS, s.samples)
-    if len(orjson.dumps(alert)) > ALERT_MAX_BYTES:
-        alert = _alert_doc(etype, eid, start, w, s, flags, 128, 8, min(s.samples, 5))
-        alert["evidence"]["truncated"] = True
+    if len(alert.to_json()) > ALERT_MAX_BYTES:
+        alert = _alert_doc(etype, eid, start, w, s, flags, 128, 8, min(s.samples, 5), truncated=True)
     return alert
 
 
 def _alert_doc(etype: str, eid: str, start: int, w: AlertWindow, s: AlertSettings, flags: Mapping[str, str] | None,
-               text_max: int, max_flags: int, samples: int) -> dict[str, Any]:
+               text_max: int, max_flags: int, samples: int, truncated: bool = False) -> Alert:
     top = w.codes.most_common()
     codes = sorted(_clip(c, _CODE_MAX) for c, _ in top[:_MAX_CODES])
     minutes = s.window_s / 60
     top_text = ", ".join(f"{_clip(c, _CODE_MAX)} ({n})" for c, n in top[:3])
     what = f"{w.count + w.weak} flagged requests" if w.count >= s.min_count else f"{w.weak} suspicious requests"
     summary = f"{etype} {eid}: {what} in a {minutes:g}-minute window from {len(w.ips)} IP(s); top evidence: {top_text}"
-    evidence: dict[str, Any] = {
-        "code_counts": dict(sorted((_clip(c, _CODE_MAX), n) for c, n in top[:_MAX_CODES])),
-        "profiles": sorted(_clip(p, _CODE_MAX) for p in w.profiles)[:_MAX_PROFILES],
-        "distinct_ips": len(w.ips),
-    }
-    if len(top) > _MAX_CODES or len(w.profiles) > _MAX_PROFILES:
-        evidence["truncated"] = True
-    if w.weak:
-        evidence["suspicious_count"] = w.weak  # of `count`, those below min_level
-    if flags:
-        evidence["flags"] = {_clip(c, _CODE_MAX): _clip(d, text_max) for c, d in sorted(flags.items())[:max_flags]}
-    return {
-        "schema": "alert/1",
-        "alert_id": alert_id(RULE_FLAGGED_ENTITY, etype, eid, start),
-        "revision": w.revision,
-        "rule": RULE_FLAGGED_ENTITY,
-        "created_at": iso(w.first_ts),
-        "updated_at": iso(w.last_ts),
-        "severity": w.severity,
-        "entity": {"type": _clip(etype, _CODE_MAX), "id": eid},
-        "codes": codes,
-        "score": round(w.max_score, 4),
-        "summary": _clip(summary, _TEXT_MAX),
-        "window": {"start": iso(start), "end": iso(start + s.window_s)},
-        "count": w.count + w.weak,
-        "evidence": evidence,
-        "sample_request_ids": [bounded_id(x) for x in w.samples[:samples]],
-    }
+    evidence = AlertEvidence(
+        code_counts=dict(sorted((_clip(c, _CODE_MAX), n) for c, n in top[:_MAX_CODES])),
+        profiles=tuple(sorted(_clip(p, _CODE_MAX) for p in w.profiles)[:_MAX_PROFILES]),
+        distinct_ips=len(w.ips),
+        truncated=truncated or len(top) > _MAX_CODES or len(w.profiles) > _MAX_PROFILES,
+        suspicious_count=w.weak,  # of `count`, those below min_level (0: left out)
+        flags={_clip(c, _CODE_MAX): _clip(d, text_max) for c, d in sorted(flags.items())[:max_flags]} if flags else {},
+    )
+    return Alert(
+        schema=ALERT_SCHEMA,
+        alert_id=alert_id(RULE_FLAGGED_ENTITY, etype, eid, start),
+        revision=w.revision,
+        rule=RULE_FLAGGED_ENTITY,
+        created_at=iso(w.first_ts),
+        updated_at=iso(w.last_ts),
+        severity=w.severity,
+        entity=AlertEntity(_clip(etype, _CODE_MAX), eid),
+        codes=tuple(codes),
+        score=round(w.max_score, 4),
+        summary=_clip(summary, _TEXT_MAX),
+        window=AlertSpan(iso(start), iso(start + s.window_s)),
+        count=w.count + w.weak,
+        evidence=evidence,
+        sample_request_ids=tuple(bounded_id(x) for x in w.samples[:samples]),
+    )
 
 
-def alerts_for(verdicts: Sequence[Verdict], settings: AlertSettings = AlertSettings()) -> list[dict[str, Any]]:
-    """Offline: the alerts a stream of verdicts causes, in event-time order."""
-    policy = AlertPolicy(settings)
-    return policy.observe(flagged_records(sorted(verdicts, key=lambda v: v.ts), settings))
+def alert_from_obj(obj: object) -> Alert:
+    """An alert from its decoded JSON object (as `decode_alert`)."""
+    return msgspec.convert(obj, Alert)

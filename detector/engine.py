@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from detector.alerts import AlertPolicy, AlertSettings
+from detector.alerts import AlertSettings
 from detector.behaviour.engine import behaviour_codes
 from detector.behaviour.records import BehaviourSettings
 from detector.config import ConfigError, YamlDocument, require
@@ -152,9 +152,6 @@ class DetectionConfig:
         return Pipeline(self.profiles, self.scoring, default_profile=self.default_profile,
                         disabled_families=disabled_families, catalogue=self.catalogue, known=self.known,
                         releases=self.releases, redactor=self.redactor)
-
-    def alert_policy(self) -> AlertPolicy:
-        return AlertPolicy(self.alerts)
 
 
 def _check_alias_settings(doc: YamlDocument, checked: SettingsFile, behaviour: BehaviourSettings) -> None:

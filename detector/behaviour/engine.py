@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable
 
 import orjson
 
-from detector.alerts import AlertSettings, AlertWindow, FlaggedRequest, build_alert, window_start
+from detector.alerts import Alert, AlertSettings, AlertWindow, FlaggedRequest, build_alert, window_start
 from detector.behaviour.activity import ActionOnlySessions, Activity
 from detector.behaviour.fanout import AccountFanout, DeviceFanout, HostingAsnFanout, IpBlockFanout
 import msgspec
@@ -111,7 +111,7 @@ class Bucket:
 @dataclass
 class Output:
     flags: list[FlagUpdate] = field(default_factory=list)
-    alerts: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
     late: int = 0
     applied: int = 0
 

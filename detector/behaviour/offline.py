@@ -11,8 +11,9 @@ caller supplies the reference (the CLI: the wall clock at start, or
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
+from detector.alerts import Alert
 from detector.behaviour.engine import BehaviourEngine
 from detector.behaviour.flags import FlagMap
 from detector.behaviour.records import records_for
@@ -34,12 +35,12 @@ class OfflineScorer:
         self.late = 0  # entity records older than the allowed lateness: dropped from state
         self._seq = 0
 
-    def score(self, requests: Sequence[ClientRequest]) -> tuple[list[Verdict], list[dict[str, Any]]]:
+    def score(self, requests: Sequence[ClientRequest]) -> tuple[list[Verdict], list[Alert]]:
         """Verdicts in input order; alerts in the order they were raised. Requests are
         applied in event-time order (stable for equal times)."""
         order = sorted(range(len(requests)), key=lambda i: requests[i].ts)
         verdicts: list[Verdict | None] = [None] * len(requests)
-        alerts: list[dict[str, Any]] = []
+        alerts: list[Alert] = []
         ref = self.reference_time
         for i in order:
             r = requests[i]

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import msgspec
 
-from detector.entities import ip_block as ip_block  # (moved there; still named here for the simulator)
+from detector.entities import ip_block
 from detector.model import ClientRequest, Verdict
 
 if TYPE_CHECKING:  # (the checks' context imports the profiles, whose schema imports these settings)

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, Sequence
 
+from detector.alerts import Alert
 from detector.behaviour.engine import behaviour_codes
 from detector.behaviour.offline import OfflineScorer
-from detector.behaviour.records import entity_key, ip_block
+from detector.behaviour.records import entity_key
+from detector.entities import ip_block
 from detector.decode import request_from_obj
 from detector.engine import DetectionConfig
 from detector.model import ClientRequest, Verdict
@@ -37,7 +39,7 @@ RECALL_ENTITY_TYPES = ("device", "account")
 
 def score_offline(events: Iterable[Mapping[str, Any] | ClientRequest], cfg: DetectionConfig,
                   disabled_families: Iterable[str] = (), *,
-                  reference_time: float | None = None) -> tuple[list[Verdict], list[dict[str, Any]]]:
+                  reference_time: float | None = None) -> tuple[list[Verdict], list[Alert]]:
     """Verdicts (one per event, in order) and the alerts they raise, as the stream
     would produce them: the stateless checks and the behaviour detectors in event-time
     order (`detector.behaviour.offline.OfflineScorer`, the rules `detector score` and
@@ -77,10 +79,10 @@ def request_metrics(malicious: Sequence[bool], verdicts: Sequence[Verdict],
             "false_positive_rate": _ratio(fp, fp + tn)}
 
 
-def alert_ts(alert: Mapping[str, Any]) -> float:
+def alert_ts(alert: Alert) -> float:
     """When a revision was raised, in event time: its `updated_at` is the time of the
     request that completed it (the alert policy builds a revision when it happens)."""
-    return datetime.strptime(alert["updated_at"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+    return datetime.strptime(alert.updated_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
 
 
 def entity_keys(request: ClientRequest, verdict: Verdict, signature_header: str | None = None) -> set[tuple[str, str]]:
@@ -102,7 +104,7 @@ def entity_keys(request: ClientRequest, verdict: Verdict, signature_header: str 
 
 
 def entity_metrics(requests: Sequence[ClientRequest], malicious: Sequence[bool], verdicts: Sequence[Verdict],
-                   alerts: Sequence[Mapping[str, Any]], level: str = "suspicious",
+                   alerts: Sequence[Alert], level: str = "suspicious",
                    signature_header: str | None = None) -> dict[str, Any]:
     """What the alerts say about the attack:
 
@@ -122,7 +124,7 @@ def entity_metrics(requests: Sequence[ClientRequest], malicious: Sequence[bool],
     rank = LEVEL_RANK[level]
     first_alert: dict[tuple[str, str], float] = {}
     for a in alerts:
-        key = (a["entity"]["type"], a["entity"]["id"])
+        key = (a.entity.type, a.entity.id)
         t = alert_ts(a)
         if t < first_alert.get(key, float("inf")):
             first_alert[key] = t
@@ -218,7 +220,7 @@ class Run:
     requests: list[ClientRequest]
     malicious: list[bool]
     verdicts: list[Verdict]
-    alerts: list[dict[str, Any]]
+    alerts: list[Alert]
 
 
 class Evaluation:

@@ -54,7 +54,9 @@ async def produce_ordered(bootstrap: str, events: list[dict[str, Any]], per_mess
 
 
 def offline(detection: Any, events: list[dict[str, Any]]) -> tuple[list[Any], list[dict[str, Any]]]:
-    return OfflineScorer(detection, reference_time=math.inf).score([request_from_obj(e) for e in events])
+    """Verdicts and alerts offline, the alerts as the stream's topic carries them (JSON)."""
+    verdicts, alerts = OfflineScorer(detection, reference_time=math.inf).score([request_from_obj(e) for e in events])
+    return verdicts, [orjson.loads(a.to_json()) for a in alerts]
 
 
 def diff(got: dict, expected: dict) -> list[str]:

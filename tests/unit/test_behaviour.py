@@ -45,9 +45,9 @@ def test_every_behaviour_code_is_weighted_and_documented(detection):
 def test_one_device_with_many_accounts_is_flagged_and_alerted(engine):
     out = engine.observe([rec("device", "dev-1", T0 + i * 7.3 + (i % 3), i, account=f"acc-{i}") for i in range(8)])
     assert "behaviour.device_account_fanout" in codes(out)
-    assert out.alerts and out.alerts[-1]["entity"] == {"type": "device", "id": "dev-1"}
-    assert "behaviour.device_account_fanout" in out.alerts[-1]["codes"]
-    assert "used by" in out.alerts[-1]["evidence"]["flags"]["behaviour.device_account_fanout"]
+    assert out.alerts and (out.alerts[-1].entity.type, out.alerts[-1].entity.id) == ("device", "dev-1")
+    assert "behaviour.device_account_fanout" in out.alerts[-1].codes
+    assert "used by" in out.alerts[-1].evidence.flags["behaviour.device_account_fanout"]
 
 
 def test_family_device_with_two_accounts_is_not_flagged(engine):
@@ -479,7 +479,7 @@ def test_the_engine_takes_any_time_decode_accepts(engine, ts):
                               codes=("ua.missing",)) for i in range(8)])
     assert out.applied == 8 and out.flags and out.alerts
     for a in out.alerts:
-        assert a["created_at"][:2] in ("20", "21", "22")
+        assert a.created_at[:2] in ("20", "21", "22")
 
 
 @pytest.mark.parametrize("ts", [math.inf, -math.inf, math.nan])

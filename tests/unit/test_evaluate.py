@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from detector.alerts import iso
+from detector.alerts import Alert, AlertEntity, AlertEvidence, AlertSpan, iso
 from detector.decode import request_from_obj
 from detector.simulate.evaluate import (
     EvalSettings,
@@ -45,8 +45,10 @@ def request(i: int, ts: float | None = None) -> ClientRequest:
                          path="/", headers=())
 
 
-def alert(entity_type: str, entity_id: str, at: float) -> dict:
-    return {"entity": {"type": entity_type, "id": entity_id}, "updated_at": iso(at), "revision": 1}
+def alert(entity_type: str, entity_id: str, at: float) -> Alert:
+    return Alert("alert/1", "a" * 32, 1, "entity.flagged_requests", iso(at), iso(at), "medium",
+                 AlertEntity(entity_type, entity_id), ("ua.malformed",), 0.9, "an alert", AlertSpan(iso(at), iso(at)), 3,
+                 AlertEvidence({"ua.malformed": 3}, (), 1), ())
 
 
 # ---------------------------------------------------------------- per request
@@ -112,7 +114,7 @@ def test_an_alert_on_any_entity_of_the_attack_counts_for_time_to_detect():
 
 
 def test_alert_time_is_the_revisions_event_time():
-    assert alert_ts({"updated_at": iso(T0 + 12.345)}) == pytest.approx(T0 + 12.345, abs=1e-3)
+    assert alert_ts(alert("device", "d", T0 + 12.345)) == pytest.approx(T0 + 12.345, abs=1e-3)
 
 
 # ---------------------------------------------------------------- scoring
@@ -127,7 +129,7 @@ def test_score_offline_is_the_offline_scorer_of_detector_score(detection, profil
     assert [v.to_json() for v in verdicts] == [v.to_json() for v in direct] and alerts == direct_alerts
     stateless = detection.pipeline().score_batch([request_from_obj(e) for e in events[:1]])
     assert verdicts[0].to_json() == stateless[0].to_json()  # nothing known before the first request
-    assert {"device", "account"} <= {a["entity"]["type"] for a in alerts}
+    assert {"device", "account"} <= {a.entity.type for a in alerts}
     without, _ = score_offline(events, detection, disabled_families=("tls", "transport"))
     assert not {s.code.split(".")[0] for v in without for s in v.signals} & {"tls", "transport"}
     assert all(v.verdict == "malicious" for v in without)  # it does not hang on its stack alone

@@ -138,7 +138,7 @@ def test_records_of_hostile_requests_stay_under_every_limit(detection, bases, da
     assert [tuple(s) for env in back for s in env.sources] == sources
     # flag updates and alerts
     assert all(len(u) <= FLAG_MAX_BYTES for u in updates)
-    assert all(len(orjson.dumps(a)) <= ALERT_MAX_BYTES for a in alerts)
+    assert all(len(a.to_json()) <= ALERT_MAX_BYTES for a in alerts)
     # state: every entity under its bound, every bucket under the sum of its entities'
     assert all(size <= ENTITY_STATE_MAX_BYTES for size in _entity_state_sizes(engine))
     for b, raw in engine.dirty_buckets():
@@ -171,9 +171,9 @@ def test_an_alert_is_bounded_whatever_its_evidence(eid, samples, codes, flags, p
     w = AlertWindow(first_ts=first, last_ts=first, count=5, revision=1, severity="medium", codes=Counter(codes),
                     profiles=profiles, ips={f"10.0.0.{i}" for i in range(200)}, samples=samples)
     alert = build_alert("device", eid, window_start(first, s.window_s), w, s, flags)
-    assert len(orjson.dumps(alert)) <= ALERT_MAX_BYTES
-    assert alert["entity"]["id"] == entity_key(eid)
-    assert len(alert["entity"]["id"].encode("utf-8", "surrogatepass")) <= KEY_MAX_BYTES
+    assert len(alert.to_json()) <= ALERT_MAX_BYTES
+    assert alert.entity.id == entity_key(eid)
+    assert len(alert.entity.id.encode("utf-8", "surrogatepass")) <= KEY_MAX_BYTES
 
 
 @PROPERTY
