@@ -5,8 +5,9 @@ sessions (a real app session starts up and browses before it acts)."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
+from detector.behaviour.base import Finding
 from detector.behaviour.records import BehaviourSettings, EntityRecord
 from detector.behaviour.state import gap_cv, mean_gap, push, ring_count_since
 
@@ -18,7 +19,9 @@ ACTION_ONLY_SESSION = "behaviour.action_only_session"
 class Activity:
     """Velocity and cadence, for one entity type (device or account)."""
 
-    codes: ClassVar[dict[str, str]] = {
+    state_key: ClassVar[str] = "Activity"  # stored state's key: never change it
+    state_version: ClassVar[int] = 1
+    codes: ClassVar[Mapping[str, str]] = {
         ACTION_VELOCITY: "more actions per minute than a person performs",
         CADENCE_REGULAR: "requests at near-constant intervals (a scripted delay)",
     }
@@ -26,21 +29,21 @@ class Activity:
     def __init__(self, etype: str):
         self.etype = etype
 
-    def observe(self, st: dict[str, Any], r: EntityRecord, s: BehaviourSettings) -> list[tuple[str, str]]:
+    def observe(self, st: dict[str, Any], r: EntityRecord, s: BehaviourSettings) -> list[Finding]:
         out = []
         if r.endpoint == "action":
             acts = st.setdefault("act", [])
             push(acts, r.ts, s.velocity_actions + 1)
             n = ring_count_since(acts, r.ts - s.velocity_window_s)
             if n > s.velocity_actions:
-                out.append((ACTION_VELOCITY, f"{self.etype} {r.key} made {n} actions within "
+                out.append(Finding(ACTION_VELOCITY, f"{self.etype} {r.key} made {n} actions within "
                                              f"{s.velocity_window_s:.0f} s"))
         times = st.setdefault("t", [])
         push(times, r.ts, s.cadence_last_n + 1)
         if len(times) > s.cadence_last_n:
             cv = gap_cv(times)
             if cv is not None and cv < s.cadence_max_cv:
-                out.append((CADENCE_REGULAR, f"last {s.cadence_last_n} requests of {self.etype} {r.key} every "
+                out.append(Finding(CADENCE_REGULAR, f"last {s.cadence_last_n} requests of {self.etype} {r.key} every "
                                              f"{mean_gap(times) or 0:.2f} s (coefficient of variation {cv:.3f})"))
         return out
 
@@ -52,14 +55,16 @@ class ActionOnlySessions:
     calls do not count as browsing: a script makes a config call as cheaply as it makes
     the action. Kept per device and per account, for the last 16 sessions of each."""
 
-    codes: ClassVar[dict[str, str]] = {
+    state_key: ClassVar[str] = "ActionOnlySessions"  # stored state's key: never change it
+    state_version: ClassVar[int] = 1
+    codes: ClassVar[Mapping[str, str]] = {
         ACTION_ONLY_SESSION: "a session of actions without the browsing calls a real app session makes first",
     }
 
     def __init__(self, etype: str = "device"):
         self.etype = etype
 
-    def observe(self, st: dict[str, Any], r: EntityRecord, s: BehaviourSettings) -> list[tuple[str, str]]:
+    def observe(self, st: dict[str, Any], r: EntityRecord, s: BehaviourSettings) -> list[Finding]:
         if r.endpoint is None:
             return []
         sessions = st.setdefault("sess", {})
@@ -78,6 +83,6 @@ class ActionOnlySessions:
             # without a start-up (a notification's action button) allow a few actions
             if counts[2] >= s.action_only_min_actions or counts[0]:
                 which = f"session {r.session}" if r.session else "requests without a session id"
-                return [(ACTION_ONLY_SESSION, f"{which} of {self.etype} {r.key}: {counts[2]} actions, no browsing "
+                return [Finding(ACTION_ONLY_SESSION, f"{which} of {self.etype} {r.key}: {counts[2]} actions, no browsing "
                                               f"call before them ({counts[0]} start-up calls)")]
         return []

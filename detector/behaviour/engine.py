@@ -17,19 +17,19 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+import msgspec
 import orjson
 
 from detector.alerts import Alert, AlertSettings, AlertWindow, FlaggedRequest, build_alert, window_start
 from detector.behaviour.activity import ActionOnlySessions, Activity
+from detector.behaviour.base import BehaviourDetector, Finding, state_version
 from detector.behaviour.fanout import AccountFanout, DeviceFanout, HostingAsnFanout, IpBlockFanout
-import msgspec
-
 from detector.behaviour.flags import FLAG_DETAIL_MAX, Flag, FlagUpdate, Scope
 from detector.behaviour.population import Population
 from detector.behaviour.records import ENTITY_TYPES, BehaviourSettings, EntityRecord
-from detector.entities import ip_block
 from detector.behaviour.replay import DeviceReplay, ReplayDetector
 from detector.behaviour.travel import Travel
+from detector.entities import ip_block
 
 _ETYPE_RANK = {e: i for i, e in enumerate(ENTITY_TYPES)}
 # The serialised state of one entity never exceeds this (at the default max_distinct:
@@ -38,8 +38,8 @@ _ETYPE_RANK = {e: i for i, e in enumerate(ENTITY_TYPES)}
 ENTITY_STATE_MAX_BYTES = 512 * 1024
 
 
-def all_detectors() -> dict[str, list[Any]]:
-    """Entity type -> its detectors, each `observe(state, record, settings)`."""
+def all_detectors() -> dict[str, list[BehaviourDetector]]:
+    """Entity type -> its detectors (detector.behaviour.base)."""
     return {
         "device": [DeviceFanout(), Activity("device"), ActionOnlySessions("device"), DeviceReplay()],
         "account": [AccountFanout(), Activity("account"), ActionOnlySessions("account"), Travel()],
@@ -125,8 +125,11 @@ class BehaviourEngine:
         off = set(disabled_families)
         self.detectors = {etype: [d for d in ds if not {c.split(".")[0] for c in d.codes} <= off]
                           for etype, ds in all_detectors().items()}
-        # (state key, detector) per entity type: each detector keeps its own part of the state
-        self._plan = {etype: [(type(d).__name__, d) for d in ds] for etype, ds in self.detectors.items()}
+        # (state key, detector) per entity type: each detector keeps its own part of the
+        # state, under the key it declares
+        self._plan = {etype: [(d.state_key, d) for d in ds] for etype, ds in self.detectors.items()}
+        # of every detector, enabled or not: disabling a family keeps the stored state readable
+        self.state_version = state_version(settings, [d for ds in all_detectors().values() for d in ds])
         self._device_replay = next((d for d in self.detectors["device"] if isinstance(d, DeviceReplay)), None)
         self.buckets = [Bucket() for _ in range(settings.buckets)]
         self.dirty: set[int] = set()
@@ -187,12 +190,12 @@ class BehaviourEngine:
         ents = bucket.entities
         st = ents.pop(ekey, None)
         if st is None:
-            st = {"v": s.state_version}
+            st = {"v": self.state_version}
             if len(ents) >= self._per_bucket_cap:  # bounded: evict the least recently seen
                 del ents[next(iter(ents))]
         ents[ekey] = st  # most recent last
         st["last"] = r.ts
-        raised: list[tuple[str, str] | tuple[str, str, Scope]] = []
+        raised: list[Finding] = []
         resent = False
         if r.sig and r.etype in ("device", "account"):
             # A replayed request repeats a signature this device or account already
@@ -203,7 +206,7 @@ class BehaviourEngine:
             if first_block is not None:
                 if r.etype != "device" or self._device_replay is None:
                     return
-                part = st.setdefault(type(self._device_replay).__name__, {})
+                part = st.setdefault(self._device_replay.state_key, {})
                 raised.extend(self._device_replay.replayed(part, r, s, first_block))
                 if not raised:
                     return
@@ -228,12 +231,13 @@ class BehaviourEngine:
         for code in [c for c, f in flags.items() if f[1] < r.ts]:
             del flags[code]
             changed = True
-        for code, detail, *rest in raised:
+        for finding in raised:
+            code, detail = finding.code, finding.detail
             if len(detail) > FLAG_DETAIL_MAX:  # bounded: a flag update stays under FLAG_MAX_BYTES
                 detail = detail[:FLAG_DETAIL_MAX - 3] + "..."
             # as it reads back from a snapshot (lists, not tuples), so a restored flag
             # compares equal and is not re-broadcast
-            scope = orjson.loads(msgspec.json.encode(rest[0])) if rest else None
+            scope = orjson.loads(msgspec.json.encode(finding.scope)) if finding.scope is not None else None
             prev = flags.get(code)
             if (prev is None or prev[1] - r.ts < s.flag_ttl_s / 2
                     or (prev[3] != scope and r.ts - prev[2] >= 10)
@@ -281,14 +285,14 @@ class BehaviourEngine:
 
     def dump_bucket(self, b: int) -> bytes:
         bucket = self.buckets[b]
-        return orjson.dumps({"v": self.s.state_version, "offset": bucket.offset, "marks": bucket.marks,
+        return orjson.dumps({"v": self.state_version, "offset": bucket.offset, "marks": bucket.marks,
                              "wm": bucket.watermark, "late": bucket.late, "e": bucket.entities})
 
     def load_bucket(self, b: int, raw: bytes) -> bool:
         """Restore one bucket; False (and an empty bucket) when its state version is
         not this engine's: stale state is never read with a new meaning."""
         data = orjson.loads(raw)
-        if data.get("v") != self.s.state_version:
+        if data.get("v") != self.state_version:
             self.buckets[b] = Bucket()
             return False
         self.buckets[b] = Bucket(entities=data["e"], offset=data["offset"], marks=data["marks"],

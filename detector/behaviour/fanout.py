@@ -5,8 +5,9 @@ or devices behind one IP block or one hosting ASN (farms and proxies)."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
+from detector.behaviour.base import Finding
 from detector.behaviour.records import BehaviourSettings, EntityRecord, Fanout
 from detector.behaviour.state import count_since, touch
 
@@ -30,47 +31,53 @@ def _window(f: Fanout) -> str:
 
 
 class DeviceFanout:
+    state_key: ClassVar[str] = "DeviceFanout"  # stored state's key: never change it
+    state_version: ClassVar[int] = 1
     etype: ClassVar[str] = "device"
-    codes: ClassVar[dict[str, str]] = {DEVICE_ACCOUNTS: "one device identity used by too many accounts"}
+    codes: ClassVar[Mapping[str, str]] = {DEVICE_ACCOUNTS: "one device identity used by too many accounts"}
 
-    def observe(self, st: dict[str, Any], r: EntityRecord, s: BehaviourSettings) -> list[tuple[str, str]]:
+    def observe(self, st: dict[str, Any], r: EntityRecord, s: BehaviourSettings) -> list[Finding]:
         n = _fanout(st, "acc", r.account, r, s.device_accounts, s.max_distinct)
         if n >= s.device_accounts.threshold:
-            return [(DEVICE_ACCOUNTS, f"device {r.key} used by {n} accounts within {_window(s.device_accounts)}")]
+            return [Finding(DEVICE_ACCOUNTS, f"device {r.key} used by {n} accounts within {_window(s.device_accounts)}")]
         return []
 
 
 class AccountFanout:
+    state_key: ClassVar[str] = "AccountFanout"  # stored state's key: never change it
+    state_version: ClassVar[int] = 1
     etype: ClassVar[str] = "account"
-    codes: ClassVar[dict[str, str]] = {ACCOUNT_DEVICES: "one account used from too many devices"}
+    codes: ClassVar[Mapping[str, str]] = {ACCOUNT_DEVICES: "one account used from too many devices"}
 
-    def observe(self, st: dict[str, Any], r: EntityRecord, s: BehaviourSettings) -> list[tuple[str, str]]:
+    def observe(self, st: dict[str, Any], r: EntityRecord, s: BehaviourSettings) -> list[Finding]:
         n = _fanout(st, "dev", r.device, r, s.account_devices, s.max_distinct)
         if n >= s.account_devices.threshold:
-            return [(ACCOUNT_DEVICES, f"account {r.key} used from {n} devices within {_window(s.account_devices)}")]
+            return [Finding(ACCOUNT_DEVICES, f"account {r.key} used from {n} devices within {_window(s.account_devices)}")]
         return []
 
 
 def _accounts_and_devices(st: dict[str, Any], r: EntityRecord, s: BehaviourSettings, where: str,
-                          accounts: tuple[str, Fanout], devices: tuple[str, Fanout]) -> list[tuple[str, str]]:
+                          accounts: tuple[str, Fanout], devices: tuple[str, Fanout]) -> list[Finding]:
     """Distinct accounts and distinct devices behind one network entity, each against
     its own window and threshold."""
     out = []
     for (code, f), name, member in ((accounts, "acc", r.account), (devices, "dev", r.device)):
         n = _fanout(st, name, member, r, f, s.max_distinct)
         if n >= f.threshold:
-            out.append((code, f"{n} {'accounts' if name == 'acc' else 'devices'} {where} within {_window(f)}"))
+            out.append(Finding(code, f"{n} {'accounts' if name == 'acc' else 'devices'} {where} within {_window(f)}"))
     return out
 
 
 class IpBlockFanout:
+    state_key: ClassVar[str] = "IpBlockFanout"  # stored state's key: never change it
+    state_version: ClassVar[int] = 1
     etype: ClassVar[str] = "ip_block"
-    codes: ClassVar[dict[str, str]] = {
+    codes: ClassVar[Mapping[str, str]] = {
         IP_BLOCK_ACCOUNTS: "too many accounts behind one IP block",
         IP_BLOCK_DEVICES: "too many devices behind one IP block",
     }
 
-    def observe(self, st: dict[str, Any], r: EntityRecord, s: BehaviourSettings) -> list[tuple[str, str]]:
+    def observe(self, st: dict[str, Any], r: EntityRecord, s: BehaviourSettings) -> list[Finding]:
         return _accounts_and_devices(st, r, s, f"behind {r.key}", (IP_BLOCK_ACCOUNTS, s.ip_block_accounts),
                                      (IP_BLOCK_DEVICES, s.ip_block_devices))
 
@@ -78,13 +85,15 @@ class IpBlockFanout:
 class HostingAsnFanout:
     """Only hosting ASNs: a mobile carrier's ASN carries millions of accounts."""
 
+    state_key: ClassVar[str] = "HostingAsnFanout"  # stored state's key: never change it
+    state_version: ClassVar[int] = 1
     etype: ClassVar[str] = "asn"
-    codes: ClassVar[dict[str, str]] = {
+    codes: ClassVar[Mapping[str, str]] = {
         HOSTING_ASN_ACCOUNTS: "too many accounts from one hosting network",
         HOSTING_ASN_DEVICES: "too many devices from one hosting network",
     }
 
-    def observe(self, st: dict[str, Any], r: EntityRecord, s: BehaviourSettings) -> list[tuple[str, str]]:
+    def observe(self, st: dict[str, Any], r: EntityRecord, s: BehaviourSettings) -> list[Finding]:
         if not r.hosting:
             return []
         return _accounts_and_devices(st, r, s, f"from hosting network {r.key}",

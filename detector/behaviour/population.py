@@ -15,10 +15,11 @@ real users of the same phone included; the fingerprint's alert names the surge."
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 from detector.behaviour.flags import Scope
 from detector.entities import account_number
+from detector.behaviour.base import Finding
 from detector.behaviour.records import BehaviourSettings, EntityRecord
 from detector.behaviour.state import touch, window_start
 
@@ -30,8 +31,10 @@ MAX_BLOCKS_PER_DEVICE = 0.5
 
 
 class Population:
+    state_key: ClassVar[str] = "Population"  # stored state's key: never change it
+    state_version: ClassVar[int] = 1
     etype: ClassVar[str] = "fingerprint"
-    codes: ClassVar[dict[str, str]] = {
+    codes: ClassVar[Mapping[str, str]] = {
         DEVICE_SURGE: "a fingerprint carried by far more device ids than its baseline, concentrated on few networks",
         ACCOUNT_SURGE: "a fingerprint carried by far more accounts than its baseline, concentrated on few networks",
         BULK_ACCOUNTS: "a fingerprint carried by a run of accounts registered in one batch (neighbouring numeric ids); "
@@ -39,7 +42,7 @@ class Population:
     }
 
     def observe(self, st: dict[str, Any], r: EntityRecord,
-                s: BehaviourSettings) -> list[tuple[str, str] | tuple[str, str, Scope]]:
+                s: BehaviourSettings) -> list[Finding]:
         w = window_start(r.ts, s.population_window_s)
         cur = st.get("w")
         if cur is None or w > cur:
@@ -54,7 +57,7 @@ class Population:
         cap = s.max_distinct * 4
         if r.device:
             touch(st["dev"], r.device, r.ts, cap)
-        out: list[tuple[str, str] | tuple[str, str, Scope]] = []
+        out: list[Finding] = []
         if r.account:
             if touch(st["acc"], r.account, r.ts, cap) and account_number(r.account) is not None:
                 run = densest_run(st["acc"], s.population_bulk_max_gap)
@@ -65,7 +68,7 @@ class Population:
                 n, lo, hi = run
                 # the rest of the batch lies around the run: as far again as the run spans
                 pad = max(s.population_bulk_max_gap, hi - lo)
-                out.append((BULK_ACCOUNTS, f"fingerprint {r.key} carried by {n} accounts with neighbouring ids "
+                out.append(Finding(BULK_ACCOUNTS, f"fingerprint {r.key} carried by {n} accounts with neighbouring ids "
                                            f"{lo}-{hi} this window (registered in one batch)",
                             Scope(account_ids=(max(0, lo - pad), min(MAX_ACCOUNT_ID, hi + pad)))))
         touch(st["blk"], r.ip.rsplit(".", 1)[0] if "." in r.ip else r.ip[:14], r.ts, cap)
@@ -79,11 +82,11 @@ class Population:
             return out
         base_d = st.get("bd", s.population_prior)
         if devices >= max(s.population_min_devices, s.population_ratio * base_d):
-            out.append((DEVICE_SURGE, f"fingerprint {r.key} carried by {devices} device ids behind {blocks} IP blocks "
+            out.append(Finding(DEVICE_SURGE, f"fingerprint {r.key} carried by {devices} device ids behind {blocks} IP blocks "
                                       f"this window (baseline {base_d:.1f})"))
         base_a = st.get("ba", s.population_prior)
         if accounts >= max(s.population_min_accounts, s.population_ratio * base_a):
-            out.append((ACCOUNT_SURGE, f"fingerprint {r.key} carried by {accounts} accounts behind {blocks} IP blocks "
+            out.append(Finding(ACCOUNT_SURGE, f"fingerprint {r.key} carried by {accounts} accounts behind {blocks} IP blocks "
                                        f"this window (baseline {base_a:.1f})"))
         if out:
             st["flagged"] = True

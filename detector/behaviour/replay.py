@@ -6,9 +6,10 @@ stored, so a request re-processed after a restart is never its own replay."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 from detector.behaviour.flags import Scope
+from detector.behaviour.base import Finding
 from detector.behaviour.records import BehaviourSettings, EntityRecord
 from detector.entities import ip_block
 
@@ -22,13 +23,15 @@ def grade(networks: int) -> str:
 
 
 class ReplayDetector:
+    state_key: ClassVar[str] = "ReplayDetector"  # stored state's key: never change it
+    state_version: ClassVar[int] = 1
     etype: ClassVar[str] = "signature"
-    codes: ClassVar[dict[str, str]] = {
+    codes: ClassVar[Mapping[str, str]] = {
         REUSED: "a request signature seen again from the same network and device (a retry or a local replay)",
         REUSED_ELSEWHERE: "a request signature seen again from another IP, ASN or device: a captured request replayed",
     }
 
-    def observe(self, st: dict[str, Any], r: EntityRecord, s: BehaviourSettings) -> list[tuple[str, str]]:
+    def observe(self, st: dict[str, Any], r: EntityRecord, s: BehaviourSettings) -> list[Finding]:
         first = st.get("first")
         if first is None or r.ts - first[1] > s.replay_ttl_s:
             st["first"] = [r.request_id, r.ts, r.ip, r.asn, r.device]
@@ -46,9 +49,9 @@ class ReplayDetector:
                 seen.append(value)
         networks = len(st["ips"])
         if networks == 1 and len(st["devs"]) == 1:
-            return [(REUSED, f"signature used {st['uses']} times within {s.replay_ttl_s:.0f} s, first by request "
+            return [Finding(REUSED, f"signature used {st['uses']} times within {s.replay_ttl_s:.0f} s, first by request "
                              f"{first[0]}, always from {r.ip}")]
-        return [(REUSED_ELSEWHERE, f"signature of request {first[0]} reused {st['uses'] - 1} time(s) from "
+        return [Finding(REUSED_ELSEWHERE, f"signature of request {first[0]} reused {st['uses'] - 1} time(s) from "
                                    f"{networks} IPs, {len(st['asns'])} ASNs and {len(st['devs'])} devices "
                                    f"(grade {grade(networks)})")]
 
@@ -62,13 +65,15 @@ class DeviceReplay:
     last 8 signing ages: its clock offset, plus a margin) are replays too: the
     flag is scoped to those, so the device's owner is not flagged for its own use."""
 
+    state_key: ClassVar[str] = "DeviceReplay"  # stored state's key: never change it
+    state_version: ClassVar[int] = 1
     etype: ClassVar[str] = "device"
-    codes: ClassVar[dict[str, str]] = {
+    codes: ClassVar[Mapping[str, str]] = {
         DEVICE_REPLAYED: "a device whose signed requests come back from other addresses; applies to its requests "
                          "signed longer before arrival than its own requests are",
     }
 
-    def observe(self, st: dict[str, Any], r: EntityRecord, s: BehaviourSettings) -> list[tuple[str, str]]:
+    def observe(self, st: dict[str, Any], r: EntityRecord, s: BehaviourSettings) -> list[Finding]:
         """A request of the device's own (first use of its signature): keep its signing
         age, if the signature and its time checked out (a forged request naming the
         device must not move its usual age)."""
@@ -80,7 +85,7 @@ class DeviceReplay:
         return []
 
     def replayed(self, st: dict[str, Any], r: EntityRecord, s: BehaviourSettings,
-                 first_block: str) -> list[tuple[str, str, Scope]]:
+                 first_block: str) -> list[Finding]:
         """A request repeating a signature the device already sent first from the IP
         block `first_block`."""
         if ip_block(r.ip) == first_block:
@@ -91,5 +96,5 @@ class DeviceReplay:
         ages = sorted(st.get("age") or [0.0])
         over = ages[len(ages) // 2] + s.replay_sign_age_margin_s  # negative: a clock running ahead
         age = f", signed {r.sign_age:.0f} s before it arrived" if r.sign_age is not None else ""
-        return [(DEVICE_REPLAYED, f"{st['n']} signed request(s) of device {r.key} replayed from other addresses "
+        return [Finding(DEVICE_REPLAYED, f"{st['n']} signed request(s) of device {r.key} replayed from other addresses "
                                   f"(latest from {r.ip}{age})", Scope(sign_age_over=round(over, 1)))]

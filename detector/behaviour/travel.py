@@ -9,8 +9,9 @@ within the window: proxy rotation, not a trip."""
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
+from detector.behaviour.base import Finding
 from detector.behaviour.records import BehaviourSettings, EntityRecord
 from detector.behaviour.state import count_since, touch
 
@@ -25,20 +26,22 @@ def km(a: tuple[float, float], b: tuple[float, float]) -> float:
 
 
 class Travel:
+    state_key: ClassVar[str] = "Travel"  # stored state's key: never change it
+    state_version: ClassVar[int] = 1
     etype: ClassVar[str] = "account"
-    codes: ClassVar[dict[str, str]] = {
+    codes: ClassVar[Mapping[str, str]] = {
         IMPOSSIBLE_TRAVEL: "an account in two countries further apart than travel allows in the time between",
         ASN_HOPPING: "an account hopping between many networks (ASNs) within an hour",
     }
 
-    def observe(self, st: dict[str, Any], r: EntityRecord, s: BehaviourSettings) -> list[tuple[str, str]]:
+    def observe(self, st: dict[str, Any], r: EntityRecord, s: BehaviourSettings) -> list[Finding]:
         out = []
         if r.asn is not None:
             seen = st.setdefault("asn", {})
             touch(seen, str(r.asn), r.ts, s.max_distinct)
             n = count_since(seen, r.ts - s.asn_window_s)
             if n > s.asn_max:
-                out.append((ASN_HOPPING, f"account {r.key} used {n} networks (ASNs) within "
+                out.append(Finding(ASN_HOPPING, f"account {r.key} used {n} networks (ASNs) within "
                                          f"{s.asn_window_s / 60:.0f} min"))
         if r.country and not r.hosting:
             last = st.get("geo")
@@ -50,7 +53,7 @@ class Travel:
                     dist = km(a, b)
                     hours = max(abs(r.ts - last[0]), 1.0) / 3600
                     if dist >= s.travel_min_km and dist / hours > s.travel_max_kmh:
-                        out.append((IMPOSSIBLE_TRAVEL, f"account {r.key} in {last[1]} then {r.country} "
+                        out.append(Finding(IMPOSSIBLE_TRAVEL, f"account {r.key} in {last[1]} then {r.country} "
                                                        f"({dist:.0f} km) {hours * 60:.0f} min later"))
             if last is None or r.ts >= last[0]:
                 st["geo"] = [r.ts, r.country]

@@ -168,6 +168,40 @@ def test_state_of_another_version_is_discarded(detection):
     assert e2.load_bucket(b, raw) is False and e2.entity_count() == 0
 
 
+def test_detectors_keep_their_state_under_declared_stable_keys():
+    """Stored state names each detector's part by its declared `state_key`: these
+    names (the class names state was first written under) must never change, or
+    stored state is orphaned; the engine's own keys are never taken."""
+    from detector.behaviour.engine import all_detectors
+
+    keys = {etype: [d.state_key for d in ds] for etype, ds in all_detectors().items()}
+    assert keys == {
+        "device": ["DeviceFanout", "Activity", "ActionOnlySessions", "DeviceReplay"],
+        "account": ["AccountFanout", "Activity", "ActionOnlySessions", "Travel"],
+        "ip_block": ["IpBlockFanout"], "asn": ["HostingAsnFanout"], "signature": ["ReplayDetector"],
+        "fingerprint": ["Population"],
+    }
+    for ds in all_detectors().values():
+        assert not {"v", "last", "flags", "aw", "sigs", "sip"} & {d.state_key for d in ds}
+
+
+def test_bumping_a_detector_state_version_discards_stored_state(detection, monkeypatch):
+    from detector.behaviour.travel import Travel
+
+    s = detection.behaviour
+    e1 = BehaviourEngine(s, detection.alerts, detection.scoring.weight_of)
+    assert e1.state_version == s.state_version  # every detector at its first version
+    e1.observe([rec("device", "dev-9", T0, 0, account="a")])
+    (b, raw), = e1.dirty_buckets()
+    monkeypatch.setattr(Travel, "state_version", Travel.state_version + 1)
+    e2 = BehaviourEngine(s, detection.alerts, detection.scoring.weight_of)
+    assert e2.state_version == s.state_version + 1
+    assert e2.load_bucket(b, raw) is False and e2.entity_count() == 0
+    # disabling a family changes nothing stored
+    assert BehaviourEngine(s, detection.alerts, detection.scoring.weight_of, ("behaviour",)).state_version \
+        == e2.state_version
+
+
 def test_hostile_unique_keys_cannot_grow_state_without_bound(detection):
     from dataclasses import replace
 
