@@ -79,7 +79,8 @@ def bot_network(profile: ClientProfile, count: int, seed: int, start_ts: float =
         sid = _uuid4(rng)
         conn = "WIFI" if evasion == 0 else rng.choice(("MOBILE.LTE", "MOBILE.LTE", "WIFI"))
         bandwidth = rng.uniform(3000, 40000)
-        calls = [("GET", "/api/v1/config", None, None)] if evasion == 2 else []
+        calls: list[tuple[str, str, str | None, int | None]] = (
+            [("GET", "/api/v1/config", None, None)] if evasion == 2 else [])
         calls += [_action_call(rng) for _ in range(rng.randint(3, 8))]
         token_ts = ts - (rng.uniform(900, 3600) if evasion == 1 else rng.uniform(0.3, 2.0))
         for step, (method, path, query, body_size) in enumerate(calls):

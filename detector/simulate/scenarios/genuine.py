@@ -53,9 +53,9 @@ def genuine(profile: ClientProfile, count: int, seed: int, start_ts: float = DEF
         "x-es-device-id", "x-es-device-checksum", "x-es-session-id", "x-es-user-id", ts_header, sig_header or "",
         "accept-language", "x-es-connection-type", "x-es-bandwidth-kbps", "content-type", "content-length",
         "accept-encoding", "user-agent")
-    dev_h = (profile.ids.get("device").header if profile.ids.get("device") else None) or "x-es-device-id"
-    acct_h = (profile.ids.get("account").header if profile.ids.get("account") else None) or "x-es-user-id"
-    sess_h = (profile.ids.get("session").header if profile.ids.get("session") else None) or "x-es-session-id"
+    dev_h = _id_header(profile, "device", "x-es-device-id")
+    acct_h = _id_header(profile, "account", "x-es-user-id")
+    sess_h = _id_header(profile, "session", "x-es-session-id")
 
     def ja4_for(version: str) -> str:
         if tls_policy:
@@ -136,6 +136,12 @@ def genuine(profile: ClientProfile, count: int, seed: int, start_ts: float = DEF
         else:
             u.session = None
             heapq.heappush(heap, (pop.next_session(u, ts + SESSION_PAUSE_S), i))
+
+
+def _id_header(profile: ClientProfile, kind: str, default: str) -> str:
+    """The header that carries the profile's `kind` id, or `default` when it names none."""
+    src = profile.ids.get(kind)
+    return (src.header if src is not None else None) or default
 
 
 def genuine_request(profile: ClientProfile, seed: int, catalogue: DeviceCatalogue | None = None) -> dict[str, Any]:
