@@ -357,7 +357,7 @@ def slack_message(alert: Alert) -> dict[str, Any]:
     details = (f"*codes*: {', '.join(alert.codes)}\n*requests*: {alert.count}  *score*: "
                f"{alert.score}\n*window*: {alert.window.start} to "
                f"{alert.window.end}\n*sample requests*: {samples}\n*alert id*: `{alert.alert_id}`")
-    flags = alert.evidence.flags
+    flags = alert.evidence.flag_details()
     if flags:
         details += "\n*behaviour*:" + "".join(f"\n- `{c}`: {d}" for c, d in flags.items())
     return {
@@ -380,7 +380,7 @@ def alertmanager_alert(alert: Alert, now: float) -> dict[str, Any]:
             "severity": alert.severity,
             "entity_type": ent.type,
             "entity_id": ent.id,
-            "rule": alert.rule,
+            "rule": alert.rule or "",
             "service": "app-impersonation-detector",
         },
         "annotations": {
@@ -391,7 +391,7 @@ def alertmanager_alert(alert: Alert, now: float) -> dict[str, Any]:
             "codes": ",".join(alert.codes),
             "sample_request_ids": ",".join(alert.sample_request_ids),
             **({"behaviour": "; ".join(f"{c}: {d}" for c, d in flags.items())}
-               if (flags := alert.evidence.flags) else {}),
+               if (flags := alert.evidence.flag_details()) else {}),
         },
         "startsAt": alert.created_at,
     }

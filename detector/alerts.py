@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterable, Literal, Mapping
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 from detector.behaviour.records import bounded_id, entity_key
 
@@ -49,19 +50,25 @@ class AlertSpan(msgspec.Struct, frozen=True, gc=False):
     end: str
 
 
-class AlertEvidence(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
-    """What the window's requests showed. The optional parts are left out of the JSON
-    when they say nothing (not truncated, no suspicious requests, no flags)."""
+class AlertEvidence(msgspec.Struct, frozen=True, gc=False):
+    """What the window's requests showed. The contract requires none of its parts: a
+    part that is UNSET is left out of the JSON (the engine leaves out `truncated`,
+    `suspicious_count` and `flags` when they say nothing), so an alert read back from
+    its JSON writes the same JSON."""
 
-    code_counts: dict[str, int]
-    profiles: tuple[str, ...]
-    distinct_ips: int
-    truncated: bool = False
-    suspicious_count: int = 0  # of `count`, the requests below min_level
-    flags: dict[str, str] = msgspec.field(default_factory=dict)  # code -> the detector's sentence
+    code_counts: dict[str, int] | UnsetType = UNSET
+    profiles: tuple[str, ...] | UnsetType = UNSET
+    distinct_ips: int | UnsetType = UNSET
+    truncated: bool | UnsetType = UNSET
+    suspicious_count: int | UnsetType = UNSET  # of `count`, the requests below min_level
+    flags: dict[str, str] | UnsetType = UNSET  # code -> the detector's sentence of evidence
+
+    def flag_details(self) -> Mapping[str, str]:
+        """The behavioural flags' sentences (empty when there are none)."""
+        return self.flags if not isinstance(self.flags, UnsetType) else {}
 
 
-class Alert(msgspec.Struct, frozen=True, gc=False):
+class Alert(msgspec.Struct, frozen=True, gc=False, kw_only=True):
     """One alert revision (contract: config/schema/alert.schema.json, docs/alerts.md),
     typed from the engine that raises it to the webhook body that carries it. The
     JSON is `to_json()`; a JSON alert reads back with `decode_alert`."""
@@ -69,7 +76,7 @@ class Alert(msgspec.Struct, frozen=True, gc=False):
     schema: str
     alert_id: str
     revision: int
-    rule: str
+    rule: str | UnsetType = UNSET  # (the engine always names it; the contract does not require it)
     created_at: str
     updated_at: str
     severity: Severity
@@ -314,9 +321,9 @@ def _alert_doc(etype: str, eid: str, start: int, w: AlertWindow, s: AlertSetting
         code_counts=dict(sorted((_clip(c, _CODE_MAX), n) for c, n in top[:_MAX_CODES])),
         profiles=tuple(sorted(_clip(p, _CODE_MAX) for p in w.profiles)[:_MAX_PROFILES]),
         distinct_ips=len(w.ips),
-        truncated=truncated or len(top) > _MAX_CODES or len(w.profiles) > _MAX_PROFILES,
-        suspicious_count=w.weak,  # of `count`, those below min_level (0: left out)
-        flags={_clip(c, _CODE_MAX): _clip(d, text_max) for c, d in sorted(flags.items())[:max_flags]} if flags else {},
+        truncated=True if truncated or len(top) > _MAX_CODES or len(w.profiles) > _MAX_PROFILES else UNSET,
+        suspicious_count=w.weak or UNSET,  # of `count`, those below min_level
+        flags={_clip(c, _CODE_MAX): _clip(d, text_max) for c, d in sorted(flags.items())[:max_flags]} if flags else UNSET,
     )
     return Alert(
         schema=ALERT_SCHEMA,

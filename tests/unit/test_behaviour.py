@@ -47,7 +47,7 @@ def test_one_device_with_many_accounts_is_flagged_and_alerted(engine):
     assert "behaviour.device_account_fanout" in codes(out)
     assert out.alerts and (out.alerts[-1].entity.type, out.alerts[-1].entity.id) == ("device", "dev-1")
     assert "behaviour.device_account_fanout" in out.alerts[-1].codes
-    assert "used by" in out.alerts[-1].evidence.flags["behaviour.device_account_fanout"]
+    assert "used by" in out.alerts[-1].evidence.flag_details()["behaviour.device_account_fanout"]
 
 
 def test_family_device_with_two_accounts_is_not_flagged(engine):

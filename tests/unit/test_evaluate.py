@@ -46,9 +46,10 @@ def request(i: int, ts: float | None = None) -> ClientRequest:
 
 
 def alert(entity_type: str, entity_id: str, at: float) -> Alert:
-    return Alert("alert/1", "a" * 32, 1, "entity.flagged_requests", iso(at), iso(at), "medium",
-                 AlertEntity(entity_type, entity_id), ("ua.malformed",), 0.9, "an alert", AlertSpan(iso(at), iso(at)), 3,
-                 AlertEvidence({"ua.malformed": 3}, (), 1), ())
+    return Alert(schema="alert/1", alert_id="a" * 32, revision=1, created_at=iso(at), updated_at=iso(at),
+                 severity="medium", entity=AlertEntity(entity_type, entity_id), codes=("ua.malformed",), score=0.9,
+                 summary="an alert", window=AlertSpan(iso(at), iso(at)), count=3, evidence=AlertEvidence(),
+                 sample_request_ids=())
 
 
 # ---------------------------------------------------------------- per request

@@ -27,7 +27,7 @@ from agents.webhooks import (DELIVERED, REJECTED, RETRY, AddressPolicy, CircuitB
                              OffsetTracker, Pending, alertmanager_alert, backoff_s, classify, clip, dlq_record, headers,
                              load_endpoints, parse_endpoints, render, retry_after_s, sign, slack_message, status_line,
                              write_config_with_webhooks)
-from detector.alerts import Alert, alert_from_obj, iso
+from detector.alerts import Alert, alert_from_obj, decode_alert, iso
 from detector.config import ConfigError
 from detector.engine import DEFAULT_CONFIG, DetectionConfig
 
@@ -114,6 +114,18 @@ def test_generic_body_is_the_alert_and_identical_on_every_send():
     a = alert()
     assert render(e, a, now=1.0) == render(e, a, now=2_000_000_000.0)
     assert render(e, a) == orjson.dumps(alert_obj())  # the JSON the engine wrote, byte for byte
+
+
+def test_an_alert_with_only_the_contracts_required_fields_is_delivered_as_it_came():
+    """The contract (config/schema/alert.schema.json) requires no part of `evidence`
+    and no `rule`: such an alert decodes, and its generic body is its own JSON."""
+    obj = alert_obj()
+    del obj["rule"]
+    obj["evidence"] = {"code_counts": {"ua.malformed": 3}}
+    raw = orjson.dumps(obj)
+    a = decode_alert(raw)
+    assert render(Endpoint("x", "https://x"), a) == raw
+    assert alertmanager_alert(a, now=0.0)["labels"]["rule"] == "" and "behaviour" not in slack_message(a)["text"]
 
 
 def test_slack_message_has_text_and_blocks_with_evidence():
