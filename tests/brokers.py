@@ -87,12 +87,13 @@ class KafkaBroker:
 
     def start(self, timeout: float = 60.0) -> KafkaBroker:
         env = {**os.environ, "KAFKA_HEAP_OPTS": "-Xmx512m"}
-        self.proc = subprocess.Popen(
-            ["java", "-Xmx512m", "-XX:+UseSerialGC", "-cp", self.classpath,
-             f"-Dlog4j.configuration=file:{self.dir / 'log4j.properties'}",
-             "kafka.Kafka", str(self.dir / "server.properties")],
-            stdout=open(self.dir / "stdout.log", "ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )
+        with open(self.dir / "stdout.log", "ab") as log:  # the child has its own copy
+            self.proc = subprocess.Popen(
+                ["java", "-Xmx512m", "-XX:+UseSerialGC", "-cp", self.classpath,
+                 f"-Dlog4j.configuration=file:{self.dir / 'log4j.properties'}",
+                 "kafka.Kafka", str(self.dir / "server.properties")],
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

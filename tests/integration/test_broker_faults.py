@@ -38,7 +38,8 @@ def get(port: int, path: str) -> tuple[int, str]:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as r:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
+        with e:  # it holds the response
+            return e.code, e.read().decode()
     except OSError as e:
         return 0, str(e)
 

@@ -57,7 +57,8 @@ def http_status(url: str) -> tuple[int, str]:
         with urllib.request.urlopen(url, timeout=5) as r:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
+        with e:  # it holds the response
+            return e.code, e.read().decode()
 
 
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.5) -> Any:
@@ -103,11 +104,12 @@ def start_prometheus(tmp_path: Path, worker_port: int) -> tuple[subprocess.Popen
                             "static_configs": [{"targets": [f"127.0.0.1:{worker_port}"]}]}],
     }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(cfg))
-    proc = subprocess.Popen(
-        [exe, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=open(tmp_path / "prometheus.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    with open(tmp_path / "prometheus.log", "ab") as log:  # the child has its own copy
+        proc = subprocess.Popen(
+            [exe, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
     base = f"http://127.0.0.1:{port}"
     wait_for(lambda: http_status(f"{base}/-/ready")[0] == 200, 30, "Prometheus to be ready")
     return proc, base

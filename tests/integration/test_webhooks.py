@@ -321,15 +321,16 @@ def alertmanager(tmp_path):
     port = free_port()
     cfg = tmp_path / "alertmanager.yml"
     cfg.write_text("route:\n  receiver: blackhole\nreceivers:\n  - name: blackhole\n")
-    proc = subprocess.Popen([ALERTMANAGER, f"--config.file={cfg}", f"--storage.path={tmp_path / 'am-data'}",
-                             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
-                            stdout=open(tmp_path / "alertmanager.log", "wb"), stderr=subprocess.STDOUT)
+    with open(tmp_path / "alertmanager.log", "wb") as log:  # the child has its own copy
+        proc = subprocess.Popen([ALERTMANAGER, f"--config.file={cfg}", f"--storage.path={tmp_path / 'am-data'}",
+                                 f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+                                stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(f"{base}/-/ready", timeout=1)
-            break
+            with urllib.request.urlopen(f"{base}/-/ready", timeout=1):
+                break
         except OSError:
             time.sleep(0.2)
     else:

@@ -158,7 +158,8 @@ async def test_metrics_health_and_readiness_endpoints(broker, worker_factory, pr
             with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
+            with e:  # it holds the response
+                return e.code, e.read().decode()
 
     deadline = time.monotonic() + 20
     text = ""
