@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast test-deps kafka-jars constraints clean
+.PHONY: venv demo lint test test-fast test-deps kafka-jars constraints clean
 
 venv: $(STAMP)
 
@@ -36,6 +36,13 @@ test-deps:
 	$$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null \
 		|| echo "NOTE: could not install$$missing: their tests will be SKIPPED"
 
+# The lint gate, zero findings: ruff (rules and their reasons in pyproject.toml
+# [tool.ruff]) on detector/, agents/ and scripts/, and mypy --strict on detector/ and
+# agents/ ([tool.mypy]).
+lint: venv
+	$(BIN)/ruff check --no-cache detector agents scripts
+	$(BIN)/mypy
+
 # Both broker tiers: the embedded broker always; real Apache Kafka where Java and
 # Maven exist (tests/kafka/fetch.sh fetches its jars from Maven Central).
 test: venv test-deps
@@ -64,4 +71,4 @@ kafka-jars:
 # detector-data/: Faust's data directory of a worker run from the repository root
 # (`detector run`; set APP_DATADIR to put it elsewhere).
 clean:
-	rm -rf $(VENV) tests/kafka/target .pytest_cache detector-data
+	rm -rf $(VENV) tests/kafka/target .pytest_cache .mypy_cache detector-data
