@@ -14,8 +14,9 @@ thread-safe: the core runs on one thread per process.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from functools import wraps
-from typing import Any, Callable, Generic, Hashable, ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar
 
 import msgspec
 

@@ -6,9 +6,10 @@ validated into frozen values. Checks compare requests against these facts.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal
 
 from detector.config import ConfigError, YamlDocument, require
 from detector.config.schema import ProfileFile, check
@@ -51,7 +52,7 @@ class AppVersion:
         return version_key(self.version)
 
 
-def signing_key_for(profile: "ClientProfile", version: AppVersion) -> str | None:
+def signing_key_for(profile: ClientProfile, version: AppVersion) -> str | None:
     """The key a genuine build of `version` signs with: its newest active key."""
     if profile.signing is None:
         return None
@@ -148,7 +149,8 @@ class Ja4Rule:
         if version is None:
             return True
         key = version_key(version)
-        return (self.min_version is None or key >= self.min_version) and (self.max_version is None or key <= self.max_version)
+        return ((self.min_version is None or key >= self.min_version)
+                and (self.max_version is None or key <= self.max_version))
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +222,8 @@ def _compile(doc: YamlDocument, key: list[str | int], pattern: str) -> re.Patter
         raise doc.error(key, f"invalid regular expression: {exc}") from None
 
 
-def _secret(doc: YamlDocument, key: list[str | int], spec: Any, base: Path, secrets: SecretResolver) -> tuple[bytes, bool]:
+def _secret(doc: YamlDocument, key: list[str | int], spec: Any, base: Path,
+            secrets: SecretResolver) -> tuple[bytes, bool]:
     if not isinstance(spec, dict) or len(spec) != 1:
         raise doc.error(key, "must be one of {env: NAME}, {file: PATH} or {demo: VALUE}")
     ((kind, value),) = spec.items()
@@ -318,7 +321,8 @@ def _build_profile(doc: YamlDocument, path: Path, data: dict[str, Any], secrets:
             if unknown:
                 raise doc.error(["versions", i, "keys"], f"unknown signing key ids: {', '.join(sorted(unknown))}")
             if app.status != "retired" and not any(keys[kid].status == "active" for kid in app.keys):
-                raise doc.error(["versions", i, "keys"], f"version {app.version} is {app.status} but carries no active key")
+                raise doc.error(["versions", i, "keys"],
+                                f"version {app.version} is {app.status} but carries no active key")
 
     ids: dict[str, IdSource] = {}
     for ent, spec in (require(doc, data, ["ids"], dict, optional=True, default={}) or {}).items():

@@ -17,11 +17,14 @@ parameters `password`, `access_token`, `refresh_token`, `client_secret`). It:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 MARK = "[redacted]"
-DEFAULT_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "set-cookie", "x-api-key", "x-auth-token"})
+DEFAULT_HEADERS = frozenset({
+    "authorization", "cookie", "proxy-authorization", "set-cookie", "x-api-key", "x-auth-token",
+})
 DEFAULT_PARAMS = frozenset({"password", "access_token", "refresh_token", "client_secret"})
 _MIN_SECRET_CHARS = 6  # shorter values are not searched for in details (they would match anywhere)
 _PREFIX_CHARS = 16  # checks quote at least this many leading chars of a value they shorten
@@ -143,7 +146,8 @@ class Redactor:
         found = [v for n in names if isinstance(v := headers.get(n), str) and len(v) >= _MIN_SECRET_CHARS]
         if params and self.params:
             for k, v in params.items():
-                if isinstance(k, str) and k.lower() in self.params and isinstance(v, str) and len(v) >= _MIN_SECRET_CHARS:
+                if (isinstance(k, str) and k.lower() in self.params
+                        and isinstance(v, str) and len(v) >= _MIN_SECRET_CHARS):
                     found.append(v)
         return tuple(found)
 

@@ -9,8 +9,8 @@ up without any of them dominating. Weights and thresholds come from config.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 from detector.model import Signal, VerdictLevel
 

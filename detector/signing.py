@@ -4,7 +4,7 @@ HMAC-SHA256. The signature check verifies with it; the simulator signs with it."
 from __future__ import annotations
 
 import hmac
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from detector.profile import SigningScheme
 

@@ -22,8 +22,9 @@ import dataclasses
 import math
 import random
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import orjson
 

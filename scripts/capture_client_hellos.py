@@ -34,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from detector.fingerprints.tls import (
+from detector.fingerprints.tls import (  # noqa: E402 (after the sys.path line above: run as a script)
     ClientHelloError,
     fingerprint,
     parse_client_hello,
@@ -227,7 +227,7 @@ def _httpx_version() -> str:
     try:
         h2 = importlib.metadata.version("h2")
     except importlib.metadata.PackageNotFoundError:
-        raise Skip("httpx is here but h2 is not: the http2=True hello would not be httpx's h2 one")
+        raise Skip("httpx is here but h2 is not: the http2=True hello would not be httpx's h2 one") from None
     return f"{v} (http2=True, h2 {h2}; {_py_base()})"
 
 

@@ -6,9 +6,10 @@ through `YamlDocument` and checked against its model in `detector.config.schema`
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import yaml
 
@@ -100,7 +101,8 @@ def load_yaml(path: Path) -> YamlDocument:
     return YamlDocument(path)
 
 
-def require(doc: YamlDocument, obj: Any, key: Sequence[str | int], kind: type | tuple[type, ...], *, optional: bool = False, default: Any = None) -> Any:
+def require(doc: YamlDocument, obj: Any, key: Sequence[str | int], kind: type | tuple[type, ...], *,
+            optional: bool = False, default: Any = None) -> Any:
     """Read `obj[key[-1]]`, checking its type; errors point at the full key path."""
     name = key[-1]
     if not isinstance(obj, dict):
@@ -118,7 +120,8 @@ def require(doc: YamlDocument, obj: Any, key: Sequence[str | int], kind: type | 
 
 
 def _kind(kind: type | tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", dict: "a mapping", list: "a list", bool: "true or false"}
+    names = {str: "a string", int: "an integer", float: "a number", dict: "a mapping", list: "a list",
+             bool: "true or false"}
     if isinstance(kind, tuple):
         return " or ".join(names.get(k, k.__name__) for k in kind)
     return names.get(kind, kind.__name__)

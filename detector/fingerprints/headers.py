@@ -12,7 +12,7 @@ the order is kept because HTTP libraries each emit their own order.
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from collections.abc import Sequence
 
 from detector.cache import bounded_cache
 

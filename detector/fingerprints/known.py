@@ -4,9 +4,9 @@ adds confidence and names the stack; the profile's allowlist decides on its own.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 from detector.config import YamlDocument
 from detector.config.schema import KnownStacksFile, check

@@ -10,7 +10,8 @@ plus simulated gaps), never the clock.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from detector.devices import DeviceCatalogue
 from detector.profile import ClientProfile

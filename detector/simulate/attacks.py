@@ -4,7 +4,8 @@ a scenario is called with the options it takes."""
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from detector.devices import DeviceCatalogue
 from detector.profile import ClientProfile

@@ -4,8 +4,9 @@ catalogue's models (or a small built-in list) and handsets drawn from their fact
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from detector.devices import DeviceCatalogue, ModelFacts
 

@@ -5,8 +5,9 @@ exits, and the calls a script makes."""
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 from detector.profile import ClientProfile
 from detector.simulate.places import Country, _ipv4, _prefixes

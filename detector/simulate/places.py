@@ -38,7 +38,8 @@ COUNTRIES: tuple[Country, ...] = (
             ((7713, "Telkom Indonesia"), (17451, "Biznet")), 0.65, 0.1, 0.04, 10),
     Country("US", (-5.0, -6.0, -8.0), (("en_US", 0.88), ("es_US", 0.12)),
             ((21928, "T-Mobile USA"), (6167, "Verizon Wireless"), (20057, "AT&T Mobility")),
-            ((7922, "Comcast Cable"), (20115, "Charter Communications"), (7018, "AT&T Services"), (701, "Verizon Fios")),
+            ((7922, "Comcast Cable"), (20115, "Charter Communications"), (7018, "AT&T Services"),
+             (701, "Verizon Fios")),
             0.4, 0.5, 0.0, 10),
     Country("MX", (-6.0,), (("es_MX", 1.0),),
             ((28403, "Telcel"), (32098, "AT&T Mexico")), ((8151, "Telmex"), (22884, "Totalplay"), (13999, "Megacable")),
@@ -72,10 +73,12 @@ COUNTRIES: tuple[Country, ...] = (
             ((3352, "Telefonica de Espana"), (12430, "Vodafone Spain"), (12479, "Orange Espagne")),
             ((3352, "Telefonica de Espana"), (12479, "Orange Espagne")), 0.35, 0.3, 0.0, 3),
     Country("TH", (7.0,), (("th_TH", 1.0),),
-            ((131445, "Advanced Wireless Network (AIS)"), (24378, "True Move")), ((7470, "True Internet"), (45758, "3BB")),
+            ((131445, "Advanced Wireless Network (AIS)"), (24378, "True Move")),
+            ((7470, "True Internet"), (45758, "3BB")),
             0.55, 0.2, 0.01, 3),
     Country("SA", (3.0,), (("ar_SA", 0.8), ("en_SA", 0.2)),
-            ((25019, "Saudi Telecom"), (35819, "Mobily")), ((25019, "Saudi Telecom"), (35753, "ITC")), 0.5, 0.35, 0.0, 2),
+            ((25019, "Saudi Telecom"), (35819, "Mobily")), ((25019, "Saudi Telecom"), (35753, "ITC")),
+            0.5, 0.35, 0.0, 2),
 )
 _COUNTRY = {c.code: c for c in COUNTRIES}
 

@@ -7,7 +7,7 @@ import functools
 import math
 import random
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from detector.devices import DeviceCatalogue
@@ -31,7 +31,7 @@ def _release_ts(v: AppVersion) -> float | None:
     if not v.released:
         return None
     try:
-        return datetime.strptime(str(v.released), "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp()
+        return datetime.strptime(str(v.released), "%Y-%m-%d").replace(tzinfo=UTC).timestamp()
     except ValueError:
         return None
 

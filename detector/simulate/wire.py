@@ -6,7 +6,8 @@ from __future__ import annotations
 import hashlib
 import random
 import uuid
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from detector.profile import ClientProfile
 from detector.signing import canonical_string, mac, signature_value

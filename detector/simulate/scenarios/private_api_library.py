@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import random
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from detector.profile import ClientProfile, signing_key_for
 from detector.simulate.handsets import DeviceSpec, ua_string
