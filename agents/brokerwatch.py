@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Mapping
 
 from agents.publish import BROKER_ERRORS, BrokerHealth
 from agents.topics import TopicSpec
@@ -99,7 +99,8 @@ class BrokerWatch:
             except BROKER_ERRORS as exc:
                 self.health.failed("metadata", exc)
                 self.counters.error()
-                log.warning("recreating vanished topics (%s) failed, will retry: %s: %s", names, type(exc).__name__, exc)
+                log.warning("recreating vanished topics (%s) failed, will retry: %s: %s",
+                            names, type(exc).__name__, exc)
                 return True
             self.counters.recreated(len(created))
             self.seen |= set(created)
@@ -134,12 +135,14 @@ class BrokerWatch:
         try:
             ends = await asyncio.wait_for(self.hooks.end_offsets(sorted(self.committed)), self.timeout_s)
         except BROKER_ERRORS as exc:
-            log.info("could not read the log end offsets after the outage (will retry): %s: %s", type(exc).__name__, exc)
+            log.info("could not read the log end offsets after the outage (will retry): %s: %s",
+                     type(exc).__name__, exc)
             return False
         self.verify = 0
         for tp, mine in self.committed.items():
             end = ends.get(tp)
             if end is not None and end < mine:
-                log.warning("%s[%d] ends at offset %d, before the offset %d this worker committed", tp[0], tp[1], end, mine)
+                log.warning("%s[%d] ends at offset %d, before the offset %d this worker committed",
+                            tp[0], tp[1], end, mine)
                 return True
         return False

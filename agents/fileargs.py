@@ -9,9 +9,10 @@ import argparse
 import errno
 import os
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 
 def check_readable(path: str | Path | None) -> None:

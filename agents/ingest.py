@@ -12,8 +12,9 @@ import logging
 import time
 import zlib
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError
@@ -182,7 +183,7 @@ class IngestStage(Service):
                     continue
                 try:
                     await asyncio.wait_for(client.stop(), budget)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     log.warning("the %s did not close within %.1f s: left behind", name, budget)
         log.info("ingest stage stopped")
 
@@ -220,7 +221,8 @@ class IngestStage(Service):
                     failures += 1
                     self._broker_failed("produce", exc)
                     self._rewind(batches)
-                    log.warning("ingest batch failed on a broker error, reading it again: %s: %s", type(exc).__name__, exc)
+                    log.warning("ingest batch failed on a broker error, reading it again: %s: %s",
+                                type(exc).__name__, exc)
                     await self.sleep(self.backoff.delay(failures))
 
     @Service.task

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from aiokafka.errors import IllegalStateError
 
@@ -63,7 +64,7 @@ class ConsumerLag:
                     # position() returns at once when the position is known; it waits
                     # only right after an assignment, hence the timeout.
                     pos = await asyncio.wait_for(c.position(tp), self.position_timeout_s)
-                except (IllegalStateError, AssertionError, asyncio.TimeoutError):
+                except (TimeoutError, IllegalStateError, AssertionError):
                     continue  # revoked meanwhile, or no position yet
                 out.append((tp, max(0, end - int(pos))))
             return out

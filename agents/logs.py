@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -27,7 +27,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds").replace(
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace(
                 "+00:00", "Z"),
             "level": record.levelname.lower(),
             "logger": record.name,

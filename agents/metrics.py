@@ -12,13 +12,15 @@ import os
 import platform
 import threading
 from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import faust
-from prometheus_client import CollectorRegistry, Counter as PromCounter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import Counter as PromCounter
 from prometheus_client.core import HistogramMetricFamily
 
 from agents.webhooks import ATTEMPT_RESULTS
@@ -216,7 +218,8 @@ class Metrics:
                  build: Mapping[str, str] | None = None):
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.messages_in = PromCounter("detector_ingest_messages_total", "Kafka messages read from client-requests", registry=r)
+        self.messages_in = PromCounter("detector_ingest_messages_total", "Kafka messages read from client-requests",
+                                       registry=r)
         self.requests_in = PromCounter("detector_requests_total", "ClientRequests decoded and scored", registry=r)
         self.profile_requests = PromCounter(
             "detector_profile_requests_total",
@@ -234,7 +237,8 @@ class Metrics:
         )
         self.dlq = PromCounter("detector_dlq_records_total", "Rejected input elements sent to the DLQ, by reason class",
                                ["reason"], registry=r)
-        self.alerts = PromCounter("detector_alerts_total", "Alert revisions produced, by severity", ["severity"], registry=r)
+        self.alerts = PromCounter("detector_alerts_total", "Alert revisions produced, by severity", ["severity"],
+                                  registry=r)
         self.webhook_deliveries = PromCounter(
             "detector_webhook_deliveries_total",
             "Final outcome of alert revisions sent to each configured webhook endpoint",
@@ -267,8 +271,8 @@ class Metrics:
             buckets=BATCH_BUCKETS, registry=r,
         )
         self.batch_size = Histogram(
-            "detector_batch_requests", "Requests per ingest batch", buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000, 10000),
-            registry=r,
+            "detector_batch_requests", "Requests per ingest batch",
+            buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000, 10000), registry=r,
         )
         self.consumer_lag = Gauge(
             "detector_consumer_lag_messages",
@@ -280,7 +284,8 @@ class Metrics:
         self.state_entities = self.state_entries.labels("behaviour_entities")
         self.flagged_entities = self.state_entries.labels("flagged_entities")
         self.state_writes = PromCounter(
-            "detector_state_writes_total", "Behaviour state buckets written to the changelog (one record each)", registry=r,
+            "detector_state_writes_total", "Behaviour state buckets written to the changelog (one record each)",
+            registry=r,
         )
         self.late_records = PromCounter(
             "detector_late_records_total", "Records older than the allowed lateness, left out of behaviour state",
@@ -348,7 +353,8 @@ class Metrics:
                                 ["version", "commit", "faust", "python"], registry=r)
         self.label_sets: LabelSets | None = None
         b = dict(build or {})
-        self.build_info.labels(b.get("version") or _version("app-impersonation-detector"), b.get("commit") or os.environ.get("DETECTOR_BUILD_COMMIT") or "unknown",
+        self.build_info.labels(b.get("version") or _version("app-impersonation-detector"),
+                               b.get("commit") or os.environ.get("DETECTOR_BUILD_COMMIT") or "unknown",
                                b.get("faust") or _version("faust-streaming"),
                                b.get("python") or platform.python_version()).set(1)
         for level in VERDICT_LEVELS:

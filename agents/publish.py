@@ -17,8 +17,9 @@ import logging
 import random
 import time
 import zlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Protocol
 
 from aiokafka.errors import KafkaError
 
@@ -206,7 +207,8 @@ class BatchPublisher:
             await self._send(slot)
             batch = self._open[slot] = self.producer.create_batch()
             if batch.append(key=rec.key, value=rec.value, timestamp=None) is None:
-                raise ValueError(f"a record of {len(rec.value)} bytes does not fit in one producer batch for {rec.topic}")
+                raise ValueError(
+                    f"a record of {len(rec.value)} bytes does not fit in one producer batch for {rec.topic}")
 
     async def _send(self, slot: tuple[str, int]) -> None:
         batch = self._open.pop(slot)

@@ -9,16 +9,25 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from detector.config import ConfigError, YamlDocument
-from detector.config.schema import (Override, RuntimeSettings, SettingsFile, apply_overrides, check, field_kind, is_model,
-                                    is_string)
+from detector.config.schema import (
+    Override,
+    RuntimeSettings,
+    SettingsFile,
+    apply_overrides,
+    check,
+    field_kind,
+    is_model,
+    is_string,
+)
 from detector.engine import DEFAULT_CONFIG, DetectionConfig
 
 CONFIG_ENV = "DETECTOR_CONFIG"
@@ -110,7 +119,8 @@ def load_settings(config: Path | str | None = None, **overrides: Any) -> Setting
         key = ".".join(str(p) for p in err["loc"])
         env = f"{ENV_PREFIX}{key.upper()}"
         if key in overrides or env in os.environ:  # an override, not the file's value
-            raise ConfigError(path, key, f"{err['msg']} (from {'the command line' if key in overrides else env})") from None
+            source = "the command line" if key in overrides else env
+            raise ConfigError(path, key, f"{err['msg']} (from {source})") from None
         doc = YamlDocument(path)
         raise doc.error([key], err["msg"]) from None
 
@@ -145,7 +155,8 @@ def env_overrides(data: Mapping[str, Any], environ: Mapping[str, str] | None = N
         if key is None:
             if name not in _warned:
                 _warned.add(name)
-                log.warning("ignoring environment variable %s: it names no setting (docs/operations.md \"Settings\")", name)
+                log.warning("ignoring environment variable %s: it names no setting (docs/operations.md \"Settings\")",
+                            name)
             continue
         found = field_kind(SettingsFile, [str(k) for k in key])
         kind = found[1] if found is not None else None

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -47,9 +48,12 @@ CLIENT_REQUESTS_DLQ = TopicSpec(
     configs={"max.message.bytes": "1048576"},
 )
 VERDICTS = TopicSpec("verdicts", "one Verdict per request", 3 * DAY_MS)
-ALERTS = TopicSpec("alerts", "entity alerts, keyed by alert_id; the latest revision survives compaction", 30 * DAY_MS, compact=True)
+ALERTS = TopicSpec(
+    "alerts", "entity alerts, keyed by alert_id; the latest revision survives compaction", 30 * DAY_MS, compact=True
+)
 ENTITY_EVENTS = TopicSpec(
-    "detector-entity-events", "internal: compact entity records re-keyed to the entity shards, in batch envelopes", DAY_MS
+    "detector-entity-events", "internal: compact entity records re-keyed to the entity shards, in batch envelopes",
+    DAY_MS,
 )
 ENTITY_FLAGS = TopicSpec(
     "detector-entity-flags", "internal: current behavioural flags per entity, read by every worker", 2 * DAY_MS,
@@ -65,8 +69,8 @@ WEBHOOK_RETRY = TopicSpec(
     7 * DAY_MS,
 )
 
-ALL_TOPICS: tuple[TopicSpec, ...] = (CLIENT_REQUESTS, CLIENT_REQUESTS_DLQ, VERDICTS, ALERTS, ENTITY_EVENTS, ENTITY_FLAGS,
-                                     ALERTS_DLQ, WEBHOOK_RETRY)
+ALL_TOPICS: tuple[TopicSpec, ...] = (CLIENT_REQUESTS, CLIENT_REQUESTS_DLQ, VERDICTS, ALERTS, ENTITY_EVENTS,
+                                     ENTITY_FLAGS, ALERTS_DLQ, WEBHOOK_RETRY)
 
 
 def partitions_of(spec: TopicSpec, default: int) -> int:
@@ -93,7 +97,8 @@ async def create_topics(bootstrap: str, partitions: int, replication: int = 1,
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
     await admin.start()
     try:
-        new = [NewTopic(s.name, partitions_of(s, partitions), replication, topic_configs=s.kafka_configs()) for s in missing]
+        new = [NewTopic(s.name, partitions_of(s, partitions), replication, topic_configs=s.kafka_configs())
+               for s in missing]
         try:
             await admin.create_topics(new, timeout_ms=10000)
         except TopicAlreadyExistsError:
@@ -127,7 +132,10 @@ def record_limit(topic_max_message_bytes: int, producer_max_request_size: int) -
 
 def _config_value(resource: Any, name: str) -> str | None:
     for entry in resource.config_entries if hasattr(resource, "config_entries") else resource[4]:
-        key, value = (entry.config_names, entry.config_value) if hasattr(entry, "config_names") else (entry[0], entry[1])
+        if hasattr(entry, "config_names"):
+            key, value = entry.config_names, entry.config_value
+        else:
+            key, value = entry[0], entry[1]
         if key == name:
             return str(value) if value is not None else None
     return None
