@@ -81,7 +81,7 @@ def shard_of(entity_type: str, entity_id: str, partitions: int) -> int:
     return zlib.crc32(f"{entity_type}:{entity_id}".encode()) % partitions
 
 
-class _CommitGate(ConsumerRebalanceListener):
+class _CommitGate(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped (Any)
     """Holds a revocation until the batch in flight is published and committed, so a
     rebalance never hands a partition over with processed-but-uncommitted offsets."""
 

@@ -27,7 +27,7 @@ from agents.webhooks import ATTEMPT_RESULTS
 from detector.config import ConfigError, YamlDocument
 from detector.decode import REJECTION_CODES
 from detector.fingerprints.headers import names_fingerprint
-from detector.model import Verdict
+from detector.model import Verdict, VerdictLevel
 
 VERDICT_LEVELS = ("clean", "suspicious", "malicious")
 # The DLQ counter's reason label is the rejection code (detector.decode.REJECTION_CODES,
@@ -435,7 +435,7 @@ class Metrics:
         devices = Counter([(v.fingerprints.get("device"), v.verdict) for v in verdicts])
         flagged = [v for v in verdicts if v.signals]
         codes: Counter[str] = Counter()
-        emulated: Counter[tuple[str | None, str]] = Counter()
+        emulated: Counter[tuple[str | None, VerdictLevel]] = Counter()
         for v in flagged:
             cs = [s.code for s in v.signals]
             codes.update(cs)
@@ -444,7 +444,7 @@ class Metrics:
 
         ls = self.label_sets
         if ls is None:  # not bound: the unlabelled families only
-            levels: Counter[str] = Counter()
+            levels: Counter[VerdictLevel] = Counter()
             for (_, _, level, _, _), n in shapes.items():
                 levels[level] += n
             for level, n in levels.items():
