@@ -115,7 +115,7 @@ async def post(session: aiohttp.ClientSession, e: Endpoint, alert: Alert) -> Att
         return Attempt(None, "network_error", clip(f"{type(exc).__name__}: {exc}"))
 
 
-class _Revocations(ConsumerRebalanceListener):
+class _Revocations(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped (Any)
     def __init__(self, stage: DeliveryStage):
         self.stage = stage
 
@@ -167,10 +167,14 @@ class DeliveryStage(Service):
             # One session per endpoint: its connector applies the endpoint's address policy.
             self.http[e.name] = aiohttp.ClientSession(connector=GuardedConnector(e.address_policy))
         for q in self.queues.values():
-            self.metrics.track_webhook_endpoint(q.endpoint.name, pending=lambda q=q: q.pending,
-                                                breaker_state=lambda q=q: BREAKER_STATES.index(q.breaker.state))
+            self._track(q)
             self.add_future(self._drive(q))
         log.info("webhook delivery started: %d endpoint(s): %s", len(self.endpoints), ", ".join(self.endpoints))
+
+    def _track(self, q: EndpointQueue) -> None:
+        """Export the queue's size and breaker state, read at scrape time."""
+        self.metrics.track_webhook_endpoint(q.endpoint.name, pending=lambda: q.pending,
+                                            breaker_state=lambda: BREAKER_STATES.index(q.breaker.state))
 
     async def on_stop(self) -> None:
         for t in list(self.inflight):

@@ -84,7 +84,7 @@ class ShardState:
     def hold(self, p: int, event: Any) -> None:
         self.pending[p].append(event)
 
-    def delivering(self, p: int, fut: Any) -> None:
+    def delivering(self, p: int, fut: object) -> None:
         """A flag update or alert of partition p on its way (the future of its broker
         acknowledgement): the next flush acknowledges envelopes only after it."""
         if isinstance(fut, Awaitable):
@@ -227,7 +227,9 @@ class ShardState:
         log.warning("shard state: forgot the input positions of %d state buckets (the broker lost its log)", reset)
 
 
-Sender = Callable[[bytes, bytes], Awaitable[None]]
+# Sends one record; resolves to the future of the broker's acknowledgement (Faust's
+# topic.send), which ShardState.delivering holds until the next flush
+Sender = Callable[[bytes, bytes], Awaitable[object]]
 
 
 class ShardProcessor:
