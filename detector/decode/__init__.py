@@ -10,11 +10,28 @@ message forms, fastpath.py accepts valid requests in C, validate.py (the referen
 validator) decides the rest, rejections.py names why, deadletters.py writes the DLQ.
 """
 
-from detector.decode.contract import (HTTP_VERSIONS, MAX_ASN, MAX_CLIENT_HELLO_CHARS, MAX_EXTRA_BYTES,
-                                      MAX_EXTRA_FIELDS, MAX_LIST_ITEMS, MAX_OBJECT_ENTRIES, MAX_PARAM_NAME_CHARS,
-                                      MAX_PARAMS, MAX_UNKNOWN_BYTES, TS_MAX, TS_MIN, DecodeLimits)
-from detector.decode.deadletters import (DLQ_MAX_ERRORS, clip_json_string, dlq_reason_class, dlq_record,
-                                         encode_dlq_record)
+from detector.decode.contract import (
+    HTTP_VERSIONS,
+    MAX_ASN,
+    MAX_CLIENT_HELLO_CHARS,
+    MAX_EXTRA_BYTES,
+    MAX_EXTRA_FIELDS,
+    MAX_LIST_ITEMS,
+    MAX_OBJECT_ENTRIES,
+    MAX_PARAM_NAME_CHARS,
+    MAX_PARAMS,
+    MAX_UNKNOWN_BYTES,
+    TS_MAX,
+    TS_MIN,
+    DecodeLimits,
+)
+from detector.decode.deadletters import (
+    DLQ_MAX_ERRORS,
+    clip_json_string,
+    dlq_reason_class,
+    dlq_record,
+    encode_dlq_record,
+)
 from detector.decode.messages import Decoded, decode_line, decode_message
 from detector.decode.rejections import REJECTION_CODES, InvalidRequest, Rejection
 from detector.decode.validate import request_from_obj

@@ -4,15 +4,30 @@ ever accepts; whatever it declines, the reference validator (validate.py) decide
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from functools import lru_cache
-from typing import Annotated, Any, Callable, Literal, Mapping, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import msgspec
 
-from detector.decode.contract import (_KNOWN_FIELDS, _NESTED, _NESTED_KEYS, _OBJECT_FIELDS, MAX_ASN,
-                                      MAX_CLIENT_HELLO_CHARS, MAX_EXTRA_BYTES, MAX_EXTRA_FIELDS, MAX_LIST_ITEMS,
-                                      MAX_OBJECT_ENTRIES, MAX_PARAM_NAME_CHARS, MAX_PARAMS, MAX_UNKNOWN_BYTES,
-                                      TS_MAX, TS_MIN, DecodeLimits)
+from detector.decode.contract import (
+    _KNOWN_FIELDS,
+    _NESTED,
+    _NESTED_KEYS,
+    _OBJECT_FIELDS,
+    MAX_ASN,
+    MAX_CLIENT_HELLO_CHARS,
+    MAX_EXTRA_BYTES,
+    MAX_EXTRA_FIELDS,
+    MAX_LIST_ITEMS,
+    MAX_OBJECT_ENTRIES,
+    MAX_PARAM_NAME_CHARS,
+    MAX_PARAMS,
+    MAX_UNKNOWN_BYTES,
+    TS_MAX,
+    TS_MIN,
+    DecodeLimits,
+)
 from detector.decode.validate import _parse_rfc3339, _unknown_size, _valid_ip
 from detector.model import ClientRequest
 
@@ -131,9 +146,9 @@ def _unknown_ok(obj: Mapping[str, Any]) -> bool:
     path's lenient branch)."""
     for name, known in _NESTED_KEYS.items():
         d = obj.get(name)
-        if d is not None and not known.issuperset(d):
-            if len(d) > MAX_OBJECT_ENTRIES or _unknown_size(d, known) > MAX_UNKNOWN_BYTES:
-                return False
+        if (d is not None and not known.issuperset(d)
+                and (len(d) > MAX_OBJECT_ENTRIES or _unknown_size(d, known) > MAX_UNKNOWN_BYTES)):
+            return False
     if _KNOWN_FIELDS.issuperset(obj):
         return True
     n_extra = sum(1 for k in obj if k not in _KNOWN_FIELDS)

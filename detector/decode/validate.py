@@ -6,17 +6,36 @@ from __future__ import annotations
 
 import ipaddress
 import math
+from collections.abc import Mapping
 from datetime import datetime
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import Any
 
 import orjson
 
-from detector.decode.contract import (_HEX, _ID_FIELDS, _KNOWN_FIELDS, _NESTED, _NESTED_KEYS, _OBJECT_FIELDS,
-                                      HTTP_VERSIONS, MAX_ASN, MAX_CLIENT_HELLO_CHARS, MAX_EXTRA_BYTES,
-                                      MAX_EXTRA_FIELDS, MAX_LIST_ITEMS, MAX_OBJECT_ENTRIES, MAX_PARAM_NAME_CHARS,
-                                      MAX_PARAMS, MAX_UNKNOWN_BYTES, TS_MAX, TS_MIN, DecodeLimits, _Kind,
-                                      _MAX_RFC3339_CHARS)
+from detector.decode.contract import (
+    _HEX,
+    _ID_FIELDS,
+    _KNOWN_FIELDS,
+    _MAX_RFC3339_CHARS,
+    _NESTED,
+    _NESTED_KEYS,
+    _OBJECT_FIELDS,
+    HTTP_VERSIONS,
+    MAX_ASN,
+    MAX_CLIENT_HELLO_CHARS,
+    MAX_EXTRA_BYTES,
+    MAX_EXTRA_FIELDS,
+    MAX_LIST_ITEMS,
+    MAX_OBJECT_ENTRIES,
+    MAX_PARAM_NAME_CHARS,
+    MAX_PARAMS,
+    MAX_UNKNOWN_BYTES,
+    TS_MAX,
+    TS_MIN,
+    DecodeLimits,
+    _Kind,
+)
 from detector.decode.rejections import InvalidRequest
 from detector.model import ClientRequest
 
@@ -38,8 +57,8 @@ def _string(obj: Mapping[str, Any], name: str, limits: DecodeLimits, *, required
     if not isinstance(v, str):
         raise InvalidRequest(f"field {name!r} must be a string, got {_type(v)}", "invalid_type")
     if len(v) > limits.max_field_chars:
-        raise InvalidRequest(f"field {name!r} of {len(v)} chars exceeds limits.max_field_chars={limits.max_field_chars}",
-                             "oversized")
+        raise InvalidRequest(
+            f"field {name!r} of {len(v)} chars exceeds limits.max_field_chars={limits.max_field_chars}", "oversized")
     return v
 
 
@@ -146,8 +165,9 @@ def _nested_value(where: str, kind: _Kind, v: Any, limits: DecodeLimits) -> None
     elif kind == "country":
         _nested_string(where, v, 2, "invalid_value")
         if not (len(v) == 2 and v.isascii() and v.isalpha() and v.isupper()):
-            raise InvalidRequest(f"field {where!r} must be an ISO 3166-1 alpha-2 code (two capital letters), got {v[:8]!r}",
-                                 "invalid_value")
+            raise InvalidRequest(
+                f"field {where!r} must be an ISO 3166-1 alpha-2 code (two capital letters), got {v[:8]!r}",
+                "invalid_value")
     elif kind == "bool":
         if not isinstance(v, bool):
             raise InvalidRequest(f"field {where!r} must be a boolean, got {_type(v)}", "invalid_type")
@@ -224,7 +244,8 @@ def _params(v: Any, limits: DecodeLimits) -> Mapping[str, str] | None:
         if not isinstance(pv, str):
             raise InvalidRequest(f"params[{k[:40]!r}] must be a string, got {_type(pv)}", "invalid_type")
         if len(pv) > F:
-            raise InvalidRequest(f"params[{k[:40]!r}] of {len(pv)} chars exceeds limits.max_field_chars={F}", "oversized")
+            raise InvalidRequest(f"params[{k[:40]!r}] of {len(pv)} chars exceeds limits.max_field_chars={F}",
+                                 "oversized")
     return v
 
 

@@ -12,8 +12,16 @@ from typing import Any
 from detector.cache import bounded_cache
 from detector.config.schema import EmulatorsFile, ModelsFile
 from detector.devices.facts import EmulatorMarker, ModelFacts, _Limits, _Vendors
-from detector.devices.files import (EMULATORS_FILE, MODELS_FILE, PLAY_FILE, _Doc, _limits_for, _parse_markers,
-                                    _parse_models, _read_play)
+from detector.devices.files import (
+    EMULATORS_FILE,
+    MODELS_FILE,
+    PLAY_FILE,
+    _Doc,
+    _limits_for,
+    _parse_markers,
+    _parse_models,
+    _read_play,
+)
 
 #: Reason codes `plausibility` can return, with their meaning.
 PLAUSIBILITY_CODES: Mapping[str, str] = {

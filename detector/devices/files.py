@@ -119,7 +119,8 @@ def _parse_models(doc: _Doc) -> tuple[dict[str, frozenset[str]], _Vendors, tuple
         try:
             pat = re.compile("|".join(f"(?:{p})" for p in spec["hardware"]))
         except re.error as exc:
-            raise doc.error(["soc_vendors", name, "hardware"], where + ".hardware", f"bad regular expression: {exc}") from None
+            raise doc.error(["soc_vendors", name, "hardware"], where + ".hardware",
+                            f"bad regular expression: {exc}") from None
         arch = spec.get("arch")
         if arch is not None and arch not in ("arm", "x86"):
             raise doc.error(["soc_vendors", name, "arch"], where + ".arch", "must be arm or x86")

@@ -13,8 +13,15 @@ import struct
 from dataclasses import dataclass
 
 from detector.cache import bounded_cache
-from detector.fingerprints.clienthello import (_GREASE, EXT_ALPN, EXT_SERVER_NAME, ClientHello, ClientHelloError,
-                                               is_grease, parse_client_hello)
+from detector.fingerprints.clienthello import (
+    _GREASE,
+    EXT_ALPN,
+    EXT_SERVER_NAME,
+    ClientHello,
+    ClientHelloError,
+    is_grease,
+    parse_client_hello,
+)
 
 __all__ = [
     "ClientHello",
