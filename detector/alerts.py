@@ -14,9 +14,10 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Iterable, Literal, Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -114,7 +115,8 @@ class AlertSettings:
     suspicious_min_count: int = 10
     escalate_at: tuple[int, ...] = (3, 10, 30, 100, 300, 1000, 3000, 10000)
     # count reached -> severity; the highest matching threshold wins
-    severity_by_count: Mapping[int, Severity] = field(default_factory=lambda: {1: "medium", 30: "high", 300: "critical"})
+    severity_by_count: Mapping[int, Severity] = field(
+        default_factory=lambda: {1: "medium", 30: "high", 300: "critical"})
     entity_types: tuple[str, ...] = ("device", "account")
     allowed_lateness_s: int = 60
     max_open_windows: int = 200_000
@@ -186,7 +188,7 @@ def iso(ts: float) -> str:
     (decode accepts 2000..2200 only, but this never raises for any float) is clamped
     to year 1 or year 9999; NaN reads as the epoch."""
     try:
-        d = datetime.fromtimestamp(ts, tz=timezone.utc).replace(tzinfo=None)
+        d = datetime.fromtimestamp(ts, tz=UTC).replace(tzinfo=None)
         return d.isoformat(timespec="milliseconds") + "Z"  # milliseconds truncated; year zero-padded
     except (OverflowError, ValueError, OSError):
         if ts != ts:
@@ -323,7 +325,8 @@ def _alert_doc(etype: str, eid: str, start: int, w: AlertWindow, s: AlertSetting
         distinct_ips=len(w.ips),
         truncated=True if truncated or len(top) > _MAX_CODES or len(w.profiles) > _MAX_PROFILES else UNSET,
         suspicious_count=w.weak or UNSET,  # of `count`, those below min_level
-        flags={_clip(c, _CODE_MAX): _clip(d, text_max) for c, d in sorted(flags.items())[:max_flags]} if flags else UNSET,
+        flags=({_clip(c, _CODE_MAX): _clip(d, text_max) for c, d in sorted(flags.items())[:max_flags]}
+               if flags else UNSET),
     )
     return Alert(
         schema=ALERT_SCHEMA,

@@ -7,16 +7,27 @@ two apply exactly the same rules.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from detector.alerts import AlertSettings
 from detector.behaviour.engine import behaviour_codes
 from detector.behaviour.records import BehaviourSettings
 from detector.config import ConfigError, YamlDocument, require
-from detector.config.schema import (ALERT_ENTITY_TYPES, AlertsSection, EventTimeSection, LimitsSection, Override,
-                                    ScoringSection, Section, SettingsFile, apply_overrides, check)
+from detector.config.schema import (
+    ALERT_ENTITY_TYPES,
+    AlertsSection,
+    EventTimeSection,
+    LimitsSection,
+    Override,
+    ScoringSection,
+    Section,
+    SettingsFile,
+    apply_overrides,
+    check,
+)
 from detector.decode import DecodeLimits
 from detector.devices import CatalogueError, DeviceCatalogue
 from detector.eventtime import EventTimeGuard
@@ -62,7 +73,8 @@ class DetectionConfig:
         profiles = load_profiles(pdir, secrets)
         default = require(doc, data, ["default_profile"], str, optional=True, default=next(iter(profiles)))
         if default not in profiles:
-            raise doc.error(["default_profile"], f"no profile named {default!r} in {pdir} (have: {', '.join(profiles)})")
+            raise doc.error(["default_profile"],
+                            f"no profile named {default!r} in {pdir} (have: {', '.join(profiles)})")
 
         def section(model: type[Section], name: str, *, optional: bool = True) -> Any:
             """The checked model of section `name` (None when an optional one is absent)."""

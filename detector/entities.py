@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from typing import Mapping
+from collections.abc import Mapping
 
 import msgspec
 

@@ -10,7 +10,8 @@ Struct a fraction of that, and `gc=False` keeps them out of the cyclic collector
 
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 import msgspec
 

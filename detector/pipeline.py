@@ -9,8 +9,10 @@ requests (user agents, header orders) is parsed once and cached.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Protocol, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
+from detector.cache import MISSING, ByteCache, approx_size
 from detector.checks.attestation import AttestationCheck
 from detector.checks.base import Check, Derived, RequestContext, Stateless
 from detector.checks.device import DeviceCheck
@@ -21,7 +23,6 @@ from detector.checks.signature import SignatureCheck
 from detector.checks.tls import TlsCheck
 from detector.checks.transport import TransportCheck
 from detector.checks.ua import UserAgentCheck
-from detector.cache import MISSING, ByteCache, approx_size
 from detector.devices import DeviceCatalogue
 from detector.entities import RequestFacts, account_number, ip_block, population_fingerprint
 from detector.fingerprints.headers import names_fingerprint
@@ -117,13 +118,15 @@ class Pipeline:
         missing = scoring.missing(code for c in self.checks for code in c.codes)
         if missing:
             raise ValueError(f"no weight configured for signal codes: {', '.join(missing)}")
-        self._ua_cache: ByteCache[tuple[str, str], dict[str, str] | None] = ByteCache(_UA_CACHE_BYTES, _CACHE_ITEM_BYTES)
+        self._ua_cache: ByteCache[tuple[str, str], dict[str, str] | None] = ByteCache(
+            _UA_CACHE_BYTES, _CACHE_ITEM_BYTES)
         # Checks whose result depends only on the request's *shape* (profile, user
         # agent, TLS/HTTP fingerprints, network): their signals are computed once per
         # distinct shape and reused; shapes repeat across millions of requests.
         self._shape_checks = [c for c in self.checks if c.scope == "shape"]
         self._request_checks = [c for c in self.checks if c.scope != "shape"]
-        self._shape_cache: ByteCache[tuple[Any, ...], tuple[Signal, ...]] = ByteCache(_SHAPE_CACHE_BYTES, _CACHE_ITEM_BYTES)
+        self._shape_cache: ByteCache[tuple[Any, ...], tuple[Signal, ...]] = ByteCache(
+            _SHAPE_CACHE_BYTES, _CACHE_ITEM_BYTES)
         self._names_cache: ByteCache[tuple[str, ...], tuple[tuple[str, ...], bool, str]] = ByteCache(
             _NAMES_CACHE_BYTES, _CACHE_ITEM_BYTES)
         self._profile_by_prefix = sorted(self.profiles.values(), key=lambda p: -len(p.ua_prefix))
@@ -191,7 +194,8 @@ class Pipeline:
         profile = self.profile_for(ua_raw)
         ua = self._parse_ua(profile, ua_raw) if ua_raw else None
         entities: dict[str, str] = {"ip": request.client_ip}
-        for kind, given in (("device", request.device_id), ("account", request.account_id), ("session", request.session_id)):
+        for kind, given in (("device", request.device_id), ("account", request.account_id),
+                            ("session", request.session_id)):
             v = self._entity(request, headers, profile, kind, given)
             if v:
                 entities[kind] = v

@@ -5,7 +5,8 @@ sessions (a real app session starts up and browses before it acts)."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from detector.behaviour.base import Finding
 from detector.behaviour.records import BehaviourSettings, EntityRecord
@@ -83,6 +84,6 @@ class ActionOnlySessions:
             # without a start-up (a notification's action button) allow a few actions
             if counts[2] >= s.action_only_min_actions or counts[0]:
                 which = f"session {r.session}" if r.session else "requests without a session id"
-                return [Finding(ACTION_ONLY_SESSION, f"{which} of {self.etype} {r.key}: {counts[2]} actions, no browsing "
-                                              f"call before them ({counts[0]} start-up calls)")]
+                return [Finding(ACTION_ONLY_SESSION, f"{which} of {self.etype} {r.key}: {counts[2]} actions, "
+                                              f"no browsing call before them ({counts[0]} start-up calls)")]
         return []

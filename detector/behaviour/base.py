@@ -10,7 +10,8 @@ state version follows, so state written before is never read with the new meanin
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping, Protocol, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Protocol
 
 import msgspec
 

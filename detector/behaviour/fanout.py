@@ -5,7 +5,8 @@ or devices behind one IP block or one hosting ASN (farms and proxies)."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from detector.behaviour.base import Finding
 from detector.behaviour.records import BehaviourSettings, EntityRecord, Fanout
@@ -39,7 +40,8 @@ class DeviceFanout:
     def observe(self, st: dict[str, Any], r: EntityRecord, s: BehaviourSettings) -> list[Finding]:
         n = _fanout(st, "acc", r.account, r, s.device_accounts, s.max_distinct)
         if n >= s.device_accounts.threshold:
-            return [Finding(DEVICE_ACCOUNTS, f"device {r.key} used by {n} accounts within {_window(s.device_accounts)}")]
+            return [Finding(DEVICE_ACCOUNTS,
+                            f"device {r.key} used by {n} accounts within {_window(s.device_accounts)}")]
         return []
 
 
@@ -52,7 +54,8 @@ class AccountFanout:
     def observe(self, st: dict[str, Any], r: EntityRecord, s: BehaviourSettings) -> list[Finding]:
         n = _fanout(st, "dev", r.device, r, s.account_devices, s.max_distinct)
         if n >= s.account_devices.threshold:
-            return [Finding(ACCOUNT_DEVICES, f"account {r.key} used from {n} devices within {_window(s.account_devices)}")]
+            return [Finding(ACCOUNT_DEVICES,
+                            f"account {r.key} used from {n} devices within {_window(s.account_devices)}")]
         return []
 
 

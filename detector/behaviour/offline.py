@@ -11,7 +11,8 @@ caller supplies the reference (the CLI: the wall clock at start, or
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from detector.alerts import Alert
 from detector.behaviour.engine import BehaviourEngine

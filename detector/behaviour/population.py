@@ -15,13 +15,14 @@ real users of the same phone included; the fingerprint's alert names the surge."
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
-from detector.behaviour.flags import Scope
-from detector.entities import account_number
 from detector.behaviour.base import Finding
+from detector.behaviour.flags import Scope
 from detector.behaviour.records import BehaviourSettings, EntityRecord
 from detector.behaviour.state import touch, window_start
+from detector.entities import account_number
 
 DEVICE_SURGE = "population.fingerprint_device_surge"
 ACCOUNT_SURGE = "population.fingerprint_account_surge"
@@ -82,12 +83,12 @@ class Population:
             return out
         base_d = st.get("bd", s.population_prior)
         if devices >= max(s.population_min_devices, s.population_ratio * base_d):
-            out.append(Finding(DEVICE_SURGE, f"fingerprint {r.key} carried by {devices} device ids behind {blocks} IP blocks "
-                                      f"this window (baseline {base_d:.1f})"))
+            out.append(Finding(DEVICE_SURGE, f"fingerprint {r.key} carried by {devices} device ids behind {blocks} "
+                                             f"IP blocks this window (baseline {base_d:.1f})"))
         base_a = st.get("ba", s.population_prior)
         if accounts >= max(s.population_min_accounts, s.population_ratio * base_a):
-            out.append(Finding(ACCOUNT_SURGE, f"fingerprint {r.key} carried by {accounts} accounts behind {blocks} IP blocks "
-                                       f"this window (baseline {base_a:.1f})"))
+            out.append(Finding(ACCOUNT_SURGE, f"fingerprint {r.key} carried by {accounts} accounts behind {blocks} "
+                                              f"IP blocks this window (baseline {base_a:.1f})"))
         if out:
             st["flagged"] = True
         return out

@@ -16,12 +16,12 @@ by bytes (`encode_envelopes`), each under the topic's record limit.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from detector.entities import ip_block
 from detector.model import ClientRequest, Verdict
 
 if TYPE_CHECKING:  # (the checks' context imports the profiles, whose schema imports these settings)
@@ -228,7 +228,8 @@ class BehaviourSettings:
     centroids: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], centroids: Mapping[str, tuple[float, float]] | None = None) -> BehaviourSettings:
+    def from_dict(cls, data: Mapping[str, Any],
+                  centroids: Mapping[str, tuple[float, float]] | None = None) -> BehaviourSettings:
         kw: dict[str, Any] = {}
         names = {f.name: f for f in fields(cls)}
         for k, v in data.items():

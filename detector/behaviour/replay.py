@@ -6,10 +6,11 @@ stored, so a request re-processed after a restart is never its own replay."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
-from detector.behaviour.flags import Scope
 from detector.behaviour.base import Finding
+from detector.behaviour.flags import Scope
 from detector.behaviour.records import BehaviourSettings, EntityRecord
 from detector.entities import ip_block
 
@@ -49,8 +50,8 @@ class ReplayDetector:
                 seen.append(value)
         networks = len(st["ips"])
         if networks == 1 and len(st["devs"]) == 1:
-            return [Finding(REUSED, f"signature used {st['uses']} times within {s.replay_ttl_s:.0f} s, first by request "
-                             f"{first[0]}, always from {r.ip}")]
+            return [Finding(REUSED, f"signature used {st['uses']} times within {s.replay_ttl_s:.0f} s, "
+                                    f"first by request {first[0]}, always from {r.ip}")]
         return [Finding(REUSED_ELSEWHERE, f"signature of request {first[0]} reused {st['uses'] - 1} time(s) from "
                                    f"{networks} IPs, {len(st['asns'])} ASNs and {len(st['devs'])} devices "
                                    f"(grade {grade(networks)})")]

@@ -15,7 +15,6 @@ import hashlib
 import math
 from typing import Any
 
-
 MEMBER_MAX_BYTES = 64
 
 

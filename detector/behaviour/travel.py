@@ -9,7 +9,8 @@ within the window: proxy rotation, not a trip."""
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Mapping
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from detector.behaviour.base import Finding
 from detector.behaviour.records import BehaviourSettings, EntityRecord

@@ -5,7 +5,8 @@ a token bound to another request, or an old one, is being replayed."""
 
 from __future__ import annotations
 
-from typing import ClassVar, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import ClassVar
 
 from detector.checks.base import CheckScope, RequestContext
 from detector.model import ClientRequest, Signal
@@ -52,7 +53,8 @@ class AttestationCheck:
                                                f"{', '.join(sorted(policy.providers))}")
             return
         app = a.get("app_recognition")
-        if policy.app_recognition and app is not None and (not isinstance(app, str) or app not in policy.app_recognition):
+        if (policy.app_recognition and app is not None
+                and (not isinstance(app, str) or app not in policy.app_recognition)):
             yield ctx.signal(APP_UNRECOGNIZED, f"app recognition verdict is {str(app)[:40]}, not "
                                                f"{' or '.join(sorted(policy.app_recognition))}")
         device = a.get("device_recognition")
@@ -70,4 +72,5 @@ class AttestationCheck:
         age = a.get("token_age_s")
         if (policy.max_token_age_s is not None and isinstance(age, (int, float)) and not isinstance(age, bool)
                 and age > policy.max_token_age_s):
-            yield ctx.signal(STALE_TOKEN, f"attestation token is {age:.0f} s old (allowed {policy.max_token_age_s:.0f} s)")
+            yield ctx.signal(STALE_TOKEN,
+                             f"attestation token is {age:.0f} s old (allowed {policy.max_token_age_s:.0f} s)")

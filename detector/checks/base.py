@@ -7,8 +7,9 @@ the conformance suite and the catalogue can hold it to them.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Iterable, Literal, Mapping, Protocol
+from typing import ClassVar, Literal, Protocol
 
 import msgspec
 

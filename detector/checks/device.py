@@ -6,7 +6,8 @@ What the catalogue does not know is never a violation."""
 
 from __future__ import annotations
 
-from typing import ClassVar, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import ClassVar
 
 from detector.cache import ByteCache
 from detector.checks.base import CheckScope, RequestContext
@@ -74,7 +75,8 @@ class DeviceCheck:
         dpi, width, height, sdk = _int(dpi_s), _int(width_s), _int(height_s), _int(sdk_s)
         cat = self.catalogue
         if cat is not None:
-            for marker in cat.emulator_markers(manufacturer, model, device, hardware, dpi=dpi, width=width, height=height):
+            for marker in cat.emulator_markers(manufacturer, model, device, hardware,
+                                               dpi=dpi, width=width, height=height):
                 observed = {"manufacturer": manufacturer, "model": model, "device": device, "hardware": hardware}.get(
                     marker.field, f"{dpi_s}dpi {width_s}x{height_s}")
                 code = EMULATOR_SCREEN if marker.strength == "weak" else EMULATOR

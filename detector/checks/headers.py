@@ -9,7 +9,8 @@ the app's custom headers still gives itself away by where and how it writes them
 from __future__ import annotations
 
 import hashlib
-from typing import ClassVar, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import ClassVar
 
 from detector.cache import ByteCache, approx_size
 from detector.checks.base import CheckScope, RequestContext
@@ -94,7 +95,8 @@ class HeadersCheck:
         if rules.name_case == "lower":
             upper = [n for n in judged if n != n.lower()]
             if upper:
-                yield NAME_CASE, f"header names {_shorten(upper, 3)} are not lower-case as the official client writes them"
+                yield NAME_CASE, (f"header names {_shorten(upper, 3)} are not lower-case "
+                                  "as the official client writes them")
 
     @staticmethod
     def _field(ref: str, request: ClientRequest, ctx: RequestContext) -> str | None:

@@ -5,7 +5,8 @@ UUIDs (version 1), which also leak the generating host's MAC address."""
 from __future__ import annotations
 
 import re
-from typing import ClassVar, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import ClassVar
 
 from detector.cache import ByteCache
 from detector.checks.base import CheckScope, RequestContext
@@ -70,4 +71,5 @@ class IdentityCheck:
                     yield TIME_BASED_UUID, (f"{kind} id {shown!r} is a time-based UUID (node {value[-12:]}); "
                                             f"the app uses version {src.uuid_version}")
                 else:
-                    yield code, f"{kind} id {shown!r} is a version {m.group(1)} UUID, the app uses version {src.uuid_version}"
+                    yield code, (f"{kind} id {shown!r} is a version {m.group(1)} UUID, "
+                                 f"the app uses version {src.uuid_version}")

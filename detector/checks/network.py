@@ -5,7 +5,8 @@ is weak evidence (travellers, expats), so it carries little weight."""
 
 from __future__ import annotations
 
-from typing import ClassVar, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import ClassVar
 
 from detector.checks.base import CheckScope, RequestContext
 from detector.model import ClientRequest, Signal

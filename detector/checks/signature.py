@@ -7,7 +7,8 @@ after rotation, so a key the claimed version never shipped is itself evidence.""
 from __future__ import annotations
 
 import hmac
-from typing import ClassVar, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import ClassVar
 
 from detector.checks.base import CheckScope, RequestContext
 from detector.model import ClientRequest, Signal
@@ -47,7 +48,8 @@ class SignatureCheck:
         m = scheme.format.fullmatch(value)
         if m is None:
             shown = value if len(value) <= 40 else value[:37] + "..."
-            yield ctx.signal(MALFORMED, f"{scheme.header} value {shown!r} does not match the {profile.name} signature format")
+            yield ctx.signal(MALFORMED,
+                             f"{scheme.header} value {shown!r} does not match the {profile.name} signature format")
             return
         key_id = m["key_id"]
         key = scheme.keys.get(key_id)
@@ -62,7 +64,8 @@ class SignatureCheck:
             if info is not None and info.keys and key_id not in info.keys:
                 yield ctx.signal(
                     KEY_NOT_IN_BUILD,
-                    f"key {key_id} is not among the keys of app version {info.version} ({', '.join(sorted(info.keys))})",
+                    f"key {key_id} is not among the keys of app version {info.version} "
+                    f"({', '.join(sorted(info.keys))})",
                 )
         signed_at = ctx.derived.signed_at  # parsed by Pipeline.derive (None: absent or not a finite number)
         if signed_at is None:
@@ -83,4 +86,5 @@ class SignatureCheck:
             body_sha256=request.body_sha256,
         )
         if not hmac.compare_digest(mac(key.secret, canonical), m["mac"]):
-            yield ctx.signal(INVALID, f"signature with key {key_id} does not verify over the request's canonical string")
+            yield ctx.signal(INVALID,
+                             f"signature with key {key_id} does not verify over the request's canonical string")

@@ -5,7 +5,8 @@ known desktop or automation stack adds confidence and names it."""
 
 from __future__ import annotations
 
-from typing import ClassVar, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import ClassVar
 
 from detector.checks.base import CheckScope, RequestContext
 from detector.fingerprints.known import KnownStacks

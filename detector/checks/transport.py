@@ -5,7 +5,8 @@ libraries mostly speak HTTP/1.1, browsers have their own HTTP/2 settings."""
 
 from __future__ import annotations
 
-from typing import ClassVar, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import ClassVar
 
 from detector.checks.base import CheckScope, RequestContext
 from detector.fingerprints.known import KnownStacks

@@ -3,7 +3,8 @@ in its release table, and pair that version with one of its real version codes?"
 
 from __future__ import annotations
 
-from typing import ClassVar, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import ClassVar
 
 from detector.checks.base import CheckScope, RequestContext
 from detector.model import ClientRequest, Signal
@@ -46,7 +47,8 @@ class UserAgentCheck:
             newest = profile.newest_version
             if version_key(version) > newest.sort_key:
                 yield ctx.signal(
-                    NEWER_VERSION, f"app version {version} is newer than {newest.version}, the newest in the {profile.name} table"
+                    NEWER_VERSION,
+                    f"app version {version} is newer than {newest.version}, the newest in the {profile.name} table",
                 )
             else:
                 yield ctx.signal(
@@ -61,5 +63,6 @@ class UserAgentCheck:
         if code not in info.codes:
             codes = ", ".join(str(c) for c in sorted(info.codes))
             yield ctx.signal(
-                VERSION_CODE_MISMATCH, f"version code {code} does not belong to app version {version} (built as {codes})"
+                VERSION_CODE_MISMATCH,
+                f"version code {code} does not belong to app version {version} (built as {codes})",
             )

@@ -10,17 +10,18 @@ Pure: events in, numbers out; no clock and no I/O. `agents/tools/eval_cli.py` is
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 from detector.alerts import Alert
 from detector.behaviour.engine import behaviour_codes
 from detector.behaviour.offline import OfflineScorer
 from detector.behaviour.records import entity_key
-from detector.entities import ip_block
 from detector.decode import request_from_obj
 from detector.engine import DetectionConfig
+from detector.entities import ip_block
 from detector.model import ClientRequest, Verdict
 from detector.simulate import simulate
 from detector.simulate.attacks import ATTACKS, NEEDS_STATE
@@ -82,7 +83,7 @@ def request_metrics(malicious: Sequence[bool], verdicts: Sequence[Verdict],
 def alert_ts(alert: Alert) -> float:
     """When a revision was raised, in event time: its `updated_at` is the time of the
     request that completed it (the alert policy builds a revision when it happens)."""
-    return datetime.strptime(alert.updated_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+    return datetime.strptime(alert.updated_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
 
 
 def entity_keys(request: ClientRequest, verdict: Verdict, signature_header: str | None = None) -> set[tuple[str, str]]:

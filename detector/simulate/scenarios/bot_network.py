@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from detector.devices import DeviceCatalogue
 from detector.profile import ClientProfile
