@@ -14,8 +14,9 @@ import heapq
 import logging
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import aiohttp
 import orjson
@@ -26,11 +27,29 @@ from mode import Service
 from agents.metrics import Metrics
 from agents.settings import Settings
 from agents.topics import ALERTS, ALERTS_DLQ, WEBHOOK_RETRY
-from agents.webhooks import (BREAKER_STATES, DELIVERED, REJECTED, AddressPolicy, AddressRefused, Endpoint,
-                             EndpointQueue, OffsetTracker, Pending, alert_closed, attempt_result, backoff_s, classify,
-                             clip, delivery_seq, dlq_record, headers, pending_record, render, retry_after_s,
-                             status_line)
-
+from agents.webhooks import (
+    BREAKER_STATES,
+    DELIVERED,
+    REJECTED,
+    AddressPolicy,
+    AddressRefused,
+    Endpoint,
+    EndpointQueue,
+    OffsetTracker,
+    Pending,
+    alert_closed,
+    attempt_result,
+    backoff_s,
+    classify,
+    clip,
+    delivery_seq,
+    dlq_record,
+    headers,
+    pending_record,
+    render,
+    retry_after_s,
+    status_line,
+)
 from detector.alerts import Alert, alert_from_obj, decode_alert
 
 log = logging.getLogger("detector.webhooks")
@@ -102,11 +121,11 @@ async def post(session: aiohttp.ClientSession, e: Endpoint, alert: Alert) -> Att
                                 timeout=aiohttp.ClientTimeout(total=e.timeout_s), allow_redirects=False) as resp:
             try:
                 await resp.content.read(DRAIN_MAX_BYTES)
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 pass  # the status decides; a broken or slow body only costs the connection
             return Attempt(resp.status, attempt_result(resp.status), status_line(resp.status),
                            retry_after_s(resp.headers.get("Retry-After"), time.time()))
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return Attempt(None, "timeout", f"timeout after {e.timeout_s:g} s")
     except aiohttp.ClientError as exc:
         refused = refused_address(exc)
@@ -138,7 +157,8 @@ class DeliveryStage(Service):
         self.inflight: set[asyncio.Task[None]] = set()
         self.rng = random.Random()
         # alertmanager endpoints: alert_id -> [alert, next push (monotonic)] while open
-        self.open_alerts: dict[str, dict[str, list[Any]]] = {e.name: {} for e in endpoints if e.format == "alertmanager"}
+        self.open_alerts: dict[str, dict[str, list[Any]]] = {
+            e.name: {} for e in endpoints if e.format == "alertmanager"}
         self.producer: AIOKafkaProducer | None = None
         self.alerts_consumer: AIOKafkaConsumer | None = None
         self.retry_consumer: AIOKafkaConsumer | None = None
@@ -214,7 +234,8 @@ class DeliveryStage(Service):
                         continue
                     for e in self.endpoints.values():
                         if e.accepts(alert):
-                            futures.append(await producer.send(WEBHOOK_RETRY.name, pending_record(e.name, alert, 1, now),
+                            futures.append(await producer.send(WEBHOOK_RETRY.name,
+                                                               pending_record(e.name, alert, 1, now),
                                                                key=e.name.encode()))
             await asyncio.gather(*futures)  # queued durably before the alerts are committed
             try:
@@ -256,7 +277,8 @@ class DeliveryStage(Service):
                         continue
                     q = self.queues.get(name)
                     if q is None:  # the endpoint was removed from the configuration
-                        await self._dead(name, alert, "failed", f"endpoint {name!r} is no longer configured", attempt - 1)
+                        await self._dead(name, alert, "failed", f"endpoint {name!r} is no longer configured",
+                                         attempt - 1)
                         self.tracker.done(tp.partition, m.offset)
                         continue
                     q.push(Pending(due, next(delivery_seq), tp.partition, m.offset, gen, attempt, alert))
@@ -331,7 +353,7 @@ class DeliveryStage(Service):
         q.changed.clear()
         try:
             await asyncio.wait_for(q.changed.wait(), timeout=min(timeout, 1.0))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def _attempt(self, q: EndpointQueue, p: Pending) -> None:

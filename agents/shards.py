@@ -8,9 +8,8 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from typing import Any, Awaitable, Callable
-
-import orjson
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from agents.metrics import Metrics
 from agents.records import (
@@ -376,8 +375,8 @@ class ShardProcessor:
                 key, value = alert_id.encode(), alert.to_json()
                 if len(key) + len(value) > limits.alert:  # bounded by the engine: never expected
                     self.metrics.oversized_records.labels("alert").inc()
-                    log.error("not sending alert %s: %d bytes, over the limit of %d", log_text(alert_id, self.redactor, 80),
-                              len(key) + len(value), limits.alert)
+                    log.error("not sending alert %s: %d bytes, over the limit of %d",
+                              log_text(alert_id, self.redactor, 80), len(key) + len(value), limits.alert)
                     continue
                 self.shard.delivering(p, await self.send_alert(key, value))
                 self.metrics.alerts.labels(alert.severity).inc()
