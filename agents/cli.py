@@ -9,7 +9,8 @@ import os
 import signal
 import sys
 import time
-from typing import IO, TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
@@ -44,7 +45,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     cfg = _detection(args)
     ref = reference_time(args)  # the reference clock of event time, read once at start
     _tune_gc()
-    src: IO[bytes] = sys.stdin.buffer if args.input in (None, "-") else open(args.input, "rb")
+    # closed in the finally below (stdin excepted)
+    src: IO[bytes] = sys.stdin.buffer if args.input in (None, "-") else open(args.input, "rb")  # noqa: SIM115
     rejections: list[tuple[int, str, str]] = []  # (line, code, reason)
     requests: list[Any] = []
     linenos: list[int] = []
@@ -76,9 +78,9 @@ def cmd_score(args: argparse.Namespace) -> int:
         print(f"detector score: {scorers[-1].future} request(s) dated more than {cfg.event_time.max_future_s:g} s "
               f"after the reference time {ref:.0f} were scored without behaviour state (--reference-time)",
               file=sys.stderr)
-    for i, exc in failed.items():
+    for i, err in failed.items():
         rid = requests[i].request_id[:128]
-        rejections.append((linenos[i], "internal_error", f"{type(exc).__name__} while scoring request_id={rid!r}"))
+        rejections.append((linenos[i], "internal_error", f"{type(err).__name__} while scoring request_id={rid!r}"))
     rejections.sort()
     for lineno, code, reason in rejections:
         print(f"line {lineno}: rejected: {code}: {reason}", file=sys.stderr)
@@ -101,8 +103,8 @@ def _score_isolated(make_scorer: Any, requests: list[Any]) -> tuple[list[Any], l
     Returns the verdicts of the others in input order, the alerts, and the failures
     by index."""
     try:
-        verdicts, alerts = make_scorer().score(requests)
-        return list(verdicts), list(alerts), {}
+        all_verdicts, all_alerts = make_scorer().score(requests)
+        return list(all_verdicts), list(all_alerts), {}
     except Exception:
         pass
     scorer = make_scorer()
@@ -193,7 +195,8 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         if args.create:
-            created = await create_topics(settings.kafka_bootstrap, settings.topic_partitions, settings.topic_replication)
+            created = await create_topics(settings.kafka_bootstrap, settings.topic_partitions,
+                                          settings.topic_replication)
             for name in created:
                 print(f"created {name}")
         have = await existing_topics(settings.kafka_bootstrap)
@@ -210,10 +213,10 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 # --- detector run ------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
+    from agents.app import build_app
     from agents.metrics import Metrics
     from agents.settings import load_detection, load_settings
     from agents.topics import create_topics
-    from agents.app import build_app
 
     overrides: dict[str, Any] = {}
     if args.bootstrap:
@@ -256,7 +259,7 @@ def _deadline_worker(app: faust.App, loglevel: str, deadline: StopDeadline) -> f
         if not deadline.arm():
             deadline.force(f"second stop signal ({signal.Signals(signum).name})")
 
-    class DeadlineWorker(faust.Worker):  # type: ignore[misc]
+    class DeadlineWorker(faust.Worker):
         def install_signal_handlers(self) -> None:
             super().install_signal_handlers()
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -312,7 +315,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         else:
             print(f"offline pipeline (decode + score + encode, one core), {off['requests']} simulator requests, "
                   f"median of {off['rounds']} rounds: {off['requests_per_s']:,} requests/s "
-                  f"(decode {off['decode_us']} us, score {off['score_us']} us, encode {off['encode_us']} us per request)")
+                  f"(decode {off['decode_us']} us, score {off['score_us']} us, "
+                  f"encode {off['encode_us']} us per request)")
         return 0
     from agents.tools.bench import run_bench
 
@@ -378,7 +382,8 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("run", help="the stream worker (Faust app) against the configured Kafka")
     s.add_argument("--bootstrap", help="Kafka bootstrap servers (default: the settings' kafka_bootstrap)")
-    s.add_argument("--web-port", type=int, help="port of /metrics, /healthz and /readyz (default: the settings' web_port)")
+    s.add_argument("--web-port", type=int,
+                   help="port of /metrics, /healthz and /readyz (default: the settings' web_port)")
     s.add_argument("--create-topics", action="store_true", help="create missing topics before starting")
     s.set_defaults(func=cmd_run)
 
@@ -388,7 +393,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--rate", type=float, default=400.0, help="requests per second to send")
     s.add_argument("--web-port", type=int, default=6066, help="the worker's /metrics port (default 6066)")
     s.add_argument("--broker-port", type=int, default=None, help="the embedded broker's port (default: a free one)")
-    s.add_argument("--webhook", metavar="URL", help="also send every alert to this URL (generic format, docs/alerts.md)")
+    s.add_argument("--webhook", metavar="URL",
+                   help="also send every alert to this URL (generic format, docs/alerts.md)")
     s.add_argument("--webhook-secret", metavar="S", help="sign the webhook requests with this secret")
     s.add_argument("--log-dir", metavar="DIR", help="keep the broker's and worker's logs here (default: a temporary "
                                                     "directory, removed after a normal end, kept after a failure)")

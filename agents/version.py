@@ -4,8 +4,9 @@ checkout, and the engine (the Python that runs the detection), made only when as
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 
 def version_text() -> str:

@@ -27,10 +27,10 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from agents.tools.broker import EmbeddedBroker, free_port
 from agents.tools.demo import EMBEDDED_WORKER_ENV, stop_process
@@ -151,7 +151,8 @@ def _start_worker(bootstrap: str, web_port: int, workdir: Path) -> subprocess.Po
 def _scrape(port: int) -> str | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            return r.read().decode()
+            body: bytes = r.read()
+            return body.decode()
     except OSError:
         return None
 
@@ -172,8 +173,15 @@ async def _alert_watch(bootstrap: str, seen: dict[str, float], stop: asyncio.Eve
         await c.stop()
 
 
+class _Throughput(TypedDict):
+    events_per_s: float
+    alerts: float  # the count of alert revisions seen
+    method: str  # how events_per_s was timed: "wall" or "batch_time"
+    alerts_lag_s: float
+
+
 async def _throughput(bootstrap: str, port: int, n_requests: int, timeout: float, workdir: Path,
-                      proc: subprocess.Popen[bytes]) -> dict[str, float]:
+                      proc: subprocess.Popen[bytes]) -> _Throughput:
     """From the worker's first processed request until all N are scored and published
     and no alert has arrived for `quiet` seconds."""
     alerts = {"count": 0.0, "last": 0.0}
@@ -272,7 +280,7 @@ async def _latency(bootstrap: str, port: int, events: list[dict[str, Any]], rate
         offered_s = time.monotonic() - started
         try:
             await asyncio.wait_for(receiver, 30)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         after = _buckets(_scrape(port) or "", LATENCY_METRIC)
     finally:
@@ -347,7 +355,8 @@ async def _run(n: int, batch: int, bootstrap: str | None, seed: int, latency_rat
 
 
 def run_bench(n: int = 100_000, batch: int = 1, bootstrap: str | None = None, seed: int = 1,
-              latency_rate: float = 1000.0, latency_seconds: float = 10.0, log_dir: str | None = None) -> dict[str, Any]:
+              latency_rate: float = 1000.0, latency_seconds: float = 10.0,
+              log_dir: str | None = None) -> dict[str, Any]:
     """The logs (and the worker's Faust data directory) go to `log_dir`, else to a
     temporary directory removed after a run that completed (agents/tools/rundir.py); their
     place is printed on stderr at the start and the end."""

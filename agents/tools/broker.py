@@ -58,7 +58,7 @@ class EmbeddedBroker:
             raise BrokerError(f"port {self.port} on {self.host} is already in use")
         url = f"tcp://{self.host}:{self.port}"
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
-        out = open(self.log_path, "ab") if self.log_path else None
+        out = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 (closed once the child has it)
         try:  # the child has its own copy of the log's descriptor
             self.proc = subprocess.Popen(
                 [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,

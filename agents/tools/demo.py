@@ -15,18 +15,19 @@ import tempfile
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from agents.tools.broker import EmbeddedBroker, port_open
-from agents.shutdown import ChildProcesses, die_with_parent
-from agents.topics import ALERTS, CLIENT_REQUESTS_DLQ, VERDICTS, create_topics
 from agents.settings import load_detection, resolve_config
+from agents.shutdown import ChildProcesses, die_with_parent
+from agents.tools.broker import EmbeddedBroker, port_open
+from agents.topics import ALERTS, CLIENT_REQUESTS_DLQ, VERDICTS, create_topics
 from detector.simulate import mixed
 
 log = logging.getLogger("detector.demo")
@@ -112,7 +113,8 @@ class DemoView:
         head = Table.grid(padding=(0, 2))
         head.add_row(f"[b]detector demo[/b]  {elapsed:5.1f}/{duration:.0f} s", f"sent {sent}",
                      f"verdicts {self.verdicts}", f"[green]clean {self.levels['clean']}[/]",
-                     f"[yellow]suspicious {self.levels['suspicious']}[/]", f"[red]malicious {self.levels['malicious']}[/]",
+                     f"[yellow]suspicious {self.levels['suspicious']}[/]",
+                     f"[red]malicious {self.levels['malicious']}[/]",
                      f"alerts {self.alerts} ({len(self.alert_ids)} ids)", f"dlq {self.dlq}")
         table = Table(title="latest alerts", expand=True)
         table.add_column("sev", width=8)
@@ -233,8 +235,8 @@ async def _demo(duration: float, rate: float, web_port: int, as_json: bool, brok
     view = progress.view
     stop = asyncio.Event()  # stops the producer
     done = asyncio.Event()  # stops the view, once the outputs are drained
-    consumer = AIOKafkaConsumer(VERDICTS.name, ALERTS.name, CLIENT_REQUESTS_DLQ.name, bootstrap_servers=broker.bootstrap,
-                                group_id=None, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(VERDICTS.name, ALERTS.name, CLIENT_REQUESTS_DLQ.name,
+                                bootstrap_servers=broker.bootstrap, group_id=None, auto_offset_reset="earliest")
     await consumer.start()
     try:
         events = await traffic
@@ -318,7 +320,7 @@ async def _demo(duration: float, rate: float, web_port: int, as_json: bool, brok
         consumer_task.cancel()
         try:
             await asyncio.wait_for(consumer.stop(), 0.25 if cancelled else 5)
-        except (asyncio.TimeoutError, KafkaError) as exc:
+        except (TimeoutError, KafkaError) as exc:
             log.warning("demo consumer did not close cleanly: %r", exc)
 
 

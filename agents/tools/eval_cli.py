@@ -9,8 +9,9 @@ import argparse
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import orjson
 
@@ -69,6 +70,10 @@ def reference_time(args: argparse.Namespace) -> float:
 _STATE = {True: "yes", False: "no", None: "partly"}
 
 
+# the figures of one evasion level in the table by scenario and evasion
+_EVASION_FIGURES = ("recall", "recall_malicious", "entity_recall", "time_to_detect_s")
+
+
 def _fmt(v: Any, digits: int = 3) -> str:
     if v is None:
         return "-"
@@ -104,7 +109,7 @@ def render(report: dict[str, Any], ablation: dict[str, dict[str, float | None]] 
         out += ["", "By evasion level (recall / recall at malicious / entity recall / time to detect in s):", ""]
         levels = sorted({lv for m in sc.values() for lv in m["by_evasion"]})
         out.append(_table(["scenario", *[f"evasion {lv}" for lv in levels]], [
-            [name, *[(" / ".join(_fmt(b[k]) for k in ("recall", "recall_malicious", "entity_recall", "time_to_detect_s"))
+            [name, *[(" / ".join(_fmt(b[k]) for k in _EVASION_FIGURES)
                       if (b := m["by_evasion"].get(lv)) else "") for lv in levels]]
             for name, m in sc.items()]))
     g = report["genuine"]
@@ -112,7 +117,8 @@ def render(report: dict[str, Any], ablation: dict[str, dict[str, float | None]] 
                 f"(false-positive rate {_fmt(g['false_positive_rate'], 5)})."]
     if ablation:
         fams = list(next(iter(ablation.values())))
-        out += ["", f"Ablation at evasion {ablation_evasion}: recall with one family disabled ('none': all enabled):", ""]
+        out += ["", f"Ablation at evasion {ablation_evasion}: recall with one family disabled ('none': all enabled):",
+                ""]
         out.append(_table(["scenario", *fams], [[name, *[row[f] for f in fams]] for name, row in ablation.items()]))
     return "\n".join(out)
 
