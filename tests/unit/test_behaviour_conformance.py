@@ -68,6 +68,31 @@ def test_every_detector_is_in_the_suite():
             assert owner.setdefault(code, type(d).__name__) == type(d).__name__, f"{code} declared twice"
 
 
+# The keys the detectors' parts of an entity's state are stored under, as stored today:
+# a changed key orphans every stored part (change one only with a state_version bump).
+STATE_KEYS = {"DeviceFanout", "AccountFanout", "IpBlockFanout", "HostingAsnFanout", "Activity", "ActionOnlySessions",
+              "DeviceReplay", "ReplayDetector", "Travel", "Population"}
+
+
+def test_state_keys_are_declared_unique_and_stable():
+    for etype, ds in all_detectors().items():
+        keys = [d.state_key for d in ds]
+        assert len(set(keys)) == len(keys), f"two {etype} detectors share a state key"
+    for _, d in DETECTORS:
+        assert isinstance(d.state_version, int) and d.state_version >= 1, type(d).__name__
+    assert {d.state_key for _, d in DETECTORS} == STATE_KEYS
+
+
+@pytest.mark.parametrize("etype, name, code", CASES, ids=[_ids(c) for c in CASES])
+def test_state_is_stored_under_the_declared_key(etype, name, code, detection):
+    cfg = config_for(detection, code)
+    e = engine(cfg)
+    feed(e, records_of(cfg, code), 0, expected(code)["reference_time"])
+    key = next(d.state_key for t, d in DETECTORS if t == etype and type(d).__name__ == name)
+    parts = [st for raw in dump(e) for k, st in orjson.loads(raw)["e"].items() if k.startswith(etype + "|")]
+    assert any(st.get(key) for st in parts), f"no {etype} entity holds state under {key!r}"
+
+
 @pytest.mark.parametrize("etype, name, code", CASES, ids=[_ids(c) for c in CASES])
 def test_codes_are_declared_weighted_and_documented(etype, name, code, detection):
     assert re.fullmatch(r"[a-z0-9_]+\.[a-z0-9_]+", code) and code.split(".")[0] in FAMILIES
