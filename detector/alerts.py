@@ -117,9 +117,6 @@ class AlertSettings:
     # count reached -> severity; the highest matching threshold wins
     severity_by_count: Mapping[int, Severity] = field(
         default_factory=lambda: {1: "medium", 30: "high", 300: "critical"})
-    entity_types: tuple[str, ...] = ("device", "account")
-    allowed_lateness_s: int = 60
-    max_open_windows: int = 200_000
     samples: int = 5
     # code -> the lowest severity of an alert whose requests carry it (the higher of
     # this and the count's severity wins), e.g. {replay.signature_reused_elsewhere: high}

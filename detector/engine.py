@@ -94,7 +94,8 @@ class DetectionConfig:
             raise doc.error(["limits"], str(exc)) from None
 
         al: AlertsSection | None = section(AlertsSection, "alerts")
-        kw = al.model_dump(exclude_none=True, exclude={"entity_types", "allowed_lateness_s"}) if al else {}
+        aliases = {"entity_types", "allowed_lateness_s", "max_open_windows"}  # _check_alias_settings
+        kw = al.model_dump(exclude_none=True, exclude=aliases) if al else {}
         if "escalate_at" in kw:
             kw["escalate_at"] = tuple(kw["escalate_at"])
         try:
@@ -167,10 +168,11 @@ class DetectionConfig:
 
 
 def _check_alias_settings(doc: YamlDocument, checked: SettingsFile, behaviour: BehaviourSettings) -> None:
-    """`alerts.entity_types` and `alerts.allowed_lateness_s` are kept as keys, but the
-    alerts come from the behaviour engine, which raises them per device and per
-    account and drops records later than `behaviour.allowed_lateness_s`: the keys
-    may only say that."""
+    """`alerts.entity_types`, `alerts.allowed_lateness_s` and `alerts.max_open_windows`
+    are kept as keys, but the alerts come from the behaviour engine, which raises them
+    per device and per account, drops records later than `behaviour.allowed_lateness_s`
+    and keeps alert windows in the state of at most `behaviour.max_entities` entities:
+    the keys may only say that."""
     alerts = checked.alerts
     if alerts is None:
         return
@@ -182,6 +184,10 @@ def _check_alias_settings(doc: YamlDocument, checked: SettingsFile, behaviour: B
         raise doc.error(["alerts", "allowed_lateness_s"],
                         f"is behaviour.allowed_lateness_s ({behaviour.allowed_lateness_s:g}), got "
                         f"{alerts.allowed_lateness_s:g}: set behaviour.allowed_lateness_s instead")
+    if alerts.max_open_windows is not None and alerts.max_open_windows != behaviour.max_entities:
+        raise doc.error(["alerts", "max_open_windows"],
+                        f"is behaviour.max_entities ({behaviour.max_entities}: alert windows live in the entities' "
+                        f"state), got {alerts.max_open_windows}: set behaviour.max_entities instead")
 
 
 __all__ = ["DetectionConfig", "ConfigError", "DEFAULT_CONFIG"]

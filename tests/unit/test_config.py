@@ -101,6 +101,8 @@ def test_a_wrong_value_type_names_the_line(config_dir: Path) -> None:
 @pytest.mark.parametrize("old, new, problem", [
     ("entity_types: [device, account]", "entity_types: [account]", "must be [device, account]"),
     ("allowed_lateness_s: 120 ", "allowed_lateness_s: 60 ", "is behaviour.allowed_lateness_s (120), got 60"),
+    ("  entity_types: [device, account]  #", "  max_open_windows: 5000\n  entity_types: [device, account]  #",
+     "is behaviour.max_entities (200000"),
 ])
 def test_alert_alias_settings_only_take_the_values_that_run(config_dir: Path, old: str, new: str, problem: str) -> None:
     line = _edit(config_dir / "detector.yaml", old, new)
@@ -113,6 +115,7 @@ def test_alert_alias_settings_accept_the_values_that_run(config_dir: Path) -> No
     _edit(config_dir / "detector.yaml", "entity_types: [device, account]", "entity_types: [account, device]")
     _edit(config_dir / "detector.yaml", "allowed_lateness_s: 120 ", "allowed_lateness_s: 130 ")
     _edit(config_dir / "detector.yaml", "  allowed_lateness_s: 120\n", "  allowed_lateness_s: 130\n")
+    _edit(config_dir / "detector.yaml", "  allowed_lateness_s: 130      #", "  max_open_windows: 200000\n  allowed_lateness_s: 130      #")
     cfg = DetectionConfig.load(config_dir / "detector.yaml")
     assert cfg.behaviour.allowed_lateness_s == 130
 
