@@ -3,7 +3,7 @@
 the retry topic, and delivers them per endpoint with its own concurrency limit, backoff
 and circuit breaker, so a dead endpoint never delays the others. Policy (formats,
 signing, what is retried, which addresses may be connected to) lives in
-`agents/webhooks.py`; each endpoint has its own HTTP session whose connector applies
+`agents/webhooks/`; each endpoint has its own HTTP session whose connector applies
 the endpoint's address policy to every resolution, at connect time.
 """
 

@@ -46,7 +46,7 @@ SEVERITIES = ("low", "medium", "high", "critical")
 # failed (retries exhausted on network errors, 429 or 5xx: sent to alerts-dlq).
 WEBHOOK_OUTCOMES = ("delivered", "rejected", "failed")
 # Every attempt at an endpoint (ATTEMPT_RESULTS) and its circuit breaker's state
-# (BREAKER_STATES, exported as the index: 0 closed, 1 half-open, 2 open): agents/webhooks.py.
+# (BREAKER_STATES, exported as the index: 0 closed, 1 half-open, 2 open): agents/webhooks/retry.py.
 WEBHOOK_ATTEMPT_RESULTS = ATTEMPT_RESULTS
 FINGERPRINT_KINDS = ("ja4", "headers", "device")
 # The consumers whose lag agents/lag.py measures: the ingest stage's, the entity-shard

@@ -155,7 +155,7 @@ class DetectionSettings(Section):
     alerts: AlertsSection | None = None
     event_time: EventTimeSection | None = None
     behaviour: BehaviourSection | None = None  # type: ignore[valid-type]
-    # agents/webhooks.py checks each endpoint against WebhookEndpoint
+    # agents/webhooks/config.py checks each endpoint against WebhookEndpoint
     webhooks: list[Any] | dict[str, Any] | None = None
 
 
@@ -167,7 +167,7 @@ class SettingsFile(RuntimeSettings, DetectionSettings):
 
 
 class WebhookEndpoint(Section):
-    """One entry of the `webhooks` section (agents/webhooks.py builds the Endpoint)."""
+    """One entry of the `webhooks` section (agents/webhooks/config.py builds the Endpoint)."""
 
     name: str | None = None  # the key, when the section maps names to endpoints
     url: str
