@@ -14,15 +14,40 @@ its backoff and the circuit breaker, pending.py the pending deliveries, their re
 queues. The delivery stage itself is agents/delivery.py.
 """
 
-from agents.webhooks.address import (CLOUD_METADATA, REFUSALS, AddressPolicy, AddressRefused, IPAddress, IPNetwork,
-                                     parse_address)
-from agents.webhooks.config import (FORMATS, SEVERITIES, Endpoint, load_endpoints, parse_endpoints,
-                                    write_config_with_webhooks)
+from agents.webhooks.address import (
+    CLOUD_METADATA,
+    REFUSALS,
+    AddressPolicy,
+    AddressRefused,
+    IPAddress,
+    IPNetwork,
+    parse_address,
+)
+from agents.webhooks.config import (
+    FORMATS,
+    SEVERITIES,
+    Endpoint,
+    load_endpoints,
+    parse_endpoints,
+    write_config_with_webhooks,
+)
 from agents.webhooks.payloads import alert_closed, alertmanager_alert, headers, render, sign, slack_message
 from agents.webhooks.pending import EndpointQueue, OffsetTracker, Pending, delivery_seq, dlq_record, pending_record
-from agents.webhooks.retry import (ATTEMPT_RESULTS, BREAKER_STATES, DELIVERED, ERROR_MAX_CHARS, REJECTED, RETRY,
-                                   CircuitBreaker, attempt_result, backoff_s, classify, clip, retry_after_s,
-                                   status_line)
+from agents.webhooks.retry import (
+    ATTEMPT_RESULTS,
+    BREAKER_STATES,
+    DELIVERED,
+    ERROR_MAX_CHARS,
+    REJECTED,
+    RETRY,
+    CircuitBreaker,
+    attempt_result,
+    backoff_s,
+    classify,
+    clip,
+    retry_after_s,
+    status_line,
+)
 
 __all__ = [
     "ATTEMPT_RESULTS", "AddressPolicy", "AddressRefused", "BREAKER_STATES", "CLOUD_METADATA", "CircuitBreaker",

@@ -4,11 +4,13 @@ environment or a file; which alerts an endpoint accepts."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -51,9 +53,7 @@ class Endpoint:
             return False
         if self.entity_types and alert.entity.type not in self.entity_types:
             return False
-        if self.codes and not self.codes.intersection(alert.codes):
-            return False
-        return True
+        return not self.codes or not self.codes.isdisjoint(alert.codes)
 
 
 _KEYS = frozenset(WebhookEndpoint.model_fields)  # the schema of one endpoint (detector.config.schema)
@@ -154,7 +154,7 @@ def parse_endpoints(section: Any, path: Path | str = "<config>", env: Mapping[st
                     raise err([i, k], "must be a positive integer")
                 kw[k] = raw[k]
         if "allow_addresses" in raw:
-            kw["allow_addresses"] = _networks(raw["allow_addresses"], lambda reason: err([i, "allow_addresses"], reason))
+            kw["allow_addresses"] = _networks(raw["allow_addresses"], functools.partial(err, [i, "allow_addresses"]))
         if "deny_private" in raw:
             if not isinstance(raw["deny_private"], bool):
                 raise err([i, "deny_private"], "must be true or false")

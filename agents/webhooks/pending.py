@@ -7,8 +7,8 @@ import asyncio
 import heapq
 import itertools
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import orjson
 
@@ -16,6 +16,7 @@ from agents.webhooks.config import Endpoint
 from agents.webhooks.payloads import _iso
 from agents.webhooks.retry import CircuitBreaker
 from detector.alerts import Alert
+
 
 def pending_record(endpoint: str, alert: Alert, attempt: int, due: float,
                    last_error: str | None = None) -> bytes:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
-from typing import Callable
 
 from agents.webhooks.config import Endpoint
 
@@ -82,7 +82,7 @@ def backoff_s(endpoint: Endpoint, attempt: int, rng: random.Random, retry_after:
     """Delay before attempt `attempt + 1` (attempt counts from 1): exponential with full
     jitter, so many failed deliveries do not retry in lockstep; never shorter than the
     receiver's Retry-After (capped at backoff_max_s)."""
-    cap = min(endpoint.backoff_max_s, endpoint.backoff_s * 2 ** (attempt - 1))
+    cap: float = min(endpoint.backoff_max_s, endpoint.backoff_s * 2 ** (attempt - 1))  # int ** int is Any to mypy
     delay = cap / 2 + rng.uniform(0, cap / 2)
     if retry_after is not None:
         delay = max(delay, min(retry_after, endpoint.backoff_max_s))
