@@ -38,14 +38,15 @@ test-deps:
 
 # The lint gate, zero findings: ruff (rules and their reasons in pyproject.toml
 # [tool.ruff]) on detector/, agents/ and scripts/, and mypy --strict on detector/ and
-# agents/ ([tool.mypy]).
+# agents/ ([tool.mypy]). make test runs it before the tests (so CI does); make test-fast
+# does not.
 lint: venv
 	$(BIN)/ruff check --no-cache detector agents scripts
 	$(BIN)/mypy
 
 # Both broker tiers: the embedded broker always; real Apache Kafka where Java and
 # Maven exist (tests/kafka/fetch.sh fetches its jars from Maven Central).
-test: venv test-deps
+test: venv test-deps lint
 	@if command -v java >/dev/null && command -v mvn >/dev/null; then \
 		bash tests/kafka/fetch.sh || exit 1; \
 	else \
