@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -148,11 +149,12 @@ def build_app(settings: Settings, detection: DetectionConfig, metrics: Metrics |
     # decorator, so the function keeps its type
     app.timer(interval=max(0.5, s.state_flush_interval_s / 2))(flush_idle_shards)
 
-    async def drain_buffer(when: str) -> None:
+    async def drain_buffer(when: str, within_s: float = math.inf) -> None:
         # Faust's own flush of its producer buffer returns as soon as one message waits
-        # over 0.1 s (a busy broker): drain the snapshot completely
+        # over 0.1 s (a busy broker): drain the snapshot completely (or for `within_s`)
         buffer = app.producer.buffer
-        while buffer.size:
+        deadline = time.monotonic() + within_s
+        while buffer.size and time.monotonic() < deadline:
             try:
                 await buffer.flush()
             except RuntimeError as exc:  # the producer is not running: nothing will be committed either
@@ -167,8 +169,10 @@ def build_app(settings: Settings, detection: DetectionConfig, metrics: Metrics |
         # the next owner reads the changelog: let the snapshot reach the broker (and its
         # envelopes be acknowledged) within a share of the rebalance; what is not
         # acknowledged by then is read again by the next owner
-        await drain_buffer("at a rebalance")
-        if not await shard.settle(timeout=max(1.0, s.rebalance_timeout_s / 3)):
+        share = max(1.0, s.rebalance_timeout_s / 3)
+        started = time.monotonic()
+        await drain_buffer("at a rebalance", share)
+        if not await shard.settle(timeout=max(0.1, share - (time.monotonic() - started))):
             log.warning("shard snapshot not acknowledged within the rebalance's share: its envelopes are read "
                         "again by their next owner")
 

@@ -41,8 +41,12 @@ RESERVED_ENV = {
     "DETECTOR_BUILD_COMMIT": "the commit shown by detector_build_info (set in the image)",
     "DETECTOR_IMAGE_TAG": "the image tag docker-compose runs",
     "DETECTOR_TEST_TIERS": "the test tiers tests/ run (tests/conftest.py)",
-    "DETECTOR_DEMO_WEBHOOK_SECRET": "the demo's webhook signing secret (agents/demo.py)",
+    "DETECTOR_DEMO_WEBHOOK_SECRET": "the demo's webhook signing secret (agents/tools/demo.py)",
 }
+
+# sections of the settings file no variable overrides (their readers take the file's
+# text: webhooks with their secrets, see agents/webhooks/config.py)
+NOT_OVERRIDABLE = frozenset({"webhooks"})
 
 log = logging.getLogger("detector.config")
 _warned: set[str] = set()
@@ -152,6 +156,12 @@ def env_overrides(data: Mapping[str, Any], environ: Mapping[str, str] | None = N
         if len(parts) == 1 and parts[0] in Settings.model_fields:
             continue  # a runtime key: pydantic-settings reads it
         key = _resolve(parts, data)
+        if key is not None and str(key[0]) in NOT_OVERRIDABLE:
+            if name not in _warned:
+                _warned.add(name)
+                log.warning("ignoring environment variable %s: %s is read from the file only (docs/operations.md "
+                            "\"Settings\")", name, key[0])
+            continue
         if key is None:
             if name not in _warned:
                 _warned.add(name)

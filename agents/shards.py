@@ -9,6 +9,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from agents.metrics import Metrics
@@ -30,6 +31,17 @@ from detector.engine import DetectionConfig
 
 log = logging.getLogger("detector.worker")
 
+# sends a flag update or alert again; returns the future of its acknowledgement
+Resend = Callable[[], Awaitable[object]]
+
+
+async def _no_resend() -> object:
+    raise RuntimeError("this output cannot be sent again")
+
+
+def _offset(event: Any) -> int:
+    return int(event.message.offset)
+
 
 class ShardState:
     """The behaviour engines of the shard partitions this worker owns, restored from
@@ -47,8 +59,12 @@ class ShardState:
         # deliveries (flag updates, alerts) sent from a partition's envelopes since its
         # last flush: its envelopes are acknowledged only once these and the snapshot
         # that includes them were acknowledged by the broker
-        self.outputs: dict[int, list[Awaitable[Any]]] = defaultdict(list)
-        self.deliveries: set[asyncio.Task[None]] = set()  # flushes waiting for the broker
+        # (the future of its acknowledgement, how to send it again if it fails)
+        self.outputs: dict[int, list[tuple[Awaitable[Any], Resend]]] = defaultdict(list)
+        self.deliveries: set[asyncio.Task[bool]] = set()  # flushes waiting for the broker
+        # the last flush of each partition still waiting: a partition's flushes
+        # acknowledge in order, each after the one before it
+        self.in_flight: dict[int, asyncio.Task[bool]] = {}
         self.last_flush: dict[int, float] = {}
         # record limits of what the shards write (Kafka's defaults until the ingest
         # stage read the topics' own at start, see build_app)
@@ -83,11 +99,12 @@ class ShardState:
     def hold(self, p: int, event: Any) -> None:
         self.pending[p].append(event)
 
-    def delivering(self, p: int, fut: object) -> None:
+    def delivering(self, p: int, fut: object, resend: Resend | None = None) -> None:
         """A flag update or alert of partition p on its way (the future of its broker
-        acknowledgement): the next flush acknowledges envelopes only after it."""
+        acknowledgement, and how to send it again): the next flush acknowledges
+        envelopes only after it; one the broker refused is sent again then."""
         if isinstance(fut, Awaitable):
-            self.outputs[p].append(fut)
+            self.outputs[p].append((fut, resend or _no_resend))
 
     def maybe_flush(self, p: int) -> None:
         if time.monotonic() - self.last_flush.get(p, 0.0) >= self.interval:
@@ -112,7 +129,8 @@ class ShardState:
         partition's next owner would skip them (seen as alert revisions missing after a
         rebalance)."""
         engine = self.engines.get(p)
-        sent: list[Awaitable[Any]] = self.outputs.pop(p, [])
+        outputs = self.outputs.pop(p, [])
+        sent: list[Awaitable[Any]] = [fut for fut, _ in outputs]
         written_buckets: list[int] = []
         if engine is not None:
             written = 0
@@ -146,29 +164,63 @@ class ShardState:
             self.metrics.state_entities.set(sum(e.entity_count() for e in self.engines.values()))
         events = self.pending.pop(p, [])
         self.last_flush[p] = time.monotonic()
-        if not sent:
+        before = self.in_flight.get(p)
+        if not sent and before is None:
             self._ack(p, events)
             return
-        task = asyncio.get_running_loop().create_task(self._ack_when_delivered(p, sent, written_buckets, events))
+        task = asyncio.get_running_loop().create_task(
+            self._ack_when_delivered(p, before, outputs, sent[len(outputs):], written_buckets, events))
+        self.in_flight[p] = task
         self.deliveries.add(task)
-        task.add_done_callback(self.deliveries.discard)
+        task.add_done_callback(lambda t: self._done(p, t))
 
-    async def _ack_when_delivered(self, p: int, sent: list[Awaitable[Any]], buckets: list[int],
-                                  events: list[Any]) -> None:
-        results = await asyncio.gather(*sent, return_exceptions=True)
-        failed = [r for r in results if isinstance(r, BaseException)]
-        if not failed:
+    def _done(self, p: int, task: asyncio.Task[bool]) -> None:
+        self.deliveries.discard(task)
+        if self.in_flight.get(p) is task:
+            del self.in_flight[p]
+
+    async def _ack_when_delivered(self, p: int, before: asyncio.Task[bool] | None,
+                                  outputs: list[tuple[Awaitable[Any], Resend]], writes: list[Awaitable[Any]],
+                                  buckets: list[int], events: list[Any]) -> bool:
+        """Acknowledge `events` once the previous flush of p did and every output and
+        write of this one was acknowledged; whether it did. After a failure (here or in
+        the flush before) nothing later of p is acknowledged before the next flush."""
+        ok_before = True
+        if before is not None:  # the partition's previous flush acknowledges first
+            await asyncio.wait({before})
+            ok_before = not before.cancelled() and before.exception() is None and before.result()
+        out_results = await asyncio.gather(*(fut for fut, _ in outputs), return_exceptions=True)
+        write_results = await asyncio.gather(*writes, return_exceptions=True)
+        failed_out = [(o, r) for o, r in zip(outputs, out_results) if isinstance(r, BaseException)]
+        failed_writes = [r for r in write_results if isinstance(r, BaseException)]
+        if ok_before and not failed_out and not failed_writes:
             self._ack(p, events)
-            return
-        # not acknowledged: the buckets are written again at the next flush, and the
-        # envelopes wait for it (or, released meanwhile, are read again by the next owner)
-        self.metrics.internal_errors.labels("entity-shard").inc()
-        log.error("shard %d: %d of %d writes not acknowledged by the broker (%s): the envelopes they cover "
-                  "wait for the next flush", p, len(failed), len(sent), type(failed[0]).__name__)
+            return True
+        # not acknowledged: refused outputs are sent again and the buckets written again
+        # at the next flush, and the envelopes wait for it, in offset order (released
+        # meanwhile, they are read again by the next owner)
+        if failed_out or failed_writes:
+            self.metrics.internal_errors.labels("entity-shard").inc()
+            first = (failed_out[0][1] if failed_out else failed_writes[0])
+            log.error("shard %d: %d of %d writes not acknowledged by the broker (%s): sent again at the next "
+                      "flush, the envelopes they cover wait for it", p, len(failed_out) + len(failed_writes),
+                      len(outputs) + len(writes), type(first).__name__)
         engine = self.engines.get(p)
-        if engine is not None:
-            engine.dirty.update(buckets)
-            self.pending[p][:0] = events
+        if engine is None:
+            return False
+        engine.dirty.update(buckets)
+        for (_, resend), _exc in failed_out:
+            try:
+                fut = await resend()
+            except Exception as exc:  # noqa: BLE001 - tried again at the flush after
+                log.error("shard %d: an output could not be sent again (%s)", p, type(exc).__name__)
+                fut = asyncio.get_running_loop().create_future()
+                fut.set_exception(exc)
+            self.delivering(p, fut, resend)
+        held = self.pending[p] + events
+        held.sort(key=_offset)
+        self.pending[p] = held
+        return False
 
     @staticmethod
     def _ack(p: int, events: list[Any]) -> None:
@@ -364,7 +416,7 @@ class ShardProcessor:
                     log.error("not sending a flag update of %d bytes (limit %d) from %s[%d]@%d",
                               len(key) + len(value), limits.flag, ENTITY_EVENTS.name, p, offset)
                     continue
-                self.shard.delivering(p, await self.send_flag(key, value))
+                self.shard.delivering(p, await self.send_flag(key, value), partial(self.send_flag, key, value))
             except Exception as exc:  # noqa: BLE001 - one update must not lose the others
                 self.metrics.internal_errors.labels("entity-shard").inc()
                 log.error("a flag update from %s[%d]@%d was not sent: %s", ENTITY_EVENTS.name, p, offset,
@@ -378,7 +430,7 @@ class ShardProcessor:
                     log.error("not sending alert %s: %d bytes, over the limit of %d",
                               log_text(alert_id, self.redactor, 80), len(key) + len(value), limits.alert)
                     continue
-                self.shard.delivering(p, await self.send_alert(key, value))
+                self.shard.delivering(p, await self.send_alert(key, value), partial(self.send_alert, key, value))
                 self.metrics.alerts.labels(alert.severity).inc()
                 log.info("alert %s rev %d %s: %s", log_text(alert_id, self.redactor, 80), alert.revision,
                          alert.severity, log_text(alert.summary, self.redactor))

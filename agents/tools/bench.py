@@ -312,7 +312,7 @@ async def _run(n: int, batch: int, bootstrap: str | None, seed: int, latency_rat
     proc = None
     try:
         await create_topics(bootstrap, partitions=4)
-        detection = DetectionConfig.load(DEFAULT_CONFIG)
+        detection = DetectionConfig.load(DEFAULT_CONFIG, secrets=os.environ.get)  # profiles' {env: NAME} secrets
         profile = detection.profiles[detection.default_profile]
         events = mixed(profile, n, seed, catalogue=detection.catalogue)
         n_latency = max(1, int(latency_rate * latency_seconds))

@@ -16,7 +16,7 @@ import pytest
 
 from agents import settings as settings_mod
 from agents.settings import env_overrides, load_detection, load_settings
-from detector.config import ConfigError
+from detector.config import ConfigError, YamlDocument
 from detector.engine import DetectionConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,12 +97,12 @@ def test_a_wrong_value_type_names_the_line(config_dir: Path) -> None:
     assert exc.value.line == line and exc.value.key == "event_time.max_future_s"
 
 
-# --- the two alert settings that alias what runs ------------------------------------
+# --- the alert settings that alias what runs ----------------------------------------
+ALERTS_LINE = "  severity_by_count: {1: medium, 30: high, 300: critical}\n"
 @pytest.mark.parametrize("old, new, problem", [
-    ("entity_types: [device, account]", "entity_types: [account]", "must be [device, account]"),
-    ("allowed_lateness_s: 120 ", "allowed_lateness_s: 60 ", "is behaviour.allowed_lateness_s (120), got 60"),
-    ("  entity_types: [device, account]  #", "  max_open_windows: 5000\n  entity_types: [device, account]  #",
-     "is behaviour.max_entities (200000"),
+    (ALERTS_LINE, "  entity_types: [account]\n" + ALERTS_LINE, "must be [device, account]"),
+    (ALERTS_LINE, "  allowed_lateness_s: 60\n" + ALERTS_LINE, "is behaviour.allowed_lateness_s (120), got 60"),
+    (ALERTS_LINE, "  max_open_windows: 5000\n" + ALERTS_LINE, "is behaviour.max_entities (200000"),
 ])
 def test_alert_alias_settings_only_take_the_values_that_run(config_dir: Path, old: str, new: str, problem: str) -> None:
     line = _edit(config_dir / "detector.yaml", old, new)
@@ -112,12 +112,18 @@ def test_alert_alias_settings_only_take_the_values_that_run(config_dir: Path, ol
 
 
 def test_alert_alias_settings_accept_the_values_that_run(config_dir: Path) -> None:
-    _edit(config_dir / "detector.yaml", "entity_types: [device, account]", "entity_types: [account, device]")
-    _edit(config_dir / "detector.yaml", "allowed_lateness_s: 120 ", "allowed_lateness_s: 130 ")
+    _edit(config_dir / "detector.yaml", ALERTS_LINE, "  entity_types: [account, device]\n  allowed_lateness_s: 130\n"
+          "  max_open_windows: 200000\n" + ALERTS_LINE)
     _edit(config_dir / "detector.yaml", "  allowed_lateness_s: 120\n", "  allowed_lateness_s: 130\n")
-    _edit(config_dir / "detector.yaml", "  allowed_lateness_s: 130      #", "  max_open_windows: 200000\n  allowed_lateness_s: 130      #")
     cfg = DetectionConfig.load(config_dir / "detector.yaml")
     assert cfg.behaviour.allowed_lateness_s == 130
+
+
+def test_the_setting_that_runs_can_be_overridden_alone(config_dir: Path) -> None:
+    (data,) = [YamlDocument(config_dir / "detector.yaml").data]
+    overrides = env_overrides(data, {"DETECTOR_BEHAVIOUR__ALLOWED_LATENESS_S": "60"})
+    cfg = DetectionConfig.load(config_dir / "detector.yaml", overrides)
+    assert cfg.behaviour.allowed_lateness_s == 60
 
 
 # --- environment overrides -------------------------------------------------------------
@@ -229,3 +235,11 @@ def test_profile_secrets_come_from_the_resolver_the_shell_passes(config_dir: Pat
     monkeypatch.setenv("ES_KEY_1", "from-env")
     keys = load_detection(config_dir).profiles["example-android"].signing.keys  # type: ignore[union-attr]
     assert any(k.secret == b"from-env" for k in keys.values())
+
+
+def test_the_webhooks_list_is_not_overridden_and_says_so(config_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (data,) = [YamlDocument(config_dir / "detector.yaml").data]
+    with caplog.at_level(logging.WARNING, logger="detector.config"):
+        out = env_overrides(data, {"DETECTOR_WEBHOOKS": '[{name: x, url: "http://example.com/x"}]'})
+    assert out == []
+    assert "DETECTOR_WEBHOOKS" in caplog.text and "from the file only" in caplog.text

@@ -403,6 +403,65 @@ async def test_a_snapshot_the_broker_refused_is_written_again_and_its_envelopes_
     assert all(e.acked for e in mine)
 
 
+async def test_a_refused_alert_is_sent_again_and_its_envelopes_wait_for_it(detection, profile):
+    stage = IngestStage(load_settings(), detection, Metrics(CollectorRegistry()), loop=None)
+    attack = list(private_api_library(profile, 40, seed=6))
+    proc, shard, sent, _ = shard_setup(detection)
+    acks: list[asyncio.Future[None]] = []
+
+    async def alert(key: bytes, value: bytes) -> asyncio.Future[None]:
+        sent.alerts.append(value)
+        acks.append(asyncio.get_running_loop().create_future())
+        return acks[-1]
+
+    proc.send_alert = alert
+    events = [FakeEvent(p, i, value) for i, (p, value) in enumerate(await envelopes_of(stage, attack))]
+    for event in events:
+        await proc.process(event)
+    first = len(acks)
+    assert first > 0
+    for p in list(shard.engines):
+        shard.flush(p)
+    for fut in acks:
+        fut.set_exception(ConnectionError("not leader"))
+    assert await shard.settle(timeout=5)
+    assert len(acks) == 2 * first, "every refused alert is sent again"
+    assert sent.alerts[first:] == sent.alerts[:first]
+    waiting = [e for e in events if e.message.partition in shard.outputs]
+    assert waiting and not any(e.acked for e in waiting)
+    for p in list(shard.engines):
+        shard.flush(p)  # the envelopes wait for the alerts sent again
+    await asyncio.sleep(0)
+    assert not any(e.acked for e in waiting)
+    for fut in acks[first:]:
+        fut.set_result(None)
+    assert await shard.settle(timeout=5)
+    assert all(e.acked for e in events)
+
+
+async def test_flushes_of_one_partition_acknowledge_in_order(detection, profile):
+    stage = IngestStage(load_settings(), detection, Metrics(CollectorRegistry()), loop=None)
+    proc, shard, sent, _ = shard_setup(detection)
+    table = shard.table = DeferredTable()
+    envelopes = await envelopes_of(stage, list(genuine(profile, 30, seed=7)))
+    p = envelopes[0][0]
+    mine = [FakeEvent(p, i, v) for i, (q, v) in enumerate(envelopes) if q == p]
+    assert mine
+    await proc.process(mine[0])
+    shard.flush(p)  # waits for the broker
+    assert table.futures
+    later = FakeEvent(p, 10_000, b"")
+    shard.hold(p, later)
+    shard.flush(p)  # nothing to write, but an earlier flush of p is in flight
+    await asyncio.sleep(0)
+    assert not later.acked and not mine[0].acked
+    for fut in table.futures:
+        fut.set_exception(ConnectionError("not leader"))
+    assert await shard.settle(timeout=5)
+    assert not later.acked, "nothing after a refused flush is acknowledged before it"
+    assert [e.message.offset for e in shard.pending[p]] == [mine[0].message.offset, 10_000]
+
+
 async def test_oversized_flags_alerts_and_state_buckets_are_never_sent(detection, profile):
     stage = IngestStage(load_settings(), detection, Metrics(CollectorRegistry()), loop=None)
     attack = list(private_api_library(profile, 40, seed=6))
