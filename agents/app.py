@@ -35,6 +35,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from agents import logs
 from agents.ingest import IngestStage
 from agents.lag import ConsumerLag
+from agents.looplag import LoopLagSampler
 from agents.metrics import FaustSensor, LabelSets, Metrics, webhook_endpoint_names
 from agents.records import INGEST_MAX_REQUEST_SIZE, RecordLimits
 from agents.settings import Settings
@@ -148,6 +149,11 @@ def build_app(settings: Settings, detection: DetectionConfig, metrics: Metrics |
     # Faust types timer() as a bare Callable: registered by a call rather than as a
     # decorator, so the function keeps its type
     app.timer(interval=max(0.5, s.state_flush_interval_s / 2))(flush_idle_shards)
+
+    # the event loop's lag (agents/looplag.py): what a flush or a batch holding it costs
+    # every other coroutine of the process
+    lag_sampler = LoopLagSampler(metrics.loop_lag.observe)
+    app.task(lag_sampler.run)
 
     async def drain_buffer(when: str, within_s: float = math.inf) -> None:
         # Faust's own flush of its producer buffer returns as soon as one message waits

@@ -63,6 +63,8 @@ EMULATOR_CODE = "device.emulator"
 TOP_DEVICE_MODELS = 50
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+# event-loop lag: a flush or batch holding the loop; the issue #13 target is 20-50 ms
+LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -269,6 +271,11 @@ class Metrics:
         self.batch_seconds = Histogram(
             "detector_batch_duration_seconds", "Wall time to decode, score, publish and commit one ingest batch",
             buckets=BATCH_BUCKETS, registry=r,
+        )
+        self.loop_lag = Histogram(
+            "detector_event_loop_lag_seconds",
+            "How much later than asked a 100 ms timer of the worker's event loop woke up (the loop was held)",
+            buckets=LOOP_LAG_BUCKETS, registry=r,
         )
         self.batch_size = Histogram(
             "detector_batch_requests", "Requests per ingest batch",

@@ -296,6 +296,13 @@ def pipeline() -> dm.Dashboard:
             Panel("Behaviour flag broadcast delay", quantiles("detector_flag_delay_seconds"), unit="s",
                   description="From a behaviour flag's publication to a worker applying it: how far a verdict can "
                               "lag behind a flag (empty until a flag is raised)."),
+            Panel("Event-loop lag", quantiles("detector_event_loop_lag_seconds"), unit="s",
+                  description="How much later than asked a 100 ms timer of the worker's event loop woke up: the time "
+                              "a state flush, a batch or a blocking call held the loop."),
+            Panel("Event-loop stalls over 50 ms", [
+                q(f"""sum(rate(detector_event_loop_lag_seconds_count{{{SEL}}}[{RI}]))
+                  - sum(rate(detector_event_loop_lag_seconds_bucket{{{SEL}, le="0.05"}}[{RI}]))""", "stalls/s")],
+                  unit="ops", description="Samples of the event-loop lag over 50 ms, per second (0 is the goal)."),
         ]),
         ("Dead letters and webhooks", [
             Panel("Dead letters by reason", [
