@@ -417,6 +417,11 @@ def run_demo(duration: float = 60.0, as_json: bool = False, rate: float = 400.0,
     finally:
         children.kill()
         atexit.unregister(children.kill)
+        # every child is gone: a further Ctrl-C has nothing left to stop. Ignored, not
+        # handled: Python's finalization resets a handled signal to its default action,
+        # and a Ctrl-C then would kill the process by SIGINT (status -2, no summary)
+        for sig in (signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])):
+            signal.signal(sig, signal.SIG_IGN)
         if summary is None:  # failed: the logs say why
             print(f"detector demo: {run_dir.finish(ok=False)}", file=sys.stderr, flush=True)
     assert summary is not None
