@@ -346,22 +346,32 @@ class DeferredTable(FakeTable):
         return fut
 
 
-async def test_envelopes_are_acknowledged_only_once_their_snapshot_and_alerts_reached_the_broker(detection, profile):
+async def attack_with_deferred_alerts(detection: Any, profile: Any, table: FakeTable | None = None) -> tuple[
+        ShardProcessor, ShardState, Sent, list[FakeEvent], list[asyncio.Future[None]]]:
+    """A private-API attack's envelopes through a shard whose alerts the test
+    acknowledges (or fails) by hand: the shard, what it sent, the envelopes, the acks."""
     stage = IngestStage(load_settings(), detection, Metrics(CollectorRegistry()), loop=None)
     attack = list(private_api_library(profile, 40, seed=6))
     proc, shard, sent, _ = shard_setup(detection)
-    table = shard.table = DeferredTable()
-    alert_acks: list[asyncio.Future[None]] = []
+    if table is not None:
+        shard.table = table
+    acks: list[asyncio.Future[None]] = []
 
     async def alert(key: bytes, value: bytes) -> asyncio.Future[None]:
         sent.alerts.append(value)
-        alert_acks.append(asyncio.get_running_loop().create_future())
-        return alert_acks[-1]
+        acks.append(asyncio.get_running_loop().create_future())
+        return acks[-1]
 
     proc.send_alert = alert
     events = [FakeEvent(p, i, value) for i, (p, value) in enumerate(await envelopes_of(stage, attack))]
     for event in events:
         await proc.process(event)
+    return proc, shard, sent, events, acks
+
+
+async def test_envelopes_are_acknowledged_only_once_their_snapshot_and_alerts_reached_the_broker(detection, profile):
+    table = DeferredTable()
+    _, shard, _, events, alert_acks = await attack_with_deferred_alerts(detection, profile, table)
     assert alert_acks, "the attack raises alerts"
     for p in list(shard.engines):
         shard.flush(p)
@@ -404,20 +414,7 @@ async def test_a_snapshot_the_broker_refused_is_written_again_and_its_envelopes_
 
 
 async def test_a_refused_alert_is_sent_again_and_its_envelopes_wait_for_it(detection, profile):
-    stage = IngestStage(load_settings(), detection, Metrics(CollectorRegistry()), loop=None)
-    attack = list(private_api_library(profile, 40, seed=6))
-    proc, shard, sent, _ = shard_setup(detection)
-    acks: list[asyncio.Future[None]] = []
-
-    async def alert(key: bytes, value: bytes) -> asyncio.Future[None]:
-        sent.alerts.append(value)
-        acks.append(asyncio.get_running_loop().create_future())
-        return acks[-1]
-
-    proc.send_alert = alert
-    events = [FakeEvent(p, i, value) for i, (p, value) in enumerate(await envelopes_of(stage, attack))]
-    for event in events:
-        await proc.process(event)
+    _, shard, sent, events, acks = await attack_with_deferred_alerts(detection, profile)
     first = len(acks)
     assert first > 0
     for p in list(shard.engines):
