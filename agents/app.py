@@ -1,4 +1,6 @@
-"""The stream worker: a Faust app with two stages, built here.
+"""The stream worker: a Faust app with two stages, built here; the process role
+(`detector run --role`, setting `role`) decides which of them one process runs:
+`all` (both), `ingest` or `shards` (docs/operations.md "Process roles").
 
 - **ingest** (`agents/ingest.py`, a service inside the Faust app): a raw aiokafka
   consumer reads `client-requests` in bulk (`getmany`), decodes every message form,
@@ -26,13 +28,16 @@ import logging
 import math
 import time
 from collections.abc import Awaitable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 import faust
 from aiohttp import web
+from faust.tables.manager import TableManager
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents import logs
+from agents.brokerlink import BrokerLink
 from agents.ingest import IngestStage
 from agents.lag import ConsumerLag
 from agents.looplag import LoopLagSampler
@@ -41,15 +46,35 @@ from agents.records import INGEST_MAX_REQUEST_SIZE, RecordLimits
 from agents.settings import Settings
 from agents.shards import ShardProcessor, ShardState
 from agents.topics import ALERTS, CLIENT_REQUESTS_DLQ, ENTITY_EVENTS, ENTITY_FLAGS, TopicLimits, partitions_of
+from detector.config.schema import Role
 from detector.engine import DetectionConfig
 
 log = logging.getLogger("detector.worker")
 
 
+INGEST_ROLES: frozenset[Role] = frozenset({"all", "ingest"})  # the roles that run the ingest stage
+SHARD_ROLES: frozenset[Role] = frozenset({"all", "shards"})  # ... and those that run the entity shards
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerParts:
+    """What one worker process runs: the broker link always, the ingest stage and the
+    entity shards by role, webhook delivery with the shards when endpoints are set."""
+
+    role: Role
+    link: BrokerLink
+    ingest: IngestStage | None
+    shard: ShardState | None
+    delivery: Any  # agents.delivery.DeliveryStage | None (imported only when endpoints exist)
+
+
 def build_app(settings: Settings, detection: DetectionConfig, metrics: Metrics | None = None) -> faust.App:
-    """The Faust app: ingest stage, entity-shard agent, /metrics, /healthz, /readyz."""
+    """The Faust app of `settings.role`: the broker link, the ingest stage (roles all,
+    ingest), the entity-shard agent with its state table (roles all, shards), and
+    /metrics, /healthz, /readyz."""
     metrics = metrics or Metrics()
     s = settings
+    role = s.role
     app = faust.App(
         s.app_id,
         broker=f"kafka://{s.kafka_bootstrap}",
@@ -78,32 +103,62 @@ def build_app(settings: Settings, detection: DetectionConfig, metrics: Metrics |
         # was acknowledged is committed, the rest is read again on restart.
         stream_wait_empty=False,
     )
-    ingest = IngestStage(s, detection, metrics, loop=None)
-    app.detector_ingest = ingest  # type: ignore[attr-defined]
+    if role not in SHARD_ROLES:
+        # No Faust consumer (nor its conductor and tables): an ingest process never
+        # joins the shards' consumer group (group id = app_id), so starting or stopping
+        # one never rebalances the shards; its own consumer group is `<app_id>-ingest`.
+        # Nothing is produced through Faust either (the ingest stage has its producer).
+        app.boot_strategy = app.BootStrategy(app, enable_kafka_consumer=False, enable_kafka_producer=False)
+    shard_partitions = partitions_of(ENTITY_EVENTS, s.topic_partitions)
+    changelog = f"{s.app_id}-behaviour-state-changelog"  # Faust's name of the state table's changelog
+    link = BrokerLink(s, metrics, limit_topics=[changelog] if role in SHARD_ROLES else [], loop=None)
+    ingest = IngestStage(s, detection, metrics, link, loop=None) if role in INGEST_ROLES else None
+    shard = _shard_part(app, s, detection, metrics, link, shard_partitions) if role in SHARD_ROLES else None
     # Webhook delivery (agents/delivery.py), when endpoints are configured: it reads
-    # `alerts` with its own consumer groups, so a slow receiver never slows detection.
-    from agents.delivery import DeliveryStage
-    from agents.webhooks import load_endpoints
+    # `alerts` with its own consumer groups, so a slow receiver never slows detection;
+    # it runs beside the shards (which raise the alerts), never on an ingest process.
+    delivery = None
+    if role in SHARD_ROLES:
+        from agents.delivery import DeliveryStage
+        from agents.webhooks import load_endpoints
 
-    endpoints = load_endpoints(s.config)
-    delivery = DeliveryStage(s, endpoints, metrics, loop=None) if endpoints else None
+        endpoints = load_endpoints(s.config)
+        delivery = DeliveryStage(s, endpoints, metrics, loop=None) if endpoints else None
+    parts = WorkerParts(role, link, ingest, shard, delivery)
+    app.detector = parts  # type: ignore[attr-defined]
+    app.detector_ingest = ingest  # type: ignore[attr-defined]
     app.detector_delivery = delivery  # type: ignore[attr-defined]
     app.detector_metrics = metrics  # type: ignore[attr-defined]
+    app.detector_shard = shard  # type: ignore[attr-defined]
 
-    # The ingest stage starts with the app, not after Faust's first assignment (extra
-    # services wait for table recovery): the first event is then processed ~5 s after
-    # start on the embedded broker instead of ~10 s.
+    # The stages start with the app, not after Faust's first assignment (extra services
+    # wait for table recovery): the first event is then processed ~5 s after start on
+    # the embedded broker instead of ~10 s. The link first: it reads the record limits
+    # the stages use.
     original_on_start = app.on_start
 
     async def on_start() -> None:
         await original_on_start()
-        await app.add_runtime_dependency(ingest)
+        await app.add_runtime_dependency(link)
+        if ingest is not None:
+            await app.add_runtime_dependency(ingest)
         if delivery is not None:
             await app.add_runtime_dependency(delivery)
 
     app.on_start = on_start  # type: ignore[method-assign]
 
-    n_shards = partitions_of(ENTITY_EVENTS, s.topic_partitions)
+    # the event loop's lag (agents/looplag.py): what a flush or a batch holding it costs
+    # every other coroutine of the process
+    lag_sampler = LoopLagSampler(metrics.loop_lag.observe)
+    app.task(lag_sampler.run)
+    _observe(app, s, detection, metrics, parts)
+    return app
+
+
+def _shard_part(app: faust.App, s: Settings, detection: DetectionConfig, metrics: Metrics, link: BrokerLink,
+                n_shards: int) -> ShardState:
+    """The entity-shard agent over detector-entity-events (Faust's consumer group
+    `app_id`), its state table, the flush timer and the rebalance and stop handlers."""
     events_topic = app.topic(ENTITY_EVENTS.name, value_serializer="raw", key_serializer="raw", partitions=n_shards)
     flags_topic = app.topic(ENTITY_FLAGS.name, value_serializer="raw", key_serializer="raw")
     alerts_topic = app.topic(ALERTS.name, value_serializer="raw", key_serializer="raw")
@@ -116,12 +171,12 @@ def build_app(settings: Settings, detection: DetectionConfig, metrics: Metrics |
     faust_max_request = int(app.conf.producer_max_request_size)
     shard = ShardState(behaviour, detection, state_table, metrics, s.state_flush_interval_s,
                        RecordLimits.of(TopicLimits(), INGEST_MAX_REQUEST_SIZE, faust_max_request, changelog))
-    app.detector_shard = shard  # type: ignore[attr-defined]
-    ingest.on_log_lost.append(shard.forget_positions)  # a restarted memory-only broker (H6)
-    # the ingest stage reads every output topic's max.message.bytes at start
-    ingest.extra_limit_topics.append(changelog)
-    ingest.on_limits.append(lambda topics: setattr(
-        shard, "limits", RecordLimits.of(topics, INGEST_MAX_REQUEST_SIZE, faust_max_request, changelog)))
+    link.on_log_lost.append(shard.forget_positions)  # a restarted memory-only broker (H6)
+
+    def limits_read(topics: TopicLimits) -> None:  # the link reads every output topic's max.message.bytes at start
+        shard.limits = RecordLimits.of(topics, INGEST_MAX_REQUEST_SIZE, faust_max_request, changelog)
+
+    link.on_limits.append(limits_read)
 
     async def send_flag(key: bytes, value: bytes) -> Awaitable[Any]:
         return await flags_topic.send(key=key, value=value)  # the future of the broker's acknowledgement
@@ -149,11 +204,6 @@ def build_app(settings: Settings, detection: DetectionConfig, metrics: Metrics |
     # Faust types timer() as a bare Callable: registered by a call rather than as a
     # decorator, so the function keeps its type
     app.timer(interval=max(0.5, s.state_flush_interval_s / 2))(flush_idle_shards)
-
-    # the event loop's lag (agents/looplag.py): what a flush or a batch holding it costs
-    # every other coroutine of the process
-    lag_sampler = LoopLagSampler(metrics.loop_lag.observe)
-    app.task(lag_sampler.run)
 
     async def drain_buffer(when: str, within_s: float = math.inf) -> None:
         # Faust's own flush of its producer buffer returns as soon as one message waits
@@ -199,16 +249,25 @@ def build_app(settings: Settings, detection: DetectionConfig, metrics: Metrics |
         await drain_buffer("at stop")
         await shard.settle()
 
-    # Observability: closed label sets from config (series at zero up front), our
-    # Faust sensor, consumer lag sampled at scrape time, the worker's log format.
+    return shard
+
+
+def _observe(app: faust.App, s: Settings, detection: DetectionConfig, metrics: Metrics, parts: WorkerParts) -> None:
+    """Observability: closed label sets from config (series at zero up front), the
+    role's series, our Faust sensor, consumer lag of the role's consumers sampled at
+    scrape time, the worker's log format, and the pages."""
     if metrics.label_sets is None:
         metrics.bind(LabelSets.from_config(detection, webhook_endpoint_names(s.config)))
+    metrics.worker_role(parts.role)
     app.sensors.add(FaustSensor(metrics))
     app.conf.logging_config = logs.logging_config(s.log_level, getattr(s, "log_format", None))
     lag = ConsumerLag(metrics)
-    lag.watch_aiokafka("ingest", lambda: ingest.consumer)
-    lag.watch_aiokafka("flag-feed", lambda: getattr(ingest, "flag_consumer", None))
-    lag.watch_faust("entity-shard", app, [ENTITY_EVENTS.name])
+    ingest, link = parts.ingest, parts.link
+    if ingest is not None:
+        lag.watch_aiokafka("ingest", lambda: ingest.consumer)
+        lag.watch_aiokafka("flag-feed", lambda: ingest.flag_consumer)
+    if parts.shard is not None:
+        lag.watch_faust("entity-shard", app, [ENTITY_EVENTS.name])
 
     @app.page("/metrics")
     async def metrics_page(web_: Any, request: Any) -> Any:
@@ -217,22 +276,38 @@ def build_app(settings: Settings, detection: DetectionConfig, metrics: Metrics |
 
     @app.page("/healthz")
     async def healthz(web_: Any, request: Any) -> Any:
-        # Liveness: the process serves pages and the ingest stage has not crashed. A
-        # broker outage is not a liveness failure (restarting would not help): /readyz.
-        if ingest.crashed:
-            return web_.json({"status": "failed", "reason": str(ingest.crash_reason)}, status=503)
+        # Liveness: the process serves pages and its stages have not crashed. A broker
+        # outage is not a liveness failure (restarting would not help): /readyz.
+        for stage in (ingest, link):
+            if stage is not None and stage.crashed:
+                return web_.json({"status": "failed", "reason": str(stage.crash_reason)}, status=503)
         return web_.json({"status": "ok"})
 
     @app.page("/readyz")
     async def readyz(web_: Any, request: Any) -> Any:
-        # Ready once the ingest consumer has polled, while the broker is reachable (no
-        # run of failed interactions, no produce retry pending), until it stops.
-        if not ingest.ready.is_set():
-            return web_.json({"ready": False, "reason": "ingest consumer has not polled yet"}, status=503)
-        if ingest.should_stop:
-            return web_.json({"ready": False, "reason": "stopping"}, status=503)
-        if not ingest.broker.healthy():
-            return web_.json({"ready": False, "reason": f"broker unreachable: {ingest.broker.reason()}"}, status=503)
+        # Ready once the role's stages run (the ingest consumer has polled; the shards:
+        # Faust's first assignment done and the assigned shards' state restored), while
+        # the broker is reachable (no run of failed interactions, no produce retry
+        # pending), until the process stops.
+        reason = _not_ready(app, parts)
+        if reason is not None:
+            return web_.json({"ready": False, "reason": reason}, status=503)
         return web_.json({"ready": True})
 
-    return app
+
+def _not_ready(app: faust.App, parts: WorkerParts) -> str | None:
+    """Why the process is not ready, or None."""
+    ingest, link = parts.ingest, parts.link
+    if ingest is not None:
+        if not ingest.ready.is_set():
+            return "ingest consumer has not polled yet"
+        if ingest.should_stop:
+            return "stopping"
+    else:  # the shards alone: their first assignment, with its state restored
+        if not cast(TableManager, app.tables).recovery.completed.is_set():
+            return "entity shards have no assignment yet (or their state is being restored)"
+        if app.should_stop or link.should_stop:
+            return "stopping"
+    if not link.health.healthy():
+        return f"broker unreachable: {link.health.reason()}"
+    return None

@@ -17,6 +17,7 @@ import orjson
 from agents.fileargs import check_readable, check_writable, command_name, output
 from agents.version import VersionAction
 from detector.config import ConfigError
+from detector.config.schema import ROLES
 from detector.engine import DetectionConfig
 
 
@@ -223,6 +224,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides["kafka_bootstrap"] = args.bootstrap
     if args.web_port is not None:
         overrides["web_port"] = args.web_port
+    if args.role is not None:
+        overrides["role"] = args.role
     settings = load_settings(args.config, **overrides)
     detection = load_detection(settings.config)
     if args.create_topics:
@@ -385,6 +388,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--web-port", type=int,
                    help="port of /metrics, /healthz and /readyz (default: the settings' web_port)")
     s.add_argument("--create-topics", action="store_true", help="create missing topics before starting")
+    s.add_argument("--role", choices=ROLES,
+                   help="what this process runs: all (the default: ingest and entity shards), ingest "
+                        "(client-requests to verdicts) or shards (entity records to flags and alerts); "
+                        "default: the settings' role, $DETECTOR_ROLE (docs/operations.md \"Process roles\")")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("demo", help="embedded broker + worker + simulator, with a live view")

@@ -12,7 +12,6 @@ import logging
 import time
 import zlib
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,9 +19,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError
 from mode import Service
 
-from agents.brokerwatch import BrokerWatch, WatchCounters, WatchHooks
+from agents.brokerlink import BrokerLink
 from agents.metrics import Metrics
-from agents.publish import BROKER_ERRORS, Backoff, BatchPublisher, BrokerHealth, PublishAborted
+from agents.publish import BROKER_ERRORS, Backoff, BatchPublisher, PublishAborted
 from agents.records import (
     INGEST_MAX_REQUEST_SIZE,
     LogLimiter,
@@ -34,18 +33,13 @@ from agents.records import (
 )
 from agents.settings import Settings
 from agents.topics import (
-    ALERTS,
-    ALL_TOPICS,
     CLIENT_REQUESTS,
     CLIENT_REQUESTS_DLQ,
     ENTITY_EVENTS,
     ENTITY_FLAGS,
     VERDICTS,
     TopicLimits,
-    TopicSpec,
-    create_topics,
     partitions_of,
-    read_topic_limits,
 )
 from detector.behaviour.flags import FlagMap, decode_update
 from detector.behaviour.records import EntityRecord, encode_envelopes, records_for
@@ -97,8 +91,14 @@ class _CommitGate(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka 
 
 
 class IngestStage(Service):
-    def __init__(self, settings: Settings, detection: DetectionConfig, metrics: Metrics, **kwargs: Any):
+    """The ingest consumer, its scoring and publishing, and the flag feed. The broker
+    link (agents/brokerlink.py), started before it, gives the record limits and the
+    broker's health; without one (unit tests) it builds its own, not started."""
+
+    def __init__(self, settings: Settings, detection: DetectionConfig, metrics: Metrics,
+                 link: BrokerLink | None = None, **kwargs: Any):
         super().__init__(**kwargs)
+        self.link = link or BrokerLink(settings, metrics)
         self.settings = settings
         self.detection = detection
         self.metrics = metrics
@@ -119,22 +119,12 @@ class IngestStage(Service):
         self.event_time = detection.event_time
         self.redactor = detection.redactor
         self.logs = LogLimiter(log, on_suppressed=metrics.suppressed_logs.inc)
-        # Broker faults (agents/publish.py, agents/brokerwatch.py): readiness follows the
-        # recent broker interactions; produce errors are retried, never fatal.
+        # Broker faults (agents/publish.py, agents/brokerlink.py): readiness follows the
+        # recent broker interactions (the link's health); produce errors are retried,
+        # never fatal.
         self.backoff = Backoff(initial_s=settings.produce_retry_initial_s, max_s=settings.produce_retry_max_s)
-        self.broker = BrokerHealth(unready_failures=settings.broker_unready_failures,
-                                   stale_after_s=max(15.0, 5 * settings.broker_check_interval_s))
-        self.on_log_lost: list[Any] = []  # callbacks: the broker lost its log (see BrokerWatch)
-        self.extra_limit_topics: list[str] = []  # more topics whose limits to read at start (the changelog)
-        self.on_limits: list[Callable[[TopicLimits], None]] = []  # callbacks: the limits were read
+        self.broker = self.link.health
         self._flag_failures = 0  # consecutive failed polls of the flag feed
-        self.watch = BrokerWatch(
-            WatchHooks(topics=self._broker_topics, create=self._create_topics, end_offsets=self._log_ends),
-            self.broker,
-            WatchCounters(error=metrics.broker_errors.labels("metadata").inc, recovered=metrics.broker_recoveries.inc,
-                          recreated=metrics.topics_recreated.inc, log_lost=metrics.broker_log_resets.inc),
-            ALL_TOPICS, timeout_s=max(5.0, 2 * settings.broker_check_interval_s), on_log_lost=self._log_lost,
-        )
 
     async def on_start(self) -> None:
         s = self.settings
@@ -143,16 +133,12 @@ class IngestStage(Service):
             linger_ms=5, max_batch_size=512 * 1024, max_request_size=INGEST_MAX_REQUEST_SIZE,
         )
         await self.producer.start()
-        # Every record we write stays under its topic's limit (RecordLimits): read the
-        # output topics' max.message.bytes once (the state changelog's too, for the shards).
-        self.topic_limits = await read_topic_limits(
-            s.kafka_bootstrap, [VERDICTS.name, CLIENT_REQUESTS_DLQ.name, ENTITY_EVENTS.name, ALERTS.name,
-                                ENTITY_FLAGS.name, *self.extra_limit_topics])
+        # Every record we write stays under its topic's limit (RecordLimits): the output
+        # topics' max.message.bytes, read by the broker link at its start
+        self.topic_limits = self.link.limits
         self.limits = RecordLimits.of(self.topic_limits, INGEST_MAX_REQUEST_SIZE, INGEST_MAX_REQUEST_SIZE, "")
         log.info("record limits (bytes): verdicts %d, dead letters %d, envelopes %d",
                  self.limits.verdict, self.limits.dlq, self.limits.envelope)
-        for callback in self.on_limits:
-            callback(self.topic_limits)
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap, group_id=f"{s.app_id}-ingest", client_id=f"{s.app_id}-ingest",
             enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=s.ingest_max_records,
@@ -225,18 +211,8 @@ class IngestStage(Service):
                                 type(exc).__name__, exc)
                     await self.sleep(self.backoff.delay(failures))
 
-    @Service.task
-    async def _watch_broker(self) -> None:
-        """The metadata probe behind readiness, and topic recreation (agents/brokerwatch.py)."""
-        while not self.should_stop:
-            await self.watch.check()
-            self.metrics.broker_up.set(1 if self.broker.healthy() else 0)
-            await self.sleep(self.settings.broker_check_interval_s)
-
     def _broker_failed(self, op: str, exc: BaseException) -> None:
-        self.broker.failed(op, exc)
-        self.metrics.broker_errors.labels(op).inc()
-        self.metrics.broker_up.set(0 if not self.broker.healthy() else 1)
+        self.link.failed(op, exc)
 
     def _rewind(self, batches: dict[Any, list[Any]]) -> None:
         assert self.consumer is not None
@@ -254,26 +230,6 @@ class IngestStage(Service):
         assert self.producer is not None
         return BatchPublisher(self.producer, backoff=self.backoff, health=self.broker,
                               should_stop=lambda: self.should_stop, on_retry=retried, sleep=self.sleep)
-
-    async def _broker_topics(self) -> set[str]:
-        assert self.producer is not None
-        md = await self.producer.client.fetch_all_metadata()
-        return set(md.topics())
-
-    async def _create_topics(self, specs: tuple[TopicSpec, ...]) -> list[str]:
-        s = self.settings
-        return await create_topics(s.kafka_bootstrap, s.topic_partitions, s.topic_replication, specs=specs)
-
-    async def _log_ends(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        from aiokafka import TopicPartition
-
-        assert self.consumer is not None
-        ends = await self.consumer.end_offsets([TopicPartition(t, p) for t, p in tps])
-        return {(tp.topic, tp.partition): int(off) for tp, off in ends.items()}
-
-    def _log_lost(self) -> None:
-        for callback in self.on_log_lost:
-            callback()
 
     @Service.task
     async def _follow_flags(self) -> None:
@@ -342,7 +298,7 @@ class IngestStage(Service):
             self._broker_failed("commit", exc)
             log.warning("ingest commit failed, the batch may be re-delivered: %s: %s", type(exc).__name__, exc)
         else:
-            self.watch.note_commit({(tp.topic, tp.partition): off for tp, off in offsets.items()})
+            self.link.watch.note_commit({(tp.topic, tp.partition): off for tp, off in offsets.items()})
         now = time.time()
         # Per-batch aggregates, one inc(n) per label value (agents/metrics.py); metrics
         # never stop the stage (the batch is committed by now)

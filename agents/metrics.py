@@ -25,6 +25,7 @@ from prometheus_client.core import HistogramMetricFamily
 
 from agents.webhooks import ATTEMPT_RESULTS
 from detector.config import ConfigError, YamlDocument
+from detector.config.schema import ROLES
 from detector.decode import REJECTION_CODES
 from detector.fingerprints.headers import names_fingerprint
 from detector.model import Verdict, VerdictLevel
@@ -360,7 +361,12 @@ class Metrics:
                                 ["version", "commit", "faust", "python"], registry=r)
         self.label_sets: LabelSets | None = None
         b = dict(build or {})
-        self.build_info.labels(b.get("version") or _version("app-impersonation-detector"),
+        self.version = b.get("version") or _version("app-impersonation-detector")
+        # which role this process runs (docs/operations.md "Process roles"), set by
+        # build_app: dashboards and rules tell the ingest and the shard processes apart
+        self.worker_info = Gauge("detector_worker_info", "The role this worker process runs (value 1)",
+                                 ["role", "version"], registry=r)
+        self.build_info.labels(self.version,
                                b.get("commit") or os.environ.get("DETECTOR_BUILD_COMMIT") or "unknown",
                                b.get("faust") or _version("faust-streaming"),
                                b.get("python") or platform.python_version()).set(1)
@@ -378,6 +384,13 @@ class Metrics:
             self.state_entries.labels(state)
         if labels is not None:
             self.bind(labels)
+
+    def worker_role(self, role: str) -> None:
+        """This process runs `role` (one of detector.config.schema.ROLES): one series."""
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
+        self.worker_info.clear()
+        self.worker_info.labels(role, self.version).set(1)
 
     def bind(self, labels: LabelSets) -> None:
         """Fix the closed label sets and create every labelled series at zero, so

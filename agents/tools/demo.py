@@ -50,7 +50,7 @@ BAD_MESSAGES = (
 
 
 def start_worker(bootstrap: str, web_port: int, log_path: Path, config: str | None = None,
-                 extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+                 extra_env: dict[str, str] | None = None, role: str | None = None) -> subprocess.Popen[bytes]:
     env = {**os.environ, **EMBEDDED_WORKER_ENV, "DETECTOR_KAFKA_BOOTSTRAP": bootstrap,
            "DETECTOR_WEB_PORT": str(web_port), **(extra_env or {})}
     if config:
@@ -61,8 +61,9 @@ def start_worker(bootstrap: str, web_port: int, log_path: Path, config: str | No
     # Its own session: a terminal's Ctrl-C reaches only the parent, which stops it in
     # order; SIGTERM when the parent dies (Linux), so it never outlives the parent.
     with open(log_path, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "agents.cli", "run"], stdout=out, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True, preexec_fn=die_with_parent())
+        return subprocess.Popen([sys.executable, "-m", "agents.cli", "run", *(["--role", role] if role else [])],
+                                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                preexec_fn=die_with_parent())
 
 
 def stop_process(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:

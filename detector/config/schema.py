@@ -26,6 +26,11 @@ class Section(BaseModel):
 
 
 # --- config/detector.yaml: runtime keys (read by agents/settings.py) -----------------
+# What one worker process runs (docs/operations.md "Process roles"): everything, the
+# ingest stage alone, or the entity shards alone.
+Role = Literal["all", "ingest", "shards"]
+ROLES: tuple[Role, ...] = typing.get_args(Role)
+
 class RuntimeSettings(Section):
     """The worker's runtime keys at the top of the settings file. agents.settings
     builds its environment-aware `Settings` on these fields. Values are converted as
@@ -35,6 +40,7 @@ class RuntimeSettings(Section):
 
     kafka_bootstrap: str = "127.0.0.1:9092"
     app_id: str = "detector"
+    role: Role = "all"
     web_host: str = "127.0.0.1"
     web_port: int = Field(6066, ge=0, le=65535)
     web_enabled: bool = True
