@@ -88,6 +88,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.rejections:
         with output(args.rejections) as f:
             f.write(b"".join(orjson.dumps({"line": n, "code": c, "reason": r}) + b"\n" for n, c, r in rejections))
+    if cfg.verdicts_emit == "flagged":  # the stream's rule: no clean verdicts written
+        verdicts = [v for v in verdicts if v.verdict != "clean"]
     with output(None if args.output in (None, "-") else args.output) as dst:
         for i in range(0, len(verdicts), 2000):
             dst.write(b"".join(v.to_json() + b"\n" for v in verdicts[i:i + 2000]))

@@ -344,9 +344,10 @@ class IngestStage(Service):
                                   partition, offset, r.index, r.code, log_text(r.reason, self.redactor))
 
     async def _score_batch(self, batches: dict[Any, list[Any]], out: BatchPublisher) -> list[Verdict]:
-        """Decode every message, score every request, publish verdicts, envelopes and
-        dead letters into `out` (nothing is committed before `out` is flushed); returns
-        the verdicts published."""
+        """Decode every message, score every request, publish verdicts (all, or the
+        flagged ones: config `verdicts.emit`), envelopes and dead letters into `out`
+        (nothing is committed before `out` is flushed); returns the verdicts of every
+        request scored (the metrics count them all)."""
         limits = self.detection.limits
         now = time.time()
         dead = _DeadLetters()
@@ -373,6 +374,8 @@ class IngestStage(Service):
         shards = self.shard_partitions
         by_shard: dict[int, _ShardBatch] = defaultdict(_ShardBatch)
         max_verdict = self.limits.verdict
+        # verdicts.emit: flagged writes no clean verdict (they are still scored and counted)
+        emit_all = self.detection.verdicts_emit == "all"
         future = 0
         for item in pending:
             r = item.request
@@ -383,8 +386,9 @@ class IngestStage(Service):
                 # event time not moved
                 ahead = guard.is_future(r.ts, item.reference)
                 v, ctx = assess(r, flags.as_of(item.reference) if ahead else flags)
-                value = v.to_json()
-                key = (v.entities.get("device") or v.request_id).encode()
+                emit = emit_all or v.verdict != "clean"
+                value = v.to_json() if emit else b""
+                key = (v.entities.get("device") or v.request_id).encode() if emit else b""
                 records = [] if ahead else records_for(r, ctx, v)
                 targets = [shard_of(rec.etype, rec.key, shards) for rec in records]
             except Exception as exc:  # noqa: BLE001 - this request is dead-lettered, the others go on
@@ -399,7 +403,8 @@ class IngestStage(Service):
                                 f"over the verdicts topic's limit of {max_verdict}", "oversized")])
                 continue
             verdicts.append(v)
-            await out.add(VERDICTS.name, value, key=key)
+            if emit:
+                await out.add(VERDICTS.name, value, key=key)
             if ahead:
                 future += 1
                 continue

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from detector.alerts import AlertSettings
 from detector.behaviour.engine import behaviour_codes
@@ -25,6 +25,7 @@ from detector.config.schema import (
     ScoringSection,
     Section,
     SettingsFile,
+    VerdictsSection,
     apply_overrides,
     check,
 )
@@ -54,6 +55,9 @@ class DetectionConfig:
     behaviour: BehaviourSettings = BehaviourSettings()
     redactor: Redactor = Redactor()  # config `redact`: credential headers and params
     event_time: EventTimeGuard = EventTimeGuard()  # config `event_time`: tolerance for events dated ahead
+    # config `verdicts.emit`: "all" writes every request's verdict, "flagged" only the
+    # suspicious and malicious ones (scoring, behaviour and metrics see every request)
+    verdicts_emit: Literal["all", "flagged"] = "all"
 
     @classmethod
     def load(cls, path: Path = DEFAULT_CONFIG, overrides: Sequence[Override] = (),
@@ -151,10 +155,13 @@ class DetectionConfig:
         except ValueError as exc:
             raise doc.error(["event_time", "max_future_s"], str(exc)) from None
 
+        ve: VerdictsSection | None = section(VerdictsSection, "verdicts")
+        verdicts_emit: Literal["all", "flagged"] = "all" if ve is None or ve.emit is None else ve.emit
+
         checked: SettingsFile = check(doc, SettingsFile, data, overrides=overrides)  # what is left: types
         _check_alias_settings(doc, checked, behaviour)
         cfg = cls(path, profiles, default, scoring, limits, alerts, catalogue, known, releases, behaviour,
-                  redactor=redactor, event_time=event_time)
+                  redactor=redactor, event_time=event_time, verdicts_emit=verdicts_emit)
         try:
             cfg.pipeline()
         except ValueError as exc:

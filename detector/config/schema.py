@@ -119,6 +119,12 @@ class EventTimeSection(Section):
     max_future_s: int | float | None = None
 
 
+class VerdictsSection(Section):
+    # all: one verdict per request (default); flagged: only suspicious and malicious
+    # ones are written (for consumers that act on flagged requests alone)
+    emit: Literal["all", "flagged"] | None = None
+
+
 class FanoutSection(Section):
     window_s: float
     threshold: int
@@ -160,6 +166,7 @@ class DetectionSettings(Section):
     scoring: ScoringSection
     alerts: AlertsSection | None = None
     event_time: EventTimeSection | None = None
+    verdicts: VerdictsSection | None = None
     behaviour: BehaviourSection | None = None  # type: ignore[valid-type]
     # agents/webhooks/config.py checks each endpoint against WebhookEndpoint
     webhooks: list[Any] | dict[str, Any] | None = None
@@ -510,4 +517,5 @@ def is_string(kind: Any) -> bool:
 
 
 __all__ = ["SettingsFile", "RuntimeSettings", "DetectionSettings", "ProfileFile", "ModelsFile", "EmulatorsFile",
-           "KnownStacksFile", "WebhookEndpoint", "Override", "apply_overrides", "check", "ALERT_ENTITY_TYPES"]
+           "KnownStacksFile", "VerdictsSection", "WebhookEndpoint", "Override", "apply_overrides", "check",
+           "ALERT_ENTITY_TYPES"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,19 @@ def test_score_prints_one_valid_verdict_per_line_in_order(tmp_path):
         v = orjson.loads(line)
         jsonschema.validate(v, VERDICT_SCHEMA)
         assert v["request_id"] == rid and v["verdict"] == "malicious"
+
+
+def test_score_writes_only_flagged_verdicts_with_verdicts_emit_flagged(tmp_path):
+    src = tmp_path / "in.jsonl"
+    detector("simulate", "--scenario", "mixed", "--count", "200", "--seed", "1", "-o", str(src))
+    every = [orjson.loads(x) for x in detector("score", str(src)).stdout.splitlines()]
+    env = {**os.environ, "DETECTOR_VERDICTS__EMIT": "flagged"}
+    res = subprocess.run([sys.executable, "-m", "agents.cli", "score", str(src)], capture_output=True, cwd=ROOT,
+                         timeout=120, env=env)
+    assert res.returncode == 0, res.stderr
+    flagged = [orjson.loads(x) for x in res.stdout.splitlines()]
+    assert len(every) == 200 and 0 < len(flagged) < 200
+    assert flagged == [v for v in every if v["verdict"] != "clean"]
 
 
 def test_score_reports_malformed_lines_with_their_number_and_exits_1(tmp_path):

@@ -147,6 +147,16 @@ def test_nested_overrides_reach_every_section(monkeypatch: pytest.MonkeyPatch) -
     assert cfg.behaviour.device_accounts.threshold == 9 and cfg.event_time.max_future_s == 60
 
 
+def test_verdicts_emit_defaults_to_all_and_takes_flagged_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_detection().verdicts_emit == "all"
+    monkeypatch.setenv("DETECTOR_VERDICTS__EMIT", "flagged")
+    assert load_detection().verdicts_emit == "flagged"
+    monkeypatch.setenv("DETECTOR_VERDICTS__EMIT", "clean")
+    with pytest.raises(ConfigError) as exc:
+        load_detection()
+    assert "verdicts.emit" in str(exc.value) and "(from DETECTOR_VERDICTS__EMIT)" in str(exc.value)
+
+
 def test_flat_runtime_names_keep_working(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DETECTOR_WEB_PORT", "7001")
     monkeypatch.setenv("DETECTOR_KAFKA_BOOTSTRAP", "kafka:9093")

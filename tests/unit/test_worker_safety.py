@@ -502,3 +502,29 @@ async def test_a_future_request_carries_the_flags_in_force_at_the_reference(stag
     (verdict,) = [orjson.loads(v) for v in out.of(VERDICTS.name)]
     assert code in [s["code"] for s in verdict["signals"]]
     assert out.of(ENTITY_EVENTS.name) == [] and sample(stage.metrics, "detector_future_events_total") == 1
+
+
+async def test_verdicts_emit_flagged_writes_no_clean_verdict_but_scores_counts_and_routes_every_request(
+        detection, profile):
+    """verdicts.emit: flagged drops only the clean verdicts from the output: the same
+    entity records go to the shards and the metrics count every request."""
+    import dataclasses
+
+    events = list(genuine(profile, 8, seed=3)) + list(private_api_library(profile, 4, seed=3))
+    batch = {TP: [msg(i, orjson.dumps(e), stamp(events)) for i, e in enumerate(events)]}
+    outs, stages = [], []
+    for emit in ("all", "flagged"):
+        st = IngestStage(load_settings(), dataclasses.replace(detection, verdicts_emit=emit),
+                         Metrics(CollectorRegistry()), loop=None)
+        out = FakeOut()
+        verdicts = await st._score_batch(batch, out)
+        st.metrics.observe_batch(verdicts, messages=len(events), now=time.time(), seconds=0.01)
+        outs.append(out)
+        stages.append(st)
+    every, flagged = ([orjson.loads(v) for v in o.of(VERDICTS.name)] for o in outs)
+    assert len(every) == len(events) and {v["verdict"] for v in every} >= {"clean", "malicious"}
+    assert flagged == [v for v in every if v["verdict"] != "clean"]
+    assert outs[0].of(ENTITY_EVENTS.name) == outs[1].of(ENTITY_EVENTS.name)
+    for level in ("clean", "malicious"):
+        counts = [sample(st.metrics, "detector_verdicts_total", verdict=level) for st in stages]
+        assert counts[0] == counts[1] == sum(v["verdict"] == level for v in every) > 0
