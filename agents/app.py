@@ -29,7 +29,7 @@ import math
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import faust
 from aiohttp import web
@@ -49,6 +49,9 @@ from agents.topics import ALERTS, CLIENT_REQUESTS_DLQ, ENTITY_EVENTS, ENTITY_FLA
 from detector.config.schema import Role
 from detector.engine import DetectionConfig
 
+if TYPE_CHECKING:
+    from agents.delivery import DeliveryStage  # imported at run time only when endpoints exist
+
 log = logging.getLogger("detector.worker")
 
 
@@ -65,7 +68,7 @@ class WorkerParts:
     link: BrokerLink
     ingest: IngestStage | None
     shard: ShardState | None
-    delivery: Any  # agents.delivery.DeliveryStage | None (imported only when endpoints exist)
+    delivery: DeliveryStage | None
 
 
 def build_app(settings: Settings, detection: DetectionConfig, metrics: Metrics | None = None) -> faust.App:
@@ -117,7 +120,7 @@ def build_app(settings: Settings, detection: DetectionConfig, metrics: Metrics |
     # Webhook delivery (agents/delivery.py), when endpoints are configured: it reads
     # `alerts` with its own consumer groups, so a slow receiver never slows detection;
     # it runs beside the shards (which raise the alerts), never on an ingest process.
-    delivery = None
+    delivery: DeliveryStage | None = None
     if role in SHARD_ROLES:
         from agents.delivery import DeliveryStage
         from agents.webhooks import load_endpoints

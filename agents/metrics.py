@@ -353,7 +353,7 @@ class Metrics:
             registry=r,
         )
         self.broker_up = Gauge(
-            "detector_broker_up", "1 while the ingest stage counts the broker as reachable (readiness), else 0",
+            "detector_broker_up", "1 while the worker counts the broker as reachable (readiness), else 0",
             registry=r,
         )
         self.broker_up.set(1)

@@ -86,8 +86,9 @@ async def test_an_ingest_and_a_shard_process_give_verdicts_and_alerts_each_doing
                for s in ("low", "medium", "high", "critical"))
     # the shard process holds the entities and raised the alerts, and never read client-requests
     assert (value(shard_text, 'detector_state_entries{state="behaviour_entities"}') or 0) > 0
+    # (at least those collected: a later revision may have been raised since)
     assert sum(value(shard_text, f'detector_alerts_total{{severity="{s}"}}') or 0
-               for s in ("low", "medium", "high", "critical")) == len(alerts)
+               for s in ("low", "medium", "high", "critical")) >= len(alerts)
     assert value(shard_text, "detector_ingest_messages_total") == 0
     assert value(shard_text, "detector_requests_total") == 0
     assert 'consumer="ingest"' not in shard_text and 'topic="client-requests"' not in shard_text

@@ -1,8 +1,9 @@
 """docker-compose.yml and the Dockerfile. No Docker engine runs here, so the compose
 file is validated with Debian's docker-compose 1.29 (`config`, which parses and
 resolves it the way `up` would) and its wiring is checked against the repository:
-mounted files exist, Prometheus scrapes the workers' metrics ports, Grafana's
-provisioning points at the mounted dashboards."""
+mounted files exist, the worker runs as one service per process role, Prometheus
+discovers every replica of both, Grafana's provisioning points at the mounted
+dashboards."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
-WORKERS = ("worker-1", "worker-2")
+# the worker's services, by the role each runs (docs/operations.md "Process roles")
+WORKERS = {"detector-ingest": "ingest", "detector-shards": "shards"}
 
 
 def compose_config(*args: str) -> str:
@@ -62,16 +64,23 @@ def test_kafka_runs_in_kraft_mode_from_the_official_image(spec):
     assert kafka["healthcheck"]["test"]
 
 
-def test_two_workers_and_the_simulator_use_the_service_image(spec):
+def test_each_role_is_a_service_of_the_one_image_and_the_simulator_uses_it_too(spec):
     services = spec["services"]
-    for name in WORKERS:
+    for name, role in WORKERS.items():
         w = services[name]
-        assert w["build"]["context"] == "." and w["command"] == ["run"]
+        assert w["build"]["context"] == "." and w["command"] == ["run", "--role", role]
         assert w["environment"]["DETECTOR_KAFKA_BOOTSTRAP"] == "kafka:9092"
         assert w["environment"]["DETECTOR_WEB_HOST"] == "0.0.0.0"
+        assert "DETECTOR_ROLE" not in w["environment"], "the role is the command's, not the shared environment's"
         assert w["depends_on"]["kafka"]["condition"] == "service_healthy"
         assert w["depends_on"]["topics"]["condition"] == "service_completed_successfully"
-    assert services["worker-1"]["environment"]["DETECTOR_APP_ID"] == services["worker-2"]["environment"]["DETECTOR_APP_ID"]
+        assert w["stop_grace_period"] == "30s"
+    # one image, one configuration: the roles differ by their command alone
+    ingest, shards = (services[n] for n in WORKERS)
+    assert {k: v for k, v in ingest.items() if k not in ("command", "ports")} == \
+        {k: v for k, v in shards.items() if k not in ("command", "ports")}
+    assert ingest["environment"]["DETECTOR_APP_ID"] == shards["environment"]["DETECTOR_APP_ID"]
+    assert not any(s.get("command", [None])[0] == "run" for n, s in services.items() if n not in WORKERS)
     sim = services["simulator"]
     assert sim["profiles"] == ["demo"]
     cmd = sim["command"]
@@ -79,12 +88,29 @@ def test_two_workers_and_the_simulator_use_the_service_image(spec):
     assert services["topics"]["command"] == ["topics", "--create"]
 
 
-def test_prometheus_scrapes_every_worker_and_grafana_is_provisioned(spec):
+def test_scaled_replicas_of_a_role_get_host_ports_of_their_own_range():
+    resolved = yaml.safe_load(compose_config())["services"]
+    ranges = []
+    for name in WORKERS:
+        (port,) = resolved[name]["ports"]
+        assert str(port["target"]) == resolved[name]["environment"]["DETECTOR_WEB_PORT"]
+        low, high = (int(p) for p in str(port["published"]).split("-"))
+        assert high > low, f"{name}: a port range, so that --scale does not collide"
+        ranges.append(range(low, high + 1))
+    assert not set(ranges[0]) & set(ranges[1])
+
+
+def test_prometheus_scrapes_every_replica_of_both_roles_and_grafana_is_provisioned(spec):
     services = spec["services"]
     prom_cfg = yaml.safe_load((ROOT / "config" / "prometheus" / "prometheus.yml").read_text())
     job = next(j for j in prom_cfg["scrape_configs"] if j["job_name"] == "detector")
-    targets = {t for sc in job["static_configs"] for t in sc["targets"]}
-    assert targets == {f"{w}:{services[w]['environment']['DETECTOR_WEB_PORT']}" for w in WORKERS}
+    # DNS discovery (Docker's DNS answers a service with every container of it), not a
+    # static list that would miss the scaled replicas
+    assert "static_configs" not in job
+    (sd,) = job["dns_sd_configs"]
+    assert set(sd["names"]) == set(WORKERS) and sd["type"] == "A"
+    assert {str(sd["port"])} == {services[w]["environment"]["DETECTOR_WEB_PORT"] for w in WORKERS}
+    assert {"source_labels": ["__meta_dns_name"], "target_label": "service"} in job["relabel_configs"]
     am = prom_cfg["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"][0]
     assert am.split(":")[0] in services
     prom_mounts = {v.split(":")[1] for v in services["prometheus"]["volumes"]}
