@@ -9,9 +9,10 @@ import asyncio
 import re
 import subprocess
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import orjson
 import pytest
@@ -32,6 +33,15 @@ def scrape(port: int) -> str:
             return body.decode()
     except OSError:
         return ""
+
+
+def ready(port: int) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        with e:
+            return e.code, e.read().decode()
 
 
 def value(text: str, series: str) -> float | None:
@@ -93,3 +103,6 @@ async def test_an_ingest_and_a_shard_process_give_verdicts_and_alerts_each_doing
     assert value(shard_text, "detector_requests_total") == 0
     assert 'consumer="ingest"' not in shard_text and 'topic="client-requests"' not in shard_text
     assert 'consumer="entity-shard"' in shard_text
+    # each is ready by its own stage: the ingest consumer polled; the shards assigned, state restored
+    assert ready(ingest_port) == (200, '{"ready":true}')
+    assert ready(shard_port) == (200, '{"ready":true}')

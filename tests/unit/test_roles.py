@@ -101,3 +101,26 @@ def test_the_shard_role_reads_the_changelog_limit_and_forgets_positions_when_the
     ingest_parts = ingest_app.detector  # type: ignore[attr-defined]
     assert "detector-behaviour-state-changelog" not in ingest_parts.link.limit_topics
     assert ingest_parts.link.on_log_lost == [] and ingest_parts.ingest.broker is ingest_parts.link.health
+
+
+class _Event:
+    def __init__(self, is_set: bool):
+        self._set = is_set
+
+    def is_set(self) -> bool:
+        return self._set
+
+
+def test_a_shard_process_is_ready_once_its_first_assignment_is_restored_and_the_broker_answers(detection):
+    from agents.app import _not_ready
+
+    app, _ = worker("shards", detection)
+    parts = app.detector  # type: ignore[attr-defined]
+    recovery = app.tables.recovery  # type: ignore[attr-defined]
+    recovery.completed = _Event(False)
+    assert "no assignment yet" in (_not_ready(app, parts) or "")
+    recovery.completed = _Event(True)
+    assert _not_ready(app, parts) is None
+    for _ in range(parts.link.health.unready_failures):
+        parts.link.failed("metadata", OSError("connection refused"))
+    assert (_not_ready(app, parts) or "").startswith("broker unreachable: ")
