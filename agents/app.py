@@ -153,6 +153,7 @@ def build_app(settings: Settings, detection: DetectionConfig, metrics: Metrics |
     # the event loop's lag (agents/looplag.py): what a flush or a batch holding it costs
     # every other coroutine of the process
     lag_sampler = LoopLagSampler(metrics.loop_lag.observe)
+    metrics.loop_lag_max.set_function(lag_sampler.recent_max)
     app.task(lag_sampler.run)
     _observe(app, s, detection, metrics, parts)
     return app

@@ -278,6 +278,12 @@ class Metrics:
             "How much later than asked a 100 ms timer of the worker's event loop woke up (the loop was held)",
             buckets=LOOP_LAG_BUCKETS, registry=r,
         )
+        self.loop_lag_max = Gauge(
+            "detector_event_loop_lag_max_seconds",
+            "The largest event-loop lag of the current and the previous 10 s window (agents/looplag.py): read "
+            "at least every 10 s, it misses no stall",
+            registry=r,
+        )
         self.batch_size = Histogram(
             "detector_batch_requests", "Requests per ingest batch",
             buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000, 10000), registry=r,
@@ -294,6 +300,16 @@ class Metrics:
         self.state_writes = PromCounter(
             "detector_state_writes_total", "Behaviour state buckets written to the changelog (one record each)",
             registry=r,
+        )
+        self.shard_lag = Gauge(
+            "detector_entity_shard_lag_seconds",
+            "Wall clock minus the Kafka timestamp (the ingest stage's publication) of the entity envelope the "
+            "shards of this worker processed last: how far behaviour state runs behind the verdicts",
+            registry=r,
+        )
+        self.shard_envelopes = PromCounter(
+            "detector_entity_envelopes_total",
+            "Entity envelopes the shards of this worker have processed (observed, or dead-lettered)", registry=r,
         )
         self.late_records = PromCounter(
             "detector_late_records_total", "Records older than the allowed lateness, left out of behaviour state",
@@ -437,6 +453,12 @@ class Metrics:
         if state not in STATE_NAMES:
             raise ValueError(f"unknown state {state!r}: add it to STATE_NAMES (a closed set)")
         self.state_entries.labels(state).set_function(size)
+
+    def envelope_lag(self, ts: object, now: float) -> None:
+        """The shards start on an envelope whose Kafka timestamp is `ts` (seconds, as
+        Faust gives it; none or not a time: the gauge stays)."""
+        if isinstance(ts, (int, float)) and not isinstance(ts, bool) and ts > 0:
+            self.shard_lag.set(max(0.0, now - ts))
 
     def observe_batch(self, verdicts: Sequence[Verdict], *, messages: int, now: float, seconds: float) -> None:
         """Everything one ingest batch adds: per-batch aggregates (a Counter over the

@@ -305,6 +305,7 @@ class ShardProcessor:
         self.logs = LogLimiter(log, on_suppressed=metrics.suppressed_logs.inc)
 
     async def process(self, event: Any) -> None:
+        self.metrics.envelope_lag(getattr(event.message, "timestamp", None), time.time())
         try:
             await self._process(event)
         except Exception as exc:  # noqa: BLE001 - last resort: this envelope, never the agent
@@ -319,6 +320,7 @@ class ShardProcessor:
             except Exception as exc1:  # noqa: BLE001
                 log.error("dead-lettering envelope %s[%d]@%d failed: %s", ENTITY_EVENTS.name, p, offset,
                           type(exc1).__name__)
+        self.metrics.shard_envelopes.inc()
 
     async def _process(self, event: Any) -> None:
         p, offset = event.message.partition, event.message.offset

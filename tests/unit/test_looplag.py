@@ -57,3 +57,29 @@ async def test_samples_reach_the_histogram_and_the_run_stops_when_cancelled() ->
 def test_the_interval_must_be_positive() -> None:
     with pytest.raises(ValueError):
         LoopLagSampler(lambda _: None, interval_s=0)
+
+
+async def test_the_recent_max_covers_the_current_and_previous_window_then_forgets() -> None:
+    metrics = Metrics(CollectorRegistry())
+    clock = Clock()  # starts at 1000.0: the start of a 10 s window
+    sampler = LoopLagSampler(metrics.loop_lag.observe, interval_s=0.1, clock=clock, sleep=clock.sleep, window_s=10.0)
+    metrics.loop_lag_max.set_function(sampler.recent_max)
+    assert sampler.recent_max() == 0.0  # nothing sampled yet
+    clock.holds = [0.3]
+    await sampler.sample()  # ends at 1000.4, window [1000, 1010)
+    for _ in range(20):
+        await sampler.sample()  # idle samples up to 1002.5
+    assert metrics.registry.get_sample_value("detector_event_loop_lag_max_seconds") == pytest.approx(0.3)
+    clock.now = 1012.0  # the next window: the stall is in the previous one
+    assert sampler.recent_max() == pytest.approx(0.3)
+    clock.holds = [0.02]
+    await sampler.sample()  # a smaller stall in the new window
+    assert sampler.recent_max() == pytest.approx(0.3)
+    clock.now = 1021.0  # two windows on: the 0.3 s stall is forgotten, the 0.02 s one is previous
+    assert sampler.recent_max() == pytest.approx(0.02)
+    clock.now = 1035.0  # no sample for two windows
+    assert sampler.recent_max() == 0.0
+    clock.holds = [0.01]
+    await sampler.sample()  # a sample after a gap: the window before it had none
+    assert sampler.recent_max() == pytest.approx(0.01)
+    assert sampler.max_s == pytest.approx(0.3)

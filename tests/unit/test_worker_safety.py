@@ -528,3 +528,20 @@ async def test_verdicts_emit_flagged_writes_no_clean_verdict_but_scores_counts_a
     for level in ("clean", "malicious"):
         counts = [sample(st.metrics, "detector_verdicts_total", verdict=level) for st in stages]
         assert counts[0] == counts[1] == sum(v["verdict"] == level for v in every) > 0
+
+
+async def test_the_shards_export_how_far_behind_they_run_and_how_many_envelopes_they_processed(detection, profile):
+    # detector_entity_shard_lag_seconds: wall clock minus the envelope's Kafka timestamp
+    # (the ingest's publication); detector_entity_envelopes_total counts every envelope,
+    # a dead-lettered one too (the bench waits for the shards to have caught up by it)
+    stage = IngestStage(load_settings(), detection, Metrics(CollectorRegistry()), loop=None)
+    (p, value), *_ = await envelopes_of(stage, list(genuine(profile, 20, seed=3)))
+    proc, shard, sent, _ = shard_setup(detection)
+    event = FakeEvent(p, 0, value)
+    event.message.timestamp = time.time() - 7.5  # published 7.5 s ago
+    await proc.process(event)
+    assert 7.5 <= sample(proc.metrics, "detector_entity_shard_lag_seconds") < 60
+    assert sample(proc.metrics, "detector_entity_envelopes_total") == 1
+    await proc.process(FakeEvent(p, 1, b"not an envelope"))  # dead-lettered, counted; its timestamp is now
+    assert sample(proc.metrics, "detector_entity_envelopes_total") == 2
+    assert sample(proc.metrics, "detector_entity_shard_lag_seconds") < 7.5
