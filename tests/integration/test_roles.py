@@ -103,6 +103,9 @@ async def test_an_ingest_and_a_shard_process_give_verdicts_and_alerts_each_doing
     assert value(shard_text, "detector_requests_total") == 0
     assert 'consumer="ingest"' not in shard_text and 'topic="client-requests"' not in shard_text
     assert 'consumer="entity-shard"' in shard_text
+    # both sample their event loop's lag (the bench reads each process's)
+    assert (value(ingest_text, "detector_event_loop_lag_seconds_count") or 0) > 0
+    assert (value(shard_text, "detector_event_loop_lag_seconds_count") or 0) > 0
     # each is ready by its own stage: the ingest consumer polled; the shards assigned, state restored
     assert ready(ingest_port) == (200, '{"ready":true}')
     assert ready(shard_port) == (200, '{"ready":true}')
