@@ -8,6 +8,7 @@ are committed only after the broker acknowledged every output of the batch
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 import zlib
@@ -344,6 +345,22 @@ class IngestStage(Service):
                                   partition, offset, r.index, r.code, log_text(r.reason, self.redactor))
 
     async def _score_batch(self, batches: dict[Any, list[Any]], out: BatchPublisher) -> list[Verdict]:
+        """`_decode_and_score` with Python's cyclic collector held off (setting
+        ingest_gc_hold): a batch allocates some 10^5 containers that almost all die by
+        reference counting, yet each young collection during it traverses every live
+        request of the batch (3.4-6.0 of ~93 us per request). Bounded: the hold lasts one
+        batch, allocations still count, so the first allocation after it collects if
+        the young generation is over its threshold; a worker's RSS stays flat."""
+        hold = self.settings.ingest_gc_hold and gc.isenabled()
+        if hold:
+            gc.disable()
+        try:
+            return await self._decode_and_score(batches, out)
+        finally:
+            if hold:
+                gc.enable()
+
+    async def _decode_and_score(self, batches: dict[Any, list[Any]], out: BatchPublisher) -> list[Verdict]:
         """Decode every message, score every request, publish verdicts (all, or the
         flagged ones: config `verdicts.emit`), envelopes and dead letters into `out`
         (nothing is committed before `out` is flushed); returns the verdicts of every

@@ -49,6 +49,9 @@ class RuntimeSettings(Section):
     heartbeat_interval_s: float = Field(3, gt=0)
     ingest_max_records: int = Field(5000, gt=0)
     ingest_poll_timeout_ms: int = Field(100, ge=0)
+    # Python's cyclic GC held off while the ingest stage decodes and scores a batch
+    # (re-enabled after it; agents/ingest.py). false: the collector runs throughout.
+    ingest_gc_hold: bool = True
     topic_partitions: int = Field(4, gt=0)
     state_flush_interval_s: float = Field(2.0, gt=0)  # behaviour state snapshot cadence
     # SIGTERM/SIGINT: the graceful stop gets this long, then the process exits anyway

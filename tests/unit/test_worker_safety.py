@@ -545,3 +545,33 @@ async def test_the_shards_export_how_far_behind_they_run_and_how_many_envelopes_
     await proc.process(FakeEvent(p, 1, b"not an envelope"))  # dead-lettered, counted; its timestamp is now
     assert sample(proc.metrics, "detector_entity_envelopes_total") == 2
     assert sample(proc.metrics, "detector_entity_shard_lag_seconds") < 7.5
+
+
+@pytest.mark.parametrize("hold", [True, False])
+async def test_the_collector_is_held_off_for_one_batch_only_and_back_after_a_failure(detection, events, hold):
+    import gc
+
+    stage = IngestStage(load_settings(ingest_gc_hold=hold), detection, Metrics(CollectorRegistry()), loop=None)
+    seen: list[bool] = []
+    real = stage._decode_and_score
+
+    async def spy(batches: Any, out: Any) -> Any:
+        seen.append(gc.isenabled())
+        if len(seen) == 2:
+            raise RuntimeError("a batch that fails")
+        return await real(batches, out)
+
+    stage._decode_and_score = spy  # type: ignore[method-assign]
+    batch = {TP: [msg(1, orjson.dumps(events[0]), stamp(events))]}
+    assert gc.isenabled()
+    assert len(await stage._score_batch(batch, FakeOut())) == 1
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError):
+        await stage._score_batch(batch, FakeOut())
+    assert gc.isenabled() and seen == [not hold, not hold]
+    gc.disable()  # a collector someone else turned off stays off
+    try:
+        await stage._score_batch({TP: []}, FakeOut())
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
