@@ -44,7 +44,7 @@ from agents.looplag import LoopLagSampler
 from agents.metrics import FaustSensor, LabelSets, Metrics, webhook_endpoint_names
 from agents.records import INGEST_MAX_REQUEST_SIZE, RecordLimits
 from agents.settings import Settings
-from agents.shards import ShardProcessor, ShardState
+from agents.shards import KafkaChangelog, ShardProcessor, ShardState
 from agents.topics import ALERTS, CLIENT_REQUESTS_DLQ, ENTITY_EVENTS, ENTITY_FLAGS, TopicLimits, partitions_of
 from detector.config.schema import Role
 from detector.engine import DetectionConfig
@@ -167,14 +167,18 @@ def _shard_part(app: faust.App, s: Settings, detection: DetectionConfig, metrics
     flags_topic = app.topic(ENTITY_FLAGS.name, value_serializer="raw", key_serializer="raw")
     alerts_topic = app.topic(ALERTS.name, value_serializer="raw", key_serializer="raw")
     behaviour = detection.behaviour
-    # Durable behaviour state: one table key per (partition, bucket), written in bulk
-    # (only the buckets changed since the last flush) through Faust's changelog.
+    # Durable behaviour state: Faust's table restores it from its changelog; the shards
+    # write that changelog themselves, incrementally (one record per changed entity and
+    # a meta record per partition at each flush, agents/shards.py), through their own
+    # producer's batch API.
     state_table = app.Table("behaviour-state", default=None, key_type=str, value_type=bytes, partitions=n_shards)
     dlq_topic = app.topic(CLIENT_REQUESTS_DLQ.name, value_serializer="raw", key_serializer="raw")
     changelog = state_table.changelog_topic.get_topic_name()
     faust_max_request = int(app.conf.producer_max_request_size)
+    changelog_writer = KafkaChangelog(s.kafka_bootstrap, changelog, f"{s.app_id}-shard-state")
     shard = ShardState(behaviour, detection, state_table, metrics, s.state_flush_interval_s,
-                       RecordLimits.of(TopicLimits(), INGEST_MAX_REQUEST_SIZE, faust_max_request, changelog))
+                       RecordLimits.of(TopicLimits(), INGEST_MAX_REQUEST_SIZE, faust_max_request, changelog),
+                       changelog=changelog_writer)
     link.on_log_lost.append(shard.forget_positions)  # a restarted memory-only broker (H6)
 
     def limits_read(topics: TopicLimits) -> None:  # the link reads every output topic's max.message.bytes at start
@@ -252,6 +256,7 @@ def _shard_part(app: faust.App, s: Settings, detection: DetectionConfig, metrics
         # process before anything is committed.
         await drain_buffer("at stop")
         await shard.settle()
+        await changelog_writer.stop()
 
     return shard
 

@@ -298,7 +298,13 @@ class Metrics:
         self.state_entities = self.state_entries.labels("behaviour_entities")
         self.flagged_entities = self.state_entries.labels("flagged_entities")
         self.state_writes = PromCounter(
-            "detector_state_writes_total", "Behaviour state buckets written to the changelog (one record each)",
+            "detector_state_writes_total",
+            "Behaviour state records written to the changelog (changed entities, tombstones, meta records)",
+            registry=r,
+        )
+        self.state_evictions = PromCounter(
+            "detector_state_evictions_total",
+            "Behaviour entities evicted at max_entities (flagged and alerting ones last, then the least recently seen)",
             registry=r,
         )
         self.shard_lag = Gauge(

@@ -1,6 +1,7 @@
 """The entity shards of the worker: the behaviour engines of the shard partitions this
-worker owns (state restored from and flushed to the Faust table in bulk), and what the
-entity-shard agent does with one envelope (flags, alert revisions, dead letters)."""
+worker owns (state restored from the Faust table's changelog, written to it
+incrementally), and what the entity-shard agent does with one envelope (flags, alert
+revisions, dead letters)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from agents.metrics import Metrics
 from agents.records import (
@@ -26,6 +27,7 @@ from agents.topics import ENTITY_EVENTS, TopicLimits
 from detector.behaviour.engine import BehaviourEngine, Output
 from detector.behaviour.flags import encode_update
 from detector.behaviour.records import EntityRecord, decode_envelope
+from detector.behaviour.store import changelog_key, entity_table_key, meta_table_key, parse_table_key
 from detector.decode import Rejection
 from detector.engine import DetectionConfig
 
@@ -33,6 +35,71 @@ log = logging.getLogger("detector.worker")
 
 # sends a flag update or alert again; returns the future of its acknowledgement
 Resend = Callable[[], Awaitable[object]]
+# A changelog record: key, value (None: a tombstone)
+StateRecord = tuple[bytes, bytes | None]
+
+# Entities encoded and handed to the producer per step of a flush, the event loop
+# served between steps: a step costs ~2-4 ms, whatever the state held or changed.
+FLUSH_STEP = 500
+
+
+class ChangelogWriter(Protocol):
+    """Writes state records to one partition of the behaviour-state changelog (the
+    Faust table's changelog topic, which the table restores from)."""
+
+    async def write(self, partition: int, records: Sequence[StateRecord]) -> Awaitable[object]:
+        """Hand the records to the producer, in order; returns the awaitable of their
+        acknowledgement by the broker (raising if any was refused)."""
+        ...
+
+
+class KafkaChangelog:
+    """ChangelogWriter over its own aiokafka producer and its batch API (about 4x
+    cheaper per record than a send each: agents/publish.py), started on first use."""
+
+    def __init__(self, bootstrap: str, topic: str, client_id: str, max_request_size: int = INGEST_MAX_REQUEST_SIZE):
+        self.topic = topic
+        self._config: dict[str, Any] = dict(bootstrap_servers=bootstrap, client_id=client_id, acks="all",
+                                            linger_ms=5, max_batch_size=512 * 1024,
+                                            max_request_size=max_request_size)
+        self._producer: Any = None
+        self._started: asyncio.Future[None] | None = None
+        self.records = 0
+        self.bytes = 0
+
+    async def _start(self) -> Any:
+        if self._started is None:
+            from aiokafka import AIOKafkaProducer
+
+            # created here, in the worker's running loop (aiokafka requires one)
+            self._producer = AIOKafkaProducer(**self._config)
+            self._started = asyncio.ensure_future(self._producer.start())
+        await asyncio.shield(self._started)
+        return self._producer
+
+    async def write(self, partition: int, records: Sequence[StateRecord]) -> Awaitable[object]:
+        producer = await self._start()
+        futures: list[asyncio.Future[Any]] = []
+        batch = producer.create_batch()
+        for key, value in records:
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                batch.close()
+                futures.append(await producer.send_batch(batch, self.topic, partition=partition))
+                batch = producer.create_batch()
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    raise ValueError(f"a state record of {len(value or b'')} bytes does not fit in a producer batch")
+            self.records += 1
+            self.bytes += len(key) + len(value or b"")
+        batch.close()
+        futures.append(await producer.send_batch(batch, self.topic, partition=partition))
+        return asyncio.gather(*futures)
+
+    async def stop(self) -> None:
+        if self._started is not None:
+            try:
+                await self._started
+            finally:
+                await self._producer.stop()
 
 
 async def _no_resend() -> object:
@@ -43,31 +110,46 @@ def _offset(event: Any) -> int:
     return int(event.message.offset)
 
 
+def _store(table: Any) -> MutableMapping[Any, Any]:
+    """The dict behind the table's store (Faust's memory store keeps it as `.data`)."""
+    data = table.data
+    inner = getattr(data, "data", None)
+    return inner if isinstance(inner, MutableMapping) else data
+
+
 class ShardState:
     """The behaviour engines of the shard partitions this worker owns, restored from
-    the state table on first use and flushed to it in bulk."""
+    the state table on first use and written to its changelog incrementally: each
+    flush writes the entities changed since the last one (a tombstone for one
+    evicted) and the partition's meta record, a bounded step at a time."""
 
     def __init__(self, behaviour: Any, detection: DetectionConfig, table: Any, metrics: Metrics, interval: float,
-                 limits: RecordLimits | None = None):
+                 limits: RecordLimits | None = None, changelog: ChangelogWriter | None = None):
         self.behaviour = behaviour
         self.detection = detection
         self.table = table
         self.metrics = metrics
         self.interval = interval
+        self.changelog = changelog
         self.engines: dict[int, BehaviourEngine] = {}
         self.pending: dict[int, list[Any]] = defaultdict(list)
         # deliveries (flag updates, alerts) sent from a partition's envelopes since its
-        # last flush: its envelopes are acknowledged only once these and the snapshot
-        # that includes them were acknowledged by the broker
+        # last flush: its envelopes are acknowledged only once these and the state
+        # records that include them were acknowledged by the broker
         # (the future of its acknowledgement, how to send it again if it fails)
         self.outputs: dict[int, list[tuple[Awaitable[Any], Resend]]] = defaultdict(list)
         self.deliveries: set[asyncio.Task[bool]] = set()  # flushes waiting for the broker
-        # the last flush of each partition still waiting: a partition's flushes
-        # acknowledge in order, each after the one before it
+        # the last flush of each partition still waiting: a partition's flushes write
+        # and acknowledge in order, each after the one before it
         self.in_flight: dict[int, asyncio.Task[bool]] = {}
         self.last_flush: dict[int, float] = {}
-        # record limits of what the shards write (Kafka's defaults until the ingest
-        # stage read the topics' own at start, see build_app)
+        # keys of the previous release's bucket snapshots migrated (as the changelog
+        # carries them): tombstoned at the next flush
+        self.legacy: dict[int, list[bytes]] = defaultdict(list)
+        self.forgot: set[int] = set()  # partitions whose stored positions were forgotten before loading
+        self.restore_seconds: dict[int, float] = {}
+        # record limits of what the shards write (Kafka's defaults until the topics'
+        # own were read at start, see build_app)
         self.limits = limits or RecordLimits.of(TopicLimits(), INGEST_MAX_REQUEST_SIZE, FAUST_MAX_REQUEST_SIZE, "")
 
     def engine(self, p: int) -> BehaviourEngine:
@@ -75,26 +157,82 @@ class ShardState:
         if engine is None:
             d = self.detection
             engine = self.engines[p] = BehaviourEngine(self.behaviour, d.alerts, d.scoring.weight_of)
-            restored = stale = 0
-            for b in range(self.behaviour.buckets):
-                key = f"{p}:{b}"
-                # keys restored from the changelog may come back as bytes (raw key codec)
-                raw = self.table.data.get(key) or self.table.data.get(key.encode())
-                if raw:
-                    try:
-                        if engine.load_bucket(b, raw):
-                            restored += 1
-                        else:
-                            stale += 1
-                    except Exception as exc:  # noqa: BLE001 - a corrupt snapshot must not stop the shard
-                        engine.buckets[b] = type(engine.buckets[b])()
-                        self.metrics.internal_errors.labels("entity-shard").inc()
-                        log.error("shard %d: state bucket %d of %d bytes cannot be restored (%s): starting it empty",
-                                  p, b, len(raw), type(exc).__name__)
-            log.info("shard %d: restored %d state buckets (%d entities)%s", p, restored, engine.entity_count(),
-                     f", discarded {stale} of another state version" if stale else "")
+            self._restore(p, engine)
             self.last_flush[p] = time.monotonic()
         return engine
+
+    def _restore(self, p: int, engine: BehaviourEngine) -> None:
+        """Load partition p's records from the table (restored by Faust from the
+        changelog), then drop them from the table: the engine holds them now (the
+        same bytes, not a second copy). The previous release's bucket snapshots are
+        migrated first; this release's records override them."""
+        started = time.perf_counter()
+        store = _store(self.table)
+        prefix = f"{p}:"
+        legacy: list[tuple[Any, int, bytes]] = []
+        meta: tuple[Any, bytes] | None = None
+        entities: list[tuple[Any, str, bytes]] = []
+        for key in list(store):
+            name = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
+            if not name.startswith(prefix):
+                continue
+            parsed = parse_table_key(name)
+            value = store.get(key)
+            if parsed is None or not isinstance(value, bytes):
+                continue
+            if parsed.kind == "legacy":
+                legacy.append((key, int(parsed.name), value))
+            elif parsed.kind == "meta":
+                meta = (key, value)
+            else:
+                entities.append((key, parsed.name, value))
+        migrated = discarded = broken = 0
+        for key, b, value in legacy:
+            try:
+                taken = engine.load_legacy_bucket(b, value)
+            except Exception as exc:  # noqa: BLE001 - a corrupt snapshot must not stop the shard
+                broken += 1
+                log.error("shard %d: previous-release state bucket %d of %d bytes cannot be migrated (%s)",
+                          p, b, len(value), type(exc).__name__)
+                taken = -1
+            if taken < 0:
+                discarded += 1
+            else:
+                migrated += taken
+            self.legacy[p].append(changelog_key(key.decode() if isinstance(key, bytes) else str(key)))
+        if meta is not None:
+            try:
+                if not engine.load_meta(meta[1]):
+                    log.warning("shard %d: state meta record of another layout or state version: discarded", p)
+            except Exception as exc:  # noqa: BLE001
+                broken += 1
+                log.error("shard %d: state meta record cannot be read (%s): starting its bookkeeping empty", p,
+                          type(exc).__name__)
+        restored = stale = 0
+        for _, ekey, value in entities:
+            if engine.load_entity(ekey, value):
+                restored += 1
+            else:
+                stale += 1
+        for key, *_ in (*legacy, *entities):
+            store.pop(key, None)
+        if meta is not None:
+            store.pop(meta[0], None)
+        key_partition = getattr(self.table.data, "_key_partition", None)
+        if isinstance(key_partition, MutableMapping):
+            for key, *_ in (*legacy, *entities):
+                key_partition.pop(key, None)
+        if p in self.forgot:
+            self.forgot.discard(p)
+            engine.forget_positions()
+        if broken:
+            self.metrics.internal_errors.labels("entity-shard").inc(broken)
+        elapsed = time.perf_counter() - started
+        self.restore_seconds[p] = elapsed
+        log.info("shard %d: restored %d entities in %.2f s%s%s", p, restored, elapsed,
+                 f", discarded {stale} of another state version" if stale else "",
+                 f"; migrated {migrated} entities from {len(legacy)} previous-release buckets"
+                 f"{f' ({discarded} discarded)' if discarded else ''}" if legacy else "")
 
     def hold(self, p: int, event: Any) -> None:
         self.pending[p].append(event)
@@ -116,11 +254,13 @@ class ShardState:
             if self.pending[p] and now - self.last_flush.get(p, 0.0) >= self.interval:
                 self.flush(p)
 
-    def flush(self, p: int, everything: bool = False) -> None:
-        """Send the changed buckets of partition p (every bucket, with `everything`) to
-        the changelog, then acknowledge the envelopes they include once the broker
-        acknowledged those writes and the envelopes' flag updates and alerts. A bounded
-        number of writes: at most `buckets`.
+    def flush(self, p: int) -> None:
+        """Write what partition p changed since its last flush (the entities, then the
+        meta record) to the changelog, then acknowledge the envelopes it includes once
+        the broker acknowledged those writes and the envelopes' flag updates and
+        alerts. The cut is taken now (the envelopes held, the entities changed); the
+        writes run as a task, a bounded step at a time, after the partition's previous
+        flush, so no flush holds the event loop for long.
 
         Acknowledged means persisted: Faust commits acknowledged offsets, and its own
         flush before a commit returns as soon as one buffered message waits over 0.1 s
@@ -130,46 +270,20 @@ class ShardState:
         rebalance)."""
         engine = self.engines.get(p)
         outputs = self.outputs.pop(p, [])
-        sent: list[Awaitable[Any]] = [fut for fut, _ in outputs]
-        written_buckets: list[int] = []
+        keys, meta = engine.take_changes() if engine is not None else ([], None)
         if engine is not None:
-            written = 0
-            buckets = list(range(len(engine.buckets))) if everything else sorted(engine.dirty)
-            engine.dirty.clear()
-            for b in buckets:
-                try:
-                    raw = engine.dump_bucket(b)
-                except Exception as exc:  # noqa: BLE001 - one bucket must not stop the flush (or the shard)
-                    self.metrics.internal_errors.labels("entity-shard").inc()
-                    log.error("shard %d: state bucket %d cannot be serialised (%s): not persisted", p, b,
-                              type(exc).__name__)
-                    continue
-                key = f"{p}:{b}"
-                self.table.data[key] = raw
-                if len(raw) + len(key) > self.limits.state:
-                    # bucket contents are bounded (detector/behaviour/engine.py): never
-                    # expected; an oversized record would fail in the producer, so it
-                    # is kept in memory only (a restart or rebalance loses this bucket)
-                    self.metrics.oversized_records.labels("state").inc()
-                    log.error("shard %d: state bucket %d is %d bytes, over the changelog limit of %d bytes: "
-                              "not persisted", p, b, len(raw), self.limits.state)
-                    continue
-                fut = self.table.send_changelog(p, key, raw)
-                if isinstance(fut, Awaitable):
-                    sent.append(fut)
-                written_buckets.append(b)
-                written += 1
-            if written:
-                self.metrics.state_writes.inc(written)
             self.metrics.state_entities.set(sum(e.entity_count() for e in self.engines.values()))
+            self.metrics.state_evictions.inc(engine.evicted)
+            engine.evicted = 0
+        legacy = self.legacy.pop(p, [])
         events = self.pending.pop(p, [])
         self.last_flush[p] = time.monotonic()
         before = self.in_flight.get(p)
-        if not sent and before is None:
+        if not keys and meta is None and not legacy and not outputs and before is None:
             self._ack(p, events)
             return
         task = asyncio.get_running_loop().create_task(
-            self._ack_when_delivered(p, before, outputs, sent[len(outputs):], written_buckets, events))
+            self._write_and_ack(p, before, engine, keys, meta, legacy, outputs, events))
         self.in_flight[p] = task
         self.deliveries.add(task)
         task.add_done_callback(lambda t: self._done(p, t))
@@ -179,36 +293,96 @@ class ShardState:
         if self.in_flight.get(p) is task:
             del self.in_flight[p]
 
-    async def _ack_when_delivered(self, p: int, before: asyncio.Task[bool] | None,
-                                  outputs: list[tuple[Awaitable[Any], Resend]], writes: list[Awaitable[Any]],
-                                  buckets: list[int], events: list[Any]) -> bool:
-        """Acknowledge `events` once the previous flush of p did and every output and
-        write of this one was acknowledged; whether it did. After a failure (here or in
-        the flush before) nothing later of p is acknowledged before the next flush."""
+    async def _write(self, p: int, engine: BehaviourEngine | None, keys: list[tuple[str, int]], meta: bytes | None,
+                     legacy: list[bytes]) -> list[Awaitable[object]]:
+        """Hand partition p's changed entities, the tombstones of its migrated legacy
+        snapshots and its meta record (last) to the changelog; the acknowledgements."""
+        acks: list[Awaitable[object]] = []
+        writer = self.changelog
+        if writer is None or engine is None:
+            return acks
+        limit = self.limits.state
+        written = 0
+        for i in range(0, len(keys), FLUSH_STEP):
+            records: list[StateRecord] = []
+            for ekey, b in keys[i:i + FLUSH_STEP]:
+                key = changelog_key(entity_table_key(p, ekey))
+                try:
+                    blob = engine.encoded(ekey, b)
+                except Exception as exc:  # noqa: BLE001 - one entity must not stop the flush (or the shard)
+                    self.metrics.internal_errors.labels("entity-shard").inc()
+                    log.error("shard %d: the state of an entity cannot be serialised (%s): not persisted", p,
+                              type(exc).__name__)
+                    continue
+                if blob is not None and len(blob) + len(key) > limit:
+                    # entity state is bounded (ENTITY_STATE_MAX_BYTES): never expected;
+                    # an oversized record would fail in the producer, so it is kept in
+                    # memory only (a restart or rebalance loses this entity)
+                    self.metrics.oversized_records.labels("state").inc()
+                    log.error("shard %d: an entity's state is %d bytes, over the changelog limit of %d bytes: "
+                              "not persisted", p, len(blob), limit)
+                    continue
+                records.append((key, blob))
+            if records:
+                acks.append(await writer.write(p, records))
+                written += len(records)
+            await asyncio.sleep(0)  # the event loop's turn between steps
+        tail: list[StateRecord] = [(key, None) for key in legacy]
+        if meta is not None:
+            key = changelog_key(meta_table_key(p))
+            if len(key) + len(meta) > limit:  # bounded (META_MAX_BYTES): never expected
+                self.metrics.oversized_records.labels("state").inc()
+                log.error("shard %d: the state meta record is %d bytes, over the changelog limit of %d bytes: "
+                          "not persisted", p, len(meta), limit)
+            else:
+                tail.append((key, meta))
+        if tail:
+            acks.append(await writer.write(p, tail))
+            written += len(tail)
+        if written:
+            self.metrics.state_writes.inc(written)
+        return acks
+
+    async def _write_and_ack(self, p: int, before: asyncio.Task[bool] | None, engine: BehaviourEngine | None,
+                             keys: list[tuple[str, int]], meta: bytes | None, legacy: list[bytes],
+                             outputs: list[tuple[Awaitable[Any], Resend]], events: list[Any]) -> bool:
+        """After the partition's previous flush: write, then acknowledge `events` once
+        every output and write of this flush was acknowledged; whether it did. After a
+        failure (here or in the flush before) nothing later of p is acknowledged before
+        the next flush."""
         ok_before = True
-        if before is not None:  # the partition's previous flush acknowledges first
+        if before is not None:  # the partition's previous flush writes and acknowledges first
             await asyncio.wait({before})
             ok_before = not before.cancelled() and before.exception() is None and before.result()
+        write_error: BaseException | None = None
+        writes: list[Awaitable[object]] = []
+        try:
+            writes = await self._write(p, engine, keys, meta, legacy)
+        except Exception as exc:  # noqa: BLE001 - not written: written again at the next flush
+            write_error = exc
         out_results = await asyncio.gather(*(fut for fut, _ in outputs), return_exceptions=True)
         write_results = await asyncio.gather(*writes, return_exceptions=True)
         failed_out = [(o, r) for o, r in zip(outputs, out_results) if isinstance(r, BaseException)]
         failed_writes = [r for r in write_results if isinstance(r, BaseException)]
+        if write_error is not None:
+            failed_writes.append(write_error)
         if ok_before and not failed_out and not failed_writes:
             self._ack(p, events)
             return True
-        # not acknowledged: refused outputs are sent again and the buckets written again
-        # at the next flush, and the envelopes wait for it, in offset order (released
-        # meanwhile, they are read again by the next owner)
+        # not acknowledged: refused outputs are sent again and the entities written
+        # again at the next flush, and the envelopes wait for it, in offset order
+        # (released meanwhile, they are read again by the next owner)
         if failed_out or failed_writes:
             self.metrics.internal_errors.labels("entity-shard").inc()
             first = (failed_out[0][1] if failed_out else failed_writes[0])
             log.error("shard %d: %d of %d writes not acknowledged by the broker (%s): sent again at the next "
                       "flush, the envelopes they cover wait for it", p, len(failed_out) + len(failed_writes),
                       len(outputs) + len(writes), type(first).__name__)
-        engine = self.engines.get(p)
-        if engine is None:
+        if self.engines.get(p) is not engine or engine is None:
             return False
-        engine.dirty.update(buckets)
+        if failed_writes or not ok_before:
+            engine.mark_changed(keys)
+            self.legacy[p].extend(legacy)
         for (_, resend), _exc in failed_out:
             try:
                 fut = await resend()
@@ -238,43 +412,28 @@ class ShardState:
         return not pending
 
     def release(self, partitions: set[int]) -> None:
-        """A rebalance takes these partitions away: a complete snapshot for the next
-        owner, which may start reading the changelog after earlier partial flushes."""
+        """A rebalance takes these partitions away: their last changes are written for
+        the next owner (the changelog holds every earlier one)."""
         for p in sorted(partitions):
             if p in self.engines:
-                self.flush(p, everything=True)
+                self.flush(p)
                 del self.engines[p]
                 log.info("shard %d: released", p)
 
     def forget_positions(self) -> None:
         """The broker lost its log (agents/brokerwatch.py: a restarted memory-only
         broker): offsets start again from 0, so the input positions the state holds
-        (each bucket's envelope offset, the source marks that skip re-sent records)
+        (the source marks that skip re-sent records, each entity's envelope offset)
         belong to a log that is gone and would make the shards skip the new one. Forget
-        them, in the engines and in the table's snapshots; the entities' state stays."""
-        scratch: BehaviourEngine | None = None
+        them, in the engines and in the partitions not loaded yet (when they load); the
+        entities' state stays."""
         reset = 0
         for engine in self.engines.values():
-            for b, bucket in enumerate(engine.buckets):
-                if bucket.offset >= 0 or bucket.marks:
-                    bucket.offset, bucket.marks = -1, {}
-                    engine.dirty.add(b)
-                    reset += 1
-        owned = {f"{p}:" for p in self.engines}
-        for key in list(self.table.data):
-            name = key.decode() if isinstance(key, bytes) else str(key)
-            if any(name.startswith(prefix) for prefix in owned):
-                continue  # rewritten from the engine at its next flush
-            raw = self.table.data[key]
-            if not raw or ":" not in name:
-                continue
-            d = self.detection
-            scratch = scratch or BehaviourEngine(self.behaviour, d.alerts, d.scoring.weight_of)
-            b = int(name.split(":", 1)[1])
-            if b < len(scratch.buckets) and scratch.load_bucket(b, raw):
-                scratch.buckets[b].offset, scratch.buckets[b].marks = -1, {}
-                self.table.data[key] = scratch.dump_bucket(b)
-                reset += 1
+            reset += engine.forget_positions()
+        for key in list(_store(self.table)):
+            parsed = parse_table_key(key if isinstance(key, (bytes, str)) else str(key))
+            if parsed is not None and parsed.partition not in self.engines:
+                self.forgot.add(parsed.partition)  # forgotten when it loads (BehaviourEngine.forget_positions)
         log.warning("shard state: forgot the input positions of %d state buckets (the broker lost its log)", reset)
 
 

@@ -67,7 +67,7 @@ from detector.simulate import mixed, resign
 
 LATENCY_METRIC = "detector_end_to_end_latency_seconds"
 LOOP_LAG_METRIC = "detector_event_loop_lag_seconds"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout holding agents/ and detector/
 ROLES = ("split", "all")
 SCRAPE_INTERVAL_S = 0.5
 LOOP_LAG_WINDOWS_S = 20.0  # what one reading of detector_event_loop_lag_max_seconds covers at most

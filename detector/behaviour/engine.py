@@ -1,19 +1,30 @@
-"""The behaviour engine of one shard: per-entity state in compact in-process
-structures, the detectors of each entity type, flags with an event-time TTL, and the
-entity alerts.
+"""The behaviour engine of one shard: per-entity state, the detectors of each entity
+type, flags with an event-time TTL, and the entity alerts.
 
-State is split into `buckets` (by adler32 of the entity) so persistence is bulk and
-bounded: `dirty_buckets()` returns only the buckets changed since the last snapshot,
-each serialised whole with the input offset it includes, so a restart restores
-them and skips what they already contain (`observe(records, offset)`), neither losing
-nor double-counting. Re-sent records (an upstream worker re-processing a batch after a
+State is held per entity as a compact blob (detector/behaviour/store.py: a header and
+the state's msgpack), split into `buckets` (by adler32 of the entity) that bound how
+many entities each keeps and hold the per-source bookkeeping. Only the entities
+touched since their last encoding are held decoded (a live cache bounded in entries
+and bytes). Persistence is incremental: `take_changes()` gives the entities changed
+since the last flush (each encoded once, at the flush, with the offset of the last
+envelope applied to it) and the small meta record of the buckets, so a flush costs
+what changed, not the state held. A restart restores them and skips, per entity, what
+each already contains (`observe(records, offset)`), neither losing nor
+double-counting. Re-sent records (an upstream worker re-processing a batch after a
 crash) are recognised by their source position and ignored.
+
+Event time: lateness is judged per source partition (each client-requests partition
+is read in order), so a backlog read partition by partition is not late; a record
+older than its source's watermark by more than `allowed_lateness_s` is dropped.
+
+Eviction, at `max_entities / buckets` per bucket: entities with flags or open alert
+windows go last, then the least recently seen.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +40,22 @@ from detector.behaviour.flags import FLAG_DETAIL_MAX, Flag, FlagUpdate, Scope
 from detector.behaviour.population import Population
 from detector.behaviour.records import ENTITY_TYPES, BehaviourSettings, EntityRecord
 from detector.behaviour.replay import DeviceReplay, ReplayDetector
+from detector.behaviour.store import (
+    NO_OFFSET,
+    BucketMeta,
+    add_sig,
+    blob_header,
+    decode_blob,
+    decode_meta,
+    drop_slot,
+    encode_blob,
+    encode_meta,
+    find_sig,
+    legacy_bucket,
+    migrate_legacy_state,
+    sig_bytes,
+    valid_blob,
+)
 from detector.behaviour.travel import Travel
 from detector.entities import ip_block
 
@@ -37,6 +64,9 @@ _ETYPE_RANK = {e: i for i, e in enumerate(ENTITY_TYPES)}
 # record strings are bounded, long or escaped members digested, every set and list
 # capped); a bucket holds at most max_entities / buckets entities.
 ENTITY_STATE_MAX_BYTES = 512 * 1024
+# The meta record of a partition (every bucket's marks and watermarks, one each per
+# client-requests partition) stays under this with up to 64 of those partitions.
+META_MAX_BYTES = 256 * 1024
 
 
 def all_detectors() -> dict[str, list[BehaviourDetector]]:
@@ -57,15 +87,15 @@ def behaviour_codes() -> dict[str, str]:
 
 def _remember_signature(st: dict[str, Any], r: EntityRecord) -> str | None:
     """The IP block that first sent `r.sig` from this entity, if it did before; else
-    remember it and return None. State: "sigs", signature prefix -> slot in "sip", a
-    list of at most 8 [IP block, last seen] (a small int per signature: a device's 64
-    signatures cost little). With all slots taken, the least recently used is reused
-    and the signatures it held are forgotten."""
-    sig = r.sig or ""  # (called only for a record with a signature)
-    sigs: dict[str, int] = st.setdefault("sigs", {})
+    remember it and return None. State: "sg", the packed table of the last 64
+    signatures (8 bytes each and a slot: detector/behaviour/store.py), the slot an
+    index into "sip", a list of at most 8 [IP block, last seen]. With all slots taken,
+    the least recently used is reused and the signatures it held are forgotten."""
+    sig8 = sig_bytes(r.sig or "")  # (called only for a record with a signature)
+    table: bytes = st.get("sg", b"")
     slots: list[list[Any]] = st.setdefault("sip", [])
-    first = sigs.get(sig)
-    if first is not None:
+    first = find_sig(table, sig8)
+    if 0 <= first < len(slots):
         found: str = slots[first][0]
         return found
     block = ip_block(r.ip)
@@ -78,11 +108,8 @@ def _remember_signature(st: dict[str, Any], r: EntityRecord) -> str | None:
     else:
         slot = min(range(len(slots)), key=lambda i: slots[i][1])
         slots[slot] = [block, r.ts]
-        for k in [k for k, v in sigs.items() if v == slot]:
-            del sigs[k]
-    sigs[sig] = slot
-    if len(sigs) > 64:
-        del sigs[next(iter(sigs))]
+        table = drop_slot(table, slot)
+    st["sg"] = add_sig(table, sig8, slot)
     return None
 
 
@@ -95,18 +122,51 @@ def _described(flag: list[Any]) -> str:
 
 
 def bucket_of(etype: str, key: str, buckets: int) -> int:
-    # adler32, not the crc32 that picks the shard partition: with the same hash, a
-    # partition would only ever use the buckets congruent to its own number
-    return zlib.adler32(f"{etype}:{key}".encode()) % buckets
+    """An entity's bucket: stable across processes (a keyed BLAKE2b, not Python's
+    salted hash) and independent of the crc32 that picks its shard partition (with the
+    same hash, a partition would only use the buckets congruent to its number). Not
+    adler32 either: similar short keys (sequential account numbers, one device's ids)
+    crowd a few of its buckets, whose entity cap then evicts early."""
+    digest = hashlib.blake2b(f"{etype}:{key}".encode("utf-8", "surrogatepass"), digest_size=8, key=b"bucket").digest()
+    return int.from_bytes(digest, "little") % buckets
 
 
 @dataclass
 class Bucket:
-    entities: dict[str, dict[str, Any]] = field(default_factory=dict)  # "etype|key" -> state
-    offset: int = -1  # last input offset included
+    # "etype|key" -> its state blob (store.py), least recently seen first; b"" for an
+    # entity created since the last encoding (its state is in the engine's live cache)
+    entities: dict[str, bytes] = field(default_factory=dict)
     marks: dict[str, list[int]] = field(default_factory=dict)  # source partition -> [offset, index, etype]
-    watermark: float = 0.0
+    watermarks: dict[str, float] = field(default_factory=dict)  # source partition ("" without) -> watermark
     late: int = 0
+
+    @property
+    def watermark(self) -> float:
+        return max(self.watermarks.values(), default=0.0)
+
+
+class _Live:
+    """An entity's decoded state, held from its first touch until it is encoded."""
+
+    __slots__ = ("bucket", "offset", "size", "st")
+
+    def __init__(self, st: dict[str, Any], bucket: int, offset: int, size: int):
+        self.st = st
+        self.bucket = bucket
+        self.offset = offset
+        self.size = size  # its encoded size when it was decoded (what the live cache counts)
+
+
+# The live cache of decoded entities, per engine (shard partition): bounded in entries
+# and in the encoded bytes of what it holds; past either, the least recently touched
+# is encoded back into its bucket (it is still written at the next flush).
+LIVE_MAX_ENTITIES = 4096
+LIVE_MAX_BYTES = 8 * 1024 * 1024
+# Eviction looks at most this many of the oldest entities for one that is neither
+# flagged nor has an open alert window (those move to the recent end), then takes the
+# oldest whatever it holds.
+EVICTION_SCAN = 16
+FORMAT_VERSION = 3  # the changelog's layout (store.py); 2 was a JSON snapshot per bucket
 
 
 @dataclass
@@ -133,7 +193,15 @@ class BehaviourEngine:
         self.state_version = state_version(settings, [d for ds in all_detectors().values() for d in ds])
         self._device_replay = next((d for d in self.detectors["device"] if isinstance(d, DeviceReplay)), None)
         self.buckets = [Bucket() for _ in range(settings.buckets)]
-        self.dirty: set[int] = set()
+        self.live: dict[str, _Live] = {}  # least recently touched first
+        self.live_bytes = 0
+        # entities to write at the next flush -> their bucket (one evicted since is
+        # written as a tombstone), and whether the buckets' meta changed
+        self.changed: dict[str, int] = {}
+        self.meta_changed = False
+        self.epoch = 0  # input position epoch (forget_positions)
+        self.evicted = 0
+        self.stale = 0  # stored entities of another state version, discarded
         self._per_bucket_cap = max(1, settings.max_entities // settings.buckets)
         # the lowest stateless level that reaches the alert windows
         self._alert_floor = 1 if alerts.suspicious_min_count or alerts.min_level == "suspicious" else 2
@@ -142,59 +210,143 @@ class BehaviourEngine:
     def observe(self, records: Iterable[EntityRecord], offset: int | None = None,
                 sources: Iterable[tuple[int, int, int]] | None = None, reference: float | None = None) -> Output:
         """Apply records in order. `offset`: the input offset of the envelope holding
-        them (stream); `sources`: per record, its (source partition, source offset,
-        index) so a re-sent record is applied once. `reference`: the reference clock
+        them (stream): an entity that already includes it (restored from a flush that
+        had it) skips it; `sources`: per record, its (source partition, source offset,
+        index) so a re-sent record is applied once, and lateness is judged against
+        its source partition's watermark. `reference`: the reference clock
         (detector.eventtime): no record moves a watermark past it, so a record dated
         ahead (within the tolerance; those beyond it never become records) cannot make
         the records after it late. A record whose `ts` is not finite is dropped (late)."""
         out = Output()
         s = self.s
         src_iter = iter(sources) if sources is not None else None
-        take: dict[int, bool] = {}  # bucket -> does this envelope apply to it?
+        take: dict[str, bool] = {}  # entity -> does this envelope apply to it?
         for r in records:
             src = next(src_iter) if src_iter is not None else None
             b = bucket_of(r.etype, r.key, s.buckets)
             bucket = self.buckets[b]
-            if offset is not None:
-                ok = take.get(b)
-                if ok is None:
-                    ok = take[b] = offset > bucket.offset  # else: already in the restored snapshot
-                if not ok:
-                    continue
+            wkey = ""
             if src is not None:
+                wkey = str(src[0])
                 mark = [src[1], src[2], _ETYPE_RANK.get(r.etype, 0)]
-                prev = bucket.marks.get(str(src[0]))
+                prev = bucket.marks.get(wkey)
                 if prev is not None and mark <= prev:
                     continue  # re-sent by the upstream stage
-                bucket.marks[str(src[0])] = mark
-            self.dirty.add(b)
-            if offset is not None:
-                bucket.offset = offset
+                bucket.marks[wkey] = mark
+            self.meta_changed = True
             ts = r.ts
             if not math.isfinite(ts):  # never from decode; state must not hold it
                 bucket.late += 1
                 out.late += 1
                 continue
-            if ts > bucket.watermark:
-                bucket.watermark = ts if reference is None or ts <= reference else max(bucket.watermark, reference)
-            elif ts < bucket.watermark - s.allowed_lateness_s:
+            wm = bucket.watermarks.get(wkey, 0.0)
+            if ts > wm:
+                bucket.watermarks[wkey] = ts if reference is None or ts <= reference else max(wm, reference)
+            elif ts < wm - s.allowed_lateness_s:
                 bucket.late += 1
                 out.late += 1
                 continue  # later than the allowed lateness: dropped from state
+            st = self._touch(b, bucket, r, offset, take)
+            if st is None:
+                continue  # the entity already includes this envelope
             out.applied += 1
-            self._apply(bucket, r, out)
+            self._apply(st, r, out)
         return out
 
-    def _apply(self, bucket: Bucket, r: EntityRecord, out: Output) -> None:
-        s = self.s
+    def _touch(self, b: int, bucket: Bucket, r: EntityRecord, offset: int | None,
+               take: dict[str, bool]) -> dict[str, Any] | None:
+        """The decoded state of r's entity, most recently seen now and to be written at
+        the next flush (created, evicting another, when new); None when it already
+        includes the envelope at `offset` (judged at the envelope's first record of the
+        entity: `take`)."""
         ekey = f"{r.etype}|{r.key}"
         ents = bucket.entities
-        st = ents.pop(ekey, None)
-        if st is None:
-            st = {"v": self.state_version}
-            if len(ents) >= self._per_bucket_cap:  # bounded: evict the least recently seen
-                del ents[next(iter(ents))]
-        ents[ekey] = st  # most recent last
+        live = self.live.pop(ekey, None)
+        if live is None:
+            blob = ents.pop(ekey, None)
+            st: dict[str, Any] | None = None
+            included = NO_OFFSET
+            size = 0
+            if blob:
+                version, _, epoch, included = blob_header(blob)
+                if version == self.state_version & 0xFFFF:
+                    st = decode_blob(blob)
+                    size = len(blob)
+                    if epoch != self.epoch & 0xFFFF:
+                        included = NO_OFFSET
+                else:
+                    self.stale += 1
+                    included = NO_OFFSET
+            if st is None:
+                st = {}
+                blob = b""
+                if len(ents) >= self._per_bucket_cap:  # bounded
+                    self._evict(b, bucket)
+            ents[ekey] = blob or b""  # most recent last
+            live = _Live(st, b, included, size)
+            self.live_bytes += size
+        else:
+            ents[ekey] = ents.pop(ekey, b"")
+        self.live[ekey] = live
+        self.changed[ekey] = b
+        if offset is not None:
+            ok = take.get(ekey)
+            if ok is None:
+                ok = take[ekey] = live.offset < offset
+            if not ok:
+                self._trim_live()
+                return None
+            live.offset = offset
+        self._trim_live()
+        return live.st
+
+    def _trim_live(self) -> None:
+        while len(self.live) > LIVE_MAX_ENTITIES or (self.live_bytes > LIVE_MAX_BYTES and len(self.live) > 1):
+            ekey = next(iter(self.live))
+            self._encode_live(ekey, self.live.pop(ekey))
+
+    def _encode_live(self, ekey: str, live: _Live) -> bytes:
+        self.live_bytes -= live.size
+        blob = encode_blob(self.state_version, self._protected_until(live.st), self.epoch, live.offset, live.st)
+        ents = self.buckets[live.bucket].entities
+        if ekey in ents:
+            ents[ekey] = blob
+        return blob
+
+    def _protected_until(self, st: dict[str, Any]) -> float:
+        """Until when (event time) an entity's state holds flags or an alert window that
+        is still open: eviction takes such entities last."""
+        until = 0.0
+        flags = st.get("flags")
+        if flags:
+            until = max(f[1] for f in flags.values())
+        windows = st.get("aw")
+        if windows:
+            until = max(until, max(float(k) for k in windows) + 2 * self.alerts.window_s)
+        return until
+
+    def _evict(self, b: int, bucket: Bucket) -> None:
+        """Evict one entity of a full bucket: the least recently seen that holds no
+        flag and no open alert window among the oldest EVICTION_SCAN, else the oldest."""
+        ents = bucket.entities
+        horizon = bucket.watermark
+        for _ in range(min(EVICTION_SCAN, len(ents) - 1)):
+            ekey = next(iter(ents))
+            live = self.live.get(ekey)
+            until = self._protected_until(live.st) if live is not None else blob_header(ents[ekey])[1]
+            if until <= horizon:
+                break
+            ents[ekey] = ents.pop(ekey)  # protected: to the recent end
+        ekey = next(iter(ents))
+        del ents[ekey]
+        live = self.live.pop(ekey, None)
+        if live is not None:
+            self.live_bytes -= live.size
+        self.changed[ekey] = b  # written as a tombstone
+        self.evicted += 1
+
+    def _apply(self, st: dict[str, Any], r: EntityRecord, out: Output) -> None:
+        s = self.s
         st["last"] = r.ts
         raised: list[Finding] = []
         resent = False
@@ -278,27 +430,147 @@ class BehaviourEngine:
         windows[str(start)] = w.dump()
 
     # --- persistence ----------------------------------------------------------------
-    def dirty_buckets(self) -> list[tuple[int, bytes]]:
-        """The changed buckets, serialised, and marks them clean."""
-        out = [(b, self.dump_bucket(b)) for b in sorted(self.dirty)]
-        self.dirty.clear()
-        return out
+    def take_changes(self) -> tuple[list[tuple[str, int]], bytes | None]:
+        """What the next flush writes: the entities changed since the last one (with
+        their bucket; `encoded()` gives each its record) and the buckets' meta record
+        as it is now (None when nothing changed). Marks them written."""
+        keys = list(self.changed.items())
+        self.changed.clear()
+        meta = self.dump_meta() if keys or self.meta_changed else None
+        self.meta_changed = False
+        return keys, meta
 
-    def dump_bucket(self, b: int) -> bytes:
-        bucket = self.buckets[b]
-        return orjson.dumps({"v": self.state_version, "offset": bucket.offset, "marks": bucket.marks,
-                             "wm": bucket.watermark, "late": bucket.late, "e": bucket.entities})
+    def encoded(self, ekey: str, b: int) -> bytes | None:
+        """An entity's record as it is now (None: evicted, a tombstone). One held
+        decoded is encoded and leaves the live cache."""
+        live = self.live.pop(ekey, None)
+        if live is not None:
+            return self._encode_live(ekey, live)
+        blob = self.buckets[b].entities.get(ekey)
+        return blob or None
 
-    def load_bucket(self, b: int, raw: bytes) -> bool:
-        """Restore one bucket; False (and an empty bucket) when its state version is
-        not this engine's: stale state is never read with a new meaning."""
-        data = orjson.loads(raw)
-        if data.get("v") != self.state_version:
-            self.buckets[b] = Bucket()
+    def mark_changed(self, keys: Iterable[tuple[str, int]], meta: bool = True) -> None:
+        """Write these again at the next flush (the broker refused them)."""
+        for ekey, b in keys:
+            self.changed[ekey] = b
+        self.meta_changed = self.meta_changed or meta
+
+    def dump_meta(self) -> bytes:
+        return encode_meta(FORMAT_VERSION, self.state_version, self.epoch,
+                           [BucketMeta(b.marks, b.watermarks, b.late) for b in self.buckets])
+
+    def load_meta(self, raw: bytes) -> bool:
+        """Restore the buckets' marks, watermarks and late counts; False (nothing
+        restored) for a meta record of another layout or state version."""
+        fmt, version, epoch, metas = decode_meta(raw)
+        if fmt != FORMAT_VERSION or version != self.state_version:
             return False
-        self.buckets[b] = Bucket(entities=data["e"], offset=data["offset"], marks=data["marks"],
-                                 watermark=data["wm"], late=data.get("late", 0))
+        self.epoch = epoch
+        for bucket, m in zip(self.buckets, metas, strict=False):
+            bucket.marks, bucket.watermarks, bucket.late = m.marks, m.watermarks, m.late
         return True
+
+    def load_entity(self, ekey: str, blob: bytes) -> bool:
+        """Restore one entity's blob (in changelog order: the last written is the most
+        recent); False for a blob of another state version (discarded)."""
+        return self._place(ekey, blob) >= 0
+
+    def _place(self, ekey: str, blob: bytes) -> int:
+        """Put an entity's blob in its bucket; the bucket, or -1 for a blob of another
+        state version (discarded)."""
+        if not valid_blob(blob) or blob_header(blob)[0] != self.state_version & 0xFFFF:
+            self.stale += 1
+            return -1
+        etype, _, key = ekey.partition("|")
+        b = bucket_of(etype, key, self.s.buckets)
+        ents = self.buckets[b].entities
+        ents.pop(ekey, None)
+        if len(ents) >= self._per_bucket_cap:
+            self._evict(b, self.buckets[b])
+        ents[ekey] = blob
+        return b
+
+    def load_legacy_bucket(self, b: int, raw: bytes) -> int:
+        """Migrate a bucket snapshot of the previous release (one JSON document per
+        bucket, format 2): its entities (to be written in this layout at the next
+        flush) and bookkeeping; the number of entities taken, -1 for a snapshot of
+        another state version (discarded)."""
+        old = legacy_bucket(raw)
+        if old.version != self.state_version or not 0 <= b < len(self.buckets):
+            return -1
+        # Its marks hold the last source positions applied in this partition (records of
+        # one source partition arrive in order): they hold for every bucket of this
+        # layout, where its entities now spread. Its watermark is left to the records
+        # after the upgrade (no record is judged late against the previous layout).
+        for bucket in self.buckets:
+            for src, mark in old.marks.items():
+                prev = bucket.marks.get(src)
+                if prev is None or mark > prev:
+                    bucket.marks[src] = mark
+        self.buckets[b].late += old.late
+        taken = 0
+        for ekey, st in old.entities.items():
+            if not isinstance(st, dict):
+                continue
+            st = migrate_legacy_state(st)
+            blob = encode_blob(self.state_version, self._protected_until(st), self.epoch, old.offset, st)
+            placed = self._place(ekey, blob)
+            if placed >= 0:
+                self.changed[ekey] = placed  # written in this layout at the next flush
+                taken += 1
+        self.meta_changed = True
+        return taken
+
+    def forget_positions(self) -> int:
+        """The input log was lost (a restarted memory-only broker): offsets start again
+        from 0. Forget every position the state holds (source marks; entity offsets, by
+        a new epoch); the entities' state stays. The number of buckets reset."""
+        self.epoch = (self.epoch + 1) & 0xFFFF
+        for live in self.live.values():
+            live.offset = NO_OFFSET
+        reset = 0
+        for bucket in self.buckets:
+            if bucket.marks:
+                bucket.marks = {}
+                reset += 1
+        self.meta_changed = True
+        return reset
 
     def entity_count(self) -> int:
         return sum(len(b.entities) for b in self.buckets)
+
+    def state(self, etype: str, key: str) -> dict[str, Any] | None:
+        """An entity's current state, decoded (inspection and tests)."""
+        ekey = f"{etype}|{key}"
+        live = self.live.get(ekey)
+        if live is not None:
+            return live.st
+        blob = self.buckets[bucket_of(etype, key, self.s.buckets)].entities.get(ekey)
+        return decode_blob(blob) if blob else None
+
+    def states(self) -> Iterable[tuple[str, dict[str, Any]]]:
+        """Every entity's current state, decoded (inspection and tests)."""
+        for bucket in self.buckets:
+            for ekey, blob in bucket.entities.items():
+                live = self.live.get(ekey)
+                yield ekey, live.st if live is not None else decode_blob(blob)
+
+    def dump_all(self) -> tuple[list[tuple[str, bytes]], bytes]:
+        """Every entity's record and the meta record, as a complete snapshot (tests,
+        inspection); marks nothing written."""
+        for ekey in list(self.live):
+            self._encode_live(ekey, self.live.pop(ekey))
+        return [(ekey, blob) for bucket in self.buckets for ekey, blob in bucket.entities.items()], self.dump_meta()
+
+    def restore(self, meta: bytes | None, entities: Iterable[tuple[str, bytes]]) -> tuple[int, int]:
+        """Load a snapshot (`dump_all`, or the changelog's records in their order):
+        (entities restored, discarded as another state version)."""
+        if meta is not None and not self.load_meta(meta):
+            return 0, sum(1 for _ in entities)
+        restored = stale = 0
+        for ekey, blob in entities:
+            if self.load_entity(ekey, blob):
+                restored += 1
+            else:
+                stale += 1
+        return restored, stale

@@ -57,11 +57,8 @@ def test_bench_reports_throughput_latency_and_memory_in_one_json_line(broker, tm
     logs = Path(err.split("detector bench: logs in ", 1)[1].splitlines()[0])
     assert r["logs"] == str(logs) and f"detector bench: logs removed ({logs};" in err
     assert not logs.exists()
-    # Event time translated, records in ts order per partition: none late once the shard
-    # engine judges lateness per source partition (issue #13, the lead's piece; remove
-    # this xfail when it lands)
-    if r["late_records"]:
-        pytest.xfail(f"{r['late_records']} late records: lateness is not judged per source partition yet")
+    # Event time translated, records in ts order per partition, lateness judged per
+    # source partition: none late
     assert r["late_records"] == 0
 
 

@@ -131,17 +131,28 @@ def test_late_records_are_dropped_by_the_allowed_lateness(engine):
     assert ok.late == 0 and "behaviour.device_account_fanout" in codes(ok)
 
 
+def flushed(engine: BehaviourEngine) -> tuple[list[tuple[str, bytes]], bytes | None]:
+    """What a flush of the engine writes: its changed entities' records, the meta record."""
+    keys, meta = engine.take_changes()
+    out = []
+    for ekey, b in keys:
+        blob = engine.encoded(ekey, b)
+        assert blob is not None
+        out.append((ekey, blob))
+    return out, meta
+
+
 def test_snapshot_restore_neither_loses_nor_double_counts(detection):
     s, a, w = detection.behaviour, detection.alerts, detection.scoring.weight_of
     one = BehaviourEngine(s, a, w)
     batch1 = [rec("device", "dev-7", T0 + i, i, account=f"acc-{i}") for i in range(3)]
     batch2 = [rec("device", "dev-7", T0 + 10 + i, 10 + i, account=f"acc-{10 + i}") for i in range(3)]
     one.observe(batch1, offset=0)
-    snap = one.dirty_buckets()
-    assert 0 < len(snap) <= s.buckets  # bounded: only changed buckets
+    entities, meta = flushed(one)
+    assert [k for k, _ in entities] == ["device|dev-7"]  # incremental: only what changed
+    assert flushed(one) == ([], None)  # nothing changed since
     two = BehaviourEngine(s, a, w)
-    for b, raw in snap:
-        assert two.load_bucket(b, raw)
+    assert two.restore(meta, entities) == (1, 0)
     assert two.observe(batch1, offset=0).applied == 0  # re-delivered envelope: already included
     out = two.observe(batch2, offset=1)
     assert out.applied == 3
@@ -163,9 +174,10 @@ def test_state_of_another_version_is_discarded(detection):
     s = detection.behaviour
     e1 = BehaviourEngine(s, detection.alerts, detection.scoring.weight_of)
     e1.observe([rec("device", "dev-9", T0, 0, account="a")])
-    (b, raw), = e1.dirty_buckets()
+    entities, meta = flushed(e1)
     e2 = BehaviourEngine(replace(s, state_version=s.state_version + 1), detection.alerts, detection.scoring.weight_of)
-    assert e2.load_bucket(b, raw) is False and e2.entity_count() == 0
+    assert e2.restore(None, entities) == (0, 1) and e2.entity_count() == 0
+    assert e2.load_meta(meta) is False
 
 
 def test_detectors_keep_their_state_under_declared_stable_keys():
@@ -182,7 +194,7 @@ def test_detectors_keep_their_state_under_declared_stable_keys():
         "fingerprint": ["Population"],
     }
     for ds in all_detectors().values():
-        assert not {"v", "last", "flags", "aw", "sigs", "sip"} & {d.state_key for d in ds}
+        assert not {"v", "last", "flags", "aw", "sigs", "sg", "sip"} & {d.state_key for d in ds}
 
 
 def test_bumping_a_detector_state_version_discards_stored_state(detection, monkeypatch):
@@ -192,11 +204,11 @@ def test_bumping_a_detector_state_version_discards_stored_state(detection, monke
     e1 = BehaviourEngine(s, detection.alerts, detection.scoring.weight_of)
     assert e1.state_version == s.state_version  # every detector at its first version
     e1.observe([rec("device", "dev-9", T0, 0, account="a")])
-    (b, raw), = e1.dirty_buckets()
+    entities, meta = flushed(e1)
     monkeypatch.setattr(Travel, "state_version", Travel.state_version + 1)
     e2 = BehaviourEngine(s, detection.alerts, detection.scoring.weight_of)
     assert e2.state_version == s.state_version + 1
-    assert e2.load_bucket(b, raw) is False and e2.entity_count() == 0
+    assert e2.restore(meta, entities) == (0, 1) and e2.entity_count() == 0
     # disabling a family changes nothing stored
     assert BehaviourEngine(s, detection.alerts, detection.scoring.weight_of, ("behaviour",)).state_version \
         == e2.state_version
@@ -399,8 +411,7 @@ def test_scoped_flag_restored_from_a_snapshot_is_not_broadcast_again(detection):
     a = BehaviourEngine(s, detection.alerts, detection.scoring.weight_of)
     assert a.observe(recs[:3], offset=1).flags
     b = BehaviourEngine(s, detection.alerts, detection.scoring.weight_of)
-    for i, raw in a.dirty_buckets():
-        b.load_bucket(i, raw)
+    b.restore(*reversed(flushed(a)))
     assert a.observe(recs[3:], offset=2).flags == b.observe(recs[3:], offset=2).flags == []
 
 

@@ -51,8 +51,9 @@ def feed(e: BehaviourEngine, batches: list[list[EntityRecord]], start: int, ref:
             for i, recs in enumerate(batches)]
 
 
-def dump(e: BehaviourEngine) -> list[bytes]:
-    return [e.dump_bucket(b) for b in range(len(e.buckets))]
+def dump(e: BehaviourEngine) -> tuple[list[tuple[str, bytes]], bytes]:
+    """A complete snapshot: every entity's record (in the buckets' order) and the meta record."""
+    return e.dump_all()
 
 
 def raised(outs: list[Output], etype: str) -> set[str]:
@@ -89,7 +90,7 @@ def test_state_is_stored_under_the_declared_key(etype, name, code, detection):
     e = engine(cfg)
     feed(e, records_of(cfg, code), 0, expected(code)["reference_time"])
     key = next(d.state_key for t, d in DETECTORS if t == etype and type(d).__name__ == name)
-    parts = [st for raw in dump(e) for k, st in orjson.loads(raw)["e"].items() if k.startswith(etype + "|")]
+    parts = [st for k, st in e.states() if k.startswith(etype + "|")]
     assert any(st.get(key) for st in parts), f"no {etype} entity holds state under {key!r}"
 
 
@@ -114,7 +115,7 @@ def test_state_round_trip_mid_sequence(etype, name, code, detection):
     feed(before, batches[:first], 0, ref)
     saved = dump(before)
     restored = engine(cfg)
-    assert all(restored.load_bucket(b, raw) for b, raw in enumerate(saved))
+    assert restored.restore(saved[1], saved[0]) == (len(saved[0]), 0)
     assert dump(restored) == saved, "state differs after load"
     assert restored.entity_count() == before.entity_count()
     after = feed(restored, batches[first:], first, ref)
@@ -142,16 +143,23 @@ def test_same_records_same_outputs(etype, name, code, detection):
 
 
 def test_stale_state_version_is_not_read(detection):
-    """A bucket dumped under another state version restores empty (never read with a
-    new meaning)."""
+    """Entities and meta written under another state version restore empty (never
+    read with a new meaning)."""
+    from detector.behaviour.store import HEADER, HEADER_BYTES, blob_header
+
     code = "behaviour.device_account_fanout"
     batches = records_of(detection, code)
     e = engine(detection)
     feed(e, batches, 0, expected(code)["reference_time"])
-    saved = [orjson.loads(raw) for raw in dump(e)]
-    full = next(data for data in saved if data["e"])
-    stale = orjson.dumps({**full, "v": full["v"] + 1})
+    entities, meta = dump(e)
     fresh = engine(detection)
-    assert fresh.load_bucket(0, orjson.dumps(full)) and fresh.entity_count() == len(full["e"])
-    assert not fresh.load_bucket(0, stale)
-    assert fresh.entity_count() == 0
+    assert fresh.restore(meta, entities) == (len(entities), 0) and fresh.entity_count() == len(entities)
+    stale_meta = orjson.dumps({**orjson.loads(meta), "v": e.state_version + 1})
+    stale = []
+    for k, blob in entities:
+        _, until, epoch, offset = blob_header(blob)
+        stale.append((k, HEADER.pack(e.state_version + 1, until, epoch, offset) + blob[HEADER_BYTES:]))
+    other = engine(detection)
+    assert other.restore(stale_meta, entities) == (0, len(entities))
+    assert other.restore(None, stale) == (0, len(entities))
+    assert other.entity_count() == 0

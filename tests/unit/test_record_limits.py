@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from detector.alerts import ALERT_MAX_BYTES, MAX_SAMPLES, AlertSettings, AlertWindow, build_alert, iso, window_start
-from detector.behaviour.engine import ENTITY_STATE_MAX_BYTES, BehaviourEngine
+from detector.behaviour.engine import ENTITY_STATE_MAX_BYTES, META_MAX_BYTES, BehaviourEngine
+from detector.behaviour.store import changelog_key, entity_table_key
 from detector.behaviour.flags import FLAG_MAX_BYTES, Flag, FlagMap, FlagUpdate, Scope, decode_update, encode_update
 from detector.behaviour.records import (
     KEY_MAX_BYTES,
@@ -114,7 +115,9 @@ def _run(detection: Any, events: list[dict[str, Any]]) -> tuple[BehaviourEngine,
 
 
 def _entity_state_sizes(engine: BehaviourEngine) -> list[int]:
-    return [len(orjson.dumps(st)) for b in engine.buckets for st in b.entities.values()]
+    """The size of every entity's changelog record (key and value)."""
+    p = 99  # the widest partition number a key names here
+    return [len(changelog_key(entity_table_key(p, k))) + len(blob) for k, blob in engine.dump_all()[0]]
 
 
 # ------------------------------------------------------------------ properties
@@ -141,8 +144,7 @@ def test_records_of_hostile_requests_stay_under_every_limit(detection, bases, da
     assert all(len(a.to_json()) <= ALERT_MAX_BYTES for a in alerts)
     # state: every entity under its bound, every bucket under the sum of its entities'
     assert all(size <= ENTITY_STATE_MAX_BYTES for size in _entity_state_sizes(engine))
-    for b, raw in engine.dirty_buckets():
-        assert len(raw) <= 4096 + len(engine.buckets[b].entities) * ENTITY_STATE_MAX_BYTES
+    assert len(engine.dump_meta()) <= META_MAX_BYTES
 
 
 @PROPERTY
@@ -210,7 +212,7 @@ def test_one_fingerprint_with_unique_8kb_accounts_keeps_a_small_bucket(detection
     engine.observe(EntityRecord("fingerprint", "fp1_0123456789abcdef", f"r{i}", T0 + i, 0, 0.0, (), "example-android",
                                 f"10.0.{i % 250}.1", 64500, False, "US", f"android-{i:016x}",
                                 f"{i:08d}" + "x" * 8192, None, "browse") for i in range(300))
-    sizes = [len(raw) for _, raw in engine.dirty_buckets()]
+    sizes = _entity_state_sizes(engine)
     assert len(sizes) == 1 and sizes[0] < 64 * 1024, sizes
 
 

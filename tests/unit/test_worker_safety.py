@@ -227,12 +227,24 @@ def test_log_text_scrubs_credentials_and_bounds_the_line(detection):
 
 # --- the shard agent's envelope step --------------------------------------------------
 class FakeTable:
-    def __init__(self) -> None:
-        self.data: dict[str, bytes] = {}
-        self.sent: list[tuple[int, str, bytes]] = []
+    """The state table (what Faust restored from the changelog) and its changelog: the
+    records written, each write acknowledged at once."""
 
-    def send_changelog(self, p: int, key: str, raw: bytes) -> None:
-        self.sent.append((p, key, raw))
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.sent: list[tuple[int, bytes, bytes | None]] = []
+
+    async def write(self, p: int, records: Any) -> asyncio.Future[None]:
+        self.sent.extend((p, k, v) for k, v in records)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+
+async def writes_done() -> None:
+    """Let the flush tasks hand their records to the changelog (a step at a time)."""
+    for _ in range(20):
+        await asyncio.sleep(0)
 
 
 class FakeEvent:
@@ -267,15 +279,16 @@ class Sent:
 def shard_setup(detection: Any) -> tuple[ShardProcessor, ShardState, Sent, FakeTable]:
     metrics = Metrics(CollectorRegistry())
     table = FakeTable()
-    shard = ShardState(detection.behaviour, detection, table, metrics, interval=3600)
+    shard = ShardState(detection.behaviour, detection, table, metrics, interval=3600, changelog=table)
     sent = Sent()
     return ShardProcessor(shard, detection, metrics, send_flag=sent.flag, send_alert=sent.alert,
                           send_dlq=sent.dead), shard, sent, table
 
 
-async def envelopes_of(stage: IngestStage, events: list[dict[str, Any]]) -> list[tuple[int, bytes]]:
+async def envelopes_of(stage: IngestStage, events: list[dict[str, Any]], offset: int = 1) -> list[tuple[int, bytes]]:
+    """The shard envelopes of `events`, read as one message at `offset` of client-requests."""
     out = FakeOut()
-    await stage._score_batch({TP: [msg(1, orjson.dumps(events), (events[-1]["ts"] + 1) * 1000)]}, out)
+    await stage._score_batch({TP: [msg(offset, orjson.dumps(events), (events[-1]["ts"] + 1) * 1000)]}, out)
     return [(p or 0, v) for t, v, _, p in out.records if t == ENTITY_EVENTS.name]
 
 
@@ -290,6 +303,7 @@ async def test_an_undecodable_envelope_is_dead_lettered_and_acknowledged_never_d
     assert dlq["source"] == {"topic": ENTITY_EVENTS.name, "partition": 2, "offset": 41}
     assert not event.acked
     shard.flush(2)
+    await writes_done()
     assert event.acked, "acknowledged with the next flush, once dead-lettered"
     assert sample(proc.metrics, "detector_internal_errors_total", stage="entity-shard") == 1
 
@@ -329,6 +343,7 @@ async def test_a_record_whose_observation_raises_loses_only_itself(detection, pr
     again = engine.observe(env.records, offset=None, sources=env.sources)
     assert again.applied == 0
     shard.flush(p)
+    assert await shard.settle(timeout=5)
     assert event.acked and table.sent
 
 
@@ -339,8 +354,8 @@ class DeferredTable(FakeTable):
         super().__init__()
         self.futures: list[asyncio.Future[None]] = []
 
-    def send_changelog(self, p: int, key: str, raw: bytes) -> asyncio.Future[None]:
-        super().send_changelog(p, key, raw)
+    async def write(self, p: int, records: Any) -> asyncio.Future[None]:
+        self.sent.extend((p, k, v) for k, v in records)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.futures.append(fut)
         return fut
@@ -354,7 +369,7 @@ async def attack_with_deferred_alerts(detection: Any, profile: Any, table: FakeT
     attack = list(private_api_library(profile, 40, seed=6))
     proc, shard, sent, _ = shard_setup(detection)
     if table is not None:
-        shard.table = table
+        shard.table = shard.changelog = table
     acks: list[asyncio.Future[None]] = []
 
     async def alert(key: bytes, value: bytes) -> asyncio.Future[None]:
@@ -375,7 +390,7 @@ async def test_envelopes_are_acknowledged_only_once_their_snapshot_and_alerts_re
     assert alert_acks, "the attack raises alerts"
     for p in list(shard.engines):
         shard.flush(p)
-    await asyncio.sleep(0)
+    await writes_done()
     assert table.futures and not any(e.acked for e in events), "nothing acknowledged before the broker answered"
     for fut in table.futures:
         fut.set_result(None)
@@ -391,12 +406,13 @@ async def test_a_snapshot_the_broker_refused_is_written_again_and_its_envelopes_
     stage = IngestStage(load_settings(), detection, Metrics(CollectorRegistry()), loop=None)
     attack = list(genuine(profile, 30, seed=7))
     proc, shard, sent, _ = shard_setup(detection)
-    table = shard.table = DeferredTable()
+    table = shard.table = shard.changelog = DeferredTable()
     events = [FakeEvent(p, i, value) for i, (p, value) in enumerate(await envelopes_of(stage, attack))]
     for event in events:
         await proc.process(event)
     p = events[0].message.partition
     shard.flush(p)
+    await writes_done()
     first = len(table.futures)
     assert first > 0
     for fut in table.futures:
@@ -405,7 +421,8 @@ async def test_a_snapshot_the_broker_refused_is_written_again_and_its_envelopes_
     mine = [e for e in events if e.message.partition == p]
     assert mine and not any(e.acked for e in mine)
     assert sample(proc.metrics, "detector_internal_errors_total", stage="entity-shard") == 1
-    shard.flush(p)  # the same buckets again, and the envelopes still wait for them
+    shard.flush(p)  # the same entities again, and the envelopes still wait for them
+    await writes_done()
     assert len(table.futures) == 2 * first
     for fut in table.futures[first:]:
         fut.set_result(None)
@@ -439,13 +456,14 @@ async def test_a_refused_alert_is_sent_again_and_its_envelopes_wait_for_it(detec
 async def test_flushes_of_one_partition_acknowledge_in_order(detection, profile):
     stage = IngestStage(load_settings(), detection, Metrics(CollectorRegistry()), loop=None)
     proc, shard, sent, _ = shard_setup(detection)
-    table = shard.table = DeferredTable()
+    table = shard.table = shard.changelog = DeferredTable()
     envelopes = await envelopes_of(stage, list(genuine(profile, 30, seed=7)))
     p = envelopes[0][0]
     mine = [FakeEvent(p, i, v) for i, (q, v) in enumerate(envelopes) if q == p]
     assert mine
     await proc.process(mine[0])
     shard.flush(p)  # waits for the broker
+    await writes_done()
     assert table.futures
     later = FakeEvent(p, 10_000, b"")
     shard.hold(p, later)
@@ -459,7 +477,7 @@ async def test_flushes_of_one_partition_acknowledge_in_order(detection, profile)
     assert [e.message.offset for e in shard.pending[p]] == [mine[0].message.offset, 10_000]
 
 
-async def test_oversized_flags_alerts_and_state_buckets_are_never_sent(detection, profile):
+async def test_oversized_flags_alerts_and_state_records_are_never_sent(detection, profile):
     stage = IngestStage(load_settings(), detection, Metrics(CollectorRegistry()), loop=None)
     attack = list(private_api_library(profile, 40, seed=6))
     proc, shard, sent, table = shard_setup(detection)
@@ -468,6 +486,7 @@ async def test_oversized_flags_alerts_and_state_buckets_are_never_sent(detection
         await proc.process(FakeEvent(p, i, value))
     for p in list(shard.engines):
         shard.flush(p)
+    await writes_done()
     m = proc.metrics
     assert sent.alerts == [] and sent.flags == [] and table.sent == []
     assert sample(m, "detector_oversized_records_total", kind="alert") > 0
