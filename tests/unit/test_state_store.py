@@ -266,3 +266,23 @@ async def test_upgrade_discards_state_of_another_version_and_carries_on(detectio
         shard.flush(p)
     await writes_done()
     assert await shard.settle(timeout=10)
+
+
+async def test_an_envelope_observed_in_steps_is_the_envelope_observed_whole(detection, profile):
+    from agents.shards import OBSERVE_STEP, ShardProcessor
+    from detector.behaviour.records import decode_envelope
+
+    stage = IngestStage(load_settings(), detection, Metrics(CollectorRegistry()), loop=None)
+    events = list(genuine(profile, 600, seed=9)) + list(private_api_library(profile, 200, seed=9))
+    (_, value), *_ = sorted(await envelopes_of(stage, sorted(events, key=lambda e: e["ts"])),
+                            key=lambda pv: -len(decode_envelope(pv[1]).records))
+    env = decode_envelope(value)
+    assert len(env.records) > OBSERVE_STEP + 1
+    whole = BehaviourEngine(detection.behaviour, detection.alerts, detection.scoring.weight_of)
+    parts = BehaviourEngine(detection.behaviour, detection.alerts, detection.scoring.weight_of)
+    a = whole.observe(env.records, offset=7, sources=env.sources, reference=T0 * 2)
+    b = await ShardProcessor.observe_in_steps(parts, env.records, env.sources, 7, T0 * 2)
+    assert (a.flags, a.alerts, a.applied, a.late) == (b.flags, b.alerts, b.applied, b.late) and a.applied > 0
+    assert dict(whole.states()) == dict(parts.states())
+    # the same envelope again (read again after a restart): nothing applies
+    assert (await ShardProcessor.observe_in_steps(parts, env.records, env.sources, 7, T0 * 2)).applied == 0
