@@ -41,8 +41,9 @@ StateRecord = tuple[bytes, bytes | None]
 # Entities encoded and handed to the producer per step of a flush, the event loop
 # served between steps: a step costs ~2-4 ms, whatever the state held or changed.
 FLUSH_STEP = 500
-# Records of one envelope observed per step (~15 us each), the loop served between steps.
-OBSERVE_STEP = 1000
+# An envelope is observed in one call, never with the loop served in between: a flush
+# (its cut, its encoding steps) then only ever sees whole envelopes applied, so an
+# entity's stored offset never covers an envelope half applied to it.
 
 
 class ChangelogWriter(Protocol):
@@ -76,7 +77,18 @@ class KafkaChangelog:
             # created here, in the worker's running loop (aiokafka requires one)
             self._producer = AIOKafkaProducer(**self._config)
             self._started = asyncio.ensure_future(self._producer.start())
-        await asyncio.shield(self._started)
+        started = self._started
+        try:
+            await asyncio.shield(started)
+        except Exception:
+            if self._started is started:  # the next write starts a new producer
+                self._started = None
+                producer, self._producer = self._producer, None
+                try:
+                    await producer.stop()
+                except Exception as exc:  # noqa: BLE001 - it never started
+                    log.debug("stopping a changelog producer that did not start: %s", exc)
+            raise
         return self._producer
 
     async def write(self, partition: int, records: Sequence[StateRecord]) -> Awaitable[object]:
@@ -97,7 +109,7 @@ class KafkaChangelog:
         return asyncio.gather(*futures)
 
     async def stop(self) -> None:
-        if self._started is not None:
+        if self._started is not None and self._producer is not None:
             try:
                 await self._started
             finally:
@@ -158,8 +170,9 @@ class ShardState:
         engine = self.engines.get(p)
         if engine is None:
             d = self.detection
-            engine = self.engines[p] = BehaviourEngine(self.behaviour, d.alerts, d.scoring.weight_of)
-            self._restore(p, engine)
+            engine = BehaviourEngine(self.behaviour, d.alerts, d.scoring.weight_of)
+            self._restore(p, engine)  # registered once restored (a restore that raised leaves none)
+            self.engines[p] = engine
             self.last_flush[p] = time.monotonic()
         return engine
 
@@ -329,6 +342,12 @@ class ShardState:
                 acks.append(await writer.write(p, records))
                 written += len(records)
             await asyncio.sleep(0)  # the event loop's turn between steps
+        # The meta record (its marks cover this flush's records) and the legacy tombstones
+        # go only once the entity records were acknowledged: marks never persist ahead of
+        # the state they cover (a refusal raises here: everything is written again at the
+        # next flush)
+        if acks:
+            await asyncio.gather(*acks)
         tail: list[StateRecord] = [(key, None) for key in legacy]
         if meta is not None:
             key = changelog_key(meta_table_key(p))
@@ -415,12 +434,29 @@ class ShardState:
 
     def release(self, partitions: set[int]) -> None:
         """A rebalance takes these partitions away: their last changes are written for
-        the next owner (the changelog holds every earlier one)."""
+        the next owner (the changelog holds every earlier one), and the partition's
+        records go back into the table (the same bytes: no copy). A partition that stays
+        with this worker is not read from the changelog's start again: Faust resumes its
+        recovery where it stopped, so the table must hold what the engine held; one that
+        moves is dropped from the table by Faust once its recovery completes."""
         for p in sorted(partitions):
-            if p in self.engines:
-                self.flush(p)
-                del self.engines[p]
-                log.info("shard %d: released", p)
+            engine = self.engines.get(p)
+            if engine is None:
+                continue
+            entities, meta = engine.dump_all()  # every live entity encoded
+            store = _store(self.table)
+            key_partition = getattr(self.table.data, "_key_partition", None)
+            for ekey, blob in entities:
+                key = entity_table_key(p, ekey)
+                store[key] = blob
+                if isinstance(key_partition, MutableMapping):
+                    key_partition[key] = p
+            store[meta_table_key(p)] = meta
+            if isinstance(key_partition, MutableMapping):
+                key_partition[meta_table_key(p)] = p
+            self.flush(p)
+            del self.engines[p]
+            log.info("shard %d: released (%d entities)", p, len(entities))
 
     def forget_positions(self) -> None:
         """The broker lost its log (agents/brokerwatch.py: a restarted memory-only
@@ -497,7 +533,7 @@ class ShardProcessor:
         reference = self.reference_time(event, time.time())
         failed: list[Rejection] = []
         try:
-            out = await self.observe_in_steps(engine, env.records, env.sources, offset, reference)
+            out = engine.observe(env.records, offset=offset, sources=env.sources, reference=reference)
         except Exception as exc:  # noqa: BLE001 - retried record by record
             log.error("observing the envelope %s[%d]@%d of %d records failed (%s); observing them one by one",
                       ENTITY_EVENTS.name, p, offset, len(env.records), type(exc).__name__)
@@ -514,25 +550,6 @@ class ShardProcessor:
             return  # not acknowledged: read again after a restart (the source marks skip what was applied)
         self.shard.hold(p, event)
         self.shard.maybe_flush(p)
-
-    @staticmethod
-    async def observe_in_steps(engine: BehaviourEngine, records: list[EntityRecord],
-                               sources: list[tuple[int, int, int]], offset: int, reference: float) -> Output:
-        """An envelope's records OBSERVE_STEP at a time, the event loop served between
-        steps (an envelope of one full ingest batch is ~6,000 records, ~80 ms); the
-        engine judges the envelope per entity across the steps."""
-        if len(records) <= OBSERVE_STEP:
-            return engine.observe(records, offset=offset, sources=sources, reference=reference)
-        merged = Output()
-        for i in range(0, len(records), OBSERVE_STEP):
-            o = engine.observe(records[i:i + OBSERVE_STEP], offset=offset, sources=sources[i:i + OBSERVE_STEP],
-                               reference=reference)
-            merged.flags.extend(o.flags)
-            merged.alerts.extend(o.alerts)
-            merged.late += o.late
-            merged.applied += o.applied
-            await asyncio.sleep(0)
-        return merged
 
     def reference_time(self, event: Any, now: float) -> float:
         """The reference clock of an envelope's records: its Kafka timestamp (the

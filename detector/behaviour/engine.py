@@ -200,8 +200,6 @@ class BehaviourEngine:
         self.changed: dict[str, int] = {}
         self.meta_changed = False
         self.epoch = 0  # input position epoch (forget_positions)
-        self._take: dict[str, bool] = {}
-        self._take_offset: int | None = None
         self.evicted = 0
         self.stale = 0  # stored entities of another state version, discarded
         self._per_bucket_cap = max(1, settings.max_entities // settings.buckets)
@@ -222,13 +220,7 @@ class BehaviourEngine:
         out = Output()
         s = self.s
         src_iter = iter(sources) if sources is not None else None
-        # entity -> does this envelope apply to it? Judged at the envelope's first record
-        # of the entity, kept across consecutive calls for the same envelope (a caller
-        # may observe a large envelope in parts)
-        if offset is None or offset != self._take_offset:
-            self._take = {}
-            self._take_offset = offset
-        take = self._take
+        take: dict[str, bool] = {}  # entity -> does this envelope apply to it? (at its first record)
         for r in records:
             src = next(src_iter) if src_iter is not None else None
             b = bucket_of(r.etype, r.key, s.buckets)

@@ -347,6 +347,16 @@ async def test_a_record_whose_observation_raises_loses_only_itself(detection, pr
     assert event.acked and table.sent
 
 
+async def ack_writes(table: Any) -> None:
+    """The broker acknowledges every changelog write so far, and those they let follow
+    (a flush writes its meta record once its entity records were acknowledged)."""
+    while any(not f.done() for f in table.futures):
+        for fut in table.futures:
+            if not fut.done():
+                fut.set_result(None)
+        await writes_done()
+
+
 class DeferredTable(FakeTable):
     """A changelog whose writes the test acknowledges (or fails) by hand, like a busy broker."""
 
@@ -392,9 +402,7 @@ async def test_envelopes_are_acknowledged_only_once_their_snapshot_and_alerts_re
         shard.flush(p)
     await writes_done()
     assert table.futures and not any(e.acked for e in events), "nothing acknowledged before the broker answered"
-    for fut in table.futures:
-        fut.set_result(None)
-    await asyncio.sleep(0)
+    await ack_writes(table)
     assert not all(e.acked for e in events), "the envelopes that raised alerts wait for them"
     for fut in alert_acks:
         fut.set_result(None)
@@ -424,8 +432,7 @@ async def test_a_snapshot_the_broker_refused_is_written_again_and_its_envelopes_
     shard.flush(p)  # the same entities again, and the envelopes still wait for them
     await writes_done()
     assert len(table.futures) == 2 * first
-    for fut in table.futures[first:]:
-        fut.set_result(None)
+    await ack_writes(table)
     assert await shard.settle(timeout=5)
     assert all(e.acked for e in mine)
 
