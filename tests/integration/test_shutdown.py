@@ -138,7 +138,7 @@ async def test_sigterm_under_load_stops_within_the_grace_and_loses_no_request(br
     while time.monotonic() < deadline and not sum(restored):
         await asyncio.sleep(0.5)
         restarted = _log_since(log_path, log_offset)
-        restored = [int(n) for n in re.findall(r"shard \d+: restored (\d+) state buckets", restarted)]
+        restored = [int(n) for n in re.findall(r"shard \d+: restored (\d+) entities", restarted)]
     assert sum(restored) > 0, restarted[-3000:]
 
 
