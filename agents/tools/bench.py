@@ -173,11 +173,18 @@ async def _baseline(bootstrap: str, n_requests: int, start: dict[int, int]) -> f
 
 
 async def _end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    # the topic's partitions from a producer's metadata request for it: a consumer
+    # without a subscription knows none on Apache Kafka (`topics()` does not update
+    # the metadata `partitions_for_topic` reads), and the bench then waited forever
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await p.start()
+    try:
+        ids = sorted(await p.partitions_for(topic))
+    finally:
+        await p.stop()
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     await c.start()
     try:
-        await c.topics()  # the cluster's metadata
-        ids = sorted(c.partitions_for_topic(topic) or ())
         ends = await c.end_offsets([TopicPartition(topic, p) for p in ids])
         return {tp.partition: int(o) for tp, o in ends.items()}
     finally:
