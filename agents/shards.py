@@ -434,29 +434,20 @@ class ShardState:
 
     def release(self, partitions: set[int]) -> None:
         """A rebalance takes these partitions away: their last changes are written for
-        the next owner (the changelog holds every earlier one), and the partition's
-        records go back into the table (the same bytes: no copy). A partition that stays
-        with this worker is not read from the changelog's start again: Faust resumes its
-        recovery where it stopped, so the table must hold what the engine held; one that
-        moves is dropped from the table by Faust once its recovery completes."""
+        the next owner (the changelog holds every earlier one).
+
+        Known gap (docs/operations.md "Throughput", issue #13): a partition that stays
+        with this worker is not read from the changelog's start again (Faust resumes
+        its recovery where it stopped), and the table no longer holds the records the
+        engine took, so its engine made again restores only the records written since
+        the last recovery. Putting the records back into the table here fixed that but
+        stopped the shards after a memory-only broker lost its log (the broker-restart
+        test); not yet understood, so not shipped."""
         for p in sorted(partitions):
-            engine = self.engines.get(p)
-            if engine is None:
-                continue
-            entities, meta = engine.dump_all()  # every live entity encoded
-            store = _store(self.table)
-            key_partition = getattr(self.table.data, "_key_partition", None)
-            for ekey, blob in entities:
-                key = entity_table_key(p, ekey)
-                store[key] = blob
-                if isinstance(key_partition, MutableMapping):
-                    key_partition[key] = p
-            store[meta_table_key(p)] = meta
-            if isinstance(key_partition, MutableMapping):
-                key_partition[meta_table_key(p)] = p
-            self.flush(p)
-            del self.engines[p]
-            log.info("shard %d: released (%d entities)", p, len(entities))
+            if p in self.engines:
+                self.flush(p)
+                del self.engines[p]
+                log.info("shard %d: released", p)
 
     def forget_positions(self) -> None:
         """The broker lost its log (agents/brokerwatch.py: a restarted memory-only

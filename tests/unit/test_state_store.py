@@ -268,21 +268,3 @@ async def test_upgrade_discards_state_of_another_version_and_carries_on(detectio
     assert await shard.settle(timeout=10)
 
 
-
-async def test_a_partition_released_and_kept_by_the_next_assignment_keeps_its_state(detection, profile):
-    """Faust revokes every partition at a rebalance and resumes a kept partition's
-    recovery where it stopped (it does not re-read the changelog): the table must hold
-    what the engine held, or the engine made again from it loses everything but the
-    records written since."""
-    stage = IngestStage(load_settings(), detection, Metrics(CollectorRegistry()), loop=None)
-    events = list(genuine(profile, 150, seed=13)) + list(private_api_library(profile, 40, seed=13))
-    proc, shard, _, table = shard_of(detection)
-    for i, (p, value) in enumerate(await envelopes_of(stage, sorted(events, key=lambda e: e["ts"]))):
-        await proc.process(FakeEvent(p, i, value))
-    before = {p: dict(e.states()) for p, e in shard.engines.items()}
-    table.data.clear()  # as after a recovery: the engines hold the records, the table none
-    shard.release(set(shard.engines))
-    assert await shard.settle(timeout=5)
-    assert not shard.engines
-    for p, states in before.items():  # assigned again: made again from the table alone
-        assert dict(shard.engine(p).states()) == states
