@@ -86,11 +86,16 @@ def translate(events: list[dict[str, Any]], delta_s: int, profile: ClientProfile
         e["ts"] = round(e["ts"] + delta_s, 3)
         if ts_header is None:
             continue
-        headers = [list(h) for h in e["headers"]]
-        for h in headers:
-            if h[0].lower() == ts_header and h[1].isdigit():
-                h[1] = str(int(h[1]) + delta_s)
-        events[i] = resign(profile, {**e, "headers": headers})
+        events[i] = _shifted(e, delta_s, ts_header, profile)
+
+
+def _shifted(e: dict[str, Any], delta_s: int, ts_header: str, profile: ClientProfile) -> dict[str, Any]:
+    """A request whose signed timestamp header moved by `delta_s` whole seconds, signed again."""
+    headers = [list(h) for h in e["headers"]]
+    for h in headers:
+        if h[0].lower() == ts_header and h[1].isdigit():
+            h[1] = str(int(h[1]) + delta_s)
+    return resign(profile, {**e, "headers": headers})
 
 
 def paced(events: list[dict[str, Any]], start: float, rate: float, profile: ClientProfile) -> None:
@@ -104,11 +109,7 @@ def paced(events: list[dict[str, Any]], start: float, rate: float, profile: Clie
         e["ts"] = ts
         if ts_header is None or delta == 0:
             continue
-        headers = [list(h) for h in e["headers"]]
-        for h in headers:
-            if h[0].lower() == ts_header and h[1].isdigit():
-                h[1] = str(int(h[1]) + delta)
-        events[i] = resign(profile, {**e, "headers": headers})
+        events[i] = _shifted(e, delta, ts_header, profile)
 
 
 def ending_now(events: list[dict[str, Any]], profile: ClientProfile, now: float) -> None:

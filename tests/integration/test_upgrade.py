@@ -9,7 +9,6 @@ import base64
 import json
 import re
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from agents.tools.broker import free_port
 from agents.tools.demo import start_worker, stop_process
 from agents.topics import ALERTS, CLIENT_REQUESTS, ENTITY_EVENTS, ENTITY_FLAGS, create_topics, partitions_of
 from detector.simulate import genuine, private_api_library
+from tests.integration.test_roles import scrape
 from tests.integration.test_worker import collect, produce
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.timeout(240)]
@@ -72,15 +72,6 @@ async def write_previous_release(bootstrap: str) -> int:
     finally:
         await p.stop()
     return entities
-
-
-def scrape(port: int) -> str:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-            body: bytes = r.read()
-            return body.decode()
-    except OSError:
-        return ""
 
 
 async def changelog_keys(bootstrap: str) -> list[tuple[str, bool]]:
