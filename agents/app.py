@@ -240,6 +240,10 @@ def _shard_part(app: faust.App, s: Settings, detection: DetectionConfig, metrics
             log.warning("shard snapshot not acknowledged within the rebalance's share: its envelopes are read "
                         "again by their next owner")
 
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # mode's SignalHandlerT, as above
+    async def on_assigned(app_: Any, assigned: Any, **_: Any) -> None:
+        shard.assigned({tp.partition for tp in assigned if tp.topic == ENTITY_EVENTS.name})
+
     @app.on_before_shutdown.connect  # type: ignore[arg-type]  # mode's SignalHandlerT, as above
     async def on_stop(app_: Any, **_: Any) -> None:
         # The stop begins (fetching has stopped): a complete snapshot of every owned

@@ -146,6 +146,10 @@ class ShardState:
         self.interval = interval
         self.changelog = changelog
         self.engines: dict[int, BehaviourEngine] = {}
+        # engines of partitions a rebalance revoked, kept until the new assignment is
+        # known: a partition assigned again (kept through the rebalance) resumes with
+        # its engine, as Faust resumes its table recovery where it stopped
+        self.parked: dict[int, BehaviourEngine] = {}
         self.pending: dict[int, list[Any]] = defaultdict(list)
         # deliveries (flag updates, alerts) sent from a partition's envelopes since its
         # last flush: its envelopes are acknowledged only once these and the state
@@ -168,6 +172,12 @@ class ShardState:
 
     def engine(self, p: int) -> BehaviourEngine:
         engine = self.engines.get(p)
+        if engine is None and p in self.parked:
+            engine = self.parked.pop(p)
+            self._drop_recovered(p)
+            self.engines[p] = engine
+            self.last_flush[p] = time.monotonic()
+            log.info("shard %d: resumed with its engine (kept through the rebalance)", p)
         if engine is None:
             d = self.detection
             engine = BehaviourEngine(self.behaviour, d.alerts, d.scoring.weight_of)
@@ -249,6 +259,19 @@ class ShardState:
                  f"; migrated {migrated} entities from {len(legacy)} previous-release buckets"
                  f"{f' ({discarded} discarded)' if discarded else ''}" if legacy else "")
 
+    def _drop_recovered(self, p: int) -> None:
+        """Drop what Faust's recovery put into the table for partition p while its
+        engine was parked: its own writes since the last recovery (Faust resumes a kept
+        partition's recovery where it stopped), which the engine already holds."""
+        store = _store(self.table)
+        key_partition = getattr(self.table.data, "_key_partition", None)
+        for key in list(store):
+            parsed = parse_table_key(key if isinstance(key, (bytes, str)) else str(key))
+            if parsed is not None and parsed.partition == p:
+                store.pop(key, None)
+                if isinstance(key_partition, MutableMapping):
+                    key_partition.pop(key, None)
+
     def hold(self, p: int, event: Any) -> None:
         self.pending[p].append(event)
 
@@ -283,7 +306,7 @@ class ShardState:
         could pass envelopes whose state (or alerts) the broker never received, and the
         partition's next owner would skip them (seen as alert revisions missing after a
         rebalance)."""
-        engine = self.engines.get(p)
+        engine = self.engines.get(p) or self.parked.get(p)
         outputs = self.outputs.pop(p, [])
         keys, meta = engine.take_changes() if engine is not None else ([], None)
         if engine is not None:
@@ -399,11 +422,16 @@ class ShardState:
             log.error("shard %d: %d of %d writes not acknowledged by the broker (%s): sent again at the next "
                       "flush, the envelopes they cover wait for it", p, len(failed_out) + len(failed_writes),
                       len(outputs) + len(writes), type(first).__name__)
-        if self.engines.get(p) is not engine or engine is None:
+        if engine is None or (self.engines.get(p) is not engine and self.parked.get(p) is not engine):
             return False
         if failed_writes or not ok_before:
             engine.mark_changed(keys)
             self.legacy[p].extend(legacy)
+        if self.engines.get(p) is not engine:
+            # parked by a rebalance: its envelopes cannot be acknowledged any more (they
+            # are read again if the partition stays here, and skipped by the entities'
+            # offsets); its changes are written at its next flush
+            return False
         for (_, resend), _exc in failed_out:
             try:
                 fut = await resend()
@@ -434,20 +462,23 @@ class ShardState:
 
     def release(self, partitions: set[int]) -> None:
         """A rebalance takes these partitions away: their last changes are written for
-        the next owner (the changelog holds every earlier one).
-
-        Known gap (docs/operations.md "Throughput", issue #13): a partition that stays
-        with this worker is not read from the changelog's start again (Faust resumes
-        its recovery where it stopped), and the table no longer holds the records the
-        engine took, so its engine made again restores only the records written since
-        the last recovery. Putting the records back into the table here fixed that but
-        stopped the shards after a memory-only broker lost its log (the broker-restart
-        test); not yet understood, so not shipped."""
+        the next owner (the changelog holds every earlier one), and their engines are
+        parked until the new assignment is known (`assigned`)."""
         for p in sorted(partitions):
-            if p in self.engines:
+            engine = self.engines.pop(p, None)
+            if engine is not None:
+                self.parked[p] = engine
                 self.flush(p)
-                del self.engines[p]
                 log.info("shard %d: released", p)
+
+    def assigned(self, partitions: set[int]) -> None:
+        """The new assignment: a parked partition assigned again resumes with its
+        engine at its first envelope (Faust resumes a kept partition's table recovery
+        from where it stopped, so the table alone would restore only the records
+        written since then); the others are gone to their next owner."""
+        for p in sorted(set(self.parked) - partitions):
+            del self.parked[p]
+            log.info("shard %d: handed over", p)
 
     def forget_positions(self) -> None:
         """The broker lost its log (agents/brokerwatch.py: a restarted memory-only
@@ -457,11 +488,11 @@ class ShardState:
         them, in the engines and in the partitions not loaded yet (when they load); the
         entities' state stays."""
         reset = 0
-        for engine in self.engines.values():
+        for engine in (*self.engines.values(), *self.parked.values()):
             reset += engine.forget_positions()
         for key in list(_store(self.table)):
             parsed = parse_table_key(key if isinstance(key, (bytes, str)) else str(key))
-            if parsed is not None and parsed.partition not in self.engines:
+            if parsed is not None and parsed.partition not in self.engines and parsed.partition not in self.parked:
                 self.forgot.add(parsed.partition)  # forgotten when it loads (BehaviourEngine.forget_positions)
         log.warning("shard state: forgot the input positions of %d state buckets (the broker lost its log)", reset)
 

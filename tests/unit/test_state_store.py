@@ -122,6 +122,48 @@ async def test_an_envelope_read_again_after_a_crash_mid_flush_is_applied_once(de
         assert engine.observe(env.records, offset=i, sources=env.sources).applied == 0
 
 
+async def test_a_partition_kept_through_a_rebalance_keeps_all_its_state(detection, profile):
+    """Faust resumes a kept partition's table recovery where it stopped: after a
+    rebalance the table holds only the records written since the last recovery. The
+    partition's engine, parked at the revocation and resumed at the assignment, still
+    holds everything; a partition handed over is dropped, and restored from the
+    changelog when it comes back."""
+    stage = IngestStage(load_settings(), detection, Metrics(CollectorRegistry()), loop=None)
+    events = list(genuine(profile, 160, seed=11)) + list(private_api_library(profile, 20, seed=12))
+    envelopes = await envelopes_of(stage, events)
+    half = len(envelopes) // 2
+    # a previous owner wrote the first half; this worker recovers it at start
+    proc0, first, _, written0 = shard_of(detection)
+    for i, (p, value) in enumerate(envelopes[:half]):
+        await proc0.process(FakeEvent(p, i, value))
+    for p in list(first.engines):
+        first.flush(p)
+    assert await first.settle(timeout=5)
+    proc, shard, _, _ = shard_of(detection, recovered(written0))
+    shard.changelog = changelog = FakeTable()
+    for i, (p, value) in enumerate(envelopes[half:], start=half):
+        await proc.process(FakeEvent(p, i, value))
+    owned = sorted(shard.engines)
+    assert len(owned) >= 2
+    before = {p: dict(e.states()) for p, e in shard.engines.items()}
+    # a rebalance: every partition revoked (flushed), then all but one assigned again
+    shard.release(set(owned))
+    assert await shard.settle(timeout=5)
+    assert not shard.engines
+    kept, gone = set(owned[1:]), owned[0]
+    since = recovered(changelog)  # what Faust's resumed recovery puts into the table
+    shard.table.data.update({k: v for k, v in since.data.items() if parse_table_key(k).partition in kept})  # type: ignore[union-attr]
+    shard.assigned(kept)
+    assert set(shard.parked) == kept
+    for p in kept:
+        assert dict(shard.engine(p).states()) == before[p], f"partition {p} lost state through the rebalance"
+    assert not [k for k in shard.table.data if parse_table_key(k).partition in kept], (  # type: ignore[union-attr]
+        "the resumed recovery's records are dropped: the engine holds them")
+    # the partition handed over comes back later: restored from the whole changelog
+    _, back, _, _ = shard_of(detection, recovered(written0, changelog))
+    assert dict(back.engine(gone).states()) == before[gone]
+
+
 def test_eviction_takes_flagged_and_alerting_entities_last(detection):
     s = replace(detection.behaviour, max_entities=detection.behaviour.buckets * 4)  # 4 per bucket
     e = BehaviourEngine(s, detection.alerts, detection.scoring.weight_of)
