@@ -423,7 +423,13 @@ class BehaviourEngine:
         windows: dict[str, list[Any]] = st.setdefault("aw", {})
         for old in [k for k in windows if int(k) < start - a.window_s]:
             del windows[old]  # closed windows: only the current and the previous stay
+            st["awc"] = max(int(old), st.get("awc", int(old)))
         raw = windows.get(str(start))
+        if raw is None and start <= st.get("awc", start - 1):
+            # a window newer requests closed: older requests that arrive after that (from
+            # a source partition read behind the others) do not open it again as a new
+            # revision 1 of the same alert id
+            return
         w = AlertWindow.load(raw) if raw is not None else AlertWindow(first_ts=r.ts, last_ts=r.ts)
         if w.update(fr, a):
             out.alerts.append(build_alert(r.etype, r.key, start, w, a, {c: _described(f) for c, f in flags.items()}))

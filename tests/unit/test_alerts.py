@@ -168,3 +168,19 @@ def test_severity_by_code_raises_the_severity_of_the_count():
     assert [(a.revision, a.severity) for a in out] == [(1, "medium"), (2, "critical")]
     with pytest.raises(ValueError, match="severity_by_code"):
         AlertSettings(severity_by_code={"x": "urgent"})
+
+
+def test_a_window_closed_by_newer_requests_is_not_raised_again_by_older_ones():
+    """Records reach a shard out of order across source partitions (one partition read
+    ahead of another after a lag, or an edge that keys at random): an alert window that
+    newer requests closed must not be opened again, as a new revision 1 of the same
+    alert id, by older requests of another partition."""
+    e = engine(AlertSettings(window_s=300, min_count=3, escalate_at=(3, 10)), buckets=1)
+    first = e.observe([flagged(i, at(i)) for i in range(3)], sources=[(0, i, 0) for i in range(3)]).alerts
+    assert [(a.revision, a.count) for a in first] == [(1, 3)]
+    later = e.observe([flagged(10 + i, at(900 + i)) for i in range(3)], sources=[(0, 10 + i, 0) for i in range(3)]).alerts
+    assert [a.revision for a in later] == [1] and later[0].alert_id != first[0].alert_id
+    # partition 1 was read behind: its requests of the first window are not late for it
+    old = e.observe([flagged(20 + i, at(10 + i)) for i in range(5)], sources=[(1, i, 0) for i in range(5)])
+    assert old.late == 0
+    assert not [a for a in old.alerts if a.alert_id == first[0].alert_id], "the closed window was raised again"
