@@ -81,6 +81,7 @@ def build_app(settings: Settings, detection: DetectionConfig, metrics: Metrics |
     app = faust.App(
         s.app_id,
         broker=f"kafka://{s.kafka_bootstrap}",
+        broker_credentials=s.kafka.faust_credentials(),  # SASL / TLS (agents/kafkaclient.py)
         store="memory://",
         value_serializer="raw",
         key_serializer="raw",
@@ -175,7 +176,7 @@ def _shard_part(app: faust.App, s: Settings, detection: DetectionConfig, metrics
     dlq_topic = app.topic(CLIENT_REQUESTS_DLQ.name, value_serializer="raw", key_serializer="raw")
     changelog = state_table.changelog_topic.get_topic_name()
     faust_max_request = int(app.conf.producer_max_request_size)
-    changelog_writer = KafkaChangelog(s.kafka_bootstrap, changelog, f"{s.app_id}-shard-state")
+    changelog_writer = KafkaChangelog(s.kafka_bootstrap, changelog, f"{s.app_id}-shard-state", security=s.kafka)
     shard = ShardState(behaviour, detection, state_table, metrics, s.state_flush_interval_s,
                        RecordLimits.of(TopicLimits(), INGEST_MAX_REQUEST_SIZE, faust_max_request, changelog),
                        changelog=changelog_writer)

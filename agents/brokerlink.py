@@ -69,11 +69,12 @@ class BrokerLink(Service):
         # Every record the worker writes stays under its topic's limit (RecordLimits):
         # the output topics' max.message.bytes, read once (the state changelog's too,
         # for the shards)
-        self.limits = await read_topic_limits(s.kafka_bootstrap, self.limit_topics)
+        self.limits = await read_topic_limits(s.kafka_bootstrap, self.limit_topics, security=s.kafka)
         for callback in self.on_limits:
             callback(self.limits)
         self.client = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, group_id=None,
-                                       client_id=f"{s.app_id}-broker-watch", enable_auto_commit=False)
+                                       client_id=f"{s.app_id}-broker-watch", enable_auto_commit=False,
+                                       **s.kafka.client_kwargs())
         await self.client.start()
 
     async def on_stop(self) -> None:
@@ -100,7 +101,8 @@ class BrokerLink(Service):
 
     async def _create_topics(self, specs: tuple[TopicSpec, ...]) -> list[str]:
         s = self.settings
-        return await create_topics(s.kafka_bootstrap, s.topic_partitions, s.topic_replication, specs=specs)
+        return await create_topics(s.kafka_bootstrap, s.topic_partitions, s.topic_replication, specs=specs,
+                                   security=s.kafka)
 
     async def _log_ends(self, tps: list[tuple[str, int]]) -> Mapping[tuple[str, int], int]:
         assert self.client is not None

@@ -151,20 +151,17 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print(f"detector simulate: {exc}", file=sys.stderr)
         return 2
     if args.to == "kafka":
+        from agents.settings import load_settings
         from agents.tools.produce import produce_events
 
-        asyncio.run(produce_events(args.bootstrap or _bootstrap(), events, rate=args.rate, batch=args.batch))
+        settings = load_settings(args.config, **({"kafka_bootstrap": args.bootstrap} if args.bootstrap else {}))
+        asyncio.run(produce_events(settings.kafka_bootstrap, events, rate=args.rate, batch=args.batch,
+                                   security=settings.kafka))
         return 0
     with output(None if args.output in (None, "-") else args.output) as out:
         for e in events:
             out.write(orjson.dumps(e) + b"\n")
     return 0
-
-
-def _bootstrap() -> str:
-    from agents.settings import load_settings
-
-    return load_settings().kafka_bootstrap
 
 
 # --- detector broker ---------------------------------------------------------------
@@ -194,15 +191,18 @@ def cmd_topics(args: argparse.Namespace) -> int:
     from agents.settings import load_settings
     from agents.topics import ALL_TOPICS, create_topics, existing_topics, partitions_of
 
-    settings = load_settings(args.config, **({"kafka_bootstrap": args.bootstrap} if args.bootstrap else {}))
+    overrides: dict[str, Any] = {"kafka_bootstrap": args.bootstrap} if args.bootstrap else {}
+    if args.replication_factor is not None:
+        overrides["topic_replication"] = args.replication_factor
+    settings = load_settings(args.config, **overrides)
 
     async def run() -> int:
         if args.create:
             created = await create_topics(settings.kafka_bootstrap, settings.topic_partitions,
-                                          settings.topic_replication)
+                                          settings.topic_replication, security=settings.kafka)
             for name in created:
-                print(f"created {name}")
-        have = await existing_topics(settings.kafka_bootstrap)
+                print(f"created {name} (replication factor {settings.topic_replication})")
+        have = await existing_topics(settings.kafka_bootstrap, settings.kafka)
         print(f"{'topic':24} {'partitions':>10} {'on cluster':>10}  retention  policy          purpose")
         for s in ALL_TOPICS:
             cfg = s.kafka_configs()
@@ -230,8 +230,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides["role"] = args.role
     settings = load_settings(args.config, **overrides)
     detection = load_detection(settings.config)
+    from agents.kafkaclient import KafkaAuthError, check_credentials
+
+    try:  # a refused password or certificate never heals: one readable error, not a retry loop
+        asyncio.run(check_credentials(settings.kafka_bootstrap, settings.kafka))
+    except KafkaAuthError as exc:
+        logging.getLogger("detector.broker").error("%s; check the kafka_sasl_* / kafka_ssl_* settings "
+                                                   "(docs/operations.md \"Production Kafka\")", exc)
+        return 3
     if args.create_topics:
-        asyncio.run(create_topics(settings.kafka_bootstrap, settings.topic_partitions, settings.topic_replication))
+        asyncio.run(create_topics(settings.kafka_bootstrap, settings.topic_partitions, settings.topic_replication,
+                                  security=settings.kafka))
     app = build_app(settings, detection, Metrics())
     _tune_gc()
     from agents.shutdown import StopDeadline
@@ -294,11 +303,13 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
     check_readable(path)
     settings = load_settings(path)
+    kafka = settings.kafka  # the Kafka secrets' and certificates' files read, the SSLContext built
     cfg = load_detection(path)
     endpoints = load_endpoints(path)
     n_versions = sum(len(p.versions) for p in cfg.profiles.values())
     print(f"{path}: ok: {len(cfg.profiles)} profile(s) ({', '.join(cfg.profiles)}), {n_versions} app versions, "
-          f"{len(cfg.scoring.weights)} signal weights, {len(endpoints)} webhook(s); kafka {settings.kafka_bootstrap}")
+          f"{len(cfg.scoring.weights)} signal weights, {len(endpoints)} webhook(s); kafka {settings.kafka_bootstrap} "
+          f"over {kafka.describe()}")
     return 0
 
 
@@ -323,11 +334,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
                   f"(decode {off['decode_us']} us, score {off['score_us']} us, "
                   f"encode {off['encode_us']} us per request)")
         return 0
+    from agents.kafkaclient import PLAINTEXT
     from agents.tools.bench import run_bench
 
+    security = PLAINTEXT
+    if args.bootstrap:  # a dedicated cluster: the settings' SASL / TLS (the embedded broker has none)
+        from agents.settings import load_settings
+
+        security = load_settings(args.config).kafka
     result = run_bench(n=args.count, batch=args.batch, bootstrap=args.bootstrap, seed=args.seed,
                        latency_rate=args.latency_rate, latency_seconds=args.latency_seconds, log_dir=args.log_dir,
-                       roles=args.roles, flood=args.flood_count if args.flood else 0)
+                       roles=args.roles, flood=args.flood_count if args.flood else 0, security=security)
     if args.json:
         print(orjson.dumps(result).decode())
         return 0
@@ -396,6 +413,9 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("topics", help="list (or --create) the service's topics on the configured cluster")
     s.add_argument("--create", action="store_true", help="create the missing topics first")
     s.add_argument("--bootstrap", help="Kafka bootstrap servers (default: the settings' kafka_bootstrap)")
+    s.add_argument("--replication-factor", type=int, metavar="N",
+                   help="replicas of each topic --create makes (default: the settings' topic_replication, 1; "
+                        "3 in production, docs/operations.md \"Topics\")")
     s.set_defaults(func=cmd_topics)
 
     s = sub.add_parser("run", help="the stream worker (Faust app) against the configured Kafka")

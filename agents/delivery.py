@@ -171,9 +171,10 @@ class DeliveryStage(Service):
         common = dict(bootstrap_servers=s.kafka_bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
                       rebalance_timeout_ms=int(s.rebalance_timeout_s * 1000),
                       session_timeout_ms=int(s.session_timeout_s * 1000),
-                      heartbeat_interval_ms=int(s.heartbeat_interval_s * 1000), fetch_max_wait_ms=200)
+                      heartbeat_interval_ms=int(s.heartbeat_interval_s * 1000), fetch_max_wait_ms=200,
+                      **s.kafka.client_kwargs())
         self.producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, client_id=f"{s.app_id}-webhooks",
-                                         acks="all", linger_ms=5)
+                                         acks="all", linger_ms=5, **s.kafka.client_kwargs())
         await self.producer.start()
         self.alerts_consumer = AIOKafkaConsumer(group_id=f"{s.app_id}-webhooks", client_id=f"{s.app_id}-webhooks",
                                                 **common)

@@ -139,6 +139,7 @@ class IngestStage(Service):
         self.producer = AIOKafkaProducer(
             bootstrap_servers=s.kafka_bootstrap, client_id=f"{s.app_id}-ingest", acks="all",
             linger_ms=5, max_batch_size=512 * 1024, max_request_size=INGEST_MAX_REQUEST_SIZE,
+            **s.kafka.client_kwargs(),
         )
         await self.producer.start()
         # Every record we write stays under its topic's limit (RecordLimits): the output
@@ -152,17 +153,17 @@ class IngestStage(Service):
             enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=s.ingest_max_records,
             rebalance_timeout_ms=int(s.rebalance_timeout_s * 1000), session_timeout_ms=int(s.session_timeout_s * 1000),
             heartbeat_interval_ms=int(s.heartbeat_interval_s * 1000), fetch_max_wait_ms=100,
-            max_partition_fetch_bytes=8 * 1024 * 1024,
+            max_partition_fetch_bytes=8 * 1024 * 1024, **s.kafka.client_kwargs(),
         )
         self.consumer.subscribe([CLIENT_REQUESTS.name], listener=_CommitGate(self._lock))
         await self.consumer.start()
         # group_id=None: every partition of the flags topic, from the start
         self.flag_consumer = AIOKafkaConsumer(
             ENTITY_FLAGS.name, bootstrap_servers=s.kafka_bootstrap, group_id=None, client_id=f"{s.app_id}-flags",
-            enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=100,
+            enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=100, **s.kafka.client_kwargs(),
         )
         await self.flag_consumer.start()
-        log.info("ingest stage started: group %s-ingest on %s", s.app_id, s.kafka_bootstrap)
+        log.info("ingest stage started: group %s-ingest on %s over %s", s.app_id, s.kafka_bootstrap, s.kafka.describe())
 
     async def on_stop(self) -> None:
         async with self._lock:  # let the batch in flight finish and commit

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import yaml
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from agents.kafkaclient import KafkaSecurity, build_security
 from detector.config import ConfigError, YamlDocument
 from detector.config.schema import (
     Override,
@@ -96,8 +98,14 @@ class Settings(BaseSettings, RuntimeSettings):
         return (init_settings, env_settings, _YamlSource(settings_cls, path))
 
     def masked(self) -> dict[str, Any]:
-        """For logs: every value (no secrets live here; keys live in profiles)."""
+        """For logs: every value, the Kafka password as `**********` (a SecretStr)."""
         return {k: str(v) for k, v in self.model_dump().items()}
+
+    @cached_property
+    def kafka(self) -> KafkaSecurity:
+        """How the Kafka clients connect (agents/kafkaclient.py), resolved once: the
+        secrets read from their files, one SSLContext. A ConfigError names the key."""
+        return build_security(self)
 
 
 def read_settings_file(path: Path, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -121,6 +129,15 @@ def load_settings(config: Path | str | None = None, **overrides: Any) -> Setting
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
+        if not key:  # a check across keys (a model validator): named by the first key its message names
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            key = next((w for w in msg.replace(",", " ").split() if w in Settings.model_fields), "")
+            env = f"{ENV_PREFIX}{key.upper()}"
+            if key in overrides or env in os.environ or not key:
+                source = "the command line" if key in overrides else env if key else "the settings"
+                raise ConfigError(path, key, f"{msg} (from {source})") from None
+            doc = YamlDocument(path)
+            raise doc.error([key], msg) from None
         env = f"{ENV_PREFIX}{key.upper()}"
         if key in overrides or env in os.environ:  # an override, not the file's value
             source = "the command line" if key in overrides else env

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from functools import partial
 from typing import Any, Protocol
 
+from agents.kafkaclient import PLAINTEXT, KafkaSecurity
 from agents.metrics import Metrics
 from agents.records import (
     FAUST_MAX_REQUEST_SIZE,
@@ -60,11 +61,12 @@ class KafkaChangelog:
     """ChangelogWriter over its own aiokafka producer and its batch API (about 4x
     cheaper per record than a send each: agents/publish.py), started on first use."""
 
-    def __init__(self, bootstrap: str, topic: str, client_id: str, max_request_size: int = INGEST_MAX_REQUEST_SIZE):
+    def __init__(self, bootstrap: str, topic: str, client_id: str, max_request_size: int = INGEST_MAX_REQUEST_SIZE,
+                 security: KafkaSecurity = PLAINTEXT):
         self.topic = topic
         self._config: dict[str, Any] = dict(bootstrap_servers=bootstrap, client_id=client_id, acks="all",
                                             linger_ms=5, max_batch_size=512 * 1024,
-                                            max_request_size=max_request_size)
+                                            max_request_size=max_request_size, **security.client_kwargs())
         self._producer: Any = None
         self._started: asyncio.Future[None] | None = None
         self.records = 0

@@ -14,6 +14,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
+from agents.kafkaclient import PLAINTEXT, KafkaSecurity
+
 log = logging.getLogger("detector.topics")
 
 DAY_MS = 24 * 3600 * 1000
@@ -77,8 +79,8 @@ def partitions_of(spec: TopicSpec, default: int) -> int:
     return spec.partitions or default
 
 
-async def existing_topics(bootstrap: str) -> dict[str, int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+async def existing_topics(bootstrap: str, security: KafkaSecurity = PLAINTEXT) -> dict[str, int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000, **security.client_kwargs())
     await admin.start()
     try:
         metadata = await admin.describe_topics()
@@ -88,13 +90,14 @@ async def existing_topics(bootstrap: str) -> dict[str, int]:
 
 
 async def create_topics(bootstrap: str, partitions: int, replication: int = 1,
-                        specs: tuple[TopicSpec, ...] = ALL_TOPICS) -> list[str]:
-    """Create the missing topics; returns the names created."""
-    have = await existing_topics(bootstrap)
+                        specs: tuple[TopicSpec, ...] = ALL_TOPICS, security: KafkaSecurity = PLAINTEXT) -> list[str]:
+    """Create the missing topics with `replication` replicas each; returns the names
+    created (docs/operations.md "Topics": 1 for development, 3 in production)."""
+    have = await existing_topics(bootstrap, security)
     missing = [s for s in specs if s.name not in have]
     if not missing:
         return []
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000, **security.client_kwargs())
     await admin.start()
     try:
         new = [NewTopic(s.name, partitions_of(s, partitions), replication, topic_configs=s.kafka_configs())
@@ -149,7 +152,8 @@ def _positive_int(value: str | None) -> int | None:
     return n if n > 0 else None
 
 
-async def read_topic_limits(bootstrap: str, topics: Iterable[str], timeout_s: float = 10.0) -> TopicLimits:
+async def read_topic_limits(bootstrap: str, topics: Iterable[str], timeout_s: float = 10.0,
+                            security: KafkaSecurity = PLAINTEXT) -> TopicLimits:
     """Each topic's `max.message.bytes` (DescribeConfigs). A topic that does not exist
     yet, or whose answer lacks the key, gets the broker's `message.max.bytes` (what an
     auto-created topic would get), else Kafka's default. Never raises: a broker that
@@ -157,7 +161,8 @@ async def read_topic_limits(bootstrap: str, topics: Iterable[str], timeout_s: fl
     names = list(dict.fromkeys(topics))
     found: dict[str, int] = {}
     default = KAFKA_DEFAULT_MAX_MESSAGE_BYTES
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000),
+                                **security.client_kwargs())
     try:
         await asyncio.wait_for(admin.start(), timeout_s)
         try:

@@ -42,6 +42,7 @@ the shards' lag at their last envelope (`shard_lag_max_s`).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import os
 import re
@@ -57,6 +58,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from agents.kafkaclient import PLAINTEXT, KafkaSecurity
 from agents.tools.broker import EmbeddedBroker, free_port
 from agents.tools.demo import EMBEDDED_WORKER_ENV, stop_process
 from agents.tools.flood import ALERTED_TYPES, bot_entities, flood_requests
@@ -124,7 +126,7 @@ def record_ms(chunk: list[dict[str, Any]]) -> int:
 
 
 async def _produce(bootstrap: str, events: list[dict[str, Any]], batch: int) -> int:
-    p = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=1024 * 1024,
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, **_kw(), linger_ms=20, max_batch_size=1024 * 1024,
                          max_request_size=8 * 1024 * 1024)
     await p.start()
     messages = 0
@@ -148,7 +150,7 @@ async def _baseline(bootstrap: str, n_requests: int, start: dict[int, int]) -> f
     """Raw consume + parse of every message produced from `start`; requests per second."""
     # No consumer group (group_id=None): a group needs the coordinator, which a freshly
     # started Kafka may not have elected yet.
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, **_kw(), group_id=None, enable_auto_commit=False,
                          max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_wait_ms=100)
     await c.start()
     try:
@@ -177,13 +179,13 @@ async def _end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     # the topic's partitions from a producer's metadata request for it: a consumer
     # without a subscription knows none on Apache Kafka (`topics()` does not update
     # the metadata `partitions_for_topic` reads), and the bench then waited forever
-    p = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, **_kw())
     await p.start()
     try:
         ids = sorted(await p.partitions_for(topic))
     finally:
         await p.stop()
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, **_kw(), group_id=None, enable_auto_commit=False)
     await c.start()
     try:
         ends = await c.end_offsets([TopicPartition(topic, p) for p in ids])
@@ -198,7 +200,7 @@ async def _consume_volume(bootstrap: str, topic: str, start: dict[int, int], tim
     todo = {p: o for p, o in end.items() if o > start.get(p, 0)}
     if not todo:
         return 0, 0
-    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, **_kw(), group_id=None, enable_auto_commit=False,
                          max_partition_fetch_bytes=16 * 1024 * 1024, fetch_max_wait_ms=100)
     await c.start()
     records = size = 0
@@ -285,6 +287,15 @@ def _proc_kb(pid: int, field_name: str) -> float:
         return 0.0
     m = re.search(rf"{field_name}:\s+(\d+) kB", status)
     return int(m.group(1)) if m else 0.0
+
+
+# the bench's Kafka clients connect with this (run_bench sets it; asyncio.run's tasks
+# inherit it): SASL / TLS of a dedicated cluster, PLAINTEXT for the embedded broker
+_security: contextvars.ContextVar[KafkaSecurity] = contextvars.ContextVar("bench_kafka_security", default=PLAINTEXT)
+
+
+def _kw() -> dict[str, Any]:
+    return _security.get().client_kwargs()
 
 
 def _start_worker(bootstrap: str, web_port: int, workdir: Path, app_id: str, role: str) -> subprocess.Popen[bytes]:
@@ -446,7 +457,7 @@ async def _wait_ready(w: Worker, timeout: float) -> None:
 
 async def _alert_watch(bootstrap: str, seen: dict[str, Any], stop: asyncio.Event) -> None:
     """Counts alert revisions as they arrive, notes the last arrival and the entities."""
-    c = AIOKafkaConsumer(ALERTS.name, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+    c = AIOKafkaConsumer(ALERTS.name, bootstrap_servers=bootstrap, **_kw(), group_id=None, auto_offset_reset="earliest",
                          fetch_max_wait_ms=50)
     await c.start()
     try:
@@ -538,10 +549,10 @@ async def _latency(scraper: Scraper, bootstrap: str, events: list[dict[str, Any]
     """Sends `events` at `rate` (re-timed to it from now, see `paced`), each when the
     clock reaches its `ts`, and measures each verdict's arrival at a consumer of
     `verdicts` from its request's send time."""
-    consumer = AIOKafkaConsumer(VERDICTS.name, bootstrap_servers=bootstrap, group_id=None,
+    consumer = AIOKafkaConsumer(VERDICTS.name, bootstrap_servers=bootstrap, **_kw(), group_id=None,
                                 auto_offset_reset="latest", fetch_max_wait_ms=10)
     await consumer.start()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1, max_request_size=8 * 1024 * 1024)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **_kw(), linger_ms=1, max_request_size=8 * 1024 * 1024)
     await producer.start()
     latencies: list[float] = []
     sent_at: dict[str, float] = {}
@@ -671,7 +682,7 @@ async def _run(n: int, batch: int, bootstrap: str | None, seed: int, latency_rat
     watcher: asyncio.Task[None] | None = None
     result: dict[str, Any] = {}
     try:
-        await create_topics(bootstrap, partitions=4)
+        await create_topics(bootstrap, partitions=4, security=_security.get())
         detection = DetectionConfig.load(DEFAULT_CONFIG, secrets=os.environ.get)  # profiles' {env: NAME} secrets
         profile = detection.profiles[detection.default_profile]
         events = mixed(profile, n, seed, catalogue=detection.catalogue)
@@ -776,8 +787,11 @@ async def _run(n: int, batch: int, bootstrap: str | None, seed: int, latency_rat
 
 def run_bench(n: int = 100_000, batch: int = 1, bootstrap: str | None = None, seed: int = 1,
               latency_rate: float | None = None, latency_seconds: float = 10.0,
-              log_dir: str | None = None, roles: str = "split", flood: int = 0) -> dict[str, Any]:
-    """The logs (and the workers' Faust data directories) go to `log_dir`, else to a
+              log_dir: str | None = None, roles: str = "split", flood: int = 0,
+              security: KafkaSecurity = PLAINTEXT) -> dict[str, Any]:
+    """`security`: how the bench's own clients reach a dedicated `bootstrap` (the
+    workers it starts read the same DETECTOR_KAFKA_* variables). The logs (and the
+    workers' Faust data directories) go to `log_dir`, else to a
     temporary directory removed after a run that completed (agents/tools/rundir.py); their
     place is printed on stderr at the start and the end. `latency_rate` None: half of
     the end-to-end throughput the run measured. `flood` > 0: the flood phase with that
@@ -788,6 +802,7 @@ def run_bench(n: int = 100_000, batch: int = 1, bootstrap: str | None = None, se
     print(f"detector bench: logs in {run_dir.path}", file=sys.stderr, flush=True)
     ok = False
     try:
+        _security.set(security if bootstrap is not None else PLAINTEXT)
         result = asyncio.run(_run(n, batch, bootstrap, seed, latency_rate, latency_seconds, run_dir.path,
                                   roles, flood))
         ok = True

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from agents.kafkaclient import PLAINTEXT, KafkaSecurity
 from agents.topics import CLIENT_REQUESTS
 
 
@@ -22,9 +23,12 @@ async def produce_events(
     batch: int = 50,
     topic: str = CLIENT_REQUESTS.name,
     stop: asyncio.Event | None = None,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> int:
-    """Returns the number of requests sent (all acknowledged)."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all", max_request_size=4 * 1024 * 1024)
+    """Returns the number of requests sent (all acknowledged). `security`: SASL / TLS
+    (agents/kafkaclient.py; `detector simulate --to kafka` passes the settings')."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all", max_request_size=4 * 1024 * 1024,
+                                **security.client_kwargs())
     await producer.start()
     sent = 0
     started = time.monotonic()

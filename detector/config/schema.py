@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, create_model, model_validator
 
 from detector.behaviour.records import BehaviourSettings
 from detector.config import ConfigError, YamlDocument, unknown_key
@@ -30,6 +30,10 @@ class Section(BaseModel):
 # ingest stage alone, or the entity shards alone.
 Role = Literal["all", "ingest", "shards"]
 ROLES: tuple[Role, ...] = typing.get_args(Role)
+# How the Kafka clients connect (Kafka's own names for security.protocol and
+# sasl.mechanism; docs/operations.md "Production Kafka").
+KafkaProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
 class RuntimeSettings(Section):
     """The worker's runtime keys at the top of the settings file. agents.settings
@@ -66,11 +70,57 @@ class RuntimeSettings(Section):
     produce_retry_initial_s: float = Field(0.2, gt=0, le=60)
     produce_retry_max_s: float = Field(10.0, gt=0, le=600)
     log_level: str = "info"
+    # Production Kafka (docs/operations.md "Production Kafka"): every Kafka client of the
+    # worker and the tools connects with these. SASL: PLAIN or SCRAM, the username and
+    # password given as text (an environment variable, DETECTOR_KAFKA_SASL_PASSWORD) or
+    # as a file holding it (`..._file`, a mounted secret). TLS: the CA bundle that signs
+    # the brokers' certificates (else the system's), a client certificate and key for
+    # mutual TLS, and the host name check (on unless turned off). Relative paths are
+    # taken from the settings file's folder.
+    kafka_security_protocol: KafkaProtocol = "PLAINTEXT"
+    kafka_sasl_mechanism: SaslMechanism | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_username_file: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_sasl_password_file: str | None = None
+    kafka_ssl_cafile: str | None = None
+    kafka_ssl_certfile: str | None = None
+    kafka_ssl_keyfile: str | None = None
+    kafka_ssl_check_hostname: bool = True
 
     @model_validator(mode="after")
     def _retry_bounds(self) -> RuntimeSettings:
         if self.produce_retry_initial_s > self.produce_retry_max_s:
             raise ValueError("produce_retry_initial_s must not exceed produce_retry_max_s")
+        return self
+
+    @model_validator(mode="after")
+    def _kafka_security(self) -> RuntimeSettings:
+        protocol = self.kafka_security_protocol
+        sasl = protocol.startswith("SASL_")
+        if sasl:
+            if self.kafka_sasl_mechanism is None:
+                raise ValueError(f"kafka_security_protocol {protocol} needs kafka_sasl_mechanism "
+                                 f"({', '.join(typing.get_args(SaslMechanism))})")
+            for what in ("username", "password"):
+                given = [k for k in (f"kafka_sasl_{what}", f"kafka_sasl_{what}_file") if getattr(self, k) is not None]
+                if len(given) != 1:
+                    raise ValueError(f"kafka_security_protocol {protocol} needs exactly one of kafka_sasl_{what} "
+                                     f"and kafka_sasl_{what}_file" + (" (both are set)" if given else ""))
+        else:
+            stray = [k for k in ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_username_file",
+                                 "kafka_sasl_password", "kafka_sasl_password_file") if getattr(self, k) is not None]
+            if stray:
+                raise ValueError(f"{', '.join(stray)} set but kafka_security_protocol is {protocol} "
+                                 "(SASL_PLAINTEXT or SASL_SSL use them)")
+        if not protocol.endswith("SSL"):
+            stray = [k for k in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
+                     if getattr(self, k) is not None]
+            if stray:
+                raise ValueError(f"{', '.join(stray)} set but kafka_security_protocol is {protocol} "
+                                 "(SSL or SASL_SSL use them)")
+        if (self.kafka_ssl_certfile is None) != (self.kafka_ssl_keyfile is None):
+            raise ValueError("kafka_ssl_certfile and kafka_ssl_keyfile go together (mutual TLS)")
         return self
 
 
