@@ -23,12 +23,12 @@ COMPOSE = ROOT / "docker-compose.yml"
 WORKERS = {"detector-ingest": "ingest", "detector-shards": "shards"}
 
 
-def compose_config(*args: str) -> str:
+def compose_config(*args: str, env: dict[str, str] | None = None) -> str:
     exe = shutil.which("docker-compose")
     if exe is None:
         pytest.skip("docker-compose not found: `make test-deps` installs Debian's docker-compose (1.29) package")
     res = subprocess.run([exe, "-f", str(COMPOSE), *args, "config"], capture_output=True, text=True, timeout=120,
-                         cwd=ROOT, env={"PATH": "/usr/bin:/bin"})
+                         cwd=ROOT, env={"PATH": "/usr/bin:/bin", **(env or {})})
     assert res.returncode == 0, res.stderr
     return res.stdout
 
@@ -62,6 +62,22 @@ def test_kafka_runs_in_kraft_mode_from_the_official_image(spec):
     assert "kafka:9092" in env["KAFKA_ADVERTISED_LISTENERS"]
     assert len(env["CLUSTER_ID"]) == 22, "KRaft needs a base64-encoded UUID (22 characters)"
     assert kafka["healthcheck"]["test"]
+
+
+def test_the_external_listener_is_advertised_under_a_host_name_other_hosts_reach():
+    def kafka(env: dict[str, str] | None = None) -> tuple[list[str], Any]:
+        svc = yaml.safe_load(compose_config(env=env))["services"]["kafka"]
+        return svc["environment"]["KAFKA_ADVERTISED_LISTENERS"].split(","), svc["ports"]
+
+    listeners, ports = kafka()
+    assert listeners == ["PLAINTEXT://kafka:9092", "EXTERNAL://localhost:9094"]  # one machine: the default
+    assert [(p["published"], p["target"]) if isinstance(p, dict) else p for p in ports] in (
+        [(9094, 9094)], ["9094:9094/tcp"], ["9094:9094"])
+    listeners, ports = kafka({"KAFKA_EXTERNAL_HOST": "kafka1.example.net", "KAFKA_EXTERNAL_PORT": "19094"})
+    assert listeners == ["PLAINTEXT://kafka:9092", "EXTERNAL://kafka1.example.net:19094"]
+    # the advertised port is the one published (on every interface: no host address)
+    assert [(p["published"], p["target"]) if isinstance(p, dict) else p for p in ports] in (
+        [(19094, 9094)], ["19094:9094/tcp"], ["19094:9094"])
 
 
 def test_each_role_is_a_service_of_the_one_image_and_the_simulator_uses_it_too(spec):
