@@ -9,6 +9,9 @@ with a readable error, and no secret reaches its log, /readyz or /metrics."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -24,7 +27,7 @@ from agents.settings import load_settings
 from agents.tools.broker import free_port
 from agents.tools.demo import start_worker, stop_process
 from agents.tools.produce import produce_events
-from agents.topics import ALERTS, VERDICTS, create_topics
+from agents.topics import ALERTS, ALL_TOPICS, VERDICTS, existing_topics
 from detector.simulate import genuine, private_api_library
 from tests.conftest import TIERS
 
@@ -105,7 +108,14 @@ async def test_worker_over_sasl_ssl_scram_sha_512_and_a_wrong_password_fails_cle
     b = secure_broker
     security = _security(b, tmp_path, monkeypatch)
     assert security.protocol == "SASL_SSL" and security.password == PASSWORD  # the file's newline is not in it
-    await create_topics(b.secure_bootstrap, 4, 1, security=security)
+    # the topics by the CLI, as an operator creates them (its admin client over SASL_SSL)
+    env = {**os.environ, **_env(b, tmp_path), "DETECTOR_KAFKA_BOOTSTRAP": b.secure_bootstrap}
+    made = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "agents.cli", "topics", "--create",
+                                                    "--replication-factor", "1"],
+                                   capture_output=True, text=True, env=env, timeout=60)
+    assert made.returncode == 0, made.stderr
+    assert f"created {VERDICTS.name} (replication factor 1)" in made.stdout
+    assert await existing_topics(b.secure_bootstrap, security) == {t.name: 4 for t in ALL_TOPICS}
 
     # a wrong password: the worker stops at once (exit 3) with the broker's reason
     bad_log = tmp_path / "bad-worker.log"
