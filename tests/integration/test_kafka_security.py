@@ -2,8 +2,9 @@
 Kafka"), on the Apache Kafka tier only (the embedded broker has no SASL): the broker's
 certificate is signed by a CA made by the test, the SCRAM user is created by the
 storage format. Every client of the worker (the ingest stage's, Faust's, the shards'
-changelog producer, the broker link and the admin calls) connects through the secured
-listener alone; the test's own clients too. A wrong password stops the worker at once
+changelog producer, webhook delivery, the broker link and the admin calls) and of
+`detector topics` connects through the secured listener (a client bootstrapped there
+is told that listener's endpoints only); the test's own clients too. A wrong password stops the worker at once
 with a readable error, and no secret reaches its log, /readyz or /metrics."""
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from agents.tools.produce import produce_events
 from agents.topics import ALERTS, ALL_TOPICS, VERDICTS, existing_topics
 from detector.simulate import genuine, private_api_library
 from tests.conftest import TIERS
+from tests.integration.test_webhooks import Receiver, endpoint, ok, verify, wait_until, worker_config
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]
 
@@ -130,10 +132,13 @@ async def test_worker_over_sasl_ssl_scram_sha_512_and_a_wrong_password_fails_cle
     assert "Traceback" not in text and "not-the-password" not in text
     assert text.count("Kafka refused the connection") == 1
 
-    # the right password from a file: verdicts and alerts, every client over SASL_SSL
+    # the right password from a file: verdicts, alerts and their webhook deliveries (the
+    # delivery stage's consumers and producer), every client over SASL_SSL
+    receiver = await Receiver({"/hook": ok}).start()
     port = free_port()
     log = tmp_path / "worker.log"
-    proc = start_worker(b.secure_bootstrap, port, log, extra_env=_env(b, tmp_path))
+    hooks = worker_config(tmp_path, [endpoint("soc", receiver.url("/hook"))])
+    proc = start_worker(b.secure_bootstrap, port, log, extra_env={**_env(b, tmp_path), **hooks})
     try:
         good = list(genuine(profile, 60, seed=5))
         attack = list(private_api_library(profile, 30, seed=5, start_ts=good[-1]["ts"] + 1))
@@ -149,7 +154,10 @@ async def test_worker_over_sasl_ssl_scram_sha_512_and_a_wrong_password_fails_cle
         assert status == 200, ready
         _, metrics = _get(port, "/metrics")
         assert PASSWORD not in ready and PASSWORD not in metrics
+        await wait_until(lambda: bool(receiver.delivered("/hook")), 30, "a webhook delivery", log)
+        assert all(verify(e) for e in receiver.at("/hook"))
     finally:
         stop_process(proc)
+        await receiver.stop()
     text = log.read_text(errors="replace")
     assert PASSWORD not in text and "SASL_SSL (SCRAM-SHA-512, user 'detector')" in text
