@@ -80,6 +80,9 @@ class Verdict(msgspec.Struct, frozen=True, gc=False):
     fingerprints: Mapping[str, str]
     signals: Sequence[Signal] = ()
     app_version: str | None = None  # the version the user agent claims (optional field)
+    # False: the request is outside every profile's scope and was not judged as the app
+    # (verdict clean, score 0; docs/contracts.md, Scope)
+    assessed: bool = True
     schema: str = "verdict/1"
 
     def to_json(self) -> bytes:
@@ -130,6 +133,7 @@ class Verdict(msgspec.Struct, frozen=True, gc=False):
             "fingerprints": dict(self.fingerprints),
             "signals": [s.as_dict() for s in self.signals],
             "app_version": self.app_version,
+            "assessed": self.assessed,
         }
 
 

@@ -31,6 +31,7 @@ from detector.fingerprints.tls import ClientHelloError, fingerprints_from_b64
 from detector.model import ClientRequest, Signal, Verdict
 from detector.profile import ClientProfile
 from detector.redact import Redactor, scrub_detail
+from detector.scope import HostEvidence, host_evidence
 from detector.scoring import ScoringPolicy
 
 # Memory of the caches below, by bytes (approx_size): keys and values come from
@@ -130,6 +131,8 @@ class Pipeline:
         self._names_cache: ByteCache[tuple[str, ...], tuple[tuple[str, ...], bool, str]] = ByteCache(
             _NAMES_CACHE_BYTES, _CACHE_ITEM_BYTES)
         self._profile_by_prefix = sorted(self.profiles.values(), key=lambda p: -len(p.ua_prefix))
+        # with no scope anywhere every request is judged (and no scope work is done)
+        self._scoped = any(p.scope is not None for p in self.profiles.values())
         # credential values never appear in a verdict's signal details
         self.redactor = redactor or Redactor.default()
 
@@ -143,6 +146,23 @@ class Pipeline:
                 if user_agent.startswith(p.ua_prefix):
                     return p
         return self.default_profile
+
+    def profile_in_scope(self, request: ClientRequest, evidence: HostEvidence | None = None) -> ClientProfile | None:
+        """The profile that judges `request`: among the profiles whose scope holds it,
+        the one its user agent claims, else the default profile, else the first in
+        scope (in profile order); None when it is outside every profile's scope."""
+        if evidence is None:
+            evidence = host_evidence(request)
+        path = request.path
+        inside = [p for p in self.profiles.values() if p.scope is None or p.scope.admits(evidence, path)]
+        if not inside:
+            return None
+        ua = request.header("user-agent")
+        if ua:
+            for p in self._profile_by_prefix:
+                if p in inside and ua.startswith(p.ua_prefix):
+                    return p
+        return self.default_profile if self.default_profile in inside else inside[0]
 
     def _parse_ua(self, profile: ClientProfile, ua: str) -> dict[str, str] | None:
         key = (profile.name, ua)
@@ -180,7 +200,10 @@ class Pipeline:
             self._names_cache.put(names, found, 2 * approx_size(names) + 128)
         return found
 
-    def derive(self, request: ClientRequest) -> RequestContext:
+    def derive(self, request: ClientRequest, profile: ClientProfile | None = None,
+               evidence: HostEvidence | None = None) -> RequestContext:
+        """What the checks need, derived once. `profile`: the one that judges the
+        request (default: the one its user agent claims, see `profile_in_scope`)."""
         raw = request.headers
         names = tuple([n for n, _ in raw])
         lowered, repeats, header_fp = self._names(names)
@@ -191,7 +214,12 @@ class Pipeline:
         else:
             headers = dict(zip(lowered, [v for _, v in raw]))
         ua_raw = headers.get("user-agent")
-        profile = self.profile_for(ua_raw)
+        if profile is None:
+            profile = self.profile_for(ua_raw)
+        if evidence is None:
+            evidence = host_evidence(request, headers.get("host"))
+        sni, target = evidence.sni, evidence.request_host
+        host_mismatch = (sni, target) if sni is not None and target is not None and sni != target else None
         ua = self._parse_ua(profile, ua_raw) if ua_raw else None
         entities: dict[str, str] = {"ip": request.client_ip}
         for kind, given in (("device", request.device_id), ("account", request.account_id),
@@ -242,7 +270,7 @@ class Pipeline:
             rules = profile.headers
             entities["fingerprint"] = population_fingerprint(ua, fps, rules.required if rules is not None else None,
                                                              names)
-        derived = Derived(ua_raw, names, ua, entities, fps, signed_at, sign_age, tls_error, alpn)
+        derived = Derived(ua_raw, names, ua, entities, fps, signed_at, sign_age, tls_error, alpn, host_mismatch)
         return RequestContext(profile, self.scoring.weight_of, headers, derived)
 
     def _shape_key(self, request: ClientRequest, ctx: RequestContext) -> tuple[Any, ...]:
@@ -252,15 +280,23 @@ class Pipeline:
         net_key = (tuple(_scalar(net.get(k)) for k in ("hosting", "asn", "as_org", "country"))
                    if net else None)
         return (ctx.profile.name, d.ua_raw, fps.get("ja4"), d.alpn, d.tls_error,
-                request.http_version, fps.get("h2"), net_key)
+                request.http_version, fps.get("h2"), net_key, d.host_mismatch)
 
     def score_one(self, request: ClientRequest, flags: EntityFlags | None = None) -> Verdict:
         return self.assess(request, flags)[0]
 
     def assess(self, request: ClientRequest, flags: EntityFlags | None = None) -> tuple[Verdict, RequestContext]:
         """The verdict and what was derived on the way (the behaviour stage needs it).
-        `flags`: the behavioural flags known for the request's entities."""
-        ctx = self.derive(request)
+        `flags`: the behavioural flags known for the request's entities. A request
+        outside every profile's scope is not judged (`unassessed`)."""
+        if self._scoped:
+            evidence = host_evidence(request)
+            profile = self.profile_in_scope(request, evidence)
+            if profile is None:
+                return self.unassessed(request)
+            ctx = self.derive(request, profile, evidence)
+        else:
+            ctx = self.derive(request)
         key = self._shape_key(request, ctx)
         shaped = self._shape_cache.get(key)
         if shaped is None:
@@ -301,6 +337,18 @@ class Pipeline:
             signals=tuple(signals),
             app_version=ua["app_version"] if (ua := derived.ua) is not None else None,
         ), ctx
+
+    def unassessed(self, request: ClientRequest) -> tuple[Verdict, RequestContext]:
+        """The verdict of a request outside every profile's scope: not the app's
+        traffic, so not judged as the app (clean, score 0, `assessed: false`, no
+        profile, no signals, its client address as the only entity). Its context feeds
+        no behaviour state (`records_for` makes no record of it)."""
+        entities = {"ip": request.client_ip}
+        derived = Derived(request.header("user-agent"), tuple(n for n, _ in request.headers), None, entities, {})
+        ctx = RequestContext(self.default_profile, self.scoring.weight_of, {}, derived,
+                             Stateless(0.0, "clean", ()))
+        return Verdict(request_id=request.request_id, ts=request.ts, score=0.0, verdict="clean", profile=None,
+                       entities=entities, fingerprints={}, signals=(), assessed=False), ctx
 
     def score_batch(self, requests: Sequence[ClientRequest], state: EntityFlags | None = None) -> list[Verdict]:
         """Score a batch in order. `state`: the flags of behaviour-flagged entities,

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from detector.config import ConfigError, YamlDocument, require
 from detector.config.schema import ProfileFile, check
+from detector.scope import Scope, normalise_host, normalise_path
 
 # A profile's `{env: NAME}` signing secret is resolved by the shell (agents/ passes
 # the process environment's look-up): NAME -> value, or None when it is not set.
@@ -198,6 +199,8 @@ class ClientProfile:
     network: NetworkPolicy = NetworkPolicy()
     endpoints: Mapping[str, tuple[re.Pattern[str], ...]] = field(default_factory=dict)
     source: str = ""
+    # The API surface this profile judges (detector/scope.py); None: every request.
+    scope: Scope | None = None
 
     def endpoint_class(self, path: str) -> str | None:
         for name, patterns in self.endpoints.items():
@@ -354,6 +357,7 @@ def _build_profile(doc: YamlDocument, path: Path, data: dict[str, Any], secrets:
         network=_network_policy(doc, data),
         endpoints=_endpoints(doc, data),
         source=str(path),
+        scope=_scope(doc, data),
     )
 
 
@@ -476,6 +480,45 @@ def _endpoints(doc: YamlDocument, data: dict[str, Any]) -> dict[str, tuple[re.Pa
             raise doc.error(["endpoints", name], "must be a list of path regular expressions")
         out[str(name)] = tuple(_compile(doc, ["endpoints", name, i], p) for i, p in enumerate(patterns))
     return out
+
+
+_HOST_NAME = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+
+
+def _hosts(doc: YamlDocument, sc: dict[str, Any], name: str) -> tuple[str, ...]:
+    key: list[str | int] = ["scope", name]
+    out: list[str] = []
+    for i, h in enumerate(require(doc, sc, key, list, optional=True, default=[])):
+        norm = normalise_host(h) if isinstance(h, str) else None
+        if norm is None or not _HOST_NAME.fullmatch(norm) or len(norm) > 253:
+            raise doc.error(key + [i], f"must be a DNS name (or *.name for every name below it), got {h!r}")
+        if norm != h.strip().lower().rstrip("."):
+            raise doc.error(key + [i], f"names a host without a port: {h!r}")
+        out.append(norm)
+    return tuple(dict.fromkeys(out))
+
+
+def _scope(doc: YamlDocument, data: dict[str, Any]) -> Scope | None:
+    """`scope: {hosts: [...], path_prefixes: [...], coalesce_hosts: [...]}`: the API
+    surface the profile judges (docs/contracts.md, Scope)."""
+    sc = require(doc, data, ["scope"], dict, optional=True)
+    if sc is None:
+        return None
+    hosts = _hosts(doc, sc, "hosts")
+    coalesce = _hosts(doc, sc, "coalesce_hosts")
+    prefixes: list[str] = []
+    for i, p in enumerate(require(doc, sc, ["scope", "path_prefixes"], list, optional=True, default=[])):
+        if not isinstance(p, str) or not p.startswith("/") or "?" in p:
+            raise doc.error(["scope", "path_prefixes", i], f"must be a path prefix starting with /, got {p!r}")
+        if normalise_path(p) != p:
+            raise doc.error(["scope", "path_prefixes", i],
+                            f"must be a normalised path (no //, dot segments or encoded letters), got {p!r}")
+        prefixes.append(p)
+    if not hosts and not prefixes:
+        raise doc.error(["scope"], "must name hosts or path_prefixes (a profile without a scope judges every request)")
+    if coalesce and not hosts:
+        raise doc.error(["scope", "coalesce_hosts"], "needs scope.hosts")
+    return Scope(hosts, tuple(prefixes), coalesce)
 
 
 def load_profiles(directory: Path, secrets: SecretResolver = no_secrets) -> dict[str, ClientProfile]:

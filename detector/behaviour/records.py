@@ -145,7 +145,11 @@ def _opt(value: str | None, limit: int = KEY_MAX_BYTES) -> str | None:
 
 
 def records_for(request: ClientRequest, ctx: RequestContext, verdict: Verdict) -> list[EntityRecord]:
-    """One record per entity this request updates."""
+    """One record per entity this request updates; none for a request outside every
+    profile's scope (`verdict.assessed` false): it is not the app's traffic, so it
+    feeds no entity's state."""
+    if not verdict.assessed:
+        return []
     ents = verdict.entities
     net = request.network or {}
     asn = net.get("asn") if type(net.get("asn")) is int else None  # a bool is not an ASN

@@ -32,6 +32,8 @@ class Derived(msgspec.Struct, frozen=True, gc=False):
     sign_age: float | None = None  # arrival minus signing time, seconds
     tls_error: str | None = None  # why the captured ClientHello cannot be parsed
     alpn: str | None = None  # the protocol offered first ("" none); None: no TLS facts
+    # (SNI, request host) normalised, when both are given and differ (detector/scope.py)
+    host_mismatch: tuple[str, str] | None = None
 
 
 class Stateless(msgspec.Struct, frozen=True, gc=False):

@@ -352,6 +352,12 @@ class _Network(Section):
     locale_country: bool | None = None
 
 
+class _Scope(Section):
+    hosts: list[Any] | None = None
+    path_prefixes: list[Any] | None = None
+    coalesce_hosts: list[Any] | None = None
+
+
 class ProfileFile(Section):
     name: str
     app_name: str
@@ -367,6 +373,7 @@ class ProfileFile(Section):
     attestation: _Attestation | None = None
     network: _Network | None = None
     endpoints: dict[str, Any] | None = None
+    scope: _Scope | None = None
 
 
 # --- config/devices/ (read by detector/devices/) -----------------------------------

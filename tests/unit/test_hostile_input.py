@@ -111,7 +111,7 @@ def test_signal_details_never_carry_a_redacted_value(detection: Any) -> None:
     from detector.pipeline import Pipeline
 
     device_id = "not-an-android-id-but-a-secret-value-0123456789"
-    r = ClientRequest("r", 1795860000.0, "1.2.3.4", "GET", "/", (("X-ES-Device-Id", device_id),))
+    r = ClientRequest("r", 1795860000.0, "1.2.3.4", "GET", "/api/v1/config", (("X-ES-Device-Id", device_id),))
     plain = Pipeline(detection.profiles, detection.scoring, catalogue=detection.catalogue, known=detection.known)
     assert device_id[:30] in plain.score_one(r).to_json().decode()  # the control: it is quoted
     red = Pipeline(detection.profiles, detection.scoring, catalogue=detection.catalogue, known=detection.known,
