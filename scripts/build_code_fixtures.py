@@ -283,6 +283,8 @@ STATELESS: dict[str, tuple[str, Change]] = {
     "transport.known_browser_h2": ("Chrome's HTTP/2 fingerprint",
                                    lambda k, e: {**e, "h2": {"fingerprint":
                                                              "1:65536;2:0;4:6291456;6:262144|15663105|0|m,a,s,p"}}),
+    "transport.sni_host_mismatch": ("a TLS SNI of a host outside the profile's scope (the :authority is the API's)",
+                                    lambda k, e: {**e, "tls": {**e["tls"], "sni": "lb-7.origin.example.net"}}),
     "attestation.missing": ("no attestation", lambda k, e: {key: v for key, v in e.items() if key != "attestation"}),
     "attestation.unknown_provider": ("attestation provider 'safetynet'",
                                      lambda k, e: {**e, "attestation": {**e["attestation"], "provider": "safetynet"}}),

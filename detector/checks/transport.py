@@ -15,6 +15,10 @@ from detector.model import ClientRequest, Signal
 HTTP_VERSION = "transport.http_version"
 H2_FINGERPRINT_MISMATCH = "transport.h2_fingerprint_mismatch"
 KNOWN_BROWSER_H2 = "transport.known_browser_h2"
+SNI_HOST_MISMATCH = "transport.sni_host_mismatch"
+# HTTP/2 and HTTP/3 clients reuse a connection for another host of its certificate
+# (RFC 9113 section 9.1.1, RFC 9114 section 3.3), so there an SNI that differs from the
+# :authority is not a lie in itself; HTTP/1 has no such reuse.
 
 
 class TransportCheck:
@@ -24,6 +28,7 @@ class TransportCheck:
         HTTP_VERSION: "an HTTP version the official client never uses",
         H2_FINGERPRINT_MISMATCH: "HTTP/2 fingerprint differs from the official client's",
         KNOWN_BROWSER_H2: "HTTP/2 fingerprint of a known browser or HTTP library",
+        SNI_HOST_MISMATCH: "the TLS SNI names another host than the request's Host or :authority",
     }
 
     def __init__(self, known: KnownStacks | None = None):
@@ -31,6 +36,17 @@ class TransportCheck:
 
     def check(self, request: ClientRequest, ctx: RequestContext) -> Iterable[Signal]:
         profile = ctx.profile
+        mismatch = ctx.derived.host_mismatch
+        if mismatch is not None:
+            sni, host = mismatch
+            scope = profile.scope
+            # HTTP/2 or 3 (or a version the edge did not report): connection reuse is
+            # legitimate across the hosts of one certificate, so only an SNI the
+            # profile's scope does not know counts; without a scope, none does.
+            if request.http_version in ("1.0", "1.1") or (scope is not None and scope.hosts
+                                                          and not scope.knows_host(sni)):
+                yield ctx.signal(SNI_HOST_MISMATCH, f"TLS SNI {sni[:80]!r} but the request is for {host[:80]!r}"
+                                                    f" (HTTP/{request.http_version or '?'})")
         policy = profile.transport
         if policy is None:
             return
