@@ -46,7 +46,7 @@ _Kind = Literal["str", "hex32", "hello", "country", "bool", "asn", "number", "st
 _NESTED: dict[str, dict[str, _Kind]] = {
     "tls": {"ja3": "hex32", "ja3_full": "str", "ja4": "str", "alpn": "str_or_list", "version": "str", "sni": "str",
             "client_hello": "hello"},
-    "h2": {"fingerprint": "str"},
+    "h2": {"fingerprint": "str", "authority": "str"},
     "network": {"asn": "asn", "as_org": "str", "country": "country", "hosting": "bool"},
     "attestation": {"provider": "str", "app_recognition": "str", "device_recognition": "list",
                     "request_hash_ok": "bool", "token_age_s": "number"},

@@ -84,7 +84,7 @@ def _app_stack(profile: ClientProfile, version: str, h2: str | None = None) -> _
     return _Stack({"ja4": ja4, "alpn": alpn, "version": "1.3", "sni": TLS_SNI}, http, h2 or fp)
 
 
-PYTHON_STACK = _Stack({"ja4": PYTHON_REQUESTS_JA4, "alpn": "http/1.1", "version": "1.3"}, "1.1")
+PYTHON_STACK = _Stack({"ja4": PYTHON_REQUESTS_JA4, "alpn": "http/1.1", "version": "1.3", "sni": TLS_SNI}, "1.1")
 CURL_H2_STACK = _Stack({"ja4": CURL_JA4, "alpn": "h2", "version": "1.3", "sni": TLS_SNI}, "2", CURL_H2)
 
 

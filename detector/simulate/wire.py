@@ -82,9 +82,14 @@ class _Builder:
         h2: str | None = None,
         network: dict[str, Any] | None = None,
         attestation: dict[str, Any] | None = None,
+        host: str | None = TLS_SNI,
     ) -> dict[str, Any]:
         """`headers`: (lower-case name, value) in wire order; the signature header's value
-        is None and filled in here, over the canonical string of the other headers."""
+        is None and filled in here, over the canonical string of the other headers.
+        `host`: the host the client asks for, as every stack here writes it: over
+        HTTP/2 the `:authority` (`h2.authority`; OkHttp, curl, Go and httpx send no
+        Host header there), over HTTP/1.x a `Host` header first (Python's http.client
+        writes it, Title-Cased, before any other)."""
         self.n += 1
         rid = f"{self.scenario}-{self.n:08d}-{_hex(self.rng, 8)}"
         body = hashlib.sha256(self.rng.randbytes(16)).hexdigest() if body_size is not None else None
@@ -108,6 +113,8 @@ class _Builder:
         }
         if query is not None:
             out["query"] = query
+        if host is not None and http_version not in ("2", "3"):
+            signed.insert(0, ("Host", host))
         out["headers"] = [list(h) for h in signed]
         out["http_version"] = http_version
         if body is not None:
@@ -115,8 +122,11 @@ class _Builder:
             out["body_size"] = body_size
         if tls:
             out["tls"] = tls
-        if h2 and http_version == "2":
-            out["h2"] = {"fingerprint": h2}
+        if http_version in ("2", "3"):
+            pseudo = {"authority": host} if host is not None else {}
+            fp = {"fingerprint": h2} if h2 and http_version == "2" else {}
+            if fp or pseudo:
+                out["h2"] = {**fp, **pseudo}
         if network:
             out["network"] = network
         if attestation:

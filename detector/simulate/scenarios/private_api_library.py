@@ -16,6 +16,7 @@ from detector.simulate.wire import (
     BROWSE_PATHS,
     DEFAULT_START_TS,
     PYTHON_REQUESTS_JA4,
+    TLS_SNI,
     _Builder,
     _fill,
     _hex,
@@ -87,7 +88,7 @@ def private_api_library(profile: ClientProfile, count: int, seed: int, start_ts:
         req = b.request(
             ts, ip=f"{3 + asn % 50}.{asn % 250}.{i // 200 % 250}.{10 + i % 200}", method=method, path=path,
             headers=h, key_id=key_id, body_size=body_size, title_case=evasion < 2, http_version="1.1",
-            tls={"ja4": PYTHON_REQUESTS_JA4, "alpn": "http/1.1", "version": "1.3"},
+            tls={"ja4": PYTHON_REQUESTS_JA4, "alpn": "http/1.1", "version": "1.3", "sni": TLS_SNI},
             network={"asn": asn, "as_org": org, "country": "US", "hosting": True},
         )
         # The API throttles the script now and then; it re-sends the very same request

@@ -18,7 +18,7 @@ from detector.simulate.kit import (
 )
 from detector.simulate.places import _COUNTRY, COUNTRIES, _ipv4
 from detector.simulate.scenarios.genuine import genuine
-from detector.simulate.wire import DEFAULT_START_TS, PYTHON_REQUESTS_JA4, _Builder, _hex
+from detector.simulate.wire import DEFAULT_START_TS, PYTHON_REQUESTS_JA4, TLS_SNI, _Builder, _hex
 
 
 def replay(profile: ClientProfile, count: int, seed: int, start_ts: float = DEFAULT_START_TS,
@@ -65,8 +65,10 @@ def replay(profile: ClientProfile, count: int, seed: int, start_ts: float = DEFA
         changes: dict[str, Any] = {"label": {"scenario": "replay", "malicious": True}}
         if evasion == 0:
             ip, network = _hosting(rng, rng.choice(HOSTING_NETWORKS))
-            changes.update(http_version="1.1", tls={"ja4": PYTHON_REQUESTS_JA4, "alpn": "http/1.1", "version": "1.3"},
-                           headers=python_headers + [list(h) for h in orig["headers"]])
+            # requests over HTTP/1.1: http.client's Host first, its defaults, then the copy
+            changes.update(http_version="1.1",
+                           tls={"ja4": PYTHON_REQUESTS_JA4, "alpn": "http/1.1", "version": "1.3", "sni": TLS_SNI},
+                           headers=[["Host", TLS_SNI], *python_headers, *[list(h) for h in orig["headers"]]])
             changes["h2"] = None
         else:
             home = _COUNTRY.get(orig["network"]["country"], _COUNTRY["US"])
