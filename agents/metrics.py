@@ -321,6 +321,12 @@ class Metrics:
             "detector_late_records_total", "Records older than the allowed lateness, left out of behaviour state",
             registry=r,
         )
+        self.out_of_scope = PromCounter(
+            "detector_out_of_scope_requests_total",
+            "Requests outside every client profile's scope: not judged as the app (verdict clean, assessed "
+            "false), no behaviour records",
+            registry=r,
+        )
         self.future_events = PromCounter(
             "detector_future_events_total",
             "Requests dated more than event_time.max_future_s ahead of the reference clock (the Kafka record's "
@@ -476,6 +482,9 @@ class Metrics:
         if not verdicts:
             return
         self.latency.observe_many([now - v.ts for v in verdicts])
+        unassessed = sum(1 for v in verdicts if not v.assessed)
+        if unassessed:
+            self.out_of_scope.inc(unassessed)
         # Two aggregates: request shapes repeat (a few per batch); device tuples vary
         # more, so they are counted apart and folded with one look-up each.
         shapes = Counter([(v.profile, v.app_version, v.verdict, f.get("ja4"), f.get("headers"))
