@@ -74,6 +74,9 @@ async def test_requests_in_every_form_become_verdicts_dead_letters_and_alerts(br
     # records later than behaviour.allowed_lateness_s behind what a shard has seen)
     attack = list(private_api_library(profile, 30, seed=21, start_ts=good[-1]["ts"] + 1))
     big_headers = dict(good[0], request_id="too-many-headers", headers=[["x-h", "v"]] * 200)
+    # a website page outside the profile's scope (docs/contracts.md "Scope"): a verdict, not judged
+    site = [dict(good[0], request_id=f"site-{i}", path="/", tls={**good[0]["tls"], "sni": "www.example-social.test"},
+                 h2={**good[0]["h2"], "authority": "www.example-social.test"}) for i in range(2)]
     values = [
         orjson.dumps(good[:100]),                                    # array
         b"\n".join(orjson.dumps(e) for e in good[100:110]),          # NDJSON
@@ -84,9 +87,10 @@ async def test_requests_in_every_form_become_verdicts_dead_letters_and_alerts(br
         orjson.dumps([good[111], {k: v for k, v in good[112].items() if k != "path"}, good[113]]),  # bad sibling
         orjson.dumps([good[114], dict(good[115], ts="not a time")]),  # wrong type
         orjson.dumps(big_headers),                                   # oversized header list
+        orjson.dumps(site),                                          # out of scope
     ]
     await produce(broker.bootstrap, values)
-    expected = 100 + 10 + 1 + 30 + 2 + 1
+    expected = 100 + 10 + 1 + 30 + 2 + 1 + 2
     out = await collect(broker.bootstrap, [VERDICTS.name, CLIENT_REQUESTS_DLQ.name, ALERTS.name],
                         lambda o: len(o[VERDICTS.name]) >= expected and len(o[CLIENT_REQUESTS_DLQ.name]) >= 5
                         and len(o[ALERTS.name]) >= 2, timeout=90)
@@ -98,6 +102,10 @@ async def test_requests_in_every_form_become_verdicts_dead_letters_and_alerts(br
     by_id = {v["request_id"]: v for v in verdicts}
     assert all(by_id[e["request_id"]]["verdict"] == "malicious" for e in attack)
     assert sum(by_id[e["request_id"]]["verdict"] != "clean" for e in good[:116] if e["request_id"] in by_id) == 0
+    assert all(by_id[e["request_id"]].get("assessed", True) for e in good[:116] + attack if e["request_id"] in by_id)
+    for e in site:
+        v = by_id[e["request_id"]]
+        assert (v["assessed"], v["verdict"], v["score"], v["profile"], v["signals"]) == (False, "clean", 0, None, [])
 
     assert len(dlq) == 5
     for rec in dlq:
