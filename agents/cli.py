@@ -36,14 +36,16 @@ def cmd_score(args: argparse.Namespace) -> int:
     `line N: rejected: <code>: <reason>` (and a JSONL record with --rejections). A
     line whose scoring fails is rejected with code internal_error; the run goes on."""
     from agents.tools.eval_cli import reference_time
+    from detector.adapters import line_decoder
     from detector.behaviour.offline import OfflineScorer
-    from detector.decode import InvalidRequest, decode_line
+    from detector.decode import InvalidRequest
 
     # Outputs are checked before any work; the input is opened once, below (a FIFO
     # cannot be opened twice): an OSError of either is main's one-line error.
     for out in (args.output, args.alerts, args.rejections):
         check_writable(out)
     cfg = _detection(args)
+    decode_line = line_decoder(args.format)  # the native contract, or an edge's log lines
     ref = reference_time(args)  # the reference clock of event time, read once at start
     _tune_gc()
     # closed in the finally below (stdin excepted)
@@ -375,6 +377,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     from agents.tools.eval_cli import add_reference_time
+    from detector.adapters import INPUT_FORMATS
 
     p = argparse.ArgumentParser(prog="detector", description="Find clients that pretend to be an official mobile app.")
     p.add_argument("--version", action=VersionAction, help="print the version, commit and engine, and exit")
@@ -386,6 +389,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", help="output JSONL (default stdout)")
     s.add_argument("--alerts", help="also write the alerts the stream would raise to this JSONL file")
     s.add_argument("--rejections", help="also write the rejected lines as JSONL ({line, code, reason}) to this file")
+    s.add_argument("--format", choices=INPUT_FORMATS, default="native",
+                   help="the input's format: native (ClientRequest JSONL, default) or haproxy (log lines of "
+                        "config/edges/haproxy/haproxy.cfg.example)")
     add_reference_time(s)
     s.set_defaults(func=cmd_score)
 

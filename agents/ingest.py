@@ -42,9 +42,10 @@ from agents.topics import (
     TopicLimits,
     partitions_of,
 )
+from detector.adapters import message_decoder
 from detector.behaviour.flags import FlagMap, decode_update
 from detector.behaviour.records import EntityRecord, encode_envelopes, records_for
-from detector.decode import Rejection, decode_message
+from detector.decode import Rejection
 from detector.engine import DetectionConfig
 from detector.model import ClientRequest, Verdict
 
@@ -111,6 +112,8 @@ class IngestStage(Service):
         self.detection = detection
         self.metrics = metrics
         self.pipeline = detection.pipeline()
+        # the input topic's format (setting input_format): the contract, or an edge's log lines
+        self.decode = message_decoder(settings.input_format)
         self.shard_partitions = partitions_of(ENTITY_EVENTS, settings.topic_partitions)
         # flags of behaviour-flagged entities, broadcast by the shards (see _follow_flags)
         self.flags = FlagMap(detection.scoring.weight_of)
@@ -374,6 +377,7 @@ class IngestStage(Service):
         (nothing is committed before `out` is flushed); returns the verdicts of every
         request scored (the metrics count them all)."""
         limits = self.detection.limits
+        decode_message = self.decode
         now = time.time()
         dead = _DeadLetters()
         pending: list[_Pending] = []

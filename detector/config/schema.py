@@ -87,6 +87,9 @@ class RuntimeSettings(Section):
     kafka_ssl_certfile: str | None = None
     kafka_ssl_keyfile: str | None = None
     kafka_ssl_check_hostname: bool = True
+    # The format of the input topic's (client-requests) messages: the native contract,
+    # or an edge's log line turned into it by its adapter (detector/adapters/).
+    input_format: Literal["native", "haproxy"] = "native"
 
     @model_validator(mode="after")
     def _retry_bounds(self) -> RuntimeSettings:

@@ -16,6 +16,7 @@ REJECTION_CODES = frozenset({
     "invalid_value",   # the right type but not a valid value (an IP address, a path, hex)
     "out_of_range",    # a number or time outside its range
     "too_many",        # more elements, headers, params or keys than allowed
+    "truncated",       # an edge's log line cut short (HAProxy's log length, a syslog relay's limit)
     "internal_error",  # processing failed (set by the shell, never by decode)
 })
 

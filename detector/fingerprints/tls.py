@@ -29,9 +29,11 @@ __all__ = [
     "TlsFingerprint",
     "fingerprint",
     "fingerprints_from_b64",
+    "hello_from_lists",
     "is_grease",
     "ja3",
     "ja4",
+    "ja4_partial",
     "parse_client_hello",
 ]
 
@@ -216,3 +218,47 @@ def fingerprints_from_b64(b64: str) -> TlsFingerprint:
     except (binascii.Error, ValueError, TypeError) as exc:
         raise ClientHelloError(f"invalid base64: {exc}") from None
     return fingerprint(parse_client_hello(raw))
+
+
+# --- from the lists an edge captured (HAProxy's ssl_fc_*_bin fetches) -------------------
+def hello_from_lists(legacy_version: int, cipher_suites: tuple[int, ...], extensions: tuple[int, ...],
+                     supported_groups: tuple[int, ...], ec_point_formats: tuple[int, ...],
+                     alpn_first: bytes | None = None) -> ClientHello:
+    """The ClientHello parts an edge logs as lists (HAProxy 2.5+: the hello's version,
+    cipher suites, extension ids, supported groups and point formats, as sent), as a
+    ClientHello with what those lists lack left empty (signature algorithms, supported
+    versions, the SNI's text): enough for JA3, and for the JA4 parts those lists allow
+    (`ja4_partial`)."""
+    return ClientHello(
+        legacy_version=legacy_version,
+        cipher_suites=cipher_suites,
+        compression_methods=b"\x00",
+        extensions=extensions,
+        sni=None,
+        alpn=(alpn_first,) if alpn_first else (),
+        signature_algorithms=(),
+        supported_groups=supported_groups,
+        ec_point_formats=ec_point_formats,
+        supported_versions=(),
+    )
+
+
+_JA4_VERSION_BY_NAME = {name: _JA4_VERSION[v] for v, name in _VERSION_NAME.items()}
+
+
+def ja4_partial(ch: ClientHello, tls_version: str | None) -> tuple[str, str]:
+    """(JA4 part a, JA4 part b) of a hello known from its lists only. Part a takes the
+    TLS version from `tls_version` (OpenSSL's name of the version the connection
+    negotiated: an edge without the supported_versions list cannot know the highest
+    one offered, and against a TLS 1.3 server the negotiated one is it) and the ALPN
+    from `ch.alpn` (at HAProxy 2.6 the protocol negotiated, not the first offered);
+    counts and the SNI flag come from the lists. Part c needs the signature algorithms:
+    not available."""
+    ciphers = [c for c in ch.cipher_suites if c not in _GREASE]
+    exts = [e for e in ch.extensions if e not in _GREASE]
+    version = _JA4_VERSION_BY_NAME.get(tls_version or "", "00")
+    sni = "d" if EXT_SERVER_NAME in exts else "i"
+    alpn = _ja4_alpn(ch.alpn[0] if ch.alpn else b"")
+    part_a = f"t{version}{sni}{min(len(ciphers), 99):02d}{min(len(exts), 99):02d}{alpn}"
+    part_b = _hash12(_hex_list(sorted(ciphers))) if ciphers else _EMPTY_HASH
+    return part_a, part_b

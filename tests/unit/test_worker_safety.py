@@ -97,14 +97,14 @@ async def test_a_request_whose_scoring_raises_is_dead_lettered_and_the_batch_goe
 
 
 async def test_a_message_whose_decoding_raises_is_dead_lettered(stage, events, monkeypatch):
-    real = ingest.decode_message
+    real = stage.decode  # the input format's decoder (setting input_format)
 
     def decode(value: bytes | None, limits: Any) -> Any:
         if value == b"poison":
             raise RecursionError("maximum recursion depth exceeded")
         return real(value, limits)
 
-    monkeypatch.setattr(ingest, "decode_message", decode)
+    monkeypatch.setattr(stage, "decode", decode)
     out = FakeOut()
     await stage._score_batch({TP: [msg(1, b"poison"), msg(2, orjson.dumps(events[:2]), stamp(events))]}, out)
     assert len(out.of(VERDICTS.name)) == 2

@@ -1,0 +1,42 @@
+"""Input adapters: what an edge writes, as the native ClientRequest contract
+(docs/contracts.md). The format is chosen per input topic (setting `input_format`)
+and by `detector score --format`; `native` is the contract itself. Pure: bytes in,
+requests and rejections out, nothing raised for bad input."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+from detector.adapters import haproxy
+from detector.decode import Decoded, DecodeLimits, decode_line, decode_message
+from detector.model import ClientRequest
+
+InputFormat = Literal["native", "haproxy"]
+INPUT_FORMATS: tuple[InputFormat, ...] = ("native", "haproxy")
+
+MessageDecoder = Callable[[bytes | None, DecodeLimits], Decoded]
+LineDecoder = Callable[[bytes | str, DecodeLimits], ClientRequest]
+
+_MESSAGE: dict[str, MessageDecoder] = {"native": decode_message, "haproxy": haproxy.decode_message}
+_LINE: dict[str, LineDecoder] = {"native": decode_line, "haproxy": haproxy.decode_line}
+
+
+def message_decoder(fmt: str) -> MessageDecoder:
+    """The decoder of a Kafka message value in `fmt` (one of INPUT_FORMATS)."""
+    try:
+        return _MESSAGE[fmt]
+    except KeyError:
+        raise ValueError(f"unknown input format {fmt!r} (one of {', '.join(INPUT_FORMATS)})") from None
+
+
+def line_decoder(fmt: str) -> LineDecoder:
+    """The decoder of one line of `detector score`'s input in `fmt`; it raises
+    InvalidRequest (reason, code) for a line it rejects."""
+    try:
+        return _LINE[fmt]
+    except KeyError:
+        raise ValueError(f"unknown input format {fmt!r} (one of {', '.join(INPUT_FORMATS)})") from None
+
+
+__all__ = ["INPUT_FORMATS", "InputFormat", "LineDecoder", "MessageDecoder", "line_decoder", "message_decoder"]

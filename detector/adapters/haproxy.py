@@ -1,0 +1,210 @@
+"""The HAProxy input adapter: one line of the shipped log-format
+(config/edges/haproxy/haproxy.cfg.example, HAProxy 2.6 fetches) into the native
+ClientRequest contract (docs/contracts.md), JA3 computed from the ClientHello lists
+HAProxy captured.
+
+A line is a JSON object that HAProxy's log-format writes (`json(utf8s)` escaping of
+every text, `%{+Q}` quoting: an absent value is ""). What it gives, and what it
+cannot:
+- header names in the order received, lower-cased by HAProxy for every HTTP version
+  (`req.hdr_names`); the values of the headers the log-format names (`hdr`), the
+  others arrive with an empty value; over HTTP/2 the `:authority` becomes a leading
+  `host` header, turned back into `h2.authority` here;
+- JA3 from `ssl_fc_protocol_hello_id` and the hex of `ssl_fc_cipherlist_bin`,
+  `ssl_fc_extlist_bin`, `ssl_fc_eclist_bin`, `ssl_fc_ecformats_bin` (GREASE removed,
+  as the JA3 definition says); the SNI; the ALPN negotiated (not the list offered);
+  the TLS version negotiated. No raw ClientHello, no signature algorithms, no
+  HTTP/2 fingerprint.
+
+Every request is marked `edge: "haproxy"`. A line that is cut short (HAProxy's `log
+... len`, a syslog relay's maximum message size) is rejected with code `truncated`;
+any other bad line with the code of what is wrong; nothing here raises past
+`decode_message` / `decode_line`.
+"""
+
+from __future__ import annotations
+
+import binascii
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from detector.decode.contract import DecodeLimits
+from detector.decode.fastpath import _fast_path
+from detector.decode.messages import Decoded
+from detector.decode.rejections import InvalidRequest, Rejection
+from detector.decode.validate import request_from_obj
+from detector.fingerprints.tls import hello_from_lists, ja3
+from detector.model import ClientRequest
+
+EDGE = "haproxy"
+FORMAT_VERSION = 1  # the log-format's "haproxy" key: a line of another version is refused
+_HTTP_VERSIONS = {"1.0": "1.0", "1.1": "1.1", "2.0": "2", "2": "2", "3.0": "3", "3": "3"}
+_MARKER = b'{"haproxy":'
+
+
+def _text(obj: Mapping[str, Any], key: str, where: str = "") -> str:
+    v = obj.get(key, "")
+    if not isinstance(v, str):
+        raise InvalidRequest(f"haproxy field {where}{key!r} must be a string", "invalid_type")
+    return v
+
+
+def _u16_list(hexed: str, what: str) -> tuple[int, ...]:
+    raw = _unhex(hexed, what)
+    if len(raw) % 2:
+        raise InvalidRequest(f"haproxy tls.{what} is {len(raw)} bytes, not a list of 16-bit values", "invalid_value")
+    return tuple(int.from_bytes(raw[i:i + 2], "big") for i in range(0, len(raw), 2))
+
+
+def _unhex(hexed: str, what: str) -> bytes:
+    try:
+        return binascii.unhexlify(hexed)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest(f"haproxy tls.{what} is not hex", "invalid_value") from None
+
+
+def _tls(tls: Any) -> dict[str, Any] | None:
+    """The contract's `tls` object from HAProxy's TLS fields; None for a connection
+    without TLS (no ClientHello captured)."""
+    if not isinstance(tls, dict):
+        raise InvalidRequest("haproxy field 'tls' must be an object", "invalid_type")
+    hello = _text(tls, "hello", "tls.")
+    out: dict[str, Any] = {}
+    for src, dst in (("sni", "sni"), ("alpn", "alpn"), ("version", "version")):
+        v = _text(tls, src, "tls.")
+        if v:
+            out[dst] = v
+    if not hello:  # no TLS, or tune.ssl.capture-buffer-size left at 0: no lists
+        return out or None
+    if not hello.isdigit() or not 0 <= int(hello) <= 0xFFFF:
+        raise InvalidRequest("haproxy tls.hello must be the ClientHello's version as an integer", "invalid_value")
+    formats = _unhex(_text(tls, "formats", "tls."), "formats")
+    alpn = out.get("alpn")
+    ch = hello_from_lists(int(hello), _u16_list(_text(tls, "ciphers", "tls."), "ciphers"),
+                          _u16_list(_text(tls, "exts", "tls."), "exts"),
+                          _u16_list(_text(tls, "groups", "tls."), "groups"), tuple(formats),
+                          alpn.encode("latin-1", "replace") if alpn else None)
+    out["ja3_full"], out["ja3"] = ja3(ch)
+    return out
+
+
+def native(obj: Any) -> dict[str, Any]:
+    """The native ClientRequest object (docs/contracts.md) of one parsed log line;
+    raises InvalidRequest (reason, code) when the line is not the shipped format."""
+    if not isinstance(obj, dict):
+        raise InvalidRequest("a HAProxy log line must be a JSON object", "invalid_type")
+    if obj.get("haproxy") != FORMAT_VERSION:
+        raise InvalidRequest(f"not a line of the HAProxy log-format version {FORMAT_VERSION} "
+                             "(config/edges/haproxy/haproxy.cfg.example)", "invalid_value")
+    request_id = _text(obj, "id")
+    if not request_id:
+        raise InvalidRequest("haproxy field 'id' is empty: the frontend needs unique-id-format", "missing_field")
+    ver = _text(obj, "ver")
+    http_version = _HTTP_VERSIONS.get(ver)
+    if ver and http_version is None:
+        raise InvalidRequest(f"haproxy field 'ver' {ver[:16]!r} is not an HTTP version", "invalid_value")
+    names_text = _text(obj, "names")
+    values = obj.get("hdr", {})
+    if not isinstance(values, dict):
+        raise InvalidRequest("haproxy field 'hdr' must be an object", "invalid_type")
+    names = names_text.split(",") if names_text else []
+    headers: list[list[str]] = []
+    for name in names:
+        v = values.get(name, "")
+        if not isinstance(v, str):
+            raise InvalidRequest(f"haproxy header value of {name[:64]!r} must be a string", "invalid_type")
+        headers.append([name, v])
+    out: dict[str, Any] = {
+        "request_id": request_id,
+        "ts": obj.get("ts"),
+        "client_ip": _text(obj, "ci"),
+        "method": _text(obj, "method"),
+        "path": _text(obj, "path"),
+        "headers": headers,
+        "edge": EDGE,
+    }
+    # HTTP/2: HAProxy turns :authority into a Host header in front of the others
+    if http_version in ("2", "3") and headers and headers[0][0] == "host":
+        out["h2"] = {"authority": headers.pop(0)[1]}
+    query = _text(obj, "query")
+    if query:
+        out["query"] = query
+    if http_version:
+        out["http_version"] = http_version
+    status = obj.get("status")
+    if isinstance(status, int) and not isinstance(status, bool) and status >= 0:
+        out["response_status"] = status
+    if "tls" in obj:
+        tls = _tls(obj["tls"])
+        if tls:
+            out["tls"] = tls
+    return out
+
+
+def _json_line(line: bytes) -> Any:
+    """The JSON object of a line: leading whitespace and a syslog header before the
+    object (a relay that forwards the whole syslog line) are skipped."""
+    text = line.strip()
+    if not text.startswith(b"{"):
+        at = text.find(_MARKER)
+        if at < 0:
+            raise InvalidRequest("not a HAProxy log line of the shipped format (no JSON object)", "invalid_json")
+        text = text[at:]
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        try:
+            text.decode("utf-8")
+        except UnicodeDecodeError as uexc:
+            raise InvalidRequest(f"invalid UTF-8 at byte {uexc.start}", "invalid_utf8") from None
+        if exc.pos >= len(text) and str(exc).startswith("unexpected end of data"):
+            raise InvalidRequest(f"HAProxy log line cut short after {len(text)} bytes (raise `log ... len` in "
+                                 "haproxy.cfg and the relay's maximum message size)", "truncated") from None
+        raise InvalidRequest(f"invalid JSON: {str(exc).split(':', 1)[0]} at column {exc.colno}",
+                             "invalid_json") from None
+
+
+def decode_line(line: bytes | str, limits: DecodeLimits = DecodeLimits()) -> ClientRequest:
+    """One HAProxy log line into a ClientRequest; raises InvalidRequest (reason, code)."""
+    if isinstance(line, str):
+        try:
+            raw = line.encode()
+        except UnicodeEncodeError as exc:  # a lone surrogate
+            raise InvalidRequest(f"invalid UTF-8 at character {exc.start}", "invalid_utf8") from None
+    else:
+        raw = line
+    if len(raw) > limits.max_message_bytes:
+        raise InvalidRequest(f"line of {len(raw)} bytes exceeds limits.max_message_bytes={limits.max_message_bytes}",
+                             "oversized")
+    obj = native(_json_line(raw))
+    req = _fast_path(limits)(obj)
+    return request_from_obj(obj, limits) if req is None else req
+
+
+def decode_message(value: bytes | None, limits: DecodeLimits = DecodeLimits()) -> Decoded:
+    """A Kafka message of HAProxy log lines (rsyslog's omkafka sends one per message;
+    a relay that batches sends several, one per line) into requests and rejections."""
+    if value is None or not value.strip():
+        return Decoded(rejections=[Rejection(None, "empty message", "empty_message")], form="invalid")
+    if len(value) > limits.max_message_bytes:
+        reason = f"message of {len(value)} bytes exceeds limits.max_message_bytes={limits.max_message_bytes}"
+        return Decoded(rejections=[Rejection(None, reason, "oversized")], form="invalid")
+    lines = [ln for ln in value.split(b"\n") if ln.strip()]
+    out = Decoded(form="object" if len(lines) == 1 else "ndjson")
+    if len(lines) > limits.max_batch_elements:
+        out.rejections.append(Rejection(
+            None, f"batch of {len(lines)} lines exceeds limits.max_batch_elements={limits.max_batch_elements}",
+            "too_many"))
+        return out
+    for i, ln in enumerate(lines):
+        index = None if len(lines) == 1 else i
+        try:
+            req = decode_line(ln, limits)
+        except InvalidRequest as exc:
+            out.rejections.append(Rejection(index, str(exc), exc.code))
+            continue
+        out.requests.append(req)
+        out.indices.append(index)
+    return out
