@@ -17,17 +17,22 @@ $(STAMP): pyproject.toml constraints.txt
 demo: venv
 	$(BIN)/detector demo
 
-# System packages of the observability tests, installed with apt when missing:
+# System packages of the observability and edge tests, installed with apt when missing:
 # prometheus (prometheus + promtool: dashboard queries, alert-rule tests),
-# prometheus-alertmanager (amtool) and docker-compose 1.29 (compose file validation).
+# prometheus-alertmanager (amtool), docker-compose 1.29 (compose file validation),
+# haproxy and rsyslog-kafka (rsyslog's omkafka: the HAProxy end-to-end test). Each is
+# package:command, or package:dpkg for a package without a command of its own.
 # Without root or password-less sudo it only says what is missing; those tests then
-# skip with the reason.
-TEST_DEBS := prometheus:promtool prometheus:prometheus prometheus-alertmanager:amtool docker-compose:docker-compose
+# skip with the reason (as root, the HAProxy test fails instead).
+TEST_DEBS := prometheus:promtool prometheus:prometheus prometheus-alertmanager:amtool docker-compose:docker-compose \
+	haproxy:haproxy rsyslog-kafka:dpkg
 
 test-deps:
 	@missing=""; for pair in $(TEST_DEBS); do \
 		pkg=$${pair%%:*}; cmd=$${pair#*:}; \
-		command -v $$cmd >/dev/null 2>&1 || case " $$missing " in *" $$pkg "*) ;; *) missing="$$missing $$pkg";; esac; \
+		if [ "$$cmd" = dpkg ]; then dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q 'ok installed'; \
+		else command -v $$cmd >/dev/null 2>&1; fi \
+		|| case " $$missing " in *" $$pkg "*) ;; *) missing="$$missing $$pkg";; esac; \
 	done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; else \
