@@ -259,7 +259,9 @@ def test_detector_score_reads_haproxy_lines(tmp_path):
                          capture_output=True, cwd=ROOT, timeout=120, check=False)
     verdicts = [orjson.loads(ln) for ln in out.stdout.splitlines()]
     assert [v["request_id"] for v in verdicts] == [haproxy.decode_line(ln).request_id for ln in fixture_lines()]
-    assert all(v["fingerprints"]["ja3"] == CURL_JA3 for v in verdicts)
+    # /api/v1/x is in the example profile's scope and judged; / is not (assessed false)
+    assert verdicts[0]["fingerprints"]["ja3"] == CURL_JA3 and verdicts[0]["profile"] == "example-android"
+    assert verdicts[1]["assessed"] is False
     assert out.stderr.decode().strip().endswith("line 3: rejected: truncated: HAProxy log line cut short after 120 "
                                                 "bytes (raise `log ... len` in haproxy.cfg and the relay's maximum "
                                                 "message size)")
