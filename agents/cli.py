@@ -39,6 +39,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from detector.adapters import line_decoder
     from detector.behaviour.offline import OfflineScorer
     from detector.decode import InvalidRequest
+    from detector.edges import EdgePolicy
 
     # Outputs are checked before any work; the input is opened once, below (a FIFO
     # cannot be opened twice): an OSError of either is main's one-line error.
@@ -53,12 +54,19 @@ def cmd_score(args: argparse.Namespace) -> int:
     rejections: list[tuple[int, str, str]] = []  # (line, code, reason)
     requests: list[Any] = []
     linenos: list[int] = []
+    # offline, a record's `edge` field may name any shipped edge profile (docs/edges.md)
+    edges = EdgePolicy.offline(cfg.edges, cfg.input_edge)
     try:
         for lineno, line in enumerate(src, 1):
             if not line.strip():
                 continue
             try:
-                requests.append(decode_line(line, cfg.limits))
+                request = decode_line(line, cfg.limits)
+                refused = edges.refusal(request)
+                if refused is not None:
+                    rejections.append((lineno, refused.code, refused.reason))
+                    continue
+                requests.append(request)
                 linenos.append(lineno)
             except InvalidRequest as exc:
                 rejections.append((lineno, exc.code, str(exc)))
@@ -73,7 +81,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     scorers: list[OfflineScorer] = []
 
     def make_scorer() -> Any:
-        scorers.append(OfflineScorer(cfg, reference_time=ref))
+        scorers.append(OfflineScorer(cfg, reference_time=ref, edges=edges))
         return scorers[-1]
 
     verdicts, alerts, failed = _score_isolated(make_scorer, requests)

@@ -12,7 +12,7 @@ import gc
 import logging
 import time
 import zlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -381,6 +381,7 @@ class IngestStage(Service):
         now = time.time()
         dead = _DeadLetters()
         pending: list[_Pending] = []
+        edges = self.pipeline.edges
         step = 0
         for tp, messages in batches.items():
             for msg in messages:
@@ -390,8 +391,15 @@ class IngestStage(Service):
                 try:
                     decoded = decode_message(msg.value, limits)
                     reference = self.reference_time(msg, now)
-                    items = [_Pending(req, (tp.partition, msg.offset, idx or 0), idx, tp.topic, msg.value, reference)
-                             for req, idx in zip(decoded.requests, decoded.indices)]
+                    items = []
+                    for req, idx in zip(decoded.requests, decoded.indices):
+                        # a record's own `edge` must be one the topic allows (docs/edges.md)
+                        refused = edges.refusal(req) if req.edge is not None else None
+                        if refused is not None:
+                            decoded.rejections.append(Rejection(idx, refused.reason, refused.code))
+                            continue
+                        items.append(_Pending(req, (tp.partition, msg.offset, idx or 0), idx, tp.topic, msg.value,
+                                              reference))
                 except Exception as exc:  # noqa: BLE001 - the message is dead-lettered, the batch goes on
                     self._internal_error(dead, f"decoding {tp.topic}[{tp.partition}]@{msg.offset}", exc,
                                          topic=tp.topic, partition=tp.partition, offset=msg.offset, index=None,
@@ -410,6 +418,8 @@ class IngestStage(Service):
         # verdicts.emit: flagged writes no clean verdict (they are still scored and counted)
         emit_all = self.detection.verdicts_emit == "all"
         future = 0
+        topic_edge = edges.default
+        by_edge: Counter[str] = Counter()  # requests scored per edge (a record's edge is an allowed one)
         for i, item in enumerate(pending):
             if i % SCORE_STEP == SCORE_STEP - 1:
                 await asyncio.sleep(0)  # the event loop's turn: no batch holds it for long
@@ -438,6 +448,7 @@ class IngestStage(Service):
                                 f"over the verdicts topic's limit of {max_verdict}", "oversized")])
                 continue
             verdicts.append(v)
+            by_edge[r.edge or topic_edge] += 1
             if emit:
                 await out.add(VERDICTS.name, value, key=key)
             if ahead:
@@ -450,6 +461,8 @@ class IngestStage(Service):
                 batch.values.append((item.topic, item.value))
             if r.ts > self.watermark:
                 self.watermark = r.ts
+        for name, n in by_edge.items():
+            self.metrics.edge_requests.labels(name).inc(n)
         if future:
             self.metrics.future_events.inc(future)
             self.logs.log(logging.WARNING, "future", "%d requests dated more than %.0f s ahead of their Kafka "

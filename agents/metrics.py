@@ -230,6 +230,9 @@ class Metrics:
             "profile's release table is 'other', no parsable version 'none')",
             ["profile", "app_version"], registry=r,
         )
+        self.edge_requests = PromCounter(
+            "detector_edge_requests_total", "ClientRequests scored, by the edge profile that judged them "
+            "(the input topic's, or the record's allowed `edge`)", ["edge"], registry=r)
         self.verdicts = PromCounter("detector_verdicts_total", "Verdicts produced, by level", ["verdict"], registry=r)
         self.signals = PromCounter("detector_signals_total", "Signals raised, by code", ["code"], registry=r)
         self.fingerprints = PromCounter(

@@ -8,7 +8,7 @@ two apply exactly the same rules.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +20,7 @@ from detector.config.schema import (
     ALERT_ENTITY_TYPES,
     AlertsSection,
     EventTimeSection,
+    InputSection,
     LimitsSection,
     Override,
     ScoringSection,
@@ -31,6 +32,7 @@ from detector.config.schema import (
 )
 from detector.decode import DecodeLimits
 from detector.devices import CatalogueError, DeviceCatalogue
+from detector.edges import FULL, FULL_EDGE, EdgePolicy, EdgeProfile, load_edges
 from detector.eventtime import EventTimeGuard
 from detector.fingerprints.known import KnownStacks
 from detector.pipeline import Pipeline
@@ -58,6 +60,11 @@ class DetectionConfig:
     # config `verdicts.emit`: "all" writes every request's verdict, "flagged" only the
     # suspicious and malicious ones (scoring, behaviour and metrics see every request)
     verdicts_emit: Literal["all", "flagged"] = "all"
+    # config/edges/ and config `input` (docs/edges.md): the edge profiles, the input
+    # topic's edge and the edges a record's own `edge` field may name
+    edges: Mapping[str, EdgeProfile] = field(default_factory=lambda: {FULL: FULL_EDGE})
+    input_edge: str = FULL
+    allowed_edges: frozenset[str] = frozenset()
 
     @classmethod
     def load(cls, path: Path = DEFAULT_CONFIG, overrides: Sequence[Override] = (),
@@ -158,20 +165,42 @@ class DetectionConfig:
         ve: VerdictsSection | None = section(VerdictsSection, "verdicts")
         verdicts_emit: Literal["all", "flagged"] = "all" if ve is None or ve.emit is None else ve.emit
 
+        edir = require(doc, data, ["edges_dir"], str, optional=True)
+        edges = load_edges(None if edir is None else (Path(edir) if Path(edir).is_absolute() else path.parent / edir))
+        inp: InputSection | None = section(InputSection, "input")
+        input_edge = (inp.edge if inp is not None else None) or FULL
+        allowed = tuple(inp.allowed_edges or ()) if inp is not None else ()
+        named: list[tuple[list[str | int], str]] = [(["input", "edge"], input_edge)]
+        named += [(["input", "allowed_edges", i], n) for i, n in enumerate(allowed)]
+        for key, name in named:
+            if name not in edges:
+                raise doc.error(key, f"no edge profile named {name!r} (have: {', '.join(sorted(edges))})")
+
         checked: SettingsFile = check(doc, SettingsFile, data, overrides=overrides)  # what is left: types
         _check_alias_settings(doc, checked, behaviour)
+        # records of a late edge (CDN log paths) are still applied within its lateness
+        lateness = max([edges[n].allowed_lateness_s for n in (input_edge, *allowed)])
+        if lateness > behaviour.allowed_lateness_s:
+            behaviour = replace(behaviour, allowed_lateness_s=lateness)
         cfg = cls(path, profiles, default, scoring, limits, alerts, catalogue, known, releases, behaviour,
-                  redactor=redactor, event_time=event_time, verdicts_emit=verdicts_emit)
+                  redactor=redactor, event_time=event_time, verdicts_emit=verdicts_emit, edges=edges,
+                  input_edge=input_edge, allowed_edges=frozenset(allowed))
         try:
             cfg.pipeline()
         except ValueError as exc:
             raise doc.error(["scoring", "weights"], str(exc)) from None
         return cfg
 
-    def pipeline(self, disabled_families: Iterable[str] = ()) -> Pipeline:
+    def edge_policy(self) -> EdgePolicy:
+        """The input topic's edge policy (config `input`)."""
+        return EdgePolicy(self.edges, self.input_edge, self.allowed_edges)
+
+    def pipeline(self, disabled_families: Iterable[str] = (), edges: EdgePolicy | None = None) -> Pipeline:
+        """`edges`: the edge policy (default: the input topic's, `edge_policy()`)."""
         return Pipeline(self.profiles, self.scoring, default_profile=self.default_profile,
                         disabled_families=disabled_families, catalogue=self.catalogue, known=self.known,
-                        releases=self.releases, redactor=self.redactor)
+                        releases=self.releases, redactor=self.redactor,
+                        edges=edges if edges is not None else self.edge_policy())
 
 
 def _check_alias_settings(doc: YamlDocument, checked: SettingsFile, behaviour: BehaviourSettings) -> None:

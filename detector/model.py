@@ -42,6 +42,7 @@ class ClientRequest(msgspec.Struct, frozen=True, gc=False):
     session_id: str | None = None
     response_status: int | None = None
     label: Mapping[str, Any] | None = None
+    edge: str | None = None  # the edge profile the record came through (docs/edges.md); None: the topic's
     extra: Mapping[str, Any] | None = None
 
     def header(self, name: str) -> str | None:
@@ -83,6 +84,9 @@ class Verdict(msgspec.Struct, frozen=True, gc=False):
     # False: the request is outside every profile's scope and was not judged as the app
     # (verdict clean, score 0; docs/contracts.md, Scope)
     assessed: bool = True
+    # the signal families the request's edge lost the facts of (sorted); unset (never
+    # encoded) when every family was assessed (docs/edges.md)
+    not_assessed: tuple[str, ...] | msgspec.UnsetType = msgspec.UNSET
     schema: str = "verdict/1"
 
     def to_json(self) -> bytes:
@@ -134,6 +138,7 @@ class Verdict(msgspec.Struct, frozen=True, gc=False):
             "signals": [s.as_dict() for s in self.signals],
             "app_version": self.app_version,
             "assessed": self.assessed,
+            **({} if self.not_assessed is msgspec.UNSET else {"not_assessed": list(self.not_assessed)}),
         }
 
 

@@ -12,6 +12,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
+import msgspec
+
 from detector.cache import MISSING, ByteCache, approx_size
 from detector.checks.attestation import AttestationCheck
 from detector.checks.base import Check, Derived, RequestContext, Stateless
@@ -24,6 +26,7 @@ from detector.checks.tls import TlsCheck
 from detector.checks.transport import TransportCheck
 from detector.checks.ua import UserAgentCheck
 from detector.devices import DeviceCatalogue
+from detector.edges import FULL, FULL_EDGE, EdgePolicy
 from detector.entities import RequestFacts, account_number, ip_block, population_fingerprint
 from detector.fingerprints.headers import names_fingerprint
 from detector.fingerprints.known import KnownStacks
@@ -106,6 +109,7 @@ class Pipeline:
         known: KnownStacks | None = None,
         releases: Mapping[int, tuple[str, ...]] | None = None,
         redactor: Redactor | None = None,
+        edges: EdgePolicy | None = None,
     ):
         if not profiles:
             raise ValueError("at least one client profile is needed")
@@ -135,6 +139,9 @@ class Pipeline:
         self._scoped = any(p.scope is not None for p in self.profiles.values())
         # credential values never appear in a verdict's signal details
         self.redactor = redactor or Redactor.default()
+        # the input's edge and the edges a record may name (docs/edges.md): the codes
+        # whose facts the request's edge lost are not judged
+        self.edges = edges or EdgePolicy({FULL: FULL_EDGE})
 
     @property
     def codes(self) -> dict[str, str]:
@@ -308,6 +315,10 @@ class Pipeline:
         signals = list(shaped)
         for c in self._request_checks:
             signals.extend(c.check(request, ctx))
+        edge = self.edges.resolve(request)
+        gated = edge.gated(ctx.profile)
+        if gated:  # a check that needs a fact the edge lost does not fire
+            signals = [s for s in signals if s.code not in gated]
         if signals:
             secrets = self.redactor.secrets(ctx.headers, request.params)
             if secrets:
@@ -336,6 +347,7 @@ class Pipeline:
             fingerprints=derived.fingerprints,
             signals=tuple(signals),
             app_version=ua["app_version"] if (ua := derived.ua) is not None else None,
+            not_assessed=edge.not_assessed(ctx.profile) if gated else msgspec.UNSET,
         ), ctx
 
     def unassessed(self, request: ClientRequest) -> tuple[Verdict, RequestContext]:

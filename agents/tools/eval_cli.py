@@ -34,6 +34,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     s.add_argument("--count", type=int, default=1_500, help="attack requests per scenario run")
     s.add_argument("--level", choices=["suspicious", "malicious"], default="suspicious",
                    help="the verdict level from which a request counts as flagged")
+    s.add_argument("--edge", action="append", default=[], metavar="NAME",
+                   help="put the traffic through an edge profile's losses (config/edges/NAME.yaml; repeatable, 'all': "
+                        "every one) and print recall and false-positive rate per scenario, and where the attack's "
+                        "giveaway survives the edge (docs/edges.md); default scenarios: every attack")
     add_reference_time(s)
     s.set_defaults(func=cmd_eval)
     return s
@@ -123,6 +127,29 @@ def render(report: dict[str, Any], ablation: dict[str, dict[str, float | None]] 
     return "\n".join(out)
 
 
+def render_edges(report: dict[str, Any]) -> str:
+    """`eval --edge`: per edge, what it silences, then one row per scenario and level."""
+    st = report["settings"]
+    out = [f"Flagged = verdict `{st['level']}` or worse. Each attack run: {st['attack_count']} attack requests mixed "
+           f"into {st['genuine_count']} genuine requests (seed {st['seed']}), put through the edge's losses. "
+           "'giveaway survives': the share of attack requests still flagged, through the full edge, by the "
+           "stateless signals this edge keeps; 'recall where it survives': the recall over those requests."]
+    for name, e in report["edges"].items():
+        g = e["genuine"]
+        out += ["", f"### Edge `{name}`", "",
+                f"Not assessed: {', '.join(e['not_assessed']) or 'nothing'} (codes silenced: "
+                f"{', '.join(e['silenced_codes']) or 'none'}). Genuine: {g['requests']} requests, "
+                f"{g['false_positives']} flagged (false-positive rate {_fmt(g['false_positive_rate'], 5)}).", ""]
+        rows = []
+        for sc, m in e["scenarios"].items():
+            for lv, b in m["by_evasion"].items():
+                rows.append([sc, lv, "yes" if m["stateless_detectable"] else "no", b["recall"], b["recall_full_edge"],
+                             _fmt(b["false_positive_rate"], 5), b["giveaway_survives"], b["recall_where_survives"]])
+        out.append(_table(["scenario", "evasion", "stateless", "recall", "recall (full edge)", "genuine FPR",
+                           "giveaway survives", "recall where it survives"], rows))
+    return "\n".join(out)
+
+
 def plot(report: dict[str, Any], path: str) -> None:
     """Precision against recall as the score threshold falls, one line per scenario."""
     import matplotlib
@@ -161,7 +188,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from agents.fileargs import check_writable
     from agents.settings import load_detection
     from detector.simulate import ATTACKS
-    from detector.simulate.evaluate import EvalSettings, ablation, evaluate, families
+    from detector.simulate.evaluate import EvalSettings, ablation, edge_evaluate, evaluate, families
 
     check_writable(args.plot, make_parents=True)  # before minutes of work
     cfg = load_detection(args.config)
@@ -181,6 +208,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"detector eval: {exc}", file=sys.stderr)
         return 2
+    if args.edge:
+        names = sorted(cfg.edges) if "all" in args.edge else list(dict.fromkeys(args.edge))
+        missing = [n for n in names if n not in cfg.edges]
+        if missing:
+            print(f"detector eval: unknown edge profile {', '.join(missing)}; known: {', '.join(sorted(cfg.edges))}",
+                  file=sys.stderr)
+            return 2
+        if args.without or args.ablation or args.plot:
+            print("detector eval: --edge does not combine with --without, --ablation or --plot", file=sys.stderr)
+            return 2
+        edge_report = edge_evaluate(cfg, names, args.scenario, args.evasion, settings)
+        print(orjson.dumps(edge_report).decode() if args.json else render_edges(edge_report))
+        return 0
     report = evaluate(cfg, args.scenario, args.evasion, args.without, settings, curves=bool(args.plot))
     table = None
     ablation_level = 2 if args.evasion is None else args.evasion

@@ -171,7 +171,7 @@ def load_endpoints(config: Path | str, env: Mapping[str, str] | None = None) -> 
     return parse_endpoints(data.get("webhooks"), doc.path, env, doc.node)
 
 
-_PATH_KEYS = ("profiles_dir", "devices_dir", "known_stacks", "country_centroids")
+_PATH_KEYS = ("profiles_dir", "devices_dir", "known_stacks", "country_centroids", "edges_dir")
 
 
 def write_config_with_webhooks(base: Path | str, endpoints: list[dict[str, Any]], out: Path | str) -> Path:

@@ -21,13 +21,16 @@ from detector.behaviour.records import records_for
 from detector.model import ClientRequest, Verdict
 
 if TYPE_CHECKING:
+    from detector.edges import EdgePolicy
     from detector.engine import DetectionConfig
 
 
 class OfflineScorer:
-    def __init__(self, cfg: DetectionConfig, disabled_families: Sequence[str] = (), *, reference_time: float):
+    def __init__(self, cfg: DetectionConfig, disabled_families: Sequence[str] = (), *, reference_time: float,
+                 edges: EdgePolicy | None = None):
+        """`edges`: the edge policy (default: the configured input topic's)."""
         self.cfg = cfg
-        self.pipeline = cfg.pipeline(disabled_families)
+        self.pipeline = cfg.pipeline(disabled_families, edges)
         self.engine = BehaviourEngine(cfg.behaviour, cfg.alerts, cfg.scoring.weight_of, disabled_families)
         self.flags = FlagMap(cfg.scoring.weight_of)
         self.guard = cfg.event_time

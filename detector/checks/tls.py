@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from typing import ClassVar
 
 from detector.checks.base import CheckScope, RequestContext
+from detector.fingerprints.ja4 import first_match, is_partial
 from detector.fingerprints.known import KnownStacks
 from detector.model import ClientRequest, Signal
 
@@ -33,6 +34,11 @@ class TlsCheck:
     def __init__(self, known: KnownStacks | None = None):
         self.known = known or KnownStacks()
 
+    def _known_partial(self, partial: str) -> str | None:
+        """The known stacks a partial JA4 agrees with ("A or B" when several do)."""
+        found = sorted({stack for ja4, stack in self.known.ja4.items() if first_match(partial, (ja4,))})
+        return " or ".join(found) if found else None
+
     def check(self, request: ClientRequest, ctx: RequestContext) -> Iterable[Signal]:
         profile = ctx.profile
         policy = profile.tls
@@ -49,11 +55,14 @@ class TlsCheck:
         ua = ctx.derived.ua
         version = ua.get("app_version") if ua else None
         allowed = [r.value for r in policy.ja4 if r.covers(version)]
-        if allowed and ja4 not in allowed:
-            stack = self.known.ja4.get(ja4)
+        # a partial JA4 (docs/contracts.md) is compared on the characters it knows
+        partial = is_partial(ja4)
+        if allowed and (first_match(ja4, allowed) is None if partial else ja4 not in allowed):
+            stack = self._known_partial(ja4) if partial else self.known.ja4.get(ja4)
             where = f" for app version {version}" if version else ""
-            yield ctx.signal(FINGERPRINT_MISMATCH, f"JA4 {ja4} is not among the {len(allowed)} fingerprint(s) of "
-                                                   f"{profile.name}{where}")
+            what = "partial JA4" if partial else "JA4"
+            yield ctx.signal(FINGERPRINT_MISMATCH, f"{what} {ja4} is not among the {len(allowed)} fingerprint(s) "
+                                                   f"of {profile.name}{where}")
             if stack:
                 yield ctx.signal(KNOWN_AUTOMATION_STACK, f"JA4 {ja4} is the fingerprint of {stack}")
         alpn = ctx.derived.alpn

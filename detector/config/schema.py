@@ -211,8 +211,17 @@ def _behaviour_section() -> type[Section]:
 BehaviourSection = _behaviour_section()
 
 
+class InputSection(Section):
+    """The input topic's edge (docs/edges.md): the edge profile its records come
+    from, and the edges a message's own `edge` field may name instead."""
+
+    edge: str | None = None
+    allowed_edges: list[str] | None = None
+
+
 class DetectionSettings(Section):
     profiles_dir: str
+    edges_dir: str | None = None
     default_profile: str | None = None
     devices_dir: str | None = None
     known_stacks: str | None = None
@@ -223,6 +232,7 @@ class DetectionSettings(Section):
     alerts: AlertsSection | None = None
     event_time: EventTimeSection | None = None
     verdicts: VerdictsSection | None = None
+    input: InputSection | None = None
     behaviour: BehaviourSection | None = None  # type: ignore[valid-type]
     # agents/webhooks/config.py checks each endpoint against WebhookEndpoint
     webhooks: list[Any] | dict[str, Any] | None = None
@@ -377,6 +387,32 @@ class ProfileFile(Section):
     network: _Network | None = None
     endpoints: dict[str, Any] | None = None
     scope: _Scope | None = None
+
+
+# --- config/edges/*.yaml (read by detector/edges.py) ---------------------------------
+class _EdgeHeaders(Section):
+    order: bool  # names in the order received
+    case: bool  # names in the case sent
+    names: Literal["all", "some"]  # every name sent, or only those the edge's log format names
+
+
+class _EdgeTls(Section):
+    client_hello: bool  # the raw ClientHello (the detector computes JA3 and JA4)
+    ja3: bool
+    ja4: Literal["full", "partial", "none"]  # partial: docs/contracts.md "Partial JA4"
+
+
+class EdgeFile(Section):
+    name: str
+    description: str
+    versions: str
+    headers: _EdgeHeaders
+    tls: _EdgeTls
+    h2_fingerprint: bool
+    body: bool  # body_sha256 and body_size (what a signed body needs)
+    enrichment: list[Literal["asn", "hosting", "country"]]
+    allowed_lateness_s: float = Field(ge=0)
+    notes: str | None = None
 
 
 # --- config/devices/ (read by detector/devices/) -----------------------------------
@@ -580,5 +616,6 @@ def is_string(kind: Any) -> bool:
 
 
 __all__ = ["SettingsFile", "RuntimeSettings", "DetectionSettings", "ProfileFile", "ModelsFile", "EmulatorsFile",
-           "KnownStacksFile", "VerdictsSection", "WebhookEndpoint", "Override", "apply_overrides", "check",
+           "KnownStacksFile", "VerdictsSection", "EdgeFile", "InputSection",
+           "WebhookEndpoint", "Override", "apply_overrides", "check",
            "ALERT_ENTITY_TYPES"]

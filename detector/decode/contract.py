@@ -12,7 +12,7 @@ _KNOWN_FIELDS = frozenset(
     {
         "request_id", "ts", "client_ip", "method", "path", "headers", "query",
         "http_version", "body_sha256", "body_size", "params", "tls", "h2", "network",
-        "attestation", "account_id", "device_id", "session_id", "response_status", "label",
+        "attestation", "account_id", "device_id", "session_id", "response_status", "label", "edge",
     }
 )
 _OBJECT_FIELDS = ("tls", "h2", "network", "attestation", "label")
@@ -37,6 +37,7 @@ MAX_PARAMS = 256  # entries of `params`
 MAX_PARAM_NAME_CHARS = 256
 MAX_CLIENT_HELLO_CHARS = 16384  # base64 of a 12 KB ClientHello (real ones are < 2 KB)
 MAX_ASN = 2**32 - 1
+MAX_EDGE_CHARS = 64  # an edge profile's name (config/edges/<name>.yaml)
 
 # What each known key of a nested object may hold. Every key is optional and may be
 # null (absent). Strings are bounded by `limits.max_field_chars` unless named here.

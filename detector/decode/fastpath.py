@@ -17,6 +17,7 @@ from detector.decode.contract import (
     _OBJECT_FIELDS,
     MAX_ASN,
     MAX_CLIENT_HELLO_CHARS,
+    MAX_EDGE_CHARS,
     MAX_EXTRA_BYTES,
     MAX_EXTRA_FIELDS,
     MAX_LIST_ITEMS,
@@ -60,7 +61,7 @@ _MAX_HEADER_NAME = 256
 _WIRE_FIELDS = (
     "request_id", "ts", "client_ip", "method", "path", "headers", "query", "http_version",
     "body_sha256", "body_size", "params", "tls", "h2", "network", "attestation",
-    "account_id", "device_id", "session_id", "response_status", "label",
+    "account_id", "device_id", "session_id", "response_status", "label", "edge",
 )
 
 
@@ -126,6 +127,7 @@ def _wire_type(limits: DecodeLimits, *, lenient: bool) -> type[msgspec.Struct]:
         "device_id": Optional[text],
         "session_id": Optional[text],
         "response_status": Optional[Annotated[int, meta(ge=0)]],
+        "edge": Optional[Annotated[str, meta(min_length=1, max_length=min(MAX_EDGE_CHARS, F))]],
     }
     # Nested objects are validated by their own Struct; the request keeps the object as
     # received (the converted Struct is only the proof that it is valid).
@@ -178,7 +180,7 @@ def _build_fast_path(limits: DecodeLimits) -> Callable[[Any], ClientRequest | No
         return make(w.request_id, ts, w.client_ip, w.method, path, w.headers, w.query, w.http_version,
                     w.body_sha256, w.body_size, w.params, get("tls"), get("h2"), get("network"),
                     get("attestation"), w.account_id, w.device_id, w.session_id, w.response_status,
-                    get("label"), extra)
+                    get("label"), w.edge, extra)
 
     def fast(obj: Any) -> ClientRequest | None:
         """The ClientRequest for `obj` (an `orjson.loads` value), or None: let the

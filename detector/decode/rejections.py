@@ -17,6 +17,8 @@ REJECTION_CODES = frozenset({
     "out_of_range",    # a number or time outside its range
     "too_many",        # more elements, headers, params or keys than allowed
     "truncated",       # an edge's log line cut short (HAProxy's log length, a syslog relay's limit)
+    "unknown_edge",    # the `edge` field names no edge profile (docs/edges.md)
+    "edge_not_allowed",  # the `edge` field names an edge the input topic does not allow
     "internal_error",  # processing failed (set by the shell, never by decode)
 })
 

@@ -24,6 +24,7 @@ from detector.decode.contract import (
     HTTP_VERSIONS,
     MAX_ASN,
     MAX_CLIENT_HELLO_CHARS,
+    MAX_EDGE_CHARS,
     MAX_EXTRA_BYTES,
     MAX_EXTRA_FIELDS,
     MAX_LIST_ITEMS,
@@ -309,6 +310,10 @@ def request_from_obj(obj: Any, limits: DecodeLimits = DecodeLimits()) -> ClientR
     params = _params(obj.get("params"), limits)
     objects = {name: _nested(name, obj.get(name), limits) for name in _OBJECT_FIELDS}
     ids = {name: _string(obj, name, limits, required=False) for name in _ID_FIELDS}
+    edge = _string(obj, "edge", limits, required=False)
+    if edge is not None and not 0 < len(edge) <= MAX_EDGE_CHARS:
+        raise InvalidRequest(f"field 'edge' must be an edge profile's name of 1..{MAX_EDGE_CHARS} characters, "
+                             f"got {len(edge)}", "invalid_value")
     extra = _extra(obj)
     return ClientRequest(
         request_id=request_id,
@@ -331,6 +336,7 @@ def request_from_obj(obj: Any, limits: DecodeLimits = DecodeLimits()) -> ClientR
         device_id=ids["device_id"],
         session_id=ids["session_id"],
         response_status=response_status,
+        edge=edge,
         extra=extra,
     )
 

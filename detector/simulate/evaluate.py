@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,7 +24,8 @@ from detector.engine import DetectionConfig
 from detector.entities import ip_block
 from detector.model import ClientRequest, Verdict
 from detector.simulate import simulate
-from detector.simulate.attacks import ATTACKS, NEEDS_STATE
+from detector.simulate.attacks import ATTACKS, NEEDS_STATE, STATELESS_DETECTABLE
+from detector.simulate.edges import at_risk, survives, through_edge
 from detector.simulate.kit import EVASION_LEVELS
 from detector.simulate.scenarios.genuine import genuine
 from detector.simulate.wire import DEFAULT_START_TS
@@ -228,10 +229,15 @@ class Evaluation:
     """Runs scenarios against one configuration; the genuine background is built once
     and shared by every run (each run is still scored from scratch)."""
 
-    def __init__(self, cfg: DetectionConfig, settings: EvalSettings = EvalSettings()):
-        self.cfg = cfg
+    def __init__(self, cfg: DetectionConfig, settings: EvalSettings = EvalSettings(), *, edge: str | None = None):
+        """`edge`: put every request through that edge profile's losses
+        (detector.simulate.edges) and score it as that edge's input topic does."""
+        if edge is not None and edge not in cfg.edges:
+            raise ValueError(f"unknown edge profile {edge!r}; known: {', '.join(sorted(cfg.edges))}")
+        self.cfg = cfg if edge is None else replace(cfg, input_edge=edge, allowed_edges=frozenset())
         self.settings = settings
         self.profile = cfg.profiles[cfg.default_profile]
+        self.edge = None if edge is None else cfg.edges[edge]
         self._background: list[tuple[float, ClientRequest, bool]] | None = None
         signing = self.profile.signing
         self.signature_header = signing.header if signing else None
@@ -241,11 +247,15 @@ class Evaluation:
         if self._background is None:
             s = self.settings
             self._background = [
-                (e["ts"], request_from_obj(e), bool(e["label"]["malicious"]))
+                (e["ts"], self._decode(e), bool(e["label"]["malicious"]))
                 for e in genuine(self.profile, s.genuine_count, s.seed, s.start_ts, rate=s.genuine_rate,
                                  catalogue=self.cfg.catalogue)
             ]
         return self._background
+
+    def _decode(self, event: Mapping[str, Any]) -> ClientRequest:
+        """A simulated request as the edge reports it, decoded."""
+        return request_from_obj(event if self.edge is None else through_edge(event, self.edge, self.profile))
 
     def events(self, scenario: str, evasion: int | None) -> list[tuple[float, ClientRequest, bool]]:
         """The labelled stream of a scenario run, in event-time order."""
@@ -254,13 +264,13 @@ class Evaluation:
             count = round(s.genuine_count * s.mixed_factor)
             evs = simulate("mixed", self.profile, count, s.seed, s.start_ts, rate=s.genuine_rate,
                            catalogue=self.cfg.catalogue, evasion=evasion)
-            return [(e["ts"], request_from_obj(e), bool(e["label"]["malicious"])) for e in evs]
+            return [(e["ts"], self._decode(e), bool(e["label"]["malicious"])) for e in evs]
         if scenario not in ATTACKS:
             raise ValueError(f"unknown attack scenario {scenario!r}; known: {', '.join([*ATTACKS, 'mixed'])}")
         bg = self.background
         span = bg[-1][0] - bg[0][0] if len(bg) > 1 else 600.0
         start = s.start_ts + 0.1 * span
-        attack = [(e["ts"], request_from_obj(e), bool(e["label"]["malicious"]))
+        attack = [(e["ts"], self._decode(e), bool(e["label"]["malicious"]))
                   for e in simulate(scenario, self.profile, s.attack_count, s.seed, start,
                                     rate=s.attack_count / (0.8 * span), catalogue=self.cfg.catalogue,
                                     evasion=evasion)]
@@ -338,6 +348,69 @@ def evaluate(cfg: DetectionConfig, scenarios: Sequence[str] = (), evasion: int |
     }
 
 
+def edge_evaluate(cfg: DetectionConfig, edges: Sequence[str], scenarios: Sequence[str] = (),
+                  evasion: int | None = None, settings: EvalSettings = EvalSettings()) -> dict[str, Any]:
+    """Each scenario (default: every attack) at each evasion level put through each
+    edge's losses: recall and genuine false-positive rate, and whether the giveaway
+    survives: the share of attack requests whose full-edge stateless signals, less the
+    codes the edge silences or may lose (`at_risk`), still flag the request, and the
+    recall over those requests (`recall_where_survives`)."""
+    names = list(scenarios) or list(ATTACKS)
+    full = Evaluation(cfg, settings)
+    profile = full.profile
+    threshold = cfg.scoring.suspicious if settings.level == "suspicious" else cfg.scoring.malicious
+    base: dict[tuple[str, int | None], Run] = {}
+    out: dict[str, Any] = {}
+    for edge_name in edges:
+        ev = Evaluation(cfg, settings, edge=edge_name)
+        edge = cfg.edges[edge_name]
+        risk = at_risk(edge, profile)
+        rows: dict[str, Any] = {}
+        genuine_fp = genuine_n = 0
+        for name in names:
+            levels: list[int | None] = [evasion] if evasion is not None else (
+                [None] if name == "mixed" else list(EVASION_LEVELS))
+            by: dict[str, Any] = {}
+            for level in levels:
+                key = (name, level)
+                if key not in base:
+                    base[key] = full.run(name, level)
+                ref, run = base[key], ev.run(name, level)
+                if [r.request_id for r in ref.requests] != [r.request_id for r in run.requests]:
+                    raise AssertionError("the edge's run is not the same stream")  # pragma: no cover
+                req = request_metrics(run.malicious, run.verdicts, settings.level)
+                kept = [i for i, (m, v) in enumerate(zip(ref.malicious, ref.verdicts))
+                        if m and survives([(s.code, s.weight) for s in v.signals], risk, threshold)]
+                rank = LEVEL_RANK[settings.level]
+                caught = sum(1 for i in kept if LEVEL_RANK[run.verdicts[i].verdict] >= rank)
+                n_attack = sum(run.malicious)
+                by["drawn" if level is None else str(level)] = {
+                    "attack_requests": n_attack,
+                    "genuine_requests": len(run.requests) - n_attack,
+                    "recall": req["recall"],
+                    "recall_full_edge": request_metrics(ref.malicious, ref.verdicts, settings.level)["recall"],
+                    "false_positive_rate": req["false_positive_rate"],
+                    "giveaway_survives": _ratio(len(kept), n_attack),
+                    "recall_where_survives": _ratio(caught, len(kept)),
+                    "counts": {k: req[k] for k in ("tp", "fp", "fn", "tn")},
+                }
+                genuine_fp += req["fp"]
+                genuine_n += len(run.requests) - n_attack
+            rows[name] = {"stateless_detectable": name in STATELESS_DETECTABLE, "by_evasion": by}
+        out[edge_name] = {
+            "not_assessed": list(edge.not_assessed(profile)),
+            "silenced_codes": sorted(edge.gated(profile)),
+            "at_risk_codes": sorted(risk),
+            "allowed_lateness_s": edge.allowed_lateness_s,
+            "scenarios": rows,
+            "genuine": {"requests": genuine_n, "false_positives": genuine_fp,
+                        "false_positive_rate": _ratio(genuine_fp, genuine_n)},
+        }
+    return {"edges": out,
+            "settings": {"seed": settings.seed, "genuine_count": settings.genuine_count,
+                         "attack_count": settings.attack_count, "level": settings.level, "evasion": evasion}}
+
+
 def ablation(cfg: DetectionConfig, families: Sequence[str], scenarios: Sequence[str] = (), evasion: int = 2,
              settings: EvalSettings = EvalSettings()) -> dict[str, dict[str, float | None]]:
     """Recall of each scenario with each family disabled in turn (`"none"`: all on), at
@@ -361,5 +434,6 @@ def families(cfg: DetectionConfig) -> list[str]:
     return [c.name for c in cfg.pipeline().checks] + list(stateful)
 
 
-__all__ = ["EvalSettings", "Evaluation", "Run", "ablation", "alert_ts", "entity_keys", "entity_metrics", "evaluate",
+__all__ = ["EvalSettings", "Evaluation", "Run", "ablation", "alert_ts", "edge_evaluate", "entity_keys",
+           "entity_metrics", "evaluate",
            "families", "pr_curve", "request_metrics", "score_offline"]

@@ -36,7 +36,7 @@ def config_dir(tmp_path: Path) -> Path:
     d = tmp_path / "config"
     d.mkdir()
     shutil.copy(CONFIG / "detector.yaml", d / "detector.yaml")
-    for sub in ("profiles", "devices", "fingerprints", "geo"):
+    for sub in ("profiles", "devices", "fingerprints", "geo", "edges"):
         shutil.copytree(CONFIG / sub, d / sub)
     return d
 

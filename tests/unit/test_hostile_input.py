@@ -405,7 +405,7 @@ def test_redact_config_errors_name_the_file_and_line(tmp_path: Path, section: st
     from detector.config import ConfigError
 
     root = Path(__file__).resolve().parents[2] / "config"
-    for sub in ("profiles", "devices", "fingerprints", "geo"):
+    for sub in ("profiles", "devices", "fingerprints", "geo", "edges"):
         (tmp_path / sub).symlink_to(root / sub)
     text = (root / "detector.yaml").read_text()
     start = text.index("\nredact:\n") + 1
