@@ -33,6 +33,10 @@ TLS_CODES = frozenset({"tls.missing", "tls.fingerprint_mismatch", "tls.known_aut
 H2_CODES = frozenset({"transport.h2_fingerprint_mismatch", "transport.known_browser_h2"})
 BODY_CODES = frozenset({"signature.invalid"})  # the canonical string needs the body's SHA-256
 HOSTING_CODES = frozenset({"network.hosting"})
+# behaviour that needs the hosting fact: ASN fan-outs count hosting networks only, and
+# impossible travel leaves VPN exits (hosting) out, so without it a VPN user travels
+HOSTING_STATE_CODES = frozenset({"behaviour.impossible_travel", "behaviour.hosting_asn_account_fanout",
+                                 "behaviour.hosting_asn_device_fanout"})
 COUNTRY_CODES = frozenset({"network.locale_country_mismatch"})
 
 
@@ -79,7 +83,7 @@ class EdgeProfile:
         if not self.body:
             out |= BODY_CODES
         if "hosting" not in self.enrichment:
-            out |= HOSTING_CODES
+            out |= HOSTING_CODES | HOSTING_STATE_CODES
         if "country" not in self.enrichment:
             out |= COUNTRY_CODES
         return frozenset(out)
@@ -91,7 +95,7 @@ class EdgeProfile:
         found = self._gated.get(profile.name)
         if found is None:
             lost = self.lost_codes()
-            judged: set[str] = set()
+            judged: set[str] = set(HOSTING_STATE_CODES)  # behaviour runs for every profile
             if profile.headers is not None:
                 judged |= ORDER_CODES | NAMES_CODES
                 if profile.headers.name_case == "lower":

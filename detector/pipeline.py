@@ -319,6 +319,7 @@ class Pipeline:
         gated = edge.gated(ctx.profile)
         if gated:  # a check that needs a fact the edge lost does not fire
             signals = [s for s in signals if s.code not in gated]
+            ctx.gated = gated
         if signals:
             secrets = self.redactor.secrets(ctx.headers, request.params)
             if secrets:

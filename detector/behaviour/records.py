@@ -144,6 +144,9 @@ def _opt(value: str | None, limit: int = KEY_MAX_BYTES) -> str | None:
     return None if value is None else bounded_id(value, limit)
 
 
+IMPOSSIBLE_TRAVEL_CODE = "behaviour.impossible_travel"
+
+
 def records_for(request: ClientRequest, ctx: RequestContext, verdict: Verdict) -> list[EntityRecord]:
     """One record per entity this request updates; none for a request outside every
     profile's scope (`verdict.assessed` false): it is not the app's traffic, so it
@@ -155,6 +158,10 @@ def records_for(request: ClientRequest, ctx: RequestContext, verdict: Verdict) -
     asn = net.get("asn") if type(net.get("asn")) is int else None  # a bool is not an ASN
     country = net.get("country") if isinstance(net.get("country"), str) else None
     hosting = net.get("hosting") is True
+    if ctx.gated and IMPOSSIBLE_TRAVEL_CODE in ctx.gated:
+        # an edge without the hosting fact: a VPN exit cannot be told from a journey,
+        # so the country does not feed impossible travel (docs/edges.md)
+        country = None
     device, account, session = ents.get("device"), ents.get("account"), ents.get("session")
     endpoint = ctx.profile.endpoint_class(request.path)
     # the request's own (stateless) evidence, never the flags it was scored with

@@ -57,6 +57,8 @@ class RequestContext:
     headers: dict[str, str]
     derived: Derived
     stateless: Stateless | None = None
+    # the codes the request's edge cannot judge (detector.edges): set by Pipeline.assess
+    gated: frozenset[str] = frozenset()
 
     def header(self, name: str) -> str | None:
         """First value of a header by lower-case name (built once per request)."""

@@ -131,9 +131,9 @@ def test_a_lost_fact_silences_its_checks_and_the_verdict_says_so(detection, base
     assert b"not_assessed" not in full.to_json()  # the default edge: every family assessed, the field absent
     haproxy = detection.pipeline(edges=EdgePolicy(detection.edges, "haproxy")).score_one(title)
     assert "headers.name_case" not in [s.code for s in haproxy.signals]
-    assert haproxy.not_assessed == ("headers", "network", "transport")
-    assert orjson.loads(haproxy.to_json())["not_assessed"] == ["headers", "network", "transport"]
-    assert haproxy.as_dict()["not_assessed"] == ["headers", "network", "transport"]
+    assert haproxy.not_assessed == ("behaviour", "headers", "network", "transport")
+    assert orjson.loads(haproxy.to_json())["not_assessed"] == ["behaviour", "headers", "network", "transport"]
+    assert haproxy.as_dict()["not_assessed"] == ["behaviour", "headers", "network", "transport"]
 
 
 @pytest.mark.parametrize(("edge", "code", "change"), [
@@ -236,6 +236,19 @@ def test_detector_score_takes_any_shipped_edge_and_rejects_an_unknown_one(tmp_pa
     assert "line 2: rejected: unknown_edge: field 'edge' names no edge profile: 'squid'" in res.stderr.decode()
     verdicts = [orjson.loads(x) for x in out.read_bytes().splitlines()]
     assert len(verdicts) == 2
-    assert verdicts[0]["not_assessed"] == ["headers", "network", "transport"]
+    assert verdicts[0]["not_assessed"] == ["behaviour", "headers", "network", "transport"]
     assert "headers.name_case" not in [s["code"] for s in verdicts[0]["signals"]]
     assert "not_assessed" not in verdicts[1] and "headers.name_case" in [s["code"] for s in verdicts[1]["signals"]]
+
+
+def test_without_the_hosting_fact_the_country_does_not_feed_impossible_travel(detection, base):
+    """A VPN user's exits look like travel unless hosting networks can be left out: an
+    edge without hosting enrichment (CloudFront, Cloudflare: ASN and country only) sends
+    no country to the travel detector, and its verdicts say behaviour was not fully assessed."""
+    from detector.behaviour.records import records_for
+    obj = {**base, "network": {"asn": 64500, "country": "DE"}}
+    for edge, country in (("full", "DE"), ("cloudfront", None)):
+        pipe = detection.pipeline(edges=EdgePolicy(detection.edges, edge))
+        v, ctx = pipe.assess(request_from_obj(obj))
+        assert {r.country for r in records_for(request_from_obj(obj), ctx, v)} == {country}
+    assert "behaviour.impossible_travel" in detection.edges["cloudfront"].gated(detection.profiles["example-android"])

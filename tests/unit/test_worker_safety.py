@@ -601,3 +601,25 @@ async def test_the_collector_is_held_off_for_one_batch_only_and_back_after_a_fai
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+async def test_a_record_edge_the_topic_does_not_allow_is_dead_lettered_and_requests_are_counted_per_edge(
+        detection, events):
+    import dataclasses
+    cfg = dataclasses.replace(detection, input_edge="haproxy", allowed_edges=frozenset({"envoy"}))
+    stage = IngestStage(load_settings(), cfg, Metrics(CollectorRegistry()), loop=None)
+    value = orjson.dumps([events[0], {**events[1], "edge": "envoy"}, {**events[2], "edge": "nginx-njs"},
+                          {**events[3], "edge": "squid"}, events[4]])
+    out = FakeOut()
+    await stage._score_batch({TP: [msg(5, value, stamp(events))]}, out)
+    verdicts = [orjson.loads(v) for v in out.of(VERDICTS.name)]
+    assert [v["request_id"] for v in verdicts] == [events[i]["request_id"] for i in (0, 1, 4)]
+    assert verdicts[0]["not_assessed"] == ["behaviour", "headers", "network", "transport"]  # the topic's edge: haproxy
+    assert verdicts[1]["not_assessed"] == ["behaviour", "headers", "network", "signature", "transport"]  # its own: envoy
+    (dlq,) = [orjson.loads(v) for v in out.of(CLIENT_REQUESTS_DLQ.name)]
+    assert sorted((e["index"], e["code"]) for e in dlq["errors"]) == [(2, "edge_not_allowed"), (3, "unknown_edge")]
+    m = stage.metrics
+    assert sample(m, "detector_edge_requests_total", edge="haproxy") == 2
+    assert sample(m, "detector_edge_requests_total", edge="envoy") == 1
+    assert sample(m, "detector_dlq_records_total", reason="edge_not_allowed") == 1
+    assert sample(m, "detector_dlq_records_total", reason="unknown_edge") == 1
