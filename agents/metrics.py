@@ -94,6 +94,7 @@ class LabelSets:
     headers: Mapping[str, str]  # header-order fingerprint -> label (the official ones)
     devices: Mapping[str, str]  # Build.MODEL -> label (the most popular catalogue models)
     webhook_endpoints: tuple[str, ...] = ()
+    edges: tuple[str, ...] = ()  # the input topic's edge and its allowed_edges
 
     @classmethod
     def from_config(cls, detection: Any, webhook_endpoints: Iterable[str] = (),
@@ -117,7 +118,8 @@ class LabelSets:
         if detection.catalogue is not None:
             ranked = sorted(detection.catalogue.all_models(), key=lambda f: (-f.popularity, f.model))
             devices = {f.model: f.model for f in ranked[:top_devices] if f.popularity > 0}
-        return cls(profiles, versions, codes, ja4, headers, devices, tuple(dict.fromkeys(webhook_endpoints)))
+        edges = tuple(sorted({getattr(detection, "input_edge", "full"), *getattr(detection, "allowed_edges", ())}))
+        return cls(profiles, versions, codes, ja4, headers, devices, tuple(dict.fromkeys(webhook_endpoints)), edges)
 
     def version_bucket(self, profile: str | None, version: str | None) -> str:
         if version is None:
@@ -432,6 +434,8 @@ class Metrics:
                 self.profile_requests.labels(profile, version)
         for code in labels.signal_codes:
             self.signals.labels(code)
+        for edge in labels.edges:
+            self.edge_requests.labels(edge)
         closed = {"ja4": set(labels.ja4.values()) | {OTHER, NONE},
                   "headers": set(labels.headers.values()) | {OTHER, NONE},
                   "device": set(labels.devices.values()) | {EMULATOR, OTHER, NONE}}
