@@ -7,7 +7,8 @@ The losses: names lower-cased (case lost), names sorted (order lost: the edge wr
 them in an order of its own, the same for every request), only the profile's own
 header names kept (a partial set: an access log holds the headers it names, and the
 deployment names the app's), no ClientHello or JA3, a partial JA4 (HAProxy 2.6's:
-counts, ALPN, SNI flag and cipher hash), no TLS facts at all, no HTTP/2 fingerprint,
+counts, ALPN, SNI flag and cipher hash), no TLS fingerprint at all (the SNI stays),
+no HTTP/2 fingerprint (the `:authority` stays),
 no body hash or size (and no body params), enrichment reduced to what the edge
 provides."""
 
@@ -71,8 +72,12 @@ def through_edge(request: Mapping[str, Any], edge: EdgeProfile, profile: ClientP
     out["headers"] = [list(h) for h in headers]
     tls = request.get("tls")
     if isinstance(tls, Mapping):
-        if not edge.has_tls:
-            out.pop("tls", None)
+        if not edge.has_tls:  # no fingerprint, but every TLS-terminating edge knows the SNI
+            sni = tls.get("sni")
+            if isinstance(sni, str):
+                out["tls"] = {"sni": sni}
+            else:
+                out.pop("tls", None)
         else:
             t = dict(tls)
             if not edge.client_hello:
@@ -85,8 +90,13 @@ def through_edge(request: Mapping[str, Any], edge: EdgeProfile, profile: ClientP
             elif edge.ja4 == "none" and not edge.client_hello:
                 t.pop("ja4", None)
             out["tls"] = t
-    if not edge.h2_fingerprint:
-        out.pop("h2", None)
+    h2 = request.get("h2")
+    if not edge.h2_fingerprint and isinstance(h2, Mapping):
+        rest = {k: v for k, v in h2.items() if k != "fingerprint"}  # :authority is a header every edge sees
+        if rest:
+            out["h2"] = rest
+        else:
+            out.pop("h2", None)
     if not edge.body:
         for k in ("body_sha256", "body_size", "params"):
             out.pop(k, None)

@@ -189,13 +189,15 @@ def test_through_edge_applies_each_loss(detection, profile, base):
     h = through_edge(attack, e["haproxy"], profile)
     assert [n for n, _ in h["headers"]] == [n.lower() for n, _ in attack["headers"]]  # lower-cased, order kept
     assert h["tls"]["ja4"] == haproxy_26_partial(attack["tls"]["ja4"])
-    assert "h2" not in through_edge(base, e["haproxy"], profile) and "network" not in h
+    assert "fingerprint" not in through_edge(base, e["haproxy"], profile).get("h2", {}) and "network" not in h
+    if "h2" in base and "authority" in base["h2"]:
+        assert through_edge(base, e["haproxy"], profile)["h2"] == {"authority": base["h2"]["authority"]}
     v = through_edge(attack, e["envoy"], profile)
     names = [n for n, _ in v["headers"]]
     assert names == sorted(names) and set(names) <= profile.headers.known  # order lost, a partial set
     assert "accept" not in names and any(n.lower() == "accept" for n, _ in attack["headers"])
     assert "body_sha256" not in through_edge(base, e["envoy"], profile) or "body_sha256" not in base
-    assert "tls" not in through_edge(base, e["nginx-njs"], profile)
+    assert through_edge(base, e["nginx-njs"], profile)["tls"] == {"sni": base["tls"]["sni"]}  # no fingerprint
     assert through_edge(base, e["cloudfront"], profile).get("network", {}).keys() <= {"asn", "as_org", "country"}
     assert through_edge(base, e["full"], profile) == base
     assert through_edge(attack, e["fastly"], profile) == attack
