@@ -174,7 +174,11 @@ class DetectionConfig:
         named += [(["input", "allowed_edges", i], n) for i, n in enumerate(allowed)]
         for key, name in named:
             if name not in edges:
-                raise doc.error(key, f"no edge profile named {name!r} (have: {', '.join(sorted(edges))})")
+                reason = f"no edge profile named {name!r} (have: {', '.join(sorted(edges))})"
+                origin = next((o.origin for o in overrides if tuple(o.key) == tuple(key[:len(o.key)])), None)
+                if origin is not None:  # set by a variable, not the file
+                    raise ConfigError(path, ".".join(str(k) for k in key), f"{reason} (from {origin})")
+                raise doc.error(key, reason)
 
         checked: SettingsFile = check(doc, SettingsFile, data, overrides=overrides)  # what is left: types
         _check_alias_settings(doc, checked, behaviour)

@@ -254,3 +254,14 @@ def test_without_the_hosting_fact_the_country_does_not_feed_impossible_travel(de
         v, ctx = pipe.assess(request_from_obj(obj))
         assert {r.country for r in records_for(request_from_obj(obj), ctx, v)} == {country}
     assert "behaviour.impossible_travel" in detection.edges["cloudfront"].gated(detection.profiles["example-android"])
+
+
+def test_an_input_edge_set_by_a_variable_names_the_variable(monkeypatch):
+    from agents.settings import load_detection
+    monkeypatch.setenv("DETECTOR_INPUT__EDGE", "squid")
+    with pytest.raises(ConfigError, match=r"input.edge: no edge profile named 'squid' .*\(from DETECTOR_INPUT__EDGE\)"):
+        load_detection(ROOT / "config" / "detector.yaml")
+    monkeypatch.setenv("DETECTOR_INPUT__EDGE", "cloudfront")
+    cfg = load_detection(ROOT / "config" / "detector.yaml")
+    # the edge's lateness (a CDN log path: minutes) raises the behaviour's
+    assert cfg.input_edge == "cloudfront" and cfg.behaviour.allowed_lateness_s == 600
