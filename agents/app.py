@@ -46,6 +46,7 @@ from agents.records import INGEST_MAX_REQUEST_SIZE, RecordLimits
 from agents.settings import Settings
 from agents.shards import KafkaChangelog, ShardProcessor, ShardState
 from agents.topics import ALERTS, CLIENT_REQUESTS_DLQ, ENTITY_EVENTS, ENTITY_FLAGS, TopicLimits, partitions_of
+from detector.adapters import format_edge
 from detector.config.schema import Role
 from detector.engine import DetectionConfig
 
@@ -271,7 +272,8 @@ def _observe(app: faust.App, s: Settings, detection: DetectionConfig, metrics: M
     role's series, our Faust sensor, consumer lag of the role's consumers sampled at
     scrape time, the worker's log format, and the pages."""
     if metrics.label_sets is None:
-        metrics.bind(LabelSets.from_config(detection, webhook_endpoint_names(s.config)))
+        metrics.bind(LabelSets.from_config(detection, webhook_endpoint_names(s.config),
+                                           input_edge=format_edge(s.input_format)))
     metrics.worker_role(parts.role)
     app.sensors.add(FaustSensor(metrics))
     app.conf.logging_config = logs.logging_config(s.log_level, getattr(s, "log_format", None))

@@ -42,7 +42,7 @@ from agents.topics import (
     TopicLimits,
     partitions_of,
 )
-from detector.adapters import message_decoder
+from detector.adapters import format_edge, message_decoder
 from detector.behaviour.flags import FlagMap, decode_update
 from detector.behaviour.records import EntityRecord, encode_envelopes, records_for
 from detector.decode import Rejection
@@ -111,7 +111,9 @@ class IngestStage(Service):
         self.settings = settings
         self.detection = detection
         self.metrics = metrics
-        self.pipeline = detection.pipeline()
+        # the topic's edge policy (config `input`), admitting the edge its input
+        # adapter marks records with (docs/edges.md)
+        self.pipeline = detection.pipeline(edges=detection.edge_policy().admitting(format_edge(settings.input_format)))
         # the input topic's format (setting input_format): the contract, or an edge's log lines
         self.decode = message_decoder(settings.input_format)
         self.shard_partitions = partitions_of(ENTITY_EVENTS, settings.topic_partitions)

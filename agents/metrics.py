@@ -98,7 +98,8 @@ class LabelSets:
 
     @classmethod
     def from_config(cls, detection: Any, webhook_endpoints: Iterable[str] = (),
-                    top_devices: int = TOP_DEVICE_MODELS) -> LabelSets:
+                    top_devices: int = TOP_DEVICE_MODELS, input_edge: str | None = None) -> LabelSets:
+        """`input_edge`: the edge the input adapter marks records with (counted too)."""
         profiles = tuple(detection.profiles)
         versions = {name: frozenset(p.versions) for name, p in detection.profiles.items()}
         codes = tuple(sorted(detection.scoring.weights))
@@ -118,7 +119,8 @@ class LabelSets:
         if detection.catalogue is not None:
             ranked = sorted(detection.catalogue.all_models(), key=lambda f: (-f.popularity, f.model))
             devices = {f.model: f.model for f in ranked[:top_devices] if f.popularity > 0}
-        edges = tuple(sorted({getattr(detection, "input_edge", "full"), *getattr(detection, "allowed_edges", ())}))
+        edges = tuple(sorted({getattr(detection, "input_edge", "full"), *getattr(detection, "allowed_edges", ()),
+                              *((input_edge,) if input_edge else ())}))
         return cls(profiles, versions, codes, ja4, headers, devices, tuple(dict.fromkeys(webhook_endpoints)), edges)
 
     def version_bucket(self, profile: str | None, version: str | None) -> str:

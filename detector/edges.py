@@ -189,6 +189,13 @@ class EdgePolicy:
     def with_default(self, name: str) -> EdgePolicy:
         return EdgePolicy(self.edges, name, self.allowed)
 
+    def admitting(self, name: str | None) -> EdgePolicy:
+        """This policy, also honouring records marked `name` (an input adapter's edge:
+        the adapter sets it, the line cannot)."""
+        if name is None or name in self.allowed:
+            return self
+        return EdgePolicy(self.edges, self.default, self.allowed | {name})
+
     @property
     def topic_edge(self) -> EdgeProfile:
         return self.edges[self.default]

@@ -20,6 +20,15 @@ LineDecoder = Callable[[bytes | str, DecodeLimits], ClientRequest]
 
 _MESSAGE: dict[str, MessageDecoder] = {"native": decode_message, "haproxy": haproxy.decode_message}
 _LINE: dict[str, LineDecoder] = {"native": decode_line, "haproxy": haproxy.decode_line}
+# the edge profile an adapter marks its records with (docs/edges.md): set by the
+# adapter from the format, never read from the line, so the input topic admits it
+_EDGE: dict[str, str | None] = {"native": None, "haproxy": haproxy.EDGE}
+
+
+def format_edge(fmt: str) -> str | None:
+    """The edge profile the records of input format `fmt` come from (None: native,
+    a record's own `edge` field is judged by the topic's allowed_edges)."""
+    return _EDGE.get(fmt)
 
 
 def message_decoder(fmt: str) -> MessageDecoder:
@@ -39,4 +48,5 @@ def line_decoder(fmt: str) -> LineDecoder:
         raise ValueError(f"unknown input format {fmt!r} (one of {', '.join(INPUT_FORMATS)})") from None
 
 
-__all__ = ["INPUT_FORMATS", "InputFormat", "LineDecoder", "MessageDecoder", "line_decoder", "message_decoder"]
+__all__ = ["INPUT_FORMATS", "InputFormat", "LineDecoder", "MessageDecoder", "format_edge", "line_decoder",
+           "message_decoder"]

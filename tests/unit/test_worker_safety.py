@@ -623,3 +623,16 @@ async def test_a_record_edge_the_topic_does_not_allow_is_dead_lettered_and_reque
     assert sample(m, "detector_edge_requests_total", edge="envoy") == 1
     assert sample(m, "detector_dlq_records_total", reason="edge_not_allowed") == 1
     assert sample(m, "detector_dlq_records_total", reason="unknown_edge") == 1
+
+
+async def test_records_of_the_haproxy_adapter_are_judged_as_haproxy(detection):
+    """The adapter marks its records `edge: haproxy` (the line cannot): the topic admits
+    that edge although `input.allowed_edges` is empty."""
+    from detector.adapters import format_edge
+    settings = load_settings(input_format="haproxy")
+    stage = IngestStage(settings, detection, Metrics(CollectorRegistry()), loop=None)
+    assert format_edge("haproxy") == "haproxy" and format_edge("native") is None
+    policy = stage.pipeline.edges
+    assert policy.default == "full" and policy.allowed == frozenset({"haproxy"})
+    native = IngestStage(load_settings(), detection, Metrics(CollectorRegistry()), loop=None)
+    assert native.pipeline.edges.allowed == frozenset()
