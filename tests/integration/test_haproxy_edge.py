@@ -349,7 +349,7 @@ async def test_real_clients_through_haproxy_and_rsyslog_get_verdicts_naming_thei
         r = lines[name]
         tls = dict(r.tls or {})
         assert tls.get("sni") == HOST, f"{name} sent no SNI: {tls}"
-        assert dict(r.extra or {}).get("edge") == "haproxy"
+        assert r.edge == "haproxy"
         v = verdicts.get(r.request_id)
         assert v is not None, f"no verdict for {name} ({r.request_id})\n{logs}"
         ja3 = v["fingerprints"].get("ja3")

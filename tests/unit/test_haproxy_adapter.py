@@ -79,7 +79,7 @@ def test_an_http2_line_becomes_the_native_contract():
     assert tls["ja3"] == CURL_JA3
     assert tls["ja3_full"].startswith("771,4866-4867-4865-49196-")
     assert "client_hello" not in tls and "ja4" not in tls  # HAProxy 2.6 has no raw hello, no full JA4
-    assert dict(r.extra or {}) == {"edge": "haproxy"}
+    assert r.edge == "haproxy" and not r.extra  # the contract's `edge` field (docs/edges.md)
 
 
 def test_an_http1_syslog_line_keeps_its_host_header():
