@@ -35,7 +35,8 @@ from detector.decode.fastpath import _fast_path
 from detector.decode.messages import Decoded
 from detector.decode.rejections import InvalidRequest, Rejection
 from detector.decode.validate import request_from_obj
-from detector.fingerprints.tls import hello_from_lists, ja3
+from detector.fingerprints.ja4 import partial_from_parts
+from detector.fingerprints.tls import hello_from_lists, ja3, ja4_partial
 from detector.model import ClientRequest
 
 EDGE = "haproxy"
@@ -87,6 +88,8 @@ def _tls(tls: Any) -> dict[str, Any] | None:
                           _u16_list(_text(tls, "groups", "tls."), "groups"), tuple(formats),
                           alpn.encode("latin-1", "replace") if alpn else None)
     out["ja3_full"], out["ja3"] = ja3(ch)
+    # parts a and b of JA4, part c unknown (docs/contracts.md "Partial JA4")
+    out["ja4"] = partial_from_parts(*ja4_partial(ch, out.get("version")))
     return out
 
 
