@@ -9,7 +9,8 @@ over HTTP/2, Node, Java's HttpClient over HTTP/2, whichever exist), each resolvi
 the name to loopback its own way so it sends the SNI. Each first sends its hello to
 a capture listener (the entries of this run: raw ClientHello -> JA3 by the project's
 own parser), then its request through HAProxy; each client's verdict must carry the
-JA3 of its own captured hello, which names its stack among the entries.
+JA3 of its own captured hello, which names its stack among the entries, and the
+partial JA4 whose parts a and b are that hello's.
 
 HAProxy, rsyslogd and the backend run as unprivileged-port processes in the test's
 tmp dir; nothing of the system's services is touched. Where the packages are missing
@@ -229,11 +230,11 @@ def _run_client(name: str, url: str, port: int, ca: Path, tmp: Path) -> None:
                    timeout=CLIENT_TIMEOUT_S, check=False)
 
 
-def _capture(names: list[str], ca: Path, tmp: Path) -> dict[str, str]:
-    """The entries of this run: each client's JA3, from the raw ClientHello it sent to
-    a capture listener, by the project's own parser."""
+def _capture(names: list[str], ca: Path, tmp: Path) -> dict[str, tuple[str, str]]:
+    """The entries of this run: each client's (JA3, JA4), from the raw ClientHello it
+    sent to a capture listener, by the project's own parser."""
     catcher = _catcher_module().HelloCatcher()
-    out: dict[str, str] = {}
+    out: dict[str, tuple[str, str]] = {}
     try:
         for name in names:
             catcher.drain()
@@ -244,7 +245,8 @@ def _capture(names: list[str], ca: Path, tmp: Path) -> dict[str, str]:
                 raise AssertionError(f"{name} sent no ClientHello to the capture listener: {exc!r}") from None
             assert isinstance(raw, bytes), f"{name}: capture failed: {raw!r}"
             try:
-                out[name] = fingerprint(parse_client_hello(raw)).ja3
+                fp = fingerprint(parse_client_hello(raw))
+                out[name] = (fp.ja3, fp.ja4)
             except ClientHelloError as exc:
                 raise AssertionError(f"{name}: captured hello does not parse: {exc}") from None
     finally:
@@ -322,7 +324,7 @@ async def test_real_clients_through_haproxy_and_rsyslog_get_verdicts_naming_thei
         # the entries of this run, while the worker starts
         entries = await asyncio.to_thread(_capture, names, ca, tmp_path)
         by_ja3: dict[str, set[str]] = {}
-        for name, ja3 in entries.items():
+        for name, (ja3, _) in entries.items():
             by_ja3.setdefault(ja3, set()).add(name)
         assert len(by_ja3) >= 3, f"the clients here share too few JA3s to tell stacks apart: {by_ja3}"
         deadline = time.monotonic() + 20  # HAProxy and rsyslog listening
@@ -345,6 +347,7 @@ async def test_real_clients_through_haproxy_and_rsyslog_get_verdicts_naming_thei
                      if f.exists())
     missing = [n for n in names if n not in lines]
     assert not missing, f"no HAProxy log line reached client-requests for {missing}\n{logs}"
+    alpn_differs: set[str] = set()
     for name in names:
         r = lines[name]
         tls = dict(r.tls or {})
@@ -354,9 +357,18 @@ async def test_real_clients_through_haproxy_and_rsyslog_get_verdicts_naming_thei
         assert v is not None, f"no verdict for {name} ({r.request_id})\n{logs}"
         ja3 = v["fingerprints"].get("ja3")
         # the verdict's JA3 (from HAProxy's lists) is the JA3 of this client's own raw hello
-        assert ja3 == entries[name], f"{name}: verdict JA3 {ja3} != captured {entries[name]}"
+        assert ja3 == entries[name][0], f"{name}: verdict JA3 {ja3} != captured {entries[name][0]}"
         assert name in by_ja3[ja3]
+        # HAProxy 2.6's partial JA4: part a's version, SNI flag and counts and part b
+        # (cipher hash) are the captured hello's, part c unknown; its ALPN characters
+        # are the protocol negotiated (httpx offers http/1.1 before h2: HAProxy picks h2)
+        ja4, full = v["fingerprints"].get("ja4"), entries[name][1]
+        alpn = {"h2": "h2", "http/1.1": "h1"}.get(tls.get("alpn") or "", "00")
+        assert ja4 == full[:8] + alpn + full[10:24] + "?" * 12, f"{name}: verdict JA4 {ja4} against captured {full}"
+        if alpn != full[8:10]:
+            alpn_differs.add(name)
     print("entries (client: JA3, HTTP version through HAProxy):",
-          {n: (entries[n], lines[n].http_version) for n in names})
+          {n: (*entries[n], lines[n].http_version) for n in names})
+    print("ALPN of the partial JA4 differs from the first offered for:", sorted(alpn_differs))
     h2 = {n for n in names if lines[n].http_version == "2"}
     assert {"python-httpx-h2"} <= h2, f"httpx did not speak HTTP/2 through HAProxy: {h2}"
