@@ -32,7 +32,7 @@ import orjson
 
 from detector.decode.contract import DecodeLimits
 from detector.decode.fastpath import _fast_path
-from detector.decode.messages import Decoded
+from detector.decode.messages import Decoded, line_bytes
 from detector.decode.rejections import InvalidRequest, Rejection
 from detector.decode.validate import request_from_obj
 from detector.fingerprints.ja4 import partial_from_parts
@@ -171,16 +171,7 @@ def _json_line(line: bytes) -> Any:
 
 def decode_line(line: bytes | str, limits: DecodeLimits = DecodeLimits()) -> ClientRequest:
     """One HAProxy log line into a ClientRequest; raises InvalidRequest (reason, code)."""
-    if isinstance(line, str):
-        try:
-            raw = line.encode()
-        except UnicodeEncodeError as exc:  # a lone surrogate
-            raise InvalidRequest(f"invalid UTF-8 at character {exc.start}", "invalid_utf8") from None
-    else:
-        raw = line
-    if len(raw) > limits.max_message_bytes:
-        raise InvalidRequest(f"line of {len(raw)} bytes exceeds limits.max_message_bytes={limits.max_message_bytes}",
-                             "oversized")
+    raw = line_bytes(line, limits)
     obj = native(_json_line(raw))
     req = _fast_path(limits)(obj)
     return request_from_obj(obj, limits) if req is None else req

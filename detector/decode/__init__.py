@@ -32,7 +32,7 @@ from detector.decode.deadletters import (
     dlq_record,
     encode_dlq_record,
 )
-from detector.decode.messages import Decoded, decode_line, decode_message
+from detector.decode.messages import Decoded, decode_line, decode_message, line_bytes
 from detector.decode.rejections import REJECTION_CODES, InvalidRequest, Rejection
 from detector.decode.validate import request_from_obj
 
@@ -41,5 +41,5 @@ __all__ = [
     "MAX_LIST_ITEMS", "MAX_OBJECT_ENTRIES", "MAX_PARAMS", "MAX_PARAM_NAME_CHARS", "MAX_UNKNOWN_BYTES",
     "REJECTION_CODES", "TS_MAX", "TS_MIN", "DecodeLimits", "Decoded", "InvalidRequest", "Rejection",
     "clip_json_string", "decode_line", "decode_message", "dlq_reason_class", "dlq_record", "encode_dlq_record",
-    "request_from_obj",
+    "line_bytes", "request_from_obj",
 ]

@@ -67,9 +67,9 @@ def decode_message(value: bytes | None, limits: DecodeLimits = DecodeLimits()) -
     return out
 
 
-def decode_line(line: bytes | str, limits: DecodeLimits = DecodeLimits()) -> ClientRequest:
-    """Decode one JSONL line (offline scoring); raises InvalidRequest with the reason
-    and its code."""
+def line_bytes(line: bytes | str, limits: DecodeLimits) -> bytes:
+    """The bytes of one input line, within limits.max_message_bytes; raises
+    InvalidRequest (`invalid_utf8` for a str that cannot be UTF-8, `oversized`)."""
     if isinstance(line, str):
         try:
             raw = line.encode()
@@ -80,6 +80,13 @@ def decode_line(line: bytes | str, limits: DecodeLimits = DecodeLimits()) -> Cli
     if len(raw) > limits.max_message_bytes:
         raise InvalidRequest(f"line of {len(raw)} bytes exceeds limits.max_message_bytes={limits.max_message_bytes}",
                              "oversized")
+    return raw
+
+
+def decode_line(line: bytes | str, limits: DecodeLimits = DecodeLimits()) -> ClientRequest:
+    """Decode one JSONL line (offline scoring); raises InvalidRequest with the reason
+    and its code."""
+    raw = line_bytes(line, limits)
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
