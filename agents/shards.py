@@ -152,6 +152,7 @@ class ShardState:
         # known: a partition assigned again (kept through the rebalance) resumes with
         # its engine, as Faust resumes its table recovery where it stopped
         self.parked: dict[int, BehaviourEngine] = {}
+        self.assignment: set[int] = set()  # the entity partitions of the last assignment
         self.pending: dict[int, list[Any]] = defaultdict(list)
         # deliveries (flag updates, alerts) sent from a partition's envelopes since its
         # last flush: its envelopes are acknowledged only once these and the state
@@ -478,9 +479,29 @@ class ShardState:
         engine at its first envelope (Faust resumes a kept partition's table recovery
         from where it stopped, so the table alone would restore only the records
         written since then); the others are gone to their next owner."""
+        self.assignment = set(partitions)
         for p in sorted(set(self.parked) - partitions):
             del self.parked[p]
             log.info("shard %d: handed over", p)
+
+    def restore_assigned(self) -> int:
+        """The assignment's table recovery is complete: load every assigned partition
+        that has no engine yet (previous-release state migrated, its snapshots
+        tombstoned at the next flush), so that does not wait for the partition's first
+        envelope, and a partition that gets none still carries its state forward. The
+        number of partitions loaded."""
+        loaded = 0
+        for p in sorted(self.assignment):
+            if p not in self.engines:
+                try:
+                    self.engine(p)
+                except Exception as exc:  # noqa: BLE001 - the first envelope tries again
+                    log.error("shard %d: restoring its state failed (%s); tried again at its first envelope", p,
+                              type(exc).__name__)
+                    self.metrics.internal_errors.labels("entity-shard").inc()
+                    continue
+                loaded += 1
+        return loaded
 
     def forget_positions(self) -> None:
         """The broker lost its log (agents/brokerwatch.py: a restarted memory-only

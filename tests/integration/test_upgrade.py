@@ -104,7 +104,6 @@ async def test_a_worker_on_the_previous_release_changelog_migrates_or_discards_i
         "DETECTOR_APP_ID": APP_ID, "DETECTOR_BEHAVIOUR__STATE_VERSION": state_version})
     try:
         # new traffic: the attack raises alerts on top of whatever state was kept
-        # (and genuine traffic: every shard partition gets envelopes, and loads its state then)
         start = time.time() - 120
         attack = list(private_api_library(profile, 40, seed=21, start_ts=start))
         good = list(genuine(profile, 200, seed=22, start_ts=start))
@@ -112,12 +111,16 @@ async def test_a_worker_on_the_previous_release_changelog_migrates_or_discards_i
         out = await collect(broker.bootstrap, [ALERTS.name], lambda o: len(o[ALERTS.name]) > 0, timeout=90)
         assert out[ALERTS.name], "the upgraded worker raises alerts"
         n = partitions_of(ENTITY_EVENTS, 4)
-        deadline = time.monotonic() + 30
+        # every assigned partition loads its state once recovery completes, whether
+        # or not it got an envelope
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline and (len(re.findall(r"previous-release buckets", log.read_text())) < n
                                                or not re.search(r"^detector_state_writes_total [1-9]", scrape(port),
                                                                 re.M)):
             time.sleep(0.5)
         text = log.read_text()
+        shards = [ln for ln in text.splitlines() if "shard " in ln or "Recovery]" in ln or "assigned" in ln]
+        assert len(re.findall(r"previous-release buckets", text)) == n, "\n".join(shards[-40:])
         assert proc.poll() is None, "the worker runs on"
         assert "Traceback" not in text
         migrated = sum(int(n) for n in re.findall(r"migrated (\d+) entities", text))

@@ -164,6 +164,32 @@ async def test_a_partition_kept_through_a_rebalance_keeps_all_its_state(detectio
     assert dict(back.engine(gone).states()) == before[gone]
 
 
+async def test_every_assigned_partition_loads_its_state_when_recovery_completes(detection, profile):
+    """Once the assignment's recovery is done, every assigned partition loads its
+    state (ShardState.restore_assigned, on Faust's on_rebalance_complete), not only
+    those that get an envelope: a partition without traffic still has its state loaded
+    and written forward, and one loaded already is left alone."""
+    stage = IngestStage(load_settings(), detection, Metrics(CollectorRegistry()), loop=None)
+    envelopes = await envelopes_of(stage, list(genuine(profile, 160, seed=13)))
+    proc0, first, _, written = shard_of(detection)
+    for i, (p, value) in enumerate(envelopes):
+        await proc0.process(FakeEvent(p, i, value))
+    before = {p: dict(e.states()) for p, e in first.engines.items()}
+    assert len(before) >= 2
+    for p in list(first.engines):
+        first.flush(p)
+    assert await first.settle(timeout=5)
+    _, shard, _, _ = shard_of(detection, recovered(written))
+    busy = min(before)
+    shard.assigned(set(before))
+    engine = shard.engine(busy)  # this one got its first envelope already
+    assert shard.restore_assigned() == len(before) - 1
+    assert shard.engines[busy] is engine
+    for p, states in before.items():
+        assert dict(shard.engines[p].states()) == states, f"partition {p} did not load its state"
+    assert shard.restore_assigned() == 0, "loaded once"
+
+
 def test_eviction_takes_flagged_and_alerting_entities_last(detection):
     s = replace(detection.behaviour, max_entities=detection.behaviour.buckets * 4)  # 4 per bucket
     e = BehaviourEngine(s, detection.alerts, detection.scoring.weight_of)
