@@ -229,7 +229,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agents.app import build_app
     from agents.metrics import Metrics
     from agents.settings import load_detection, load_settings
-    from agents.topics import create_topics
+    from agents.topics import check_layout, create_topics
 
     overrides: dict[str, Any] = {}
     if args.bootstrap:
@@ -251,6 +251,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.create_topics:
         asyncio.run(create_topics(settings.kafka_bootstrap, settings.topic_partitions, settings.topic_replication,
                                   security=settings.kafka))
+    # the entity shards partition by topic_partitions: a topic with another count is a
+    # configuration error (the ingest would write to partitions that do not exist)
+    problems = asyncio.run(check_layout(settings.kafka_bootstrap, settings.topic_partitions, settings.app_id,
+                                        settings.kafka))
+    if problems:
+        for problem in problems:
+            logging.getLogger("detector.topics").error("%s", problem)
+        return 2
     app = build_app(settings, detection, Metrics())
     _tune_gc()
     from agents.shutdown import StopDeadline

@@ -39,6 +39,7 @@ from agents.topics import (
     ENTITY_EVENTS,
     ENTITY_FLAGS,
     VERDICTS,
+    TopicLayoutError,
     TopicLimits,
     partitions_of,
 )
@@ -216,6 +217,18 @@ class IngestStage(Service):
                     log.warning("stopping with a batch not acknowledged by the broker: its offsets stay uncommitted "
                                 "(read again on restart): %s", exc)
                     return
+                except TopicLayoutError as exc:
+                    # a topic lost partitions the settings shard by (recreated with fewer):
+                    # nothing of the batch is committed; the worker is not ready, says why,
+                    # and goes on once the topic has them again (the metadata refreshes)
+                    failures += 1
+                    self._broker_failed("produce", exc)
+                    self._rewind(batches)
+                    if failures == 1 or failures % 30 == 0:
+                        log.error("ingest batch cannot be written: %s; set topic_partitions to the topic's count "
+                                  "on every worker or give the topic its partitions back (docs/operations.md "
+                                  "\"Topics\"); reading the batch again", exc)
+                    await self.sleep(self.backoff.delay(failures))
                 except BROKER_ERRORS as exc:
                     # a broker fault outside the publisher's retries: read the batch again
                     failures += 1

@@ -23,6 +23,8 @@ from typing import Any, Protocol
 
 from aiokafka.errors import KafkaError
 
+from agents.topics import TopicLayoutError
+
 log = logging.getLogger("detector.publish")
 
 # What a failed broker interaction raises: aiokafka's errors, and the timeouts and
@@ -192,13 +194,16 @@ class BatchPublisher:
 
     async def _append(self, rec: _Record) -> None:
         partition = rec.partition
+        n = await self.partitions(rec.topic)
         if partition is None:
-            n = await self.partitions(rec.topic)
             if rec.key is not None:
                 partition = partition_for(rec.key, n)
             else:
                 self._rr += 1
                 partition = self._rr % n
+        elif not 0 <= partition < n:  # the producer would assert "Unrecognized partition"
+            raise TopicLayoutError(f"partition {partition} of topic {rec.topic} does not exist: the broker says it "
+                                   f"has {n} partitions")
         slot = (rec.topic, partition)
         batch = self._open.get(slot)
         if batch is None:

@@ -223,3 +223,33 @@ def test_broker_health_goes_unready_after_consecutive_failures_or_silence_and_re
     h.retrying += 1
     h.ok()
     assert not h.healthy() and "produce retry pending" in h.reason()
+
+
+async def test_a_partition_the_topic_does_not_have_is_a_layout_error_not_a_producer_assertion() -> None:
+    """The ingest writes envelopes to explicit shard partitions: a topic with fewer
+    (recreated by hand with another count) is a TopicLayoutError naming the topic and
+    its count, raised before anything reaches the producer (whose own check is an
+    `assert ... "Unrecognized partition"` that would stop the stage)."""
+    from agents.topics import TopicLayoutError
+
+    producer = FakeProducer(partitions=2)
+    pub = BatchPublisher(producer, sleep=Sleeps())
+    await pub.add("entity-events", b"v0", partition=1)
+    with pytest.raises(TopicLayoutError, match="partition 3 of topic entity-events does not exist.*has 2 partitions"):
+        await pub.add("entity-events", b"v1", partition=3)
+    with pytest.raises(TopicLayoutError):
+        await pub.add("entity-events", b"v2", partition=-1)
+    await pub.flush()
+    assert [(t, p, v) for t, p, _, v in producer.acked] == [("entity-events", 1, b"v0")]
+
+
+def test_layout_problems_name_the_topic_its_count_and_the_setting() -> None:
+    from agents.topics import ENTITY_EVENTS, layout_problems
+
+    assert layout_problems({}, 4, "app") == [], "topics not there yet are created with the right count"
+    assert layout_problems({ENTITY_EVENTS.name: 4, "app-behaviour-state-changelog": 4, "verdicts": 1}, 4, "app") == []
+    problems = layout_problems({ENTITY_EVENTS.name: 2, "app-behaviour-state-changelog": 8}, 4, "app")
+    assert len(problems) == 2
+    assert problems[0].startswith(f"topic {ENTITY_EVENTS.name} has 2 partitions, the settings say 4")
+    assert "set topic_partitions to 2" in problems[0]
+    assert problems[1].startswith("topic app-behaviour-state-changelog has 8 partitions")
