@@ -12,17 +12,20 @@ from detector.adapters import haproxy
 from detector.decode import Decoded, DecodeLimits, decode_line, decode_message
 from detector.model import ClientRequest
 
-InputFormat = Literal["native", "haproxy"]
-INPUT_FORMATS: tuple[InputFormat, ...] = ("native", "haproxy")
+InputFormat = Literal["native", "haproxy", "haproxy-3.1"]
+INPUT_FORMATS: tuple[InputFormat, ...] = ("native", "haproxy", "haproxy-3.1")
 
 MessageDecoder = Callable[[bytes | None, DecodeLimits], Decoded]
 LineDecoder = Callable[[bytes | str, DecodeLimits], ClientRequest]
 
-_MESSAGE: dict[str, MessageDecoder] = {"native": decode_message, "haproxy": haproxy.decode_message}
-_LINE: dict[str, LineDecoder] = {"native": decode_line, "haproxy": haproxy.decode_line}
+_MESSAGE: dict[str, MessageDecoder] = {"native": decode_message, "haproxy": haproxy.decode_message,
+                                       "haproxy-3.1": haproxy.decode_message_31}
+_LINE: dict[str, LineDecoder] = {"native": decode_line, "haproxy": haproxy.decode_line,
+                                 "haproxy-3.1": haproxy.decode_line_31}
 # the edge profile an adapter marks its records with (docs/edges.md): set by the
 # adapter from the format, never read from the line, so the input topic admits it
-_EDGE: dict[str, str | None] = {"native": None, "haproxy": haproxy.EDGE}
+# (one edge per format: HAProxy 2.6 and 3.1 are two formats, a line cannot pick)
+_EDGE: dict[str, str | None] = {"native": None, "haproxy": haproxy.EDGE, "haproxy-3.1": haproxy.EDGE_31}
 
 
 def format_edge(fmt: str) -> str | None:

@@ -1,7 +1,16 @@
-"""The HAProxy input adapter: one line of the shipped log-format
-(config/edges/haproxy/haproxy.cfg.example, HAProxy 2.6 fetches) into the native
-ClientRequest contract (docs/contracts.md), JA3 computed from the ClientHello lists
-HAProxy captured.
+"""The HAProxy input adapters: one line of a shipped log-format into the native
+ClientRequest contract (docs/contracts.md), JA3 and JA4 computed from the ClientHello
+lists HAProxy captured. Two formats, chosen by the input topic (setting
+`input_format`), never by the line:
+- `haproxy`: config/edges/haproxy/haproxy.cfg.example, HAProxy 2.5 to 3.0 fetches
+  (Debian 12: 2.6.12), log-format version 1 (`"haproxy":1`); records are marked
+  `edge: "haproxy"`, JA4 is partial (part c `?`: no signature algorithms);
+- `haproxy-3.1`: config/edges/haproxy/haproxy-3.1.cfg.example, the same fields plus
+  `ssl_fc_sigalgs_bin` and `ssl_fc_supported_versions_bin` (HAProxy 3.1 and later),
+  log-format version 2 (`"haproxy":2`); records are marked `edge: "haproxy-3.1"`,
+  JA4 is full. A line of the other version is refused (invalid_value), and a 3.1
+  line without the two lists is refused (missing_field): a line cannot turn the full
+  JA4 of a 3.1 topic into a partial one, nor claim 3.1 on a 2.6 topic.
 
 A line is a JSON object that HAProxy's log-format writes (`json(utf8s)` escaping of
 every text, `%{+Q}` quoting: an absent value is ""). What it gives, and what it
@@ -12,20 +21,22 @@ cannot:
   `host` header, turned back into `h2.authority` here;
 - JA3 from `ssl_fc_protocol_hello_id` and the hex of `ssl_fc_cipherlist_bin`,
   `ssl_fc_extlist_bin`, `ssl_fc_eclist_bin`, `ssl_fc_ecformats_bin` (GREASE removed,
-  as the JA3 definition says); the SNI; the ALPN negotiated (not the list offered);
-  the TLS version negotiated. No raw ClientHello, no signature algorithms, no
-  HTTP/2 fingerprint.
+  as the JA3 definition says); the SNI; the ALPN negotiated (not the list offered:
+  JA4's ALPN characters are those of the protocol HAProxy picked, the first one
+  offered for a client that offers h2 first); the TLS version negotiated. At 3.1
+  also `ssl_fc_sigalgs_bin` (JA4 part c) and `ssl_fc_supported_versions_bin` (JA4's
+  version: the highest offered). No raw ClientHello, no HTTP/2 fingerprint.
 
-Every request is marked `edge: "haproxy"`. A line that is cut short (HAProxy's `log
-... len`, a syslog relay's maximum message size) is rejected with code `truncated`;
-any other bad line with the code of what is wrong; nothing here raises past
-`decode_message` / `decode_line`.
+A line that is cut short (HAProxy's `log ... len`, a syslog relay's maximum message
+size) is rejected with code `truncated`; any other bad line with the code of what is
+wrong; nothing here raises past `decode_message` / `decode_line`.
 """
 
 from __future__ import annotations
 
 import binascii
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -35,12 +46,29 @@ from detector.decode.fastpath import _fast_path
 from detector.decode.messages import Decoded, line_bytes
 from detector.decode.rejections import InvalidRequest, Rejection
 from detector.decode.validate import request_from_obj
+from detector.fingerprints.clienthello import EXT_SIGNATURE_ALGORITHMS, EXT_SUPPORTED_VERSIONS
 from detector.fingerprints.ja4 import partial_from_parts
-from detector.fingerprints.tls import hello_from_lists, ja3, ja4_partial
+from detector.fingerprints.tls import hello_from_lists, ja3, ja4, ja4_partial
 from detector.model import ClientRequest
 
-EDGE = "haproxy"
-FORMAT_VERSION = 1  # the log-format's "haproxy" key: a line of another version is refused
+
+@dataclass(frozen=True, slots=True)
+class LogFormat:
+    """One shipped log-format: the version its lines carry (the "haproxy" key), the
+    edge profile its records are marked with, whether its lists give the full JA4."""
+
+    version: int
+    edge: str
+    config: str
+    full_ja4: bool
+
+
+HAPROXY_26 = LogFormat(1, "haproxy", "config/edges/haproxy/haproxy.cfg.example", full_ja4=False)
+HAPROXY_31 = LogFormat(2, "haproxy-3.1", "config/edges/haproxy/haproxy-3.1.cfg.example", full_ja4=True)
+EDGE = HAPROXY_26.edge
+EDGE_31 = HAPROXY_31.edge
+FORMAT_VERSION = HAPROXY_26.version  # the log-format's "haproxy" key: a line of another version is refused
+FORMAT_VERSION_31 = HAPROXY_31.version
 _HTTP_VERSIONS = {"1.0": "1.0", "1.1": "1.1", "2.0": "2", "2": "2", "3.0": "3", "3": "3"}
 _MARKER = b'{"haproxy":'
 
@@ -66,7 +94,15 @@ def _unhex(hexed: str, what: str) -> bytes:
         raise InvalidRequest(f"haproxy tls.{what} is not hex", "invalid_value") from None
 
 
-def _tls(tls: Any) -> dict[str, Any] | None:
+def _present_text(obj: Mapping[str, Any], key: str) -> str:
+    """A field the 3.1 format always writes (%{+Q}: "" when HAProxy has no value)."""
+    if key not in obj:
+        raise InvalidRequest(f"haproxy field tls.{key!r} is missing: a line of the HAProxy 3.1 log-format "
+                             f"({HAPROXY_31.config}) always has it", "missing_field")
+    return _text(obj, key, "tls.")
+
+
+def _tls(tls: Any, fmt: LogFormat) -> dict[str, Any] | None:
     """The contract's `tls` object from HAProxy's TLS fields; None for a connection
     without TLS (no ClientHello captured)."""
     if not isinstance(tls, dict):
@@ -83,24 +119,43 @@ def _tls(tls: Any) -> dict[str, Any] | None:
         raise InvalidRequest("haproxy tls.hello must be the ClientHello's version as an integer", "invalid_value")
     formats = _unhex(_text(tls, "formats", "tls."), "formats")
     alpn = out.get("alpn")
-    ch = hello_from_lists(int(hello), _u16_list(_text(tls, "ciphers", "tls."), "ciphers"),
-                          _u16_list(_text(tls, "exts", "tls."), "exts"),
+    exts = _u16_list(_text(tls, "exts", "tls."), "exts")
+    sigalgs: tuple[int, ...] = ()
+    versions: tuple[int, ...] = ()
+    if fmt.full_ja4:
+        sigalgs = _u16_list(_present_text(tls, "sigalgs"), "sigalgs")
+        versions = _u16_list(_present_text(tls, "versions"), "versions")
+        # each list comes from its extension: one without the other is a capture
+        # buffer too small (tune.ssl.capture-buffer-size) or an edited line
+        for ext, values, what in ((EXT_SIGNATURE_ALGORITHMS, sigalgs, "sigalgs"),
+                                  (EXT_SUPPORTED_VERSIONS, versions, "versions")):
+            if (ext in exts) != bool(values):
+                raise InvalidRequest(f"haproxy tls.{what} {'is empty' if values == () else 'is set'} but the "
+                                     f"extension list {'has' if ext in exts else 'lacks'} extension {ext} (raise "
+                                     "tune.ssl.capture-buffer-size)", "invalid_value")
+    ch = hello_from_lists(int(hello), _u16_list(_text(tls, "ciphers", "tls."), "ciphers"), exts,
                           _u16_list(_text(tls, "groups", "tls."), "groups"), tuple(formats),
-                          alpn.encode("latin-1", "replace") if alpn else None)
+                          alpn.encode("latin-1", "replace") if alpn else None,
+                          signature_algorithms=sigalgs, supported_versions=versions)
     out["ja3_full"], out["ja3"] = ja3(ch)
-    # parts a and b of JA4, part c unknown (docs/contracts.md "Partial JA4")
-    out["ja4"] = partial_from_parts(*ja4_partial(ch, out.get("version")))
+    if fmt.full_ja4:
+        # every part: the version the highest offered, part c with the signature algorithms
+        out["ja4"] = ja4(ch)
+    else:
+        # parts a and b of JA4, part c unknown (docs/contracts.md "Partial JA4")
+        out["ja4"] = partial_from_parts(*ja4_partial(ch, out.get("version")))
     return out
 
 
-def native(obj: Any) -> dict[str, Any]:
-    """The native ClientRequest object (docs/contracts.md) of one parsed log line;
-    raises InvalidRequest (reason, code) when the line is not the shipped format."""
+def native(obj: Any, fmt: LogFormat = HAPROXY_26) -> dict[str, Any]:
+    """The native ClientRequest object (docs/contracts.md) of one parsed log line of
+    `fmt`; raises InvalidRequest (reason, code) when the line is not that format."""
     if not isinstance(obj, dict):
         raise InvalidRequest("a HAProxy log line must be a JSON object", "invalid_type")
-    if obj.get("haproxy") != FORMAT_VERSION:
-        raise InvalidRequest(f"not a line of the HAProxy log-format version {FORMAT_VERSION} "
-                             "(config/edges/haproxy/haproxy.cfg.example)", "invalid_value")
+    version = obj.get("haproxy")
+    if version != fmt.version or isinstance(version, bool):
+        raise InvalidRequest(f"not a line of the HAProxy log-format version {fmt.version} ({fmt.config}; "
+                             f"input format {fmt.edge})", "invalid_value")
     request_id = _text(obj, "id")
     if not request_id:
         raise InvalidRequest("haproxy field 'id' is empty: the frontend needs unique-id-format", "missing_field")
@@ -126,7 +181,7 @@ def native(obj: Any) -> dict[str, Any]:
         "method": _text(obj, "method"),
         "path": _text(obj, "path"),
         "headers": headers,
-        "edge": EDGE,
+        "edge": fmt.edge,
     }
     # HTTP/2: HAProxy turns :authority into a Host header in front of the others
     if http_version in ("2", "3") and headers and headers[0][0] == "host":
@@ -140,7 +195,7 @@ def native(obj: Any) -> dict[str, Any]:
     if isinstance(status, int) and not isinstance(status, bool) and status >= 0:
         out["response_status"] = status
     if "tls" in obj:
-        tls = _tls(obj["tls"])
+        tls = _tls(obj["tls"], fmt)
         if tls:
             out["tls"] = tls
     return out
@@ -170,16 +225,37 @@ def _json_line(line: bytes) -> Any:
 
 
 def decode_line(line: bytes | str, limits: DecodeLimits = DecodeLimits()) -> ClientRequest:
-    """One HAProxy log line into a ClientRequest; raises InvalidRequest (reason, code)."""
+    """One line of the HAProxy 2.6 log-format into a ClientRequest; raises
+    InvalidRequest (reason, code)."""
+    return _decode_line(line, limits, HAPROXY_26)
+
+
+def decode_line_31(line: bytes | str, limits: DecodeLimits = DecodeLimits()) -> ClientRequest:
+    """One line of the HAProxy 3.1 log-format into a ClientRequest; raises
+    InvalidRequest (reason, code)."""
+    return _decode_line(line, limits, HAPROXY_31)
+
+
+def _decode_line(line: bytes | str, limits: DecodeLimits, fmt: LogFormat) -> ClientRequest:
     raw = line_bytes(line, limits)
-    obj = native(_json_line(raw))
+    obj = native(_json_line(raw), fmt)
     req = _fast_path(limits)(obj)
     return request_from_obj(obj, limits) if req is None else req
 
 
 def decode_message(value: bytes | None, limits: DecodeLimits = DecodeLimits()) -> Decoded:
-    """A Kafka message of HAProxy log lines (rsyslog's omkafka sends one per message;
-    a relay that batches sends several, one per line) into requests and rejections."""
+    """A Kafka message of HAProxy 2.6 log lines (rsyslog's omkafka sends one per
+    message; a relay that batches sends several, one per line) into requests and
+    rejections."""
+    return _decode_message(value, limits, HAPROXY_26)
+
+
+def decode_message_31(value: bytes | None, limits: DecodeLimits = DecodeLimits()) -> Decoded:
+    """A Kafka message of HAProxy 3.1 log lines into requests and rejections."""
+    return _decode_message(value, limits, HAPROXY_31)
+
+
+def _decode_message(value: bytes | None, limits: DecodeLimits, fmt: LogFormat) -> Decoded:
     if value is None or not value.strip():
         return Decoded(rejections=[Rejection(None, "empty message", "empty_message")], form="invalid")
     if len(value) > limits.max_message_bytes:
@@ -195,7 +271,7 @@ def decode_message(value: bytes | None, limits: DecodeLimits = DecodeLimits()) -
     for i, ln in enumerate(lines):
         index = None if len(lines) == 1 else i
         try:
-            req = decode_line(ln, limits)
+            req = _decode_line(ln, limits, fmt)
         except InvalidRequest as exc:
             out.rejections.append(Rejection(index, str(exc), exc.code))
             continue

@@ -223,12 +223,14 @@ def fingerprints_from_b64(b64: str) -> TlsFingerprint:
 # --- from the lists an edge captured (HAProxy's ssl_fc_*_bin fetches) -------------------
 def hello_from_lists(legacy_version: int, cipher_suites: tuple[int, ...], extensions: tuple[int, ...],
                      supported_groups: tuple[int, ...], ec_point_formats: tuple[int, ...],
-                     alpn_first: bytes | None = None) -> ClientHello:
+                     alpn_first: bytes | None = None, *, signature_algorithms: tuple[int, ...] = (),
+                     supported_versions: tuple[int, ...] = ()) -> ClientHello:
     """The ClientHello parts an edge logs as lists (HAProxy 2.5+: the hello's version,
-    cipher suites, extension ids, supported groups and point formats, as sent), as a
-    ClientHello with what those lists lack left empty (signature algorithms, supported
-    versions, the SNI's text): enough for JA3, and for the JA4 parts those lists allow
-    (`ja4_partial`)."""
+    cipher suites, extension ids, supported groups and point formats, as sent; 3.1+
+    also the signature algorithms and supported versions), as a ClientHello with what
+    the lists lack left empty (the SNI's text, later ALPN ids; without 3.1's two lists
+    the signature algorithms and supported versions): enough for JA3, for the JA4
+    parts the 2.5 lists allow (`ja4_partial`), and with the 3.1 lists for `ja4`."""
     return ClientHello(
         legacy_version=legacy_version,
         cipher_suites=cipher_suites,
@@ -236,10 +238,10 @@ def hello_from_lists(legacy_version: int, cipher_suites: tuple[int, ...], extens
         extensions=extensions,
         sni=None,
         alpn=(alpn_first,) if alpn_first else (),
-        signature_algorithms=(),
+        signature_algorithms=signature_algorithms,
         supported_groups=supported_groups,
         ec_point_formats=ec_point_formats,
-        supported_versions=(),
+        supported_versions=supported_versions,
     )
 
 
