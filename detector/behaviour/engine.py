@@ -412,10 +412,12 @@ class BehaviourEngine:
         stateless = r.level >= self._alert_floor and r.etype in self.s.alert_entity_types
         if not flags and not stateless:
             return
-        codes = tuple(sorted(flags)) + (r.codes if stateless else ())
+        own = r.codes if stateless else ()
+        codes = tuple(sorted(c for c in flags if c not in own)) + own
         keep = 1.0 - (r.score if stateless else 0.0)
         for c in flags:
-            keep *= 1.0 - self.weight_of(c)
+            if c not in own:  # a code counts once (detector/scoring.py)
+                keep *= 1.0 - self.weight_of(c)
         # a request of a flagged entity counts as malicious; otherwise its own level
         level = "malicious" if flags or r.level >= 2 else "suspicious"
         fr = FlaggedRequest(r.etype, r.key, r.request_id, r.ts, round(1.0 - keep, 4), level, r.profile, r.ip, codes)

@@ -50,10 +50,13 @@ def survives(codes: Mapping[str, float] | list[tuple[str, float]], risk: frozens
     """Whether the stateless signals (code, weight) of a request's full verdict that
     the edge keeps still reach `threshold` (noisy-OR, as scoring does)."""
     items = codes.items() if isinstance(codes, Mapping) else codes
-    keep = 1.0
+    best: dict[str, float] = {}
     for code, weight in items:
         if code in risk or code.split(".", 1)[0] in STATEFUL_FAMILIES:
             continue
+        best[code] = max(weight, best.get(code, 0.0))  # a code counts once, as in scoring
+    keep = 1.0
+    for weight in best.values():
         keep *= 1.0 - weight
     return 1.0 - keep >= threshold
 
