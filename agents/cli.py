@@ -406,8 +406,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--alerts", help="also write the alerts the stream would raise to this JSONL file")
     s.add_argument("--rejections", help="also write the rejected lines as JSONL ({line, code, reason}) to this file")
     s.add_argument("--format", choices=INPUT_FORMATS, default="native",
-                   help="the input's format: native (ClientRequest JSONL, default) or haproxy (log lines of "
-                        "config/edges/haproxy/haproxy.cfg.example)")
+                   help="the input's format: native (ClientRequest JSONL, default) or an edge's log lines "
+                        "(config/edges/<edge>/, docs/edges.md)")
     add_reference_time(s)
     s.set_defaults(func=cmd_score)
 
