@@ -1,7 +1,7 @@
-"""What the JSON-per-line adapters (Envoy's access log, Cloudflare Logpush) share: a line
-as bytes within its bound, its JSON object (a line cut short is `truncated`, not
-`invalid_json`), the JA4 layout, and a Kafka message of many lines into requests and
-rejections. Pure; nothing here raises past `decode_lines` but InvalidRequest inside it."""
+"""What the JSON-per-line adapters (Envoy's access log, Cloudflare Logpush) share: a
+line's JSON object (a line cut short is `truncated`, not `invalid_json`), the JA3 and
+JA4 layouts, and a Kafka message of many lines into requests and rejections. Pure;
+the helpers raise InvalidRequest, which `decode_lines` turns into rejections."""
 
 from __future__ import annotations
 
@@ -24,22 +24,6 @@ from detector.model import ClientRequest
 # computes JA4 itself knows every character).
 _JA4 = re.compile(r"[tqd][0-9a-z]{2}[di][0-9]{4}[0-9A-Za-z]{2}_[0-9a-f]{12}_[0-9a-f]{12}")
 _JA3 = re.compile(r"[0-9a-f]{32}")
-
-
-def line_bytes(line: bytes | str, limits: DecodeLimits) -> bytes:
-    """A line as bytes: a str that cannot be UTF-8 (a lone surrogate) is `invalid_utf8`,
-    a line over `limits.max_message_bytes` is `oversized`."""
-    if isinstance(line, str):
-        try:
-            raw = line.encode()
-        except UnicodeEncodeError as exc:
-            raise InvalidRequest(f"invalid UTF-8 at character {exc.start}", "invalid_utf8") from None
-    else:
-        raw = line
-    if len(raw) > limits.max_message_bytes:
-        raise InvalidRequest(f"line of {len(raw)} bytes exceeds limits.max_message_bytes={limits.max_message_bytes}",
-                             "oversized")
-    return raw
 
 
 def json_object(raw: bytes, vendor: str, cut_hint: str) -> dict[str, Any]:

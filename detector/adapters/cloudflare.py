@@ -35,9 +35,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from detector.adapters._jsonlog import check_ja3, check_ja4, decode_lines, json_object, line_bytes, to_request
+from detector.adapters._jsonlog import check_ja3, check_ja4, decode_lines, json_object, to_request
 from detector.decode.contract import DecodeLimits
-from detector.decode.messages import Decoded
+from detector.decode.messages import Decoded, line_bytes
 from detector.decode.rejections import InvalidRequest
 from detector.model import ClientRequest
 
