@@ -21,8 +21,11 @@ from detector.model import ClientRequest
 from detector.profile import ClientProfile
 
 FULL = "full"  # the edge the contract assumes: every fact kept (today's behaviour)
-Enrichment = Literal["asn", "hosting", "country"]
-ENRICHMENT: tuple[Enrichment, ...] = ("asn", "hosting", "country")
+# what an enrichment step adds on the way to Kafka (no proxy measures these itself):
+# network facts by the client address, and the app's integrity verdict (the token
+# verified by the back end or an edge function: the contract's `attestation`)
+Enrichment = Literal["asn", "hosting", "country", "attestation"]
+ENRICHMENT: tuple[Enrichment, ...] = ("asn", "hosting", "country", "attestation")
 
 # The codes each lost fact silences (docs/edges.md "What each lost fact costs").
 ORDER_CODES = frozenset({"headers.order_mismatch"})
@@ -38,6 +41,9 @@ HOSTING_CODES = frozenset({"network.hosting"})
 HOSTING_STATE_CODES = frozenset({"behaviour.impossible_travel", "behaviour.hosting_asn_account_fanout",
                                  "behaviour.hosting_asn_device_fanout"})
 COUNTRY_CODES = frozenset({"network.locale_country_mismatch"})
+# a record without the integrity verdict cannot be judged as missing one; the other
+# attestation codes judge a verdict that is there, so they never fire without it
+ATTESTATION_CODES = frozenset({"attestation.missing"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +92,8 @@ class EdgeProfile:
             out |= HOSTING_CODES | HOSTING_STATE_CODES
         if "country" not in self.enrichment:
             out |= COUNTRY_CODES
+        if "attestation" not in self.enrichment:
+            out |= ATTESTATION_CODES
         return frozenset(out)
 
     def gated(self, profile: ClientProfile) -> frozenset[str]:
@@ -110,6 +118,8 @@ class EdgeProfile:
                 judged |= HOSTING_CODES
             if profile.network.locale_country:
                 judged |= COUNTRY_CODES
+            if profile.attestation is not None and profile.attestation.required:
+                judged |= ATTESTATION_CODES
             found = lost & frozenset(judged)
             self._gated[profile.name] = found
         return found

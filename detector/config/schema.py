@@ -410,7 +410,7 @@ class EdgeFile(Section):
     tls: _EdgeTls
     h2_fingerprint: bool
     body: bool  # body_sha256 and body_size (what a signed body needs)
-    enrichment: list[Literal["asn", "hosting", "country"]]
+    enrichment: list[Literal["asn", "hosting", "country", "attestation"]]
     allowed_lateness_s: float = Field(ge=0)
     notes: str | None = None
 

@@ -9,14 +9,15 @@ header names kept (a partial set: an access log holds the headers it names, and 
 deployment names the app's), no ClientHello or JA3, a partial JA4 (HAProxy 2.6's:
 counts, ALPN, SNI flag and cipher hash), no TLS fingerprint at all (the SNI stays),
 no HTTP/2 fingerprint (the `:authority` stays),
-no body hash or size (and no body params), enrichment reduced to what the edge
-provides."""
+no body hash or size (and no body params), enrichment (network facts, the
+attestation verdict) reduced to what the edge provides."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
+from detector.checks.attestation import AttestationCheck
 from detector.edges import EdgeProfile
 from detector.fingerprints.ja4 import haproxy_26_partial
 from detector.profile import ClientProfile
@@ -26,6 +27,8 @@ from detector.profile import ClientProfile
 _SOME_NAMES_RISK = frozenset({"headers.forbidden", "headers.unexpected"})
 _PARTIAL_JA4_RISK = frozenset({"tls.fingerprint_mismatch", "tls.known_automation_stack"})
 _NO_BODY_RISK = frozenset({"headers.inconsistent"})
+# without the attestation step a record has no integrity verdict: every code judging one
+_NO_ATTESTATION_RISK = frozenset(AttestationCheck.codes)
 # behaviour state reads fingerprints, header orders and networks the edge may change:
 # its codes are not counted as a giveaway that survives (NEEDS_STATE scenarios)
 STATEFUL_FAMILIES = ("replay", "behaviour", "population")
@@ -43,6 +46,8 @@ def at_risk(edge: EdgeProfile, profile: ClientProfile) -> frozenset[str]:
         out |= _PARTIAL_JA4_RISK
     if not edge.body:
         out |= _NO_BODY_RISK
+    if "attestation" not in edge.enrichment:
+        out |= _NO_ATTESTATION_RISK
     return frozenset(out)
 
 
@@ -103,6 +108,8 @@ def through_edge(request: Mapping[str, Any], edge: EdgeProfile, profile: ClientP
     if not edge.body:
         for k in ("body_sha256", "body_size", "params"):
             out.pop(k, None)
+    if "attestation" not in edge.enrichment:
+        out.pop("attestation", None)
     net = request.get("network")
     if isinstance(net, Mapping):
         keys = {k for fact in edge.enrichment for k in _NETWORK_KEYS.get(fact, ())}

@@ -47,7 +47,10 @@ def test_every_shipped_edge_loads_with_its_facts(detection):
     assert e["haproxy-3.1"].ja4 == "full"
     assert not e["envoy"].header_order and e["envoy"].header_names == "some"
     assert e["nginx-njs"].header_case and e["nginx-njs"].ja4 == "none" and not e["nginx-njs"].has_tls
-    assert e["fastly"].client_hello and e["fastly"].h2_fingerprint and not e["fastly"].lost_codes()
+    # Fastly keeps every fact a proxy can see; the integrity verdict needs an enrichment step
+    assert e["fastly"].client_hello and e["fastly"].h2_fingerprint
+    assert e["fastly"].lost_codes() == {"attestation.missing"}
+    assert all("attestation.missing" in e[n].lost_codes() for n in SHIPPED - {"full"})
     assert not e["full"].lost_codes()
     assert e["cloudfront"].allowed_lateness_s >= 300 and e["cloudflare"].allowed_lateness_s >= 300
 
@@ -131,9 +134,9 @@ def test_a_lost_fact_silences_its_checks_and_the_verdict_says_so(detection, base
     assert b"not_assessed" not in full.to_json()  # the default edge: every family assessed, the field absent
     haproxy = detection.pipeline(edges=EdgePolicy(detection.edges, "haproxy")).score_one(title)
     assert "headers.name_case" not in [s.code for s in haproxy.signals]
-    assert haproxy.not_assessed == ("behaviour", "headers", "network", "transport")
-    assert orjson.loads(haproxy.to_json())["not_assessed"] == ["behaviour", "headers", "network", "transport"]
-    assert haproxy.as_dict()["not_assessed"] == ["behaviour", "headers", "network", "transport"]
+    assert haproxy.not_assessed == ("attestation", "behaviour", "headers", "network", "transport")
+    assert orjson.loads(haproxy.to_json())["not_assessed"] == ["attestation", "behaviour", "headers", "network", "transport"]
+    assert haproxy.as_dict()["not_assessed"] == ["attestation", "behaviour", "headers", "network", "transport"]
 
 
 @pytest.mark.parametrize(("edge", "code", "change"), [
@@ -200,7 +203,8 @@ def test_through_edge_applies_each_loss(detection, profile, base):
     assert through_edge(base, e["nginx-njs"], profile)["tls"] == {"sni": base["tls"]["sni"]}  # no fingerprint
     assert through_edge(base, e["cloudfront"], profile).get("network", {}).keys() <= {"asn", "as_org", "country"}
     assert through_edge(base, e["full"], profile) == base
-    assert through_edge(attack, e["fastly"], profile) == attack
+    assert through_edge(attack, e["fastly"], profile) == attack  # this attack sends no attestation
+    assert "attestation" in base and "attestation" not in through_edge(base, e["fastly"], profile)
     signed = next(x for x in genuine(profile, 50, seed=3, catalogue=detection.catalogue) if "body_sha256" in x)
     lost = through_edge(signed, e["cloudflare"], profile)
     assert "body_sha256" not in lost and "body_size" not in lost
@@ -238,7 +242,7 @@ def test_detector_score_takes_any_shipped_edge_and_rejects_an_unknown_one(tmp_pa
     assert "line 2: rejected: unknown_edge: field 'edge' names no edge profile: 'squid'" in res.stderr.decode()
     verdicts = [orjson.loads(x) for x in out.read_bytes().splitlines()]
     assert len(verdicts) == 2
-    assert verdicts[0]["not_assessed"] == ["behaviour", "headers", "network", "transport"]
+    assert verdicts[0]["not_assessed"] == ["attestation", "behaviour", "headers", "network", "transport"]
     assert "headers.name_case" not in [s["code"] for s in verdicts[0]["signals"]]
     assert "not_assessed" not in verdicts[1] and "headers.name_case" in [s["code"] for s in verdicts[1]["signals"]]
 
