@@ -89,7 +89,8 @@ class RuntimeSettings(Section):
     kafka_ssl_check_hostname: bool = True
     # The format of the input topic's (client-requests) messages: the native contract,
     # or an edge's log line turned into it by its adapter (detector/adapters/).
-    input_format: Literal["native", "haproxy", "haproxy-3.1", "envoy", "cloudflare"] = "native"
+    input_format: Literal["native", "haproxy", "haproxy-3.1", "envoy", "cloudflare", "cloudfront",
+                          "fastly"] = "native"
 
     @model_validator(mode="after")
     def _retry_bounds(self) -> RuntimeSettings:

@@ -1,0 +1,90 @@
+"""What the line adapters of edges whose messages are text lines share: a line as
+bytes within its bound, a message split into lines and each decoded on its own, and
+the native object validated. Pure; nothing raised past `decode_lines`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from detector.decode.contract import DecodeLimits
+from detector.decode.fastpath import _fast_path
+from detector.decode.messages import Decoded
+from detector.decode.rejections import InvalidRequest, Rejection
+from detector.decode.validate import request_from_obj
+from detector.model import ClientRequest
+
+
+def as_bytes(line: bytes | str, limits: DecodeLimits) -> bytes:
+    """The line's bytes (a str is UTF-8 encoded); raises InvalidRequest `invalid_utf8`
+    for a lone surrogate, `oversized` over limits.max_message_bytes."""
+    if isinstance(line, str):
+        try:
+            raw = line.encode()
+        except UnicodeEncodeError as exc:
+            raise InvalidRequest(f"invalid UTF-8 at character {exc.start}", "invalid_utf8") from None
+    else:
+        raw = line
+    if len(raw) > limits.max_message_bytes:
+        raise InvalidRequest(f"line of {len(raw)} bytes exceeds limits.max_message_bytes={limits.max_message_bytes}",
+                             "oversized")
+    return raw
+
+
+def as_text(raw: bytes) -> str:
+    """The line as text; raises InvalidRequest `invalid_utf8`."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"invalid UTF-8 at byte {exc.start}", "invalid_utf8") from None
+
+
+def validated(obj: dict[str, Any], limits: DecodeLimits) -> ClientRequest:
+    """The ClientRequest of a native object: the fast path, else the reference validator."""
+    req = _fast_path(limits)(obj)
+    return request_from_obj(obj, limits) if req is None else req
+
+
+def decode_lines(value: bytes | None, limits: DecodeLimits,
+                 decode_line: Callable[[bytes, DecodeLimits], ClientRequest]) -> Decoded:
+    """A Kafka message of one line, or of several separated by newlines (a relay
+    that batches), into requests and rejections (indexed when there are several)."""
+    if value is None or not value.strip():
+        return Decoded(rejections=[Rejection(None, "empty message", "empty_message")], form="invalid")
+    if len(value) > limits.max_message_bytes:
+        reason = f"message of {len(value)} bytes exceeds limits.max_message_bytes={limits.max_message_bytes}"
+        return Decoded(rejections=[Rejection(None, reason, "oversized")], form="invalid")
+    lines = [ln.rstrip(b"\r") for ln in value.split(b"\n") if ln.strip()]
+    out = Decoded(form="object" if len(lines) == 1 else "ndjson")
+    if len(lines) > limits.max_batch_elements:
+        out.rejections.append(Rejection(
+            None, f"batch of {len(lines)} lines exceeds limits.max_batch_elements={limits.max_batch_elements}",
+            "too_many"))
+        return out
+    for i, ln in enumerate(lines):
+        index = None if len(lines) == 1 else i
+        try:
+            req = decode_line(ln, limits)
+        except InvalidRequest as exc:
+            out.rejections.append(Rejection(index, str(exc), exc.code))
+            continue
+        out.requests.append(req)
+        out.indices.append(index)
+    return out
+
+
+def json_value(raw: bytes, what: str, cut_hint: str) -> Any:
+    """The JSON value of a line; a line cut short is `truncated` (the reason ends
+    with `cut_hint`), bytes that are not UTF-8 `invalid_utf8`, other bad JSON
+    `invalid_json`."""
+    text = raw.strip()
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        as_text(text)
+        if exc.pos >= len(text) and str(exc).startswith("unexpected end of data"):
+            raise InvalidRequest(f"{what} cut short after {len(text)} bytes ({cut_hint})", "truncated") from None
+        raise InvalidRequest(f"invalid JSON: {str(exc).split(':', 1)[0]} at column {exc.colno}",
+                             "invalid_json") from None
