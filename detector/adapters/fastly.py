@@ -7,8 +7,8 @@ Kafka as it is.
 What a Compute service gives (fastly crate, `fastly::handle`): the header names as
 received, in order and case (`client_original_header_names`), the raw TLS ClientHello
 (`client_tls_client_hello`, logged as base64: it becomes the contract's
-`tls.client_hello`, so the detector computes JA3 and JA4 itself), Fastly's JA3 and
-JA4, the SNI, the HTTP/2 fingerprint (`client_h2_fingerprint`), the body's SHA-256
+`tls.client_hello`, so the detector computes JA3 and JA4 itself, and its server_name
+the `tls.sni`), Fastly's JA3 and JA4, the HTTP/2 fingerprint (`client_h2_fingerprint`), the body's SHA-256
 and size when the service reads it, and the geolocation's ASN, country and proxy
 type (`hosting`: `network.hosting`).
 
@@ -30,9 +30,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from detector.adapters._textlines import as_bytes, decode_lines, json_value, validated
-from detector.decode.contract import DecodeLimits
+from detector.decode.contract import MAX_CLIENT_HELLO_CHARS, DecodeLimits
 from detector.decode.messages import Decoded
 from detector.decode.rejections import InvalidRequest
+from detector.fingerprints.clienthello import ClientHelloError, parse_client_hello
 from detector.model import ClientRequest
 
 EDGE = "fastly"
@@ -82,15 +83,22 @@ def _headers(value: Any) -> tuple[list[list[str]], str | None]:
 def _tls(tls: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     hello = _text(tls, "hello", "tls.")
-    if hello:
-        try:
-            binascii.a2b_base64(hello, strict_mode=True)
-        except (binascii.Error, ValueError):
-            raise InvalidRequest("fastly tls.hello is not base64", "invalid_value") from None
-        out["client_hello"] = hello  # the detector computes JA3 and JA4 from it
     for src, dst in (("ja3", "ja3"), ("ja4", "ja4"), ("sni", "sni"), ("protocol", "version")):
         if v := _text(tls, src, "tls."):
             out[dst] = v
+    if hello:
+        try:
+            raw = binascii.a2b_base64(hello, strict_mode=True)
+        except (binascii.Error, ValueError):
+            raise InvalidRequest("fastly tls.hello is not base64", "invalid_value") from None
+        out["client_hello"] = hello  # the detector computes JA3 and JA4 from it
+        if "sni" not in out and len(hello) <= MAX_CLIENT_HELLO_CHARS:
+            try:  # the SNI the client sent (the scope's host evidence); a bad hello is the TLS check's
+                sni = parse_client_hello(raw).sni
+            except ClientHelloError:
+                sni = None
+            if sni:
+                out["sni"] = sni
     return out
 
 
