@@ -1,6 +1,7 @@
-"""What the line adapters of edges whose messages are text lines share: a line as
-bytes within its bound, a message split into lines and each decoded on its own, and
-the native object validated. Pure; nothing raised past `decode_lines`."""
+"""What the line adapters of edges whose messages are text lines share (a line's
+bytes within its bound is detector.decode.messages.line_bytes): a line as text, a
+JSON line, a message split into lines and each decoded on its own, and the native
+object validated. Pure; nothing raised past `decode_lines`."""
 
 from __future__ import annotations
 
@@ -15,22 +16,6 @@ from detector.decode.messages import Decoded
 from detector.decode.rejections import InvalidRequest, Rejection
 from detector.decode.validate import request_from_obj
 from detector.model import ClientRequest
-
-
-def as_bytes(line: bytes | str, limits: DecodeLimits) -> bytes:
-    """The line's bytes (a str is UTF-8 encoded); raises InvalidRequest `invalid_utf8`
-    for a lone surrogate, `oversized` over limits.max_message_bytes."""
-    if isinstance(line, str):
-        try:
-            raw = line.encode()
-        except UnicodeEncodeError as exc:
-            raise InvalidRequest(f"invalid UTF-8 at character {exc.start}", "invalid_utf8") from None
-    else:
-        raw = line
-    if len(raw) > limits.max_message_bytes:
-        raise InvalidRequest(f"line of {len(raw)} bytes exceeds limits.max_message_bytes={limits.max_message_bytes}",
-                             "oversized")
-    return raw
 
 
 def as_text(raw: bytes) -> str:

@@ -36,9 +36,9 @@ import re
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from detector.adapters._textlines import as_bytes, as_text, decode_lines, validated
+from detector.adapters._textlines import as_text, decode_lines, validated
 from detector.decode.contract import DecodeLimits
-from detector.decode.messages import Decoded
+from detector.decode.messages import Decoded, line_bytes
 from detector.decode.rejections import InvalidRequest
 from detector.model import ClientRequest
 
@@ -211,7 +211,7 @@ def native(line: str) -> dict[str, Any]:
 
 def decode_line(line: bytes | str, limits: DecodeLimits = DecodeLimits()) -> ClientRequest:
     """One CloudFront real-time log line into a ClientRequest; raises InvalidRequest."""
-    text = as_text(as_bytes(line, limits)).rstrip("\r\n")
+    text = as_text(line_bytes(line, limits)).rstrip("\r\n")
     return validated(native(text), limits)
 
 

@@ -29,9 +29,9 @@ import binascii
 from collections.abc import Mapping
 from typing import Any
 
-from detector.adapters._textlines import as_bytes, decode_lines, json_value, validated
+from detector.adapters._textlines import decode_lines, json_value, validated
 from detector.decode.contract import MAX_CLIENT_HELLO_CHARS, DecodeLimits
-from detector.decode.messages import Decoded
+from detector.decode.messages import Decoded, line_bytes
 from detector.decode.rejections import InvalidRequest
 from detector.fingerprints.clienthello import ClientHelloError, parse_client_hello
 from detector.model import ClientRequest
@@ -174,7 +174,7 @@ def native(obj: Any) -> dict[str, Any]:
 
 def decode_line(line: bytes | str, limits: DecodeLimits = DecodeLimits()) -> ClientRequest:
     """One Fastly log line into a ClientRequest; raises InvalidRequest (reason, code)."""
-    raw = as_bytes(line, limits)
+    raw = line_bytes(line, limits)
     return validated(native(json_value(raw, "Fastly log line", _CUT_HINT)), limits)
 
 
