@@ -8,13 +8,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal
 
-from detector.adapters import cloudflare, cloudfront, envoy, fastly, haproxy
+from detector.adapters import cloudflare, cloudfront, envoy, fastly, haproxy, nginx_njs
 from detector.decode import Decoded, DecodeLimits, decode_line, decode_message
 from detector.model import ClientRequest
 
-InputFormat = Literal["native", "haproxy", "haproxy-3.1", "envoy", "cloudflare", "cloudfront", "fastly"]
+InputFormat = Literal["native", "haproxy", "haproxy-3.1", "envoy", "cloudflare", "cloudfront", "fastly", "nginx-njs"]
 INPUT_FORMATS: tuple[InputFormat, ...] = ("native", "haproxy", "haproxy-3.1", "envoy", "cloudflare", "cloudfront",
-                                          "fastly")
+                                          "fastly", "nginx-njs")
 
 MessageDecoder = Callable[[bytes | None, DecodeLimits], Decoded]
 LineDecoder = Callable[[bytes | str, DecodeLimits], ClientRequest]
@@ -23,16 +23,19 @@ _MESSAGE: dict[str, MessageDecoder] = {"native": decode_message, "haproxy": hapr
                                        "haproxy-3.1": haproxy.decode_message_31,
                                        "envoy": envoy.decode_message, "cloudflare": cloudflare.decode_message}
 _MESSAGE.update(cloudfront=cloudfront.decode_message, fastly=fastly.decode_message)
+_MESSAGE.update({"nginx-njs": nginx_njs.decode_message})
 _LINE: dict[str, LineDecoder] = {"native": decode_line, "haproxy": haproxy.decode_line,
                                  "haproxy-3.1": haproxy.decode_line_31,
                                  "envoy": envoy.decode_line, "cloudflare": cloudflare.decode_line}
 _LINE.update(cloudfront=cloudfront.decode_line, fastly=fastly.decode_line)
+_LINE.update({"nginx-njs": nginx_njs.decode_line})
 # the edge profile an adapter marks its records with (docs/edges.md): set by the
 # adapter from the format, never read from the line, so the input topic admits it
 # (one edge per format: HAProxy 2.6 and 3.1 are two formats, a line cannot pick)
 _EDGE: dict[str, str | None] = {"native": None, "haproxy": haproxy.EDGE, "haproxy-3.1": haproxy.EDGE_31,
                                 "envoy": envoy.EDGE, "cloudflare": cloudflare.EDGE}
 _EDGE.update(cloudfront=cloudfront.EDGE, fastly=fastly.EDGE)
+_EDGE.update({"nginx-njs": nginx_njs.EDGE})
 
 
 def format_edge(fmt: str) -> str | None:

@@ -90,7 +90,7 @@ class RuntimeSettings(Section):
     # The format of the input topic's (client-requests) messages: the native contract,
     # or an edge's log line turned into it by its adapter (detector/adapters/).
     input_format: Literal["native", "haproxy", "haproxy-3.1", "envoy", "cloudflare", "cloudfront",
-                          "fastly"] = "native"
+                          "fastly", "nginx-njs"] = "native"
 
     @model_validator(mode="after")
     def _retry_bounds(self) -> RuntimeSettings:

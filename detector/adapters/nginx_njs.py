@@ -1,0 +1,110 @@
+"""The nginx-njs input adapter: one line of the shipped access log (nginx 1.22 with
+njs 0.7.9, config/edges/nginx/nginx.conf.example and detector.js) into the native
+ClientRequest contract (docs/contracts.md).
+
+The njs module writes the contract itself, behind a version marker: `{"nginx":1,
+"request_id":..., "headers":[[name, value], ...], ...}` (`log_format ... escape=none`,
+the object is njs's JSON.stringify). What it gives, and what it cannot:
+- every header name in the order received with the case the client sent
+  (`r.rawHeadersIn`; HTTP/2 names are lower-case on the wire), every value but the
+  credentials detector.js blanks; over HTTP/2 nginx turns `:authority` into a
+  leading `host` header, which detector.js writes back as `h2.authority`;
+- the TLS SNI, version, cipher (`tls.cipher`, kept, not judged) and the ALPN
+  negotiated; no ClientHello, JA3 or JA4 (a stock nginx has none), no HTTP/2
+  fingerprint;
+- the body's SHA-256 and size when nginx held the body in memory (njs crypto over
+  `r.requestBuffer`).
+
+Every request is marked `edge: "nginx-njs"` (an `edge` in the line is overwritten: the
+adapter's format decides it). A line cut short (a syslog relay's maximum message
+size) is rejected with code `truncated`; any other bad line with the code of what is
+wrong; nothing here raises past `decode_message` / `decode_line`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from detector.decode.contract import DecodeLimits
+from detector.decode.fastpath import _fast_path
+from detector.decode.messages import Decoded, line_bytes
+from detector.decode.rejections import InvalidRequest, Rejection
+from detector.decode.validate import request_from_obj
+from detector.model import ClientRequest
+
+EDGE = "nginx-njs"
+FORMAT_VERSION = 1  # detector.js's "nginx" key: a line of another version is refused
+_MARKER = b'{"nginx":'
+
+
+def native(obj: Any) -> dict[str, Any]:
+    """The native ClientRequest object of one parsed log line (the line without its
+    marker, marked with the edge); raises InvalidRequest (reason, code) when the line
+    is not the shipped format."""
+    if not isinstance(obj, dict):
+        raise InvalidRequest("an nginx-njs log line must be a JSON object", "invalid_type")
+    if obj.get("nginx") != FORMAT_VERSION:
+        raise InvalidRequest(f"not a line of the nginx-njs log format version {FORMAT_VERSION} "
+                             "(config/edges/nginx/detector.js)", "invalid_value")
+    out = {k: v for k, v in obj.items() if k != "nginx"}
+    out["edge"] = EDGE
+    return out
+
+
+def _json_line(line: bytes) -> Any:
+    """The JSON object of a line: leading whitespace and a syslog header before the
+    object (a relay that forwards the whole syslog line) are skipped."""
+    text = line.strip()
+    if not text.startswith(b"{"):
+        at = text.find(_MARKER)
+        if at < 0:
+            raise InvalidRequest("not an nginx-njs log line of the shipped format (no JSON object)", "invalid_json")
+        text = text[at:]
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        try:
+            text.decode("utf-8")
+        except UnicodeDecodeError as uexc:
+            raise InvalidRequest(f"invalid UTF-8 at byte {uexc.start}", "invalid_utf8") from None
+        if exc.pos >= len(text) and str(exc).startswith("unexpected end of data"):
+            raise InvalidRequest(f"nginx-njs log line cut short after {len(text)} bytes (raise the relay's maximum "
+                                 "message size: rsyslog's maxMessageSize)", "truncated") from None
+        raise InvalidRequest(f"invalid JSON: {str(exc).split(':', 1)[0]} at column {exc.colno}",
+                             "invalid_json") from None
+
+
+def decode_line(line: bytes | str, limits: DecodeLimits = DecodeLimits()) -> ClientRequest:
+    """One nginx-njs log line into a ClientRequest; raises InvalidRequest (reason, code)."""
+    obj = native(_json_line(line_bytes(line, limits)))
+    req = _fast_path(limits)(obj)
+    return request_from_obj(obj, limits) if req is None else req
+
+
+def decode_message(value: bytes | None, limits: DecodeLimits = DecodeLimits()) -> Decoded:
+    """A Kafka message of nginx-njs log lines (rsyslog's omkafka sends one per message;
+    a relay that batches sends several, one per line) into requests and rejections."""
+    if value is None or not value.strip():
+        return Decoded(rejections=[Rejection(None, "empty message", "empty_message")], form="invalid")
+    if len(value) > limits.max_message_bytes:
+        reason = f"message of {len(value)} bytes exceeds limits.max_message_bytes={limits.max_message_bytes}"
+        return Decoded(rejections=[Rejection(None, reason, "oversized")], form="invalid")
+    lines = [ln for ln in value.split(b"\n") if ln.strip()]
+    out = Decoded(form="object" if len(lines) == 1 else "ndjson")
+    if len(lines) > limits.max_batch_elements:
+        out.rejections.append(Rejection(
+            None, f"batch of {len(lines)} lines exceeds limits.max_batch_elements={limits.max_batch_elements}",
+            "too_many"))
+        return out
+    for i, ln in enumerate(lines):
+        index = None if len(lines) == 1 else i
+        try:
+            req = decode_line(ln, limits)
+        except InvalidRequest as exc:
+            out.rejections.append(Rejection(index, str(exc), exc.code))
+            continue
+        out.requests.append(req)
+        out.indices.append(index)
+    return out
