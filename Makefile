@@ -20,12 +20,14 @@ demo: venv
 # System packages of the observability and edge tests, installed with apt when missing:
 # prometheus (prometheus + promtool: dashboard queries, alert-rule tests),
 # prometheus-alertmanager (amtool), docker-compose 1.29 (compose file validation),
-# haproxy and rsyslog-kafka (rsyslog's omkafka: the HAProxy end-to-end test). Each is
+# haproxy and rsyslog-kafka (rsyslog's omkafka: the HAProxy end-to-end test), nginx and
+# libnginx-mod-http-js (njs: the nginx end-to-end test, with rsyslog-kafka). Each is
 # package:command, or package:dpkg for a package without a command of its own.
 # Without root or password-less sudo it only says what is missing; those tests then
-# skip with the reason (as root, the HAProxy test fails instead).
+# skip with the reason (as root, the HAProxy and nginx tests fail instead). The nginx
+# service the package starts (port 80) is stopped and disabled: the test runs its own.
 TEST_DEBS := prometheus:promtool prometheus:prometheus prometheus-alertmanager:amtool docker-compose:docker-compose \
-	haproxy:haproxy rsyslog-kafka:dpkg
+	haproxy:haproxy rsyslog-kafka:dpkg nginx:nginx libnginx-mod-http-js:dpkg
 
 test-deps:
 	@missing=""; for pair in $(TEST_DEBS); do \
@@ -39,7 +41,9 @@ test-deps:
 		echo "NOTE: missing test packages:$$missing (apt-get install them as root): their tests will be SKIPPED"; exit 0; fi; \
 	echo "installing test packages:$$missing"; \
 	$$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null \
-		|| echo "NOTE: could not install$$missing: their tests will be SKIPPED"
+		|| echo "NOTE: could not install$$missing: their tests will be SKIPPED"; \
+	case " $$missing " in *" nginx "*) \
+		$$sudo systemctl disable --now nginx >/dev/null 2>&1 || $$sudo service nginx stop >/dev/null 2>&1 || true;; esac
 
 # The lint gate, zero findings: ruff (rules and their reasons in pyproject.toml
 # [tool.ruff]) on detector/, agents/ and scripts/, and mypy --strict on detector/ and
