@@ -55,8 +55,8 @@ def reject(line: bytes | str) -> InvalidRequest:
 # --- lines nginx wrote -------------------------------------------------------------------
 def test_an_http1_line_keeps_the_order_and_case_the_client_sent():
     r = nginx_njs.decode_line(fixture_lines()[0])
-    assert r.request_id == "3af0535dcecc6bcc0e92d418a5a9d357"
-    assert r.ts == pytest.approx(1796279434.019)
+    assert r.request_id == "e836e95ac935f84f191f99219410fe05"
+    assert r.ts == pytest.approx(1796279989.302)  # $msec - $request_time: its first bytes
     assert (r.client_ip, r.method, r.path, r.query, r.http_version) == ("127.0.0.1", "GET", "/api/v1/x",
                                                                          "a=1&b=%20", "1.1")
     assert r.response_status == 200
@@ -166,8 +166,8 @@ def test_a_message_of_lines_keeps_the_good_ones_and_indexes_the_bad():
     good = fixture_lines()
     value = b"\n".join([good[0], good[1][:100], good[2], b"{}"])
     out = nginx_njs.decode_message(value)
-    assert [r.request_id for r in out.requests] == ["3af0535dcecc6bcc0e92d418a5a9d357",
-                                                    "b97c677a7af3917516263a956708eed1"]
+    assert [r.request_id for r in out.requests] == ["e836e95ac935f84f191f99219410fe05",
+                                                    "963a8ef978b90a657abe4b340fdfd352"]
     assert out.indices == [0, 2]
     assert [(r.index, r.code) for r in out.rejections] == [(1, "truncated"), (3, "invalid_value")]
     one = nginx_njs.decode_message(good[0] + b"\n")

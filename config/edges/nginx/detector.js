@@ -9,10 +9,10 @@
 //
 // What it gives: every header name in the order received with the case sent
 // (r.rawHeadersIn; HTTP/2 names are lower-case on the wire), every value, the
-// request id ($request_id), the TLS SNI, version, cipher and the ALPN negotiated, the
-// body's SHA-256 and size when nginx kept the body in one memory buffer. What a stock
-// nginx cannot give: any TLS fingerprint (no ClientHello, no JA3/JA4), the HTTP/2
-// fingerprint.
+// request id ($request_id), the time nginx read the request's first bytes, the TLS
+// SNI, version, cipher and the ALPN negotiated, the body's SHA-256 and size when
+// nginx kept the body in one memory buffer. What a stock nginx cannot give: any TLS
+// fingerprint (no ClientHello, no JA3/JA4), the HTTP/2 fingerprint.
 //
 // Never log credentials: add the header names to SKIP (lower-case) to log them with
 // an empty value.
@@ -61,6 +61,12 @@ function body(r, out) {
     }
 }
 
+// the request's event time: when nginx read its first bytes ($msec is the time the log
+// line is written, $request_time the time since those first bytes), in ms
+function start(v) {
+    return Math.round(Number(v.msec) * 1000 - Number(v.request_time) * 1000) / 1000;
+}
+
 function line(r) {
     var v = r.variables;
     var t = target(r);
@@ -72,7 +78,7 @@ function line(r) {
     }
     var out = {
         request_id: text(v.request_id),
-        ts: Number(v.msec),
+        ts: start(v),
         client_ip: text(v.remote_addr),
         method: text(r.method),
         path: t[0],
