@@ -3,7 +3,8 @@ access log (config/edges/nginx/nginx.conf.example, detector.js) into ClientReque
 marked with edge nginx-njs, and bad lines as rejections with codes.
 
 tests/fixtures/edges/nginx-njs.log holds six lines Debian 12's nginx 1.22.1 with njs
-0.7.9 wrote with that config (its README says which request made each)."""
+0.7.9 wrote with that config (tests/fixtures/edges/nginx-njs.md says which request
+made each)."""
 
 from __future__ import annotations
 
