@@ -78,13 +78,20 @@ def _int(obj: Mapping[str, Any], key: str) -> int | None:
     return v
 
 
+_MAX_TS_DIGITS = 20  # unixnano has 19 digits until the year 2286
+
+
 def _ts(obj: Mapping[str, Any]) -> str | float:
     v = obj.get("EdgeStartTimestamp")
     if isinstance(v, str) and v.isascii() and v.isdigit():  # an integer written as a string
+        if len(v) > _MAX_TS_DIGITS:
+            raise InvalidRequest(f"cloudflare field 'EdgeStartTimestamp' has {len(v)} digits", "out_of_range")
         v = int(v)
     if isinstance(v, bool):
         raise InvalidRequest("cloudflare field 'EdgeStartTimestamp' must be an integer or a string", "invalid_type")
     if isinstance(v, int):
+        if not 0 <= v < 10 ** _MAX_TS_DIGITS:
+            raise InvalidRequest("cloudflare field 'EdgeStartTimestamp' is out of range", "out_of_range")
         if v >= _NANOS_FROM:
             return v / 1_000_000_000
         if v < _SECONDS_BELOW:

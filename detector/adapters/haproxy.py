@@ -115,7 +115,7 @@ def _tls(tls: Any, fmt: LogFormat) -> dict[str, Any] | None:
             out[dst] = v
     if not hello:  # no TLS, or tune.ssl.capture-buffer-size left at 0: no lists
         return out or None
-    if not hello.isdigit() or not 0 <= int(hello) <= 0xFFFF:
+    if not (hello.isascii() and hello.isdigit() and len(hello) <= 5) or int(hello) > 0xFFFF:
         raise InvalidRequest("haproxy tls.hello must be the ClientHello's version as an integer", "invalid_value")
     formats = _unhex(_text(tls, "formats", "tls."), "formats")
     alpn = out.get("alpn")

@@ -284,3 +284,13 @@ def test_detector_score_reads_logpush_lines(tmp_path):
         "line 4: rejected: truncated: Cloudflare Logpush log line cut short after 200 bytes (the relay between "
         "Logpush and Kafka must split batches at line ends)")
     assert out.returncode == 1
+
+
+@pytest.mark.parametrize("ts", ["0" * 5000, "9" * 400, "9" * 21, 18 * 10 ** 18])
+def test_a_timestamp_of_too_many_digits_is_out_of_range_not_raised(ts):
+    """int() refuses more than 4,300 digits and a huge integer overflows the division
+    to seconds: neither may escape the decoder (found by review)."""
+    line = orjson.dumps(a_line(EdgeStartTimestamp=ts))
+    assert reject(line).code == "out_of_range"
+    got = cloudflare.decode_message(line)
+    assert not got.requests and got.rejections[0].code == "out_of_range"

@@ -270,3 +270,13 @@ def test_detector_score_reads_haproxy_lines(tmp_path):
     native = subprocess.run([sys.executable, "-m", "agents.cli", "score", str(src)],
                             capture_output=True, cwd=ROOT, timeout=120, check=False)
     assert native.stdout == b"" and native.stderr.count(b"rejected:") == 3
+
+
+@pytest.mark.parametrize("hello", ["²", "0" * 5000, "70000", "１２", "-1", "+3"])
+def test_a_hello_version_that_is_not_a_short_ascii_number_is_rejected_not_raised(hello):
+    """str.isdigit() is true for Unicode digits int() refuses, and int() refuses more
+    than 4,300 digits: neither may escape the decoder (found by review)."""
+    line = orjson.dumps(a_line(**{"tls.hello": hello}))
+    assert reject(line).code == "invalid_value"
+    got = haproxy.decode_message(line)
+    assert not got.requests and got.rejections[0].code == "invalid_value"
