@@ -16,13 +16,16 @@ What it gives, and what it cannot:
   (a cut value must not become a false header value), a header whose value was lost
   takes it from its own field (`cs-user-agent`, `x-host-header`) or arrives with an
   empty value; when the names left are fewer than `cs-headers-count`, the record is
-  rejected `truncated` (the set would be partial). Headers CloudFront itself adds
-  (`CloudFront-*`) are not the client's and are left out of the list;
-- no TLS fingerprint field exists in real-time logs. When `cs-headers` carries the
-  `CloudFront-Viewer-JA3-Fingerprint` / `-JA4-Fingerprint` headers (added through an
-  origin request policy; whether they appear in `cs-headers` is not documented), they
-  become `tls.ja3` / `tls.ja4`; `ssl-protocol` is `tls.version`. No raw ClientHello,
-  no SNI, no ALPN, no HTTP/2 fingerprint, no body;
+  rejected `truncated` (the set would be partial). Every name logged is the
+  client's: `cs-headers` and `cs-header-names` log the viewer's request, so a
+  `CloudFront-*` name there is one the client sent, kept in its header list for the
+  header checks to judge;
+- no TLS fingerprint: real-time logs have no JA3 or JA4 field, and a
+  `CloudFront-Viewer-JA3-Fingerprint` / `-JA4-Fingerprint` entry in `cs-headers` is a
+  header the viewer sent (a client would pick its own fingerprint), never read as
+  one. `ssl-protocol` is `tls.version`. No raw ClientHello, no SNI, no ALPN, no
+  HTTP/2 fingerprint, no body. (The JA4 CloudFront computes reaches only the origin,
+  in the header an origin request policy adds: docs/edges.md "CloudFront");
 - `asn` and `c-country` become the contract's `network.asn` / `network.country`.
 
 Every request is marked `edge: "cloudfront"`. A line with fewer fields than FIELDS
@@ -57,8 +60,6 @@ _HTTP_VERSIONS = {"HTTP/0.9": None, "HTTP/1.0": "1.0", "HTTP/1.1": "1.1", "HTTP/
 _TIMESTAMP = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
 _DIGITS = re.compile(r"[0-9]{1,10}")
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
-_JA3_HEADER = "cloudfront-viewer-ja3-fingerprint"
-_JA4_HEADER = "cloudfront-viewer-ja4-fingerprint"
 
 
 def _field(fields: list[str], name: str) -> str | None:
@@ -117,9 +118,9 @@ def _integer(fields: list[str], name: str) -> int | None:
     return int(v)
 
 
-def _headers(fields: list[str]) -> tuple[list[list[str]], dict[str, str]]:
-    """The client's headers (names in order, values where known) and CloudFront's own
-    headers (lower-cased name: value) from cs-header-names, cs-headers and the count."""
+def _headers(fields: list[str]) -> list[list[str]]:
+    """The client's headers (names in order, values where known) from cs-header-names,
+    cs-headers and the count."""
     count = _integer(fields, "cs-headers-count")
     names, names_cut = _entries(_field(fields, "cs-header-names"), "cs-header-names", count)
     if names_cut and count is not None and len(names) < count:
@@ -132,18 +133,14 @@ def _headers(fields: list[str]) -> tuple[list[list[str]], dict[str, str]]:
         if not sep or not name:
             raise InvalidRequest("cloudfront cs-headers has an entry that is not Name:value", "invalid_value")
         values.setdefault(name.lower(), []).append(value)
-    own: dict[str, str] = {}
     out: list[list[str]] = []
     fallback = {"user-agent": _lenient(_field(fields, "cs-user-agent")), "host": _field(fields, "x-host-header")}
     for name in names:
         low = name.lower()
         known = values.get(low)
         value = known.pop(0) if known else (fallback.get(low) or "")
-        if low.startswith("cloudfront-"):  # added by CloudFront (origin request policy), not sent
-            own[low] = value
-            continue
         out.append([name, value])
-    return out, own
+    return out
 
 
 def native(line: str) -> dict[str, Any]:
@@ -168,7 +165,7 @@ def native(line: str) -> dict[str, Any]:
         raise InvalidRequest(f"cloudfront cs-protocol-version {version[:16]!r} is not an HTTP version",
                              "invalid_value")
     http_version = _HTTP_VERSIONS.get(version) if version else None
-    headers, own = _headers(fields)
+    headers = _headers(fields)
     out: dict[str, Any] = {
         "request_id": request_id,
         "ts": float(ts),
@@ -192,10 +189,6 @@ def native(line: str) -> dict[str, Any]:
     tls: dict[str, Any] = {}
     if ssl := _field(fields, "ssl-protocol"):
         tls["version"] = ssl
-    if own.get(_JA3_HEADER):
-        tls["ja3"] = own[_JA3_HEADER]
-    if own.get(_JA4_HEADER):
-        tls["ja4"] = own[_JA4_HEADER]
     if tls:
         out["tls"] = tls
     network: dict[str, Any] = {}

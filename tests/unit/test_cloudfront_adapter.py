@@ -91,14 +91,12 @@ def test_an_http2_line_becomes_the_native_contract():
     assert r.ts == pytest.approx(1796256423.586)
     assert (r.client_ip, r.method, r.path, r.query, r.http_version) == ("198.51.100.7", "GET", "/api/v1/x", "a=1", "2")
     assert r.response_status == 200
-    # names in order from cs-header-names, values from cs-headers; CloudFront's own
-    # headers (the fingerprint headers) are not the client's
+    # names in order from cs-header-names, values from cs-headers
     assert r.headers == (("x-es-device-id", "android-0123456789abcdef"), ("x-es-device-checksum", "3b1f5e0a"),
                          ("x-es-timestamp", "1796256423"), ("accept-language", "en-US"),
                          ("x-es-connection-type", "WIFI"), ("accept-encoding", "gzip"), ("user-agent", UA))
     assert dict(r.h2 or {}) == {"authority": "api.example-social.test"}  # HTTP/2: no Host, x-host-header
-    assert dict(r.tls or {}) == {"version": "TLSv1.3", "ja3": "272e7b75ac718a112afb0b62f20f186c",
-                                 "ja4": "t13d1516h2_8daaf6152771_02713d6af862"}
+    assert dict(r.tls or {}) == {"version": "TLSv1.3"}  # real-time logs have no fingerprint field
     assert dict(r.network or {}) == {"asn": 64500, "country": "DE"}
     assert r.edge == "cloudfront" and not r.extra
 
@@ -108,6 +106,27 @@ def test_an_http1_line_without_fingerprint_headers_or_enrichment():
     assert (r.client_ip, r.path, r.query, r.http_version, r.response_status) == ("2001:db8::7", "/", None, "1.1", 404)
     assert r.headers == (("Host", "api.example-social.test"), ("User-Agent", "curl/7.88.1"), ("Accept", "*/*"))
     assert r.h2 is None and dict(r.tls or {}) == {"version": "TLSv1.3"} and r.network is None
+
+
+APP_JA4 = "t13d1516h2_8daaf6152771_02713d6af862"  # the JA4 of the captured curl_cffi chrome131_android hello
+
+
+@pytest.mark.parametrize("spoof", [APP_JA4, "junk?"])
+def test_a_viewer_sent_fingerprint_header_is_a_header_never_the_tls_fingerprint(spoof):
+    # cs-headers logs the viewer's request: a client that sends the header picks its
+    # own "fingerprint"; it must stay in its header list (the header checks judge it)
+    pairs = [("user-agent", UA), ("CloudFront-Viewer-JA4-Fingerprint", spoof),
+             ("CloudFront-Viewer-JA3-Fingerprint", "272e7b75ac718a112afb0b62f20f186c"),
+             ("CloudFront-Viewer-JA4-Fingerprint", APP_JA4)]
+    r = cloudfront.decode_line(with_headers(pairs))
+    assert dict(r.tls or {}) == {"version": "TLSv1.3"}
+    assert [list(h) for h in r.headers] == [list(p) for p in pairs]
+
+
+def test_the_cloudfront_edge_profile_claims_no_tls_fingerprint(detection):
+    edge = detection.edges["cloudfront"]
+    assert (edge.client_hello, edge.ja3, edge.ja4, edge.has_tls) == (False, False, "none", False)
+    assert any(code.startswith("tls.") for code in edge.lost_codes())
 
 
 def test_dash_is_an_absent_value():
@@ -255,8 +274,8 @@ def test_detector_score_reads_cloudfront_lines(tmp_path):
                          capture_output=True, cwd=ROOT, timeout=120, check=False)
     verdicts = [orjson.loads(ln) for ln in out.stdout.splitlines()]
     assert [v["request_id"] for v in verdicts] == [cloudfront.decode_line(ln).request_id for ln in fixture_lines()]
-    assert verdicts[0]["profile"] == "example-android" and verdicts[0]["fingerprints"]["ja4"] == \
-        "t13d1516h2_8daaf6152771_02713d6af862"
+    assert verdicts[0]["profile"] == "example-android" and "ja4" not in verdicts[0]["fingerprints"]
+    assert "tls" in verdicts[0]["not_assessed"]  # the edge has no TLS fingerprint to judge
     assert verdicts[1]["assessed"] is False  # / is outside the example profile's scope
     assert "line 3: rejected: truncated:" in out.stderr.decode()
     assert out.returncode == 1

@@ -47,6 +47,8 @@ def test_every_shipped_edge_loads_with_its_facts(detection):
     assert e["haproxy-3.1"].ja4 == "full"
     assert not e["envoy"].header_order and e["envoy"].header_names == "some"
     assert e["nginx-njs"].header_case and e["nginx-njs"].ja4 == "none" and not e["nginx-njs"].has_tls
+    # CloudFront real-time logs carry no fingerprint (a CloudFront-Viewer-JA4 entry in cs-headers is the viewer's)
+    assert e["cloudfront"].ja4 == "none" and not e["cloudfront"].ja3 and not e["cloudfront"].has_tls
     # Fastly keeps every fact a proxy can see; the integrity verdict needs an enrichment step
     assert e["fastly"].client_hello and e["fastly"].h2_fingerprint
     assert e["fastly"].lost_codes() == {"attestation.missing"}
