@@ -36,6 +36,7 @@ what is wrong; nothing raises past `decode_message` / `decode_line`.
 from __future__ import annotations
 
 import re
+from collections import deque
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -77,12 +78,18 @@ def _url_decoded(value: str, name: str) -> str:
                              "invalid_utf8") from None
 
 
-def _entries(value: str | None, name: str, complete_at: int | None = None) -> tuple[list[str], bool]:
+def _entries(value: str | None, name: str, at_most: int,
+             complete_at: int | None = None) -> tuple[list[str], bool]:
     """The newline-separated entries of a URL-encoded header field and whether it is
     at CloudFront's limit, so possibly cut: then its last entry is dropped, unless
-    there are `complete_at` entries (the count says none is missing)."""
+    there are `complete_at` entries (the count says none is missing). A field of more
+    than `at_most` entries is `too_many`, told before any of it is decoded."""
     if value is None:
         return [], False
+    lines = value.count("%0A") + value.count("%0a")
+    if lines > at_most:
+        raise InvalidRequest(f"cloudfront field {name!r} holds {lines} entries, more than limits.max_headers="
+                             f"{at_most}", "too_many")
     at_limit = len(value.encode()) >= FIELD_LIMIT_BYTES
     if not at_limit:
         return [e for e in _url_decoded(value, name).split("\n") if e], False
@@ -118,32 +125,32 @@ def _integer(fields: list[str], name: str) -> int | None:
     return int(v)
 
 
-def _headers(fields: list[str]) -> list[list[str]]:
+def _headers(fields: list[str], limits: DecodeLimits) -> list[list[str]]:
     """The client's headers (names in order, values where known) from cs-header-names,
     cs-headers and the count."""
     count = _integer(fields, "cs-headers-count")
-    names, names_cut = _entries(_field(fields, "cs-header-names"), "cs-header-names", count)
+    names, names_cut = _entries(_field(fields, "cs-header-names"), "cs-header-names", limits.max_headers, count)
     if names_cut and count is not None and len(names) < count:
         raise InvalidRequest(f"cloudfront cs-header-names holds {len(names)} of {count} names (cut at "
                              f"{FIELD_LIMIT_BYTES} bytes): the header set would be partial", "truncated")
-    lines, _ = _entries(_field(fields, "cs-headers"), "cs-headers")
-    values: dict[str, list[str]] = {}
+    lines, _ = _entries(_field(fields, "cs-headers"), "cs-headers", limits.max_headers)
+    values: dict[str, deque[str]] = {}  # a repeated name's values, taken in order
     for line in lines:
         name, sep, value = line.partition(":")
         if not sep or not name:
             raise InvalidRequest("cloudfront cs-headers has an entry that is not Name:value", "invalid_value")
-        values.setdefault(name.lower(), []).append(value)
+        values.setdefault(name.lower(), deque()).append(value)
     out: list[list[str]] = []
     fallback = {"user-agent": _lenient(_field(fields, "cs-user-agent")), "host": _field(fields, "x-host-header")}
     for name in names:
         low = name.lower()
         known = values.get(low)
-        value = known.pop(0) if known else (fallback.get(low) or "")
+        value = known.popleft() if known else (fallback.get(low) or "")
         out.append([name, value])
     return out
 
 
-def native(line: str) -> dict[str, Any]:
+def native(line: str, limits: DecodeLimits = DecodeLimits()) -> dict[str, Any]:
     """The native ClientRequest object (docs/contracts.md) of one real-time log
     line; raises InvalidRequest (reason, code) when it is not the shipped format."""
     fields = line.split("\t")
@@ -165,7 +172,7 @@ def native(line: str) -> dict[str, Any]:
         raise InvalidRequest(f"cloudfront cs-protocol-version {version[:16]!r} is not an HTTP version",
                              "invalid_value")
     http_version = _HTTP_VERSIONS.get(version) if version else None
-    headers = _headers(fields)
+    headers = _headers(fields, limits)
     out: dict[str, Any] = {
         "request_id": request_id,
         "ts": float(ts),
@@ -205,7 +212,7 @@ def native(line: str) -> dict[str, Any]:
 def decode_line(line: bytes | str, limits: DecodeLimits = DecodeLimits()) -> ClientRequest:
     """One CloudFront real-time log line into a ClientRequest; raises InvalidRequest."""
     text = as_text(line_bytes(line, limits)).rstrip("\r\n")
-    return validated(native(text), limits)
+    return validated(native(text, limits), limits)
 
 
 def decode_message(value: bytes | None, limits: DecodeLimits = DecodeLimits()) -> Decoded:
