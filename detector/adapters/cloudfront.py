@@ -15,8 +15,11 @@ What it gives, and what it cannot:
   bytes. A field at the limit is treated as possibly cut: its last entry is dropped
   (a cut value must not become a false header value), a header whose value was lost
   takes it from its own field (`cs-user-agent`, `x-host-header`) or arrives with an
-  empty value; when the names left are fewer than `cs-headers-count`, the record is
-  rejected `truncated` (the set would be partial). Every name logged is the
+  empty value. The last name of a `cs-header-names` at the limit is kept only when
+  `cs-headers-count` says it is the one missing and `cs-headers` holds that name
+  whole (`Name:`): a name cut inside never becomes a header. When the names left are
+  fewer than `cs-headers-count`, the record is rejected `truncated` (the set would be
+  partial). Every name logged is the
   client's: `cs-headers` and `cs-header-names` log the viewer's request, so a
   `CloudFront-*` name there is one the client sent, kept in its header list for the
   header checks to judge;
@@ -78,33 +81,40 @@ def _url_decoded(value: str, name: str) -> str:
                              "invalid_utf8") from None
 
 
-def _entries(value: str | None, name: str, at_most: int,
-             complete_at: int | None = None) -> tuple[list[str], bool]:
-    """The newline-separated entries of a URL-encoded header field and whether it is
-    at CloudFront's limit, so possibly cut: then its last entry is dropped, unless
-    there are `complete_at` entries (the count says none is missing). A field of more
-    than `at_most` entries is `too_many`, told before any of it is decoded."""
+def _entries(value: str | None, name: str, at_most: int) -> tuple[list[str], str | None]:
+    """The newline-separated entries of a URL-encoded header field, and, when the field
+    is at CloudFront's limit (so possibly cut), what follows its last newline: the
+    entry that may be cut, left to the caller (None when the field is under the limit).
+    A field of more than `at_most` entries is `too_many`, told before any of it is
+    decoded."""
     if value is None:
-        return [], False
+        return [], None
     lines = value.count("%0A") + value.count("%0a")
     if lines > at_most:
         raise InvalidRequest(f"cloudfront field {name!r} holds {lines} entries, more than limits.max_headers="
                              f"{at_most}", "too_many")
     at_limit = len(value.encode()) >= FIELD_LIMIT_BYTES
     if not at_limit:
-        return [e for e in _url_decoded(value, name).split("\n") if e], False
+        return [e for e in _url_decoded(value, name).split("\n") if e], None
     # the cut may fall inside an escape or a UTF-8 sequence of the last entry: what
     # follows the last encoded newline is judged apart
     cut = max(value.rfind("%0A"), value.rfind("%0a"))
     head, tail = (value[:cut], value[cut + 3:]) if cut >= 0 else ("", value)
-    entries = [e for e in _url_decoded(head, name).split("\n") if e]
+    return [e for e in _url_decoded(head, name).split("\n") if e], tail
+
+
+def _tail_name(tail: str | None) -> str | None:
+    """The header name of cs-headers' possibly cut last entry when the name is whole
+    (its `:` was written); None otherwise."""
+    if not tail:
+        return None
+    at = min((i for i in (tail.find("%3A"), tail.find("%3a")) if i >= 0), default=-1)
+    if at <= 0:
+        return None
     try:
-        last = _url_decoded(tail, name)
+        return _url_decoded(tail[:at], "cs-headers")
     except InvalidRequest:
-        last = ""  # cut inside its encoding: it was the possibly cut one
-    if last and len(entries) + 1 == complete_at:
-        entries.append(last)  # the count says the last entry is whole
-    return entries, True
+        return None
 
 
 def _lenient(value: str | None) -> str | None:
@@ -129,17 +139,29 @@ def _headers(fields: list[str], limits: DecodeLimits) -> list[list[str]]:
     """The client's headers (names in order, values where known) from cs-header-names,
     cs-headers and the count."""
     count = _integer(fields, "cs-headers-count")
-    names, names_cut = _entries(_field(fields, "cs-header-names"), "cs-header-names", limits.max_headers, count)
-    if names_cut and count is not None and len(names) < count:
-        raise InvalidRequest(f"cloudfront cs-header-names holds {len(names)} of {count} names (cut at "
-                             f"{FIELD_LIMIT_BYTES} bytes): the header set would be partial", "truncated")
-    lines, _ = _entries(_field(fields, "cs-headers"), "cs-headers", limits.max_headers)
+    names, names_tail = _entries(_field(fields, "cs-header-names"), "cs-header-names", limits.max_headers)
+    lines, values_tail = _entries(_field(fields, "cs-headers"), "cs-headers", limits.max_headers)
     values: dict[str, deque[str]] = {}  # a repeated name's values, taken in order
     for line in lines:
         name, sep, value = line.partition(":")
         if not sep or not name:
             raise InvalidRequest("cloudfront cs-headers has an entry that is not Name:value", "invalid_value")
         values.setdefault(name.lower(), deque()).append(value)
+    if names_tail is not None:
+        # cs-header-names is at the limit: what follows its last newline is a name only
+        # when the count says one is missing and cs-headers holds it whole (`Name:`);
+        # a name cut inside ('x-es-device-checksum-' of 'x-es-device-checksum-long')
+        # is neither
+        try:
+            last = _url_decoded(names_tail, "cs-header-names")
+        except InvalidRequest:
+            last = ""  # cut inside its encoding
+        whole = values.keys() | {n.lower() for n in (_tail_name(values_tail),) if n}
+        if last and len(names) + 1 == count and last.lower() in whole:
+            names.append(last)
+        if count is not None and len(names) < count:
+            raise InvalidRequest(f"cloudfront cs-header-names holds {len(names)} whole names of {count} (cut at "
+                                 f"{FIELD_LIMIT_BYTES} bytes): the header set would be partial", "truncated")
     out: list[list[str]] = []
     fallback = {"user-agent": _lenient(_field(fields, "cs-user-agent")), "host": _field(fields, "x-host-header")}
     for name in names:

@@ -181,6 +181,45 @@ def test_cs_header_names_at_the_limit_but_complete_by_its_count_is_read():
     assert reject(with_headers(pairs, names=field, count=len(names) + 1)).code == "truncated"
 
 
+def _names_cut_inside(last: str, keep: int) -> tuple[list[str], str]:
+    """Names whose cs-header-names field, cut at the limit, ends `keep` characters into
+    `last`: the names and the cut field."""
+    first = [f"x-h{i:02d}-" + "n" * 30 for i in range(19)]
+    prefix = quote("".join(f"{n}\n" for n in first), safe="")
+    first[0] += "p" * (cloudfront.FIELD_LIMIT_BYTES - keep - len(prefix))
+    names = [*first, last]
+    field = quote("".join(f"{n}\n" for n in names), safe="")[:cloudfront.FIELD_LIMIT_BYTES]
+    assert field.endswith("%0A" + last[:keep])
+    return names, field
+
+
+def test_a_name_cut_inside_never_becomes_a_header_even_when_the_count_matches():
+    # the count is the real number of names, so it cannot tell a cut last name: only
+    # cs-headers holding the name whole can
+    names, field = _names_cut_inside("x-es-device-checksum-long", len("x-es-device-checksum-"))
+    pairs = [(n, "v") for n in names]
+    e = reject(with_headers(pairs, names=field, count=len(pairs)))
+    assert e.code == "truncated"
+
+
+def test_a_whole_last_name_at_the_limit_needs_its_whole_name_in_cs_headers():
+    last = "x-es-device-checksum"
+    names, field = _names_cut_inside(last, len(last))  # the field ends with the whole name
+    pairs = [(n, "v") for n in names]
+    whole = quote("".join(f"{a}:{b}\n" for a, b in pairs), safe="")
+    r = cloudfront.decode_line(with_headers(pairs, names=field, values=whole))
+    assert [n for n, _ in r.headers] == names
+    # cs-headers cut inside the last entry's value: the name is whole (its `:` was
+    # written), the value is not
+    values = (whole[:-3] + "x" * 900)[:cloudfront.FIELD_LIMIT_BYTES + 200]
+    r = cloudfront.decode_line(with_headers(pairs, names=field, values=values))
+    assert r.headers[-1] == (last, "")
+    # cs-headers cut inside the last entry's name: nothing says the name is whole
+    cut_name = whole[:whole[:-3].rindex("%0A") + 3] + last[:10]
+    assert len(cut_name) >= cloudfront.FIELD_LIMIT_BYTES
+    assert reject(with_headers(pairs, names=field, values=cut_name)).code == "truncated"
+
+
 # --- repeated names: bounded work ------------------------------------------------------------
 def test_a_line_of_hundreds_of_thousands_of_repeated_names_is_too_many_at_once():
     # a 2.7 MB line of 340000 repeated names took 10 s of CPU (a quadratic list.pop(0)
