@@ -1,7 +1,8 @@
-"""What the JSON-per-line adapters (Envoy's access log, Cloudflare Logpush) share: a
-line's JSON object (a line cut short is `truncated`, not `invalid_json`), the JA3 and
-JA4 layouts, and a Kafka message of many lines into requests and rejections. Pure;
-the helpers raise InvalidRequest, which `decode_lines` turns into rejections."""
+"""What the JSON-per-line adapters share: a line's JSON value (every JSON adapter:
+HAProxy, nginx-njs, Envoy, Cloudflare, Fastly; a line cut short is `truncated`, also
+inside a multi-byte character, not `invalid_json` or `invalid_utf8`), the JA3 and JA4
+layouts, and a Kafka message of many lines into requests and rejections. Pure; the
+helpers raise InvalidRequest, which `decode_lines` turns into rejections."""
 
 from __future__ import annotations
 
@@ -26,26 +27,47 @@ _JA4 = re.compile(r"[tqd][0-9a-z]{2}[di][0-9]{4}[0-9A-Za-z]{2}_[0-9a-f]{12}_[0-9
 _JA3 = re.compile(r"[0-9a-f]{32}")
 
 
-def json_object(raw: bytes, vendor: str, cut_hint: str) -> dict[str, Any]:
-    """The JSON object of one line. Bytes that are not UTF-8 are `invalid_utf8`, except
-    a multi-byte character cut at the very end; JSON that ends before its object does
-    is `truncated` (`cut_hint` says what to raise); anything else `invalid_json`; a
-    JSON value that is not an object `invalid_type`."""
+def json_value(raw: bytes, vendor: str, cut_hint: str, marker: bytes | None = None) -> Any:
+    """The JSON value of one line (every adapter whose lines are JSON reads them here).
+    With `marker` (the line's version key, `{"haproxy":`), leading text before it (a
+    syslog header a relay forwards) is skipped. A line cut short is `truncated`
+    (`cut_hint` says what to raise), also when the cut falls inside a multi-byte
+    UTF-8 character at its very end; other bytes that are not UTF-8 `invalid_utf8`;
+    any other bad JSON `invalid_json`."""
     text = raw.strip()
+    if marker is not None and not text.startswith(b"{"):
+        at = text.find(marker)
+        if at < 0:
+            raise InvalidRequest(f"{vendor} log line: no JSON object (not the shipped format)", "invalid_json")
+        text = text[at:]
     try:
-        obj = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        cut = f"{vendor} log line cut short after {len(text)} bytes ({cut_hint})"
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as first:
+        err = first
+        cut = InvalidRequest(f"{vendor} log line cut short after {len(text)} bytes ({cut_hint})", "truncated")
         try:
-            text.decode("utf-8")
+            chars = text.decode("utf-8")
         except UnicodeDecodeError as uexc:
-            if uexc.end >= len(text) and uexc.reason == "unexpected end of data" and text.startswith(b"{"):
-                raise InvalidRequest(cut, "truncated") from None
-            raise InvalidRequest(f"invalid UTF-8 at byte {uexc.start}", "invalid_utf8") from None
-        if text.startswith(b"{") and exc.pos >= len(text) and str(exc).startswith("unexpected end of data"):
-            raise InvalidRequest(cut, "truncated") from None
-        raise InvalidRequest(f"invalid JSON: {str(exc).split(':', 1)[0]} at column {exc.colno}",
+            if not (uexc.end >= len(text) and uexc.reason == "unexpected end of data"):
+                raise InvalidRequest(f"invalid UTF-8 at byte {uexc.start}", "invalid_utf8") from None
+            chars = text[:uexc.start].decode("utf-8")  # a character cut at the very end: judge what precedes it
+            try:
+                orjson.loads(chars)
+            except orjson.JSONDecodeError as head_err:
+                err = head_err
+            else:  # a whole value, then the first bytes of a character: not a cut value
+                raise InvalidRequest(f"invalid UTF-8 at byte {uexc.start}", "invalid_utf8") from None
+        # orjson's position counts characters, not bytes
+        if chars.startswith("{") and err.pos >= len(chars) and str(err).startswith("unexpected end of data"):
+            raise cut from None
+        raise InvalidRequest(f"invalid JSON: {str(err).split(':', 1)[0]} at column {err.colno}",
                              "invalid_json") from None
+
+
+def json_object(raw: bytes, vendor: str, cut_hint: str, marker: bytes | None = None) -> dict[str, Any]:
+    """The JSON object of one line (json_value); a JSON value that is not an object is
+    `invalid_type`."""
+    obj = json_value(raw, vendor, cut_hint, marker)
     if not isinstance(obj, dict):
         raise InvalidRequest(f"a {vendor} log line must be a JSON object", "invalid_type")
     return obj

@@ -1,14 +1,13 @@
 """What the line adapters of edges whose messages are text lines share (a line's
 bytes within its bound is detector.decode.messages.line_bytes): a line as text, a
-JSON line, a message split into lines and each decoded on its own, and the native
-object validated. Pure; nothing raised past `decode_lines`."""
+message split into lines and each decoded on its own, and the native object
+validated (a JSON line: detector.adapters._jsonlog.json_value). Pure; nothing raised
+past `decode_lines`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
-
-import orjson
 
 from detector.decode.contract import DecodeLimits
 from detector.decode.fastpath import _fast_path
@@ -18,11 +17,15 @@ from detector.decode.validate import request_from_obj
 from detector.model import ClientRequest
 
 
-def as_text(raw: bytes) -> str:
-    """The line as text; raises InvalidRequest `invalid_utf8`."""
+def as_text(raw: bytes) -> tuple[str, bool]:
+    """The line as text, and whether it ends inside a multi-byte character (then the
+    text is what precedes that character: the caller tells a line cut short from bad
+    bytes); raises InvalidRequest `invalid_utf8` for bytes that are not UTF-8."""
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8"), False
     except UnicodeDecodeError as exc:
+        if exc.end >= len(raw) and exc.reason == "unexpected end of data":
+            return raw[:exc.start].decode("utf-8"), True
         raise InvalidRequest(f"invalid UTF-8 at byte {exc.start}", "invalid_utf8") from None
 
 
@@ -58,18 +61,3 @@ def decode_lines(value: bytes | None, limits: DecodeLimits,
         out.requests.append(req)
         out.indices.append(index)
     return out
-
-
-def json_value(raw: bytes, what: str, cut_hint: str) -> Any:
-    """The JSON value of a line; a line cut short is `truncated` (the reason ends
-    with `cut_hint`), bytes that are not UTF-8 `invalid_utf8`, other bad JSON
-    `invalid_json`."""
-    text = raw.strip()
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        as_text(text)
-        if exc.pos >= len(text) and str(exc).startswith("unexpected end of data"):
-            raise InvalidRequest(f"{what} cut short after {len(text)} bytes ({cut_hint})", "truncated") from None
-        raise InvalidRequest(f"invalid JSON: {str(exc).split(':', 1)[0]} at column {exc.colno}",
-                             "invalid_json") from None

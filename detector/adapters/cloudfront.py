@@ -32,8 +32,9 @@ What it gives, and what it cannot:
 - `asn` and `c-country` become the contract's `network.asn` / `network.country`.
 
 Every request is marked `edge: "cloudfront"`. A line with fewer fields than FIELDS
-(cut short on its way) is rejected `truncated`; any other bad line with the code of
-what is wrong; nothing raises past `decode_message` / `decode_line`.
+(cut short on its way, also inside a multi-byte character) is rejected `truncated`;
+any other bad line with the code of what is wrong; nothing raises past
+`decode_message` / `decode_line`.
 """
 
 from __future__ import annotations
@@ -233,7 +234,9 @@ def native(line: str, limits: DecodeLimits = DecodeLimits()) -> dict[str, Any]:
 
 def decode_line(line: bytes | str, limits: DecodeLimits = DecodeLimits()) -> ClientRequest:
     """One CloudFront real-time log line into a ClientRequest; raises InvalidRequest."""
-    text = as_text(line_bytes(line, limits)).rstrip("\r\n")
+    text, cut_inside = as_text(line_bytes(line, limits).rstrip(b"\r\n"))
+    if cut_inside and text.count("\t") >= len(FIELDS) - 1:  # every field there: not cut short
+        raise InvalidRequest(f"invalid UTF-8 at byte {len(text.encode())} (the line's last bytes)", "invalid_utf8")
     return validated(native(text, limits), limits)
 
 

@@ -29,7 +29,8 @@ import binascii
 from collections.abc import Mapping
 from typing import Any
 
-from detector.adapters._textlines import decode_lines, json_value, validated
+from detector.adapters._jsonlog import json_value
+from detector.adapters._textlines import decode_lines, validated
 from detector.decode.contract import MAX_CLIENT_HELLO_CHARS, DecodeLimits
 from detector.decode.messages import Decoded, line_bytes
 from detector.decode.rejections import InvalidRequest
@@ -175,7 +176,7 @@ def native(obj: Any) -> dict[str, Any]:
 def decode_line(line: bytes | str, limits: DecodeLimits = DecodeLimits()) -> ClientRequest:
     """One Fastly log line into a ClientRequest; raises InvalidRequest (reason, code)."""
     raw = line_bytes(line, limits)
-    return validated(native(json_value(raw, "Fastly log line", _CUT_HINT)), limits)
+    return validated(native(json_value(raw, "Fastly", _CUT_HINT)), limits)
 
 
 def decode_message(value: bytes | None, limits: DecodeLimits = DecodeLimits()) -> Decoded:

@@ -39,8 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
+from detector.adapters._jsonlog import json_value
 from detector.decode.contract import DecodeLimits
 from detector.decode.fastpath import _fast_path
 from detector.decode.messages import Decoded, line_bytes
@@ -70,7 +69,8 @@ EDGE_31 = HAPROXY_31.edge
 FORMAT_VERSION = HAPROXY_26.version  # the log-format's "haproxy" key: a line of another version is refused
 FORMAT_VERSION_31 = HAPROXY_31.version
 _HTTP_VERSIONS = {"1.0": "1.0", "1.1": "1.1", "2.0": "2", "2": "2", "3.0": "3", "3": "3"}
-_MARKER = b'{"haproxy":'
+_MARKER = b'{"haproxy":'  # a syslog header before it (a relay forwards the whole syslog line) is skipped
+_CUT_HINT = "raise `log ... len` in haproxy.cfg and the relay's maximum message size"
 
 
 def _text(obj: Mapping[str, Any], key: str, where: str = "") -> str:
@@ -201,29 +201,6 @@ def native(obj: Any, fmt: LogFormat = HAPROXY_26) -> dict[str, Any]:
     return out
 
 
-def _json_line(line: bytes) -> Any:
-    """The JSON object of a line: leading whitespace and a syslog header before the
-    object (a relay that forwards the whole syslog line) are skipped."""
-    text = line.strip()
-    if not text.startswith(b"{"):
-        at = text.find(_MARKER)
-        if at < 0:
-            raise InvalidRequest("not a HAProxy log line of the shipped format (no JSON object)", "invalid_json")
-        text = text[at:]
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        try:
-            text.decode("utf-8")
-        except UnicodeDecodeError as uexc:
-            raise InvalidRequest(f"invalid UTF-8 at byte {uexc.start}", "invalid_utf8") from None
-        if exc.pos >= len(text) and str(exc).startswith("unexpected end of data"):
-            raise InvalidRequest(f"HAProxy log line cut short after {len(text)} bytes (raise `log ... len` in "
-                                 "haproxy.cfg and the relay's maximum message size)", "truncated") from None
-        raise InvalidRequest(f"invalid JSON: {str(exc).split(':', 1)[0]} at column {exc.colno}",
-                             "invalid_json") from None
-
-
 def decode_line(line: bytes | str, limits: DecodeLimits = DecodeLimits()) -> ClientRequest:
     """One line of the HAProxy 2.6 log-format into a ClientRequest; raises
     InvalidRequest (reason, code)."""
@@ -238,7 +215,7 @@ def decode_line_31(line: bytes | str, limits: DecodeLimits = DecodeLimits()) -> 
 
 def _decode_line(line: bytes | str, limits: DecodeLimits, fmt: LogFormat) -> ClientRequest:
     raw = line_bytes(line, limits)
-    obj = native(_json_line(raw), fmt)
+    obj = native(json_value(raw, "HAProxy", _CUT_HINT, _MARKER), fmt)
     req = _fast_path(limits)(obj)
     return request_from_obj(obj, limits) if req is None else req
 

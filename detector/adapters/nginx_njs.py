@@ -25,8 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
+from detector.adapters._jsonlog import json_value
 from detector.decode.contract import DecodeLimits
 from detector.decode.fastpath import _fast_path
 from detector.decode.messages import Decoded, line_bytes
@@ -36,7 +35,8 @@ from detector.model import ClientRequest
 
 EDGE = "nginx-njs"
 FORMAT_VERSION = 1  # detector.js's "nginx" key: a line of another version is refused
-_MARKER = b'{"nginx":'
+_MARKER = b'{"nginx":'  # a syslog header before it (a relay forwards the whole syslog line) is skipped
+_CUT_HINT = "raise the relay's maximum message size: rsyslog's maxMessageSize"
 
 
 def native(obj: Any) -> dict[str, Any]:
@@ -53,32 +53,9 @@ def native(obj: Any) -> dict[str, Any]:
     return out
 
 
-def _json_line(line: bytes) -> Any:
-    """The JSON object of a line: leading whitespace and a syslog header before the
-    object (a relay that forwards the whole syslog line) are skipped."""
-    text = line.strip()
-    if not text.startswith(b"{"):
-        at = text.find(_MARKER)
-        if at < 0:
-            raise InvalidRequest("not an nginx-njs log line of the shipped format (no JSON object)", "invalid_json")
-        text = text[at:]
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        try:
-            text.decode("utf-8")
-        except UnicodeDecodeError as uexc:
-            raise InvalidRequest(f"invalid UTF-8 at byte {uexc.start}", "invalid_utf8") from None
-        if exc.pos >= len(text) and str(exc).startswith("unexpected end of data"):
-            raise InvalidRequest(f"nginx-njs log line cut short after {len(text)} bytes (raise the relay's maximum "
-                                 "message size: rsyslog's maxMessageSize)", "truncated") from None
-        raise InvalidRequest(f"invalid JSON: {str(exc).split(':', 1)[0]} at column {exc.colno}",
-                             "invalid_json") from None
-
-
 def decode_line(line: bytes | str, limits: DecodeLimits = DecodeLimits()) -> ClientRequest:
     """One nginx-njs log line into a ClientRequest; raises InvalidRequest (reason, code)."""
-    obj = native(_json_line(line_bytes(line, limits)))
+    obj = native(json_value(line_bytes(line, limits), "nginx-njs", _CUT_HINT, _MARKER))
     req = _fast_path(limits)(obj)
     return request_from_obj(obj, limits) if req is None else req
 

@@ -156,6 +156,14 @@ def test_every_cut_of_a_line_is_rejected_as_truncated():
         assert codes == {"truncated"}
 
 
+def test_every_cut_of_a_non_ascii_line_is_rejected_as_truncated():
+    line = orjson.dumps(a_line(0, ClientRequestURI="/é€?q=日本語", ClientRequestUserAgent="Bücher/1.0"))
+    assert {reject(line[:n]).code for n in range(1, len(line) - 1)} == {"truncated"}
+    # a whole object, then the first byte of a character; a byte that is never UTF-8
+    assert reject(line + b"\xe2").code == "invalid_utf8"
+    assert reject(line.replace("é".encode(), b"\xff", 1)).code == "invalid_utf8"
+
+
 @pytest.mark.parametrize(("changes", "code"), [
     ({"RayID": ""}, "missing_field"),
     ({"RayID": None}, "missing_field"),

@@ -257,6 +257,16 @@ def test_every_line_with_fewer_fields_is_truncated():
         assert reject(text[:at]).code == "truncated"
 
 
+def test_a_line_cut_inside_a_multibyte_character_is_truncated():
+    text = line(1, cs_user_agent="Bücher/1.0 (日本語)").encode()
+    at = text.index("本".encode()) + 1  # one byte into a three-byte character
+    assert reject(text[:at]).code == "truncated"
+    assert reject(text[:at] + b"\n").code == "truncated"
+    # every field there, then the first byte of a character: bytes that are not UTF-8
+    assert reject(line(1, asn="64500").encode() + b"\xe6").code == "invalid_utf8"
+    assert reject(text.replace("本".encode(), b"\xe6", 1)).code == "invalid_utf8"
+
+
 @pytest.mark.parametrize(("changes", "code"), [
     ({"timestamp": "yesterday"}, "invalid_value"),
     ({"timestamp": "-"}, "invalid_value"),

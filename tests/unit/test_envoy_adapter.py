@@ -165,6 +165,14 @@ def test_a_multibyte_character_cut_at_the_end_is_truncated_not_invalid_utf8():
     assert reject(line[:at]).code == "truncated"
 
 
+def test_every_cut_of_a_non_ascii_line_is_rejected_as_truncated():
+    line = orjson.dumps(a_line(0, path="/é€", **{"req.user-agent": "Bücher/1.0 (日本語)"}))
+    assert {reject(line[:n]).code for n in range(1, len(line) - 1)} == {"truncated"}
+    # a whole object, then the first byte of a character; a byte that is never UTF-8
+    assert reject(line + b"\xe2").code == "invalid_utf8"
+    assert reject(line.replace("é".encode(), b"\xff", 1)).code == "invalid_utf8"
+
+
 @pytest.mark.parametrize(("changes", "code"), [
     ({"envoy": "2"}, "invalid_value"),                   # another format version
     ({"envoy": None}, "invalid_value"),

@@ -124,6 +124,17 @@ def test_every_cut_of_a_line_is_rejected_as_truncated():
     assert {reject(text[:n]).code for n in range(1, len(text) - 1)} == {"truncated"}
 
 
+def test_every_cut_of_a_non_ascii_line_is_rejected_as_truncated():
+    # a cut inside a multi-byte UTF-8 character (one byte into the € of "/é€") is a
+    # line cut short, not bytes that are not UTF-8
+    text = orjson.dumps(a_line(1, path="/é€", **{"headers": [["User-Agent", "Bücher/1.0 (日本語)"]]}))
+    assert reject(text[:text.index("€".encode()) + 1]).code == "truncated"
+    assert {reject(text[:n]).code for n in range(1, len(text) - 1)} == {"truncated"}
+    # a whole object, then the first byte of a character; a byte that is never UTF-8
+    assert reject(text + b"\xe2").code == "invalid_utf8"
+    assert reject(text.replace("é".encode(), b"\xff", 1)).code == "invalid_utf8"
+
+
 @pytest.mark.parametrize(("changes", "code"), [
     ({"fastly": 2}, "invalid_value"),                     # another shape version
     ({"fastly": None}, "invalid_value"),

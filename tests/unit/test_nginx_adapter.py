@@ -125,6 +125,17 @@ def test_every_cut_of_a_line_is_rejected_as_truncated():
         assert codes == {"truncated"}
 
 
+def test_every_cut_of_a_non_ascii_line_is_rejected_as_truncated():
+    # a cut inside a multi-byte UTF-8 character (one byte into the € of "/é€") is a
+    # line cut short, not bytes that are not UTF-8
+    line = orjson.dumps(a_line(path="/é€"))
+    assert reject(line[:line.index("€".encode()) + 1]).code == "truncated"
+    assert {reject(line[:n]).code for n in range(1, len(line) - 1)} == {"truncated"}
+    # a whole object, then the first byte of a character; a byte that is never UTF-8
+    assert reject(line + b"\xe2").code == "invalid_utf8"
+    assert reject(line.replace("é".encode(), b"\xff", 1)).code == "invalid_utf8"
+
+
 @pytest.mark.parametrize(("changes", "code"), [
     ({"nginx": 2}, "invalid_value"),                     # another format version
     ({"nginx": None}, "invalid_value"),
