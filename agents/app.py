@@ -45,7 +45,7 @@ from agents.metrics import FaustSensor, LabelSets, Metrics, webhook_endpoint_nam
 from agents.records import INGEST_MAX_REQUEST_SIZE, RecordLimits
 from agents.settings import Settings
 from agents.shards import KafkaChangelog, ShardProcessor, ShardState
-from agents.topics import ALERTS, CLIENT_REQUESTS_DLQ, ENTITY_EVENTS, ENTITY_FLAGS, TopicLimits, partitions_of
+from agents.topics import ALERTS, CLIENT_REQUESTS_DLQ, ENTITY_EVENTS, ENTITY_FLAGS, VERDICTS, TopicLimits, partitions_of
 from detector.adapters import format_edge
 from detector.config.schema import Role
 from detector.engine import DetectionConfig
@@ -168,6 +168,7 @@ def _shard_part(app: faust.App, s: Settings, detection: DetectionConfig, metrics
     events_topic = app.topic(ENTITY_EVENTS.name, value_serializer="raw", key_serializer="raw", partitions=n_shards)
     flags_topic = app.topic(ENTITY_FLAGS.name, value_serializer="raw", key_serializer="raw")
     alerts_topic = app.topic(ALERTS.name, value_serializer="raw", key_serializer="raw")
+    verdicts_topic = app.topic(VERDICTS.name, value_serializer="raw", key_serializer="raw")
     behaviour = detection.behaviour
     # Durable behaviour state: Faust's table restores it from its changelog; the shards
     # write that changelog themselves, incrementally (one record per changed entity and
@@ -197,8 +198,11 @@ def _shard_part(app: faust.App, s: Settings, detection: DetectionConfig, metrics
     async def send_dlq(value: bytes) -> None:
         await (await dlq_topic.send(value=value))  # returns once the broker acknowledged it
 
+    async def send_verdict(key: bytes, value: bytes) -> Awaitable[Any]:
+        return await verdicts_topic.send(key=key, value=value)  # a revision (docs/contracts.md)
+
     processor = ShardProcessor(shard, detection, metrics, send_flag=send_flag, send_alert=send_alert,
-                               send_dlq=send_dlq)
+                               send_dlq=send_dlq, send_verdict=send_verdict)
 
     @app.agent(events_topic, name="entity-shard")
     async def entity_shard(stream: Any) -> None:

@@ -24,6 +24,7 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client.core import HistogramMetricFamily
 
 from agents.webhooks import ATTEMPT_RESULTS
+from detector.behaviour.replay import REUSED_ELSEWHERE
 from detector.config import ConfigError, YamlDocument
 from detector.config.schema import ROLES
 from detector.decode import REJECTION_CODES
@@ -324,6 +325,11 @@ class Metrics:
             "detector_entity_envelopes_total",
             "Entity envelopes the shards of this worker have processed (observed, or dead-lettered)", registry=r,
         )
+        self.verdict_revisions = PromCounter(
+            "detector_verdict_revisions_total",
+            "Revisions of a request's verdict the shards emitted to the verdicts topic (the replaying request of a "
+            "reused signature: docs/contracts.md \"Verdict revisions\"), by signal code", ["code"], registry=r,
+        )
         self.late_records = PromCounter(
             "detector_late_records_total", "Records older than the allowed lateness, left out of behaviour state",
             registry=r,
@@ -415,6 +421,7 @@ class Metrics:
             self.internal_errors.labels(stage)
         for kind in RECORD_KINDS:
             self.oversized_records.labels(kind)
+        self.verdict_revisions.labels(REUSED_ELSEWHERE)
         for state in STATE_NAMES:
             self.state_entries.labels(state)
         if labels is not None:

@@ -34,7 +34,8 @@ class RecordLimits:
     topic's max.message.bytes read at start, the sending producer's max_request_size)
     minus 10% (agents.topics.record_limit). The ingest stage writes verdicts, dead
     letters and envelopes with its own producer; the shard agent writes alerts, flag
-    updates, state buckets (the changelog) and its dead letters with Faust's."""
+    updates, state buckets (the changelog), its dead letters and verdict revisions
+    with Faust's."""
 
     verdict: int
     dlq: int
@@ -43,6 +44,7 @@ class RecordLimits:
     flag: int
     state: int
     shard_dlq: int
+    shard_verdict: int  # a verdict revision the shard agent writes (Faust's producer)
 
     @classmethod
     def of(cls, topics: TopicLimits, ingest_max_request: int, faust_max_request: int,
@@ -55,6 +57,7 @@ class RecordLimits:
             flag=topics.record_limit(ENTITY_FLAGS.name, faust_max_request),
             state=topics.record_limit(changelog_topic, faust_max_request),
             shard_dlq=topics.record_limit(CLIENT_REQUESTS_DLQ.name, faust_max_request),
+            shard_verdict=topics.record_limit(VERDICTS.name, faust_max_request),
         )
 
 

@@ -1,7 +1,7 @@
 """The entity shards of the worker: the behaviour engines of the shard partitions this
 worker owns (state restored from the Faust table's changelog, written to it
 incrementally), and what the entity-shard agent does with one envelope (flags, alert
-revisions, dead letters)."""
+revisions, verdict revisions, dead letters)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from agents.topics import ENTITY_EVENTS, TopicLimits
 from detector.behaviour.engine import BehaviourEngine, Output
 from detector.behaviour.flags import encode_update
 from detector.behaviour.records import EntityRecord, decode_envelope
+from detector.behaviour.revision import Revision, revised_verdict, verdict_key
 from detector.behaviour.store import changelog_key, entity_table_key, meta_table_key, parse_table_key
 from detector.decode import Rejection
 from detector.engine import DetectionConfig
@@ -536,12 +537,14 @@ class ShardProcessor:
     worker (our seam for tests)."""
 
     def __init__(self, shard: ShardState, detection: DetectionConfig, metrics: Metrics, *, send_flag: Sender,
-                 send_alert: Sender, send_dlq: Callable[[bytes], Awaitable[None]]):
+                 send_alert: Sender, send_dlq: Callable[[bytes], Awaitable[None]],
+                 send_verdict: Sender | None = None):
         self.shard = shard
         self.detection = detection
         self.metrics = metrics
         self.send_flag = send_flag
         self.send_alert = send_alert
+        self.send_verdict = send_verdict  # None: revisions are not written (tests that do not look)
         self.send_dlq = send_dlq
         self.redactor = detection.redactor
         self.logs = LogLimiter(log, on_suppressed=metrics.suppressed_logs.inc)
@@ -626,6 +629,7 @@ class ShardProcessor:
                 continue
             merged.flags.extend(o.flags)
             merged.alerts.extend(o.alerts)
+            merged.revisions.extend(o.revisions)
             merged.late += o.late
             merged.applied += o.applied
         return merged, failed
@@ -665,6 +669,13 @@ class ShardProcessor:
                 self.metrics.internal_errors.labels("entity-shard").inc()
                 log.error("a flag update from %s[%d]@%d was not sent: %s", ENTITY_EVENTS.name, p, offset,
                           type(exc).__name__)
+        for rev in out.revisions:
+            try:
+                await self.publish_revision(rev, p, offset)
+            except Exception as exc:  # noqa: BLE001 - one revision must not lose the others
+                self.metrics.internal_errors.labels("entity-shard").inc()
+                log.error("a verdict revision from %s[%d]@%d was not sent: %s", ENTITY_EVENTS.name, p, offset,
+                          type(exc).__name__)
         for alert in out.alerts:
             try:
                 alert_id = alert.alert_id
@@ -682,3 +693,20 @@ class ShardProcessor:
                 self.metrics.internal_errors.labels("entity-shard").inc()
                 log.error("an alert from %s[%d]@%d was not sent: %s", ENTITY_EVENTS.name, p, offset,
                           type(exc).__name__)
+
+    async def publish_revision(self, rev: Revision, p: int, offset: int) -> None:
+        """A revision of a request's verdict to the verdicts topic, keyed as the ingest
+        stage keyed the verdict it replaces (the same partition), whatever
+        `verdicts.emit` says (a revision is never clean at the default weights: it
+        exists to carry evidence). Deterministic bytes (revision.revised_verdict)."""
+        send = self.send_verdict
+        if send is None:
+            return
+        key, value = verdict_key(rev.record), revised_verdict(rev, self.detection.scoring).to_json()
+        if len(key) + len(value) > self.shard.limits.shard_verdict:  # bounded (Verdict.to_json): never expected
+            self.metrics.oversized_records.labels("verdict").inc()
+            log.error("not sending a verdict revision of %d bytes (limit %d) from %s[%d]@%d",
+                      len(key) + len(value), self.shard.limits.shard_verdict, ENTITY_EVENTS.name, p, offset)
+            return
+        self.shard.delivering(p, await send(key, value), partial(send, key, value))
+        self.metrics.verdict_revisions.labels(rev.code).inc()

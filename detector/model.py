@@ -87,6 +87,11 @@ class Verdict(msgspec.Struct, frozen=True, gc=False):
     # the signal families the request's edge lost the facts of (sorted); unset (never
     # encoded) when every family was assessed (docs/edges.md)
     not_assessed: tuple[str, ...] | msgspec.UnsetType = msgspec.UNSET
+    # a later revision of the request's verdict (docs/contracts.md, Verdict revisions):
+    # unset (never encoded) on the ingest stage's verdict, revision 0; a revision
+    # names the revision it replaces (`supersedes`); consumers keep the highest
+    revision: int | msgspec.UnsetType = msgspec.UNSET
+    supersedes: int | msgspec.UnsetType = msgspec.UNSET
     schema: str = "verdict/1"
 
     def to_json(self) -> bytes:
@@ -139,6 +144,7 @@ class Verdict(msgspec.Struct, frozen=True, gc=False):
             "app_version": self.app_version,
             "assessed": self.assessed,
             **({} if self.not_assessed is msgspec.UNSET else {"not_assessed": list(self.not_assessed)}),
+            **({} if self.revision is msgspec.UNSET else {"revision": self.revision, "supersedes": self.supersedes}),
         }
 
 

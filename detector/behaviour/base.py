@@ -21,11 +21,15 @@ from detector.behaviour.records import BehaviourSettings, EntityRecord
 
 class Finding(msgspec.Struct, frozen=True, gc=False):
     """What a detector saw: a code, one sentence of evidence and, when the flag should
-    apply only to some of the entity's requests, its scope."""
+    apply only to some of the entity's requests, its scope. `revise`: the request
+    (its record) whose own verdict this is evidence about, when that verdict was made
+    before the evidence existed (a signature's reuse): the shard emits a revision of
+    that verdict (detector/behaviour/revision.py)."""
 
     code: str
     detail: str
     scope: Scope | None = None
+    revise: EntityRecord | None = None
 
 
 class BehaviourDetector(Protocol):

@@ -40,6 +40,7 @@ from detector.behaviour.flags import FLAG_DETAIL_MAX, Flag, FlagUpdate, Scope
 from detector.behaviour.population import Population
 from detector.behaviour.records import ENTITY_TYPES, BehaviourSettings, EntityRecord
 from detector.behaviour.replay import DeviceReplay, ReplayDetector
+from detector.behaviour.revision import Revision
 from detector.behaviour.store import (
     NO_OFFSET,
     BucketMeta,
@@ -173,6 +174,9 @@ FORMAT_VERSION = 3  # the changelog's layout (store.py); 2 was a JSON snapshot p
 class Output:
     flags: list[FlagUpdate] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
+    # findings about a request's own verdict (a signature's reuse): the shard emits a
+    # revision of each request's verdict (detector/behaviour/revision.py)
+    revisions: list[Revision] = field(default_factory=list)
     late: int = 0
     applied: int = 0
 
@@ -388,6 +392,8 @@ class BehaviourEngine:
             code, detail = finding.code, finding.detail
             if len(detail) > FLAG_DETAIL_MAX:  # bounded: a flag update stays under FLAG_MAX_BYTES
                 detail = detail[:FLAG_DETAIL_MAX - 3] + "..."
+            if finding.revise is not None:
+                out.revisions.append(Revision(finding.revise, code, detail))
             # as it reads back from a snapshot (lists, not tuples), so a restored flag
             # compares equal and is not re-broadcast
             scope = orjson.loads(msgspec.json.encode(finding.scope)) if finding.scope is not None else None

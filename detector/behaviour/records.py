@@ -211,6 +211,7 @@ class BehaviourSettings:
     max_distinct: int = 256  # members kept per distinct set; counts saturate there
     flag_ttl_s: float = 3600.0  # a flag lasts this long after it was last confirmed
     replay_ttl_s: float = 900.0
+    replay_retry_s: float = 15.0  # the same device re-sending a signed request this soon: an app retry
     device_accounts: Fanout = Fanout(3600, 5)
     account_devices: Fanout = Fanout(86400, 6)
     ip_block_accounts: Fanout = Fanout(3600, 40)

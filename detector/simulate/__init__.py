@@ -26,7 +26,7 @@ from detector.simulate.scenarios.genuine import genuine, genuine_request
 from detector.simulate.scenarios.low_and_slow import low_and_slow
 from detector.simulate.scenarios.mixed import mixed, realistic_day
 from detector.simulate.scenarios.private_api_library import LIBRARY_DEFAULT_DEVICE, private_api_library
-from detector.simulate.scenarios.replay import replay
+from detector.simulate.scenarios.replay import replay, replay_once
 from detector.simulate.scenarios.synthetic_devices import synthetic_devices
 from detector.simulate.wire import (
     DEFAULT_START_TS,
@@ -63,6 +63,6 @@ __all__ = [
     "ANDROID_RELEASE", "ATTACKS", "BUILTIN_MODELS", "COUNTRIES", "DEFAULT_START_TS", "DeviceSpec", "EVASION_LEVELS",
     "LIBRARY_DEFAULT_DEVICE", "NEEDS_STATE", "OKHTTP_H2", "OKHTTP_JA4", "PYTHON_REQUESTS_JA4", "SCENARIOS",
     "STATELESS_DETECTABLE", "app_token", "bot_network", "device_checksum", "emulator_farm", "fingerprint_spoofing",
-    "genuine", "genuine_request", "low_and_slow", "mixed", "private_api_library", "realistic_day", "replay", "resign",
-    "simulate", "synthetic_devices", "ua_string",
+    "genuine", "genuine_request", "low_and_slow", "mixed", "private_api_library", "realistic_day", "replay",
+    "replay_once", "resign", "simulate", "synthetic_devices", "ua_string",
 ]

@@ -65,7 +65,7 @@ def test_fanout_window_slides_in_event_time(engine):
 
 def test_replayed_signature_from_other_ip_is_flagged_and_graded(engine):
     first = rec("signature", "sig-1", T0, 1, ip="1.1.1.1", asn=1, device="d1", request_id="r-first")
-    again = [rec("signature", "sig-1", T0 + 5 + i * 61, i, ip=f"2.2.2.{i}", asn=100 + i, device="d1",
+    again = [rec("signature", "sig-1", T0 + 20 + i * 61, i, ip=f"2.2.2.{i}", asn=100 + i, device="d1",
                  request_id=f"r-{i}") for i in range(4)]
     out = engine.observe([first] + again)
     assert codes(out) == {"replay.signature_reused_elsewhere"}

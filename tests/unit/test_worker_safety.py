@@ -168,7 +168,8 @@ def test_the_reference_is_the_record_timestamp_capped_at_the_wall_clock(stage):
 
 async def test_envelopes_are_split_by_bytes_under_the_limit(stage, profile):
     attack = list(private_api_library(profile, 60, seed=3))
-    stage.limits = RecordLimits(verdict=900_000, dlq=900_000, envelope=4096, alert=1, flag=1, state=1, shard_dlq=1)
+    stage.limits = RecordLimits(verdict=900_000, dlq=900_000, envelope=4096, alert=1, flag=1, state=1, shard_dlq=1,
+                                 shard_verdict=1)
     out = FakeOut()
     await stage._score_batch({TP: [msg(1, orjson.dumps(attack), (attack[-1]["ts"] + 1) * 1000)]}, out)
     envelopes = out.of(ENTITY_EVENTS.name)
@@ -177,7 +178,8 @@ async def test_envelopes_are_split_by_bytes_under_the_limit(stage, profile):
 
 
 async def test_an_oversized_verdict_is_dead_lettered_not_sent(stage, events):
-    stage.limits = RecordLimits(verdict=200, dlq=900_000, envelope=900_000, alert=1, flag=1, state=1, shard_dlq=1)
+    stage.limits = RecordLimits(verdict=200, dlq=900_000, envelope=900_000, alert=1, flag=1, state=1, shard_dlq=1,
+                                 shard_verdict=1)
     out = FakeOut()
     await stage._score_batch({TP: [msg(4, orjson.dumps(events[0]), stamp(events))]}, out)
     assert out.of(VERDICTS.name) == []
@@ -488,7 +490,8 @@ async def test_oversized_flags_alerts_and_state_records_are_never_sent(detection
     stage = IngestStage(load_settings(), detection, Metrics(CollectorRegistry()), loop=None)
     attack = list(private_api_library(profile, 40, seed=6))
     proc, shard, sent, table = shard_setup(detection)
-    shard.limits = RecordLimits(verdict=1, dlq=1, envelope=1, alert=64, flag=16, state=32, shard_dlq=900_000)
+    shard.limits = RecordLimits(verdict=1, dlq=1, envelope=1, alert=64, flag=16, state=32, shard_dlq=900_000,
+                                 shard_verdict=1)
     for i, (p, value) in enumerate(await envelopes_of(stage, attack)):
         await proc.process(FakeEvent(p, i, value))
     for p in list(shard.engines):

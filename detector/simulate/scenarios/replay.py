@@ -88,3 +88,57 @@ def replay(profile: ClientProfile, count: int, seed: int, start_ts: float = DEFA
             copy.pop("h2", None)
         events.append(copy)
     yield from _in_order(events, count)
+
+
+def replay_once(profile: ClientProfile, count: int, seed: int, start_ts: float = DEFAULT_START_TS,
+                rate: float | None = None, delays: tuple[float, float] = (20.0, 250.0), *,
+                catalogue: DeviceCatalogue | None = None) -> Iterator[dict[str, Any]]:
+    """A capture-and-replay service: every signed request of a population of real
+    users (`count` // 2 of them, labelled `{"scenario": "replay_once", "malicious":
+    false, "role": "captured"}`) is re-sent exactly once, `delays` seconds later
+    (inside the signing skew and the token's lifetime), byte for byte with the app's
+    own TLS and HTTP/2 stack, from another network: half from a hosting network
+    (often another country's), half from a residential or mobile proxy exit abroad
+    or on another carrier of the same country. Each replay is labelled
+    `{"scenario": "replay_once", "malicious": true, "role": "replay", "original": its
+    request id}`. Per request a replay is its original; only the signature's reuse
+    gives it away, and as each is replayed once, only the signature shard sees it."""
+    rng = random.Random(f"replay_once:{seed}")
+    b = _Builder(profile, rng, "replay_once", True)
+    if count <= 0:
+        return
+    rate = rate or 3.0
+    n_captured = max(1, count // 2)
+    signing = profile.signing.header.lower() if profile.signing is not None else None
+    captured = list(genuine(profile, n_captured, seed=int(rng.getrandbits(31)), start_ts=start_ts,
+                            rate=rate / 2, catalogue=catalogue))
+    events: list[dict[str, Any]] = []
+    for k, e in enumerate(captured):
+        e["request_id"] = f"replay_once-captured-{k:08d}-{_hex(rng, 8)}"
+        e["label"] = {"scenario": "replay_once", "malicious": False, "role": "captured"}
+        events.append(e)
+    for orig in captured:
+        if signing is None or not any(n.lower() == signing for n, _ in orig["headers"]):
+            continue  # nothing signed: nothing a replay detector could tell
+        delay = rng.uniform(*delays)
+        home = _COUNTRY.get(orig["network"]["country"], _COUNTRY["US"])
+        pick = rng.random()
+        if pick < 0.5:
+            ip, network = _hosting(rng, rng.choice(HOSTING_NETWORKS))
+        elif pick < 0.75:
+            ip, network = _residential(rng, rng.choice([c for c in COUNTRIES if c.code != home.code]))
+        else:
+            nets = [n for n in list(home.mobile) + list(home.wifi) if n[0] != orig["network"]["asn"]]
+            asn, org = rng.choice(nets or list(home.mobile))
+            ip, network = _ipv4(rng, asn), {"asn": asn, "as_org": org, "country": home.code, "hosting": False}
+        changes: dict[str, Any] = {
+            "label": {"scenario": "replay_once", "malicious": True, "role": "replay",
+                      "original": orig["request_id"]},
+            "client_ip": ip, "network": network,
+        }
+        if "attestation" in orig:
+            att = dict(orig["attestation"])
+            att["token_age_s"] = round(att.get("token_age_s", 0.0) + delay, 1)
+            changes["attestation"] = att
+        events.append(_copy_request(b, orig, orig["ts"] + delay, **changes))
+    yield from _in_order(events, len(events))
