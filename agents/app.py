@@ -42,10 +42,20 @@ from agents.ingest import IngestStage
 from agents.lag import ConsumerLag
 from agents.looplag import LoopLagSampler
 from agents.metrics import FaustSensor, LabelSets, Metrics, webhook_endpoint_names
+from agents.publish import partition_for
 from agents.records import INGEST_MAX_REQUEST_SIZE, RecordLimits
 from agents.settings import Settings
 from agents.shards import KafkaChangelog, ShardProcessor, ShardState
-from agents.topics import ALERTS, CLIENT_REQUESTS_DLQ, ENTITY_EVENTS, ENTITY_FLAGS, VERDICTS, TopicLimits, partitions_of
+from agents.topics import (
+    ALERTS,
+    CLIENT_REQUESTS_DLQ,
+    ENTITY_EVENTS,
+    ENTITY_FLAGS,
+    VERDICTS,
+    TopicLimits,
+    existing_topics,
+    partitions_of,
+)
 from detector.adapters import format_edge
 from detector.config.schema import Role
 from detector.engine import DetectionConfig
@@ -198,8 +208,21 @@ def _shard_part(app: faust.App, s: Settings, detection: DetectionConfig, metrics
     async def send_dlq(value: bytes) -> None:
         await (await dlq_topic.send(value=value))  # returns once the broker acknowledged it
 
+    verdict_partitions: dict[str, int] = {}
+
     async def send_verdict(key: bytes, value: bytes) -> Awaitable[Any]:
-        return await verdicts_topic.send(key=key, value=value)  # a revision (docs/contracts.md)
+        """A verdict revision (docs/contracts.md), on the partition the ingest stage put
+        the verdict it replaces: the same key, the ingest's crc32 partitioner
+        (agents/publish.py), not Faust's; the topic's partition count read once."""
+        n = verdict_partitions.get(VERDICTS.name)
+        if n is None:
+            n = (await existing_topics(s.kafka_bootstrap, s.kafka)).get(VERDICTS.name)
+            if not n:
+                raise RuntimeError(f"topic {VERDICTS.name} not found")
+            verdict_partitions[VERDICTS.name] = n
+        return await verdicts_topic.send(key=key, value=value, partition=partition_for(key, n))
+
+    link.on_log_lost.append(verdict_partitions.clear)  # the topics may be recreated
 
     processor = ShardProcessor(shard, detection, metrics, send_flag=send_flag, send_alert=send_alert,
                                send_dlq=send_dlq, send_verdict=send_verdict)

@@ -63,3 +63,4 @@ class RequestFacts(msgspec.Struct, frozen=True, gc=False):
 
     sign_age: float | None = None  # arrival time minus signing time, seconds
     account_number: int | None = None  # the account id, when it is a number
+    ts: float | None = None  # the request's event time

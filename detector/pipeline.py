@@ -335,7 +335,7 @@ class Pipeline:
             ents = derived.entities
             account = ents.get("account")
             number = account_number(account) if account is not None else None
-            facts = RequestFacts(derived.sign_age, number)
+            facts = RequestFacts(derived.sign_age, number, request.ts)
             signals.extend(flags.signals_for(ents, request.ts, facts))
         score = self.scoring.score(signals)
         return Verdict(

@@ -27,11 +27,15 @@ class Scope(msgspec.Struct, array_like=True, frozen=True, gc=False, omit_default
       usual signing age, a replay carries the original's signing time);
     - `account_ids`: only requests whose numeric account id lies in [lo, hi] (a
       fingerprint surging with accounts registered in one batch: the real users of the
-      same phone have account ids from anywhere in the id space).
-    Every given condition must hold."""
+      same phone have account ids from anywhere in the id space);
+    - `after_ts`: only requests dated after this event time (a reused signature: its
+      first use, scored after the flag reached the ingest stage, is not its replay).
+    Every given condition must hold. (A worker older than `after_ts` ignores it: the
+    flag then applies to every request of the entity, as before.)"""
 
     sign_age_over: float | None = None
     account_ids: tuple[int, int] | None = None
+    after_ts: float | None = None
 
     def admits(self, facts: RequestFacts | None) -> bool:
         if facts is None:
@@ -42,7 +46,7 @@ class Scope(msgspec.Struct, array_like=True, frozen=True, gc=False, omit_default
             n = facts.account_number
             if n is None or not self.account_ids[0] <= n <= self.account_ids[1]:
                 return False
-        return True
+        return self.after_ts is None or (facts.ts is not None and facts.ts > self.after_ts)
 
     def describe(self) -> str:
         parts = []
@@ -50,6 +54,8 @@ class Scope(msgspec.Struct, array_like=True, frozen=True, gc=False, omit_default
             parts.append(f"requests signed over {self.sign_age_over:.0f} s before arrival")
         if self.account_ids is not None:
             parts.append(f"account ids {self.account_ids[0]}-{self.account_ids[1]}")
+        if self.after_ts is not None:
+            parts.append(f"requests after its first use at {self.after_ts:.3f}")
         return " and ".join(parts)
 
 

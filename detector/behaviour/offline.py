@@ -42,6 +42,9 @@ class OfflineScorer:
         self.future = 0  # requests dated beyond the tolerance: scored without behaviour state
         self.late = 0  # entity records older than the allowed lateness: dropped from state
         self.revisions = 0  # verdicts revised by later evidence about the request (a reused signature)
+        # request id -> the verdict (revision 0) a revision replaced: what the stream's
+        # ingest stage writes for it
+        self.ingest: dict[str, Verdict] = {}
         self._seq = 0
 
     def score(self, requests: Sequence[ClientRequest]) -> tuple[list[Verdict], list[Alert]]:
@@ -76,6 +79,7 @@ class OfflineScorer:
                 j = scored.get(rev.record.request_id)
                 old = verdicts[j] if j is not None else None
                 if old is not None:
+                    self.ingest.setdefault(old.request_id, old)
                     verdicts[j] = merged_verdict(old, rev, self.cfg.scoring)  # type: ignore[index]
                     self.revisions += 1
             alerts.extend(out.alerts)

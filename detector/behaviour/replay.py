@@ -65,18 +65,19 @@ class ReplayDetector:
             if value not in seen and len(seen) < 64:
                 seen.append(value)
         networks = len(st["ips"])
+        after = Scope(after_ts=original.ts)  # never the first use, however late it is scored
         if networks == 1 and len(st["devs"]) == 1:
             return [Finding(REUSED, f"signature used {st['uses']} times within {s.replay_ttl_s:.0f} s, "
-                                    f"first by request {original.request_id}, always from {r.ip}")]
+                                    f"first by request {original.request_id}, always from {r.ip}", after)]
         if is_retry(original, reuse, s):
             return [Finding(REUSED, f"signature of request {original.request_id} re-sent "
                                     f"{reuse.ts - original.ts:.0f} s later by the same device from {reuse.ip}: "
-                                    f"a retry after a network switch, not a replay")]
+                                    f"a retry after a network switch, not a replay", after)]
         return [Finding(REUSED_ELSEWHERE, f"signature of request {original.request_id} reused {st['uses'] - 1} "
                                           f"time(s) from {networks} IPs, {len(st['asns'])} ASNs and "
                                           f"{len(st['devs'])} devices (grade {grade(networks)}; this request "
                                           f"from {reuse.ip}, {max(0.0, reuse.ts - original.ts):.0f} s after it)",
-                        revise=reuse)]
+                        after, revise=reuse)]
 
 
 def is_retry(original: EntityRecord, reuse: EntityRecord, s: BehaviourSettings) -> bool:

@@ -290,3 +290,19 @@ async def test_the_shard_revises_the_replaying_requests_verdict_from_two_ingest_
     assert share >= 0.99, share
     assert not captured and not good
     assert sample(metrics, "detector_verdict_revisions_total", code=REUSED_ELSEWHERE) == len(revisions)
+
+
+def test_a_reused_signatures_flag_never_reaches_its_first_use_scored_late(engine, detection):
+    """Two ingest processes: the original may be scored after the replay's flag reached
+    the ingest stage; the flag applies only to requests dated after the first use."""
+    from detector.behaviour.flags import FlagMap
+    from detector.entities import RequestFacts
+
+    engine.observe([rec("signature", SIG, T0, "r-orig")])
+    out = engine.observe([rec("signature", SIG, T0 + 45, "r-replay", ip="203.0.113.9", hosting=True)])
+    fm = FlagMap(detection.scoring.weight_of)
+    fm.apply(out.flags)
+    ents = {"signature": SIG}
+    assert not fm.signals_for(ents, T0, RequestFacts(0.5, None, T0))  # the original itself
+    (sig,) = fm.signals_for(ents, T0 + 90, RequestFacts(90.5, None, T0 + 90))  # a third use
+    assert sig.code == REUSED_ELSEWHERE and "after its first use" in sig.detail
