@@ -92,16 +92,20 @@ def is_retry(original: EntityRecord, reuse: EntityRecord, s: BehaviourSettings) 
 def _first(r: EntityRecord) -> list[Any]:
     """What the signature keeps of its first use: enough to tell a retry (device,
     time, network) and, should a use dated earlier arrive after it, to revise its
-    verdict (its stateless level, score, codes and profile)."""
-    return [r.request_id, r.ts, r.ip, r.asn, r.device, r.level, r.score, list(r.codes), r.profile, r.hosting]
+    verdict: its stateless level, score and codes and whether it came from a hosting
+    network, kept only when any is set (a genuine first use costs nothing more)."""
+    first: list[Any] = [r.request_id, r.ts, r.ip, r.asn, r.device]
+    if r.level or r.codes or r.hosting:
+        first.extend((r.level, r.score, list(r.codes), r.hosting))
+    return first
 
 
 def _held(first: list[Any], r: EntityRecord) -> EntityRecord:
-    """The record of the held first use, as far as it was kept (state of the previous
-    release kept its first five facts)."""
-    extra: list[Any] = first[5:10] if len(first) >= 10 else [0, 0.0, [], None, False]
-    level, score, codes, profile, hosting = extra
-    return EntityRecord(r.etype, r.key, first[0], first[1], int(level), float(score), tuple(codes), profile,
+    """The record of the held first use, as far as it was kept; its profile is that of
+    `r`, the other use of the same signature."""
+    extra: list[Any] = first[5:9] if len(first) >= 9 else [0, 0.0, [], False]
+    level, score, codes, hosting = extra
+    return EntityRecord(r.etype, r.key, first[0], first[1], int(level), float(score), tuple(codes), r.profile,
                         first[2], first[3], bool(hosting), None, first[4], None, None, None, r.sig, None)
 
 

@@ -67,6 +67,8 @@ def test_the_replaying_request_gets_a_revision_of_its_own_verdict(engine, detect
     original = rec("signature", SIG, T0, "r-orig")
     again = rec("signature", SIG, T0 + 45, "r-replay", ip="203.0.113.9", asn=16509, hosting=True, country="DE")
     assert not engine.observe([original]).revisions
+    # a genuine first use is stored as before (no state added for it)
+    assert len(engine.state("signature", SIG)["ReplayDetector"]["first"]) == 5
     out = engine.observe([again])
     (rev,) = out.revisions
     assert rev.record.request_id == "r-replay" and rev.code == REUSED_ELSEWHERE
