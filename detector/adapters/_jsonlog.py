@@ -25,6 +25,7 @@ from detector.model import ClientRequest
 # computes JA4 itself knows every character).
 _JA4 = re.compile(r"[tqd][0-9a-z]{2}[di][0-9]{4}[0-9A-Za-z]{2}_[0-9a-f]{12}_[0-9a-f]{12}")
 _JA3 = re.compile(r"[0-9a-f]{32}")
+_SYSLOG_HEAD = re.compile(rb"<[0-9]{0,3}(>[^{]*)?")  # `<134>Dec  3 00:07:03 host haproxy[1]:` and its prefixes
 
 
 def json_value(raw: bytes, vendor: str, cut_hint: str, marker: bytes | None = None) -> Any:
@@ -38,6 +39,9 @@ def json_value(raw: bytes, vendor: str, cut_hint: str, marker: bytes | None = No
     if marker is not None and not text.startswith(b"{"):
         at = text.find(marker)
         if at < 0:
+            if _cut_before(text, marker):
+                raise InvalidRequest(f"{vendor} log line cut short after {len(text)} bytes, before its JSON object "
+                                     f"({cut_hint})", "truncated")
             raise InvalidRequest(f"{vendor} log line: no JSON object (not the shipped format)", "invalid_json")
         text = text[at:]
     try:
@@ -62,6 +66,16 @@ def json_value(raw: bytes, vendor: str, cut_hint: str, marker: bytes | None = No
             raise cut from None
         raise InvalidRequest(f"invalid JSON: {str(err).split(':', 1)[0]} at column {err.colno}",
                              "invalid_json") from None
+
+
+def _cut_before(text: bytes, marker: bytes) -> bool:
+    """Whether a line without `marker` was cut before the marker was whole: inside a
+    syslog header (`<PRI>` and no `: ` ending its tag yet) or inside the marker's first
+    bytes (the text ends with a prefix of it). A syslog line with another message
+    (`haproxy[1]: Proxy api started.`) is neither."""
+    if any(text.endswith(marker[:k]) for k in range(1, len(marker))):
+        return True
+    return _SYSLOG_HEAD.fullmatch(text) is not None and b": " not in text
 
 
 def json_object(raw: bytes, vendor: str, cut_hint: str, marker: bytes | None = None) -> dict[str, Any]:

@@ -187,6 +187,17 @@ def test_every_cut_of_a_non_ascii_line_is_rejected_as_truncated():
     assert reject(line.replace("é".encode(), b"\xff", 1)).code == "invalid_utf8"
 
 
+def test_every_cut_of_a_line_behind_a_syslog_header_is_truncated():
+    # a relay that forwards the whole syslog line: a cut inside the header or the
+    # first bytes of {"haproxy": is a line cut short, not a line of another format
+    line = fixture_lines()[1].strip()
+    assert line.startswith(b"<134>") and line.index(b'{"haproxy":') > 20
+    assert {reject(line[:k]).code for k in range(1, len(line) - 1)} == {"truncated"}
+    head = line[:line.index(b"{")]
+    assert reject(head + b"haproxy[20218]: Proxy api started.").code == "invalid_json"  # a syslog line with another message
+    assert reject(b"GET / HTTP/1.1").code == "invalid_json"
+
+
 @pytest.mark.parametrize(("changes", "code"), [
     ({"haproxy": 2}, "invalid_value"),                   # another format version
     ({"haproxy": None}, "invalid_value"),

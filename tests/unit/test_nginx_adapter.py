@@ -136,6 +136,17 @@ def test_every_cut_of_a_non_ascii_line_is_rejected_as_truncated():
     assert reject(line.replace("é".encode(), b"\xff", 1)).code == "invalid_utf8"
 
 
+def test_every_cut_of_a_line_behind_a_syslog_header_is_truncated():
+    # a relay that forwards the whole syslog line: a cut inside the header or the
+    # first bytes of {"nginx": is a line cut short, not a line of another format
+    line = fixture_lines()[2].strip()
+    assert line.startswith(b"<134>") and line.index(b'{"nginx":') > 20
+    assert {reject(line[:k]).code for k in range(1, len(line) - 1)} == {"truncated"}
+    head = line[:line.index(b"{")]
+    assert reject(head + b"nginx: 2026/12/03 06:39:49 [warn] 1#1: a warning").code == "invalid_json"  # a syslog line with another message
+    assert reject(b"GET / HTTP/1.1").code == "invalid_json"
+
+
 @pytest.mark.parametrize(("changes", "code"), [
     ({"nginx": 2}, "invalid_value"),                     # another format version
     ({"nginx": None}, "invalid_value"),
