@@ -108,7 +108,8 @@ def native(obj: Any) -> dict[str, Any]:
     raises InvalidRequest (reason, code) when the line is not the shipped shape."""
     if not isinstance(obj, dict):
         raise InvalidRequest("a Fastly log line must be a JSON object", "invalid_type")
-    if obj.get("fastly") != FORMAT_VERSION:
+    version = obj.get("fastly")
+    if type(version) is not int or version != FORMAT_VERSION:  # true and 1.0 equal 1, and are not the version
         raise InvalidRequest(f"not a line of the Fastly log shape version {FORMAT_VERSION} "
                              "(config/edges/fastly/README.md)", "invalid_value")
     src = _text(obj, "src")

@@ -153,7 +153,7 @@ def native(obj: Any, fmt: LogFormat = HAPROXY_26) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise InvalidRequest("a HAProxy log line must be a JSON object", "invalid_type")
     version = obj.get("haproxy")
-    if version != fmt.version or isinstance(version, bool):
+    if type(version) is not int or version != fmt.version:  # true and 1.0 equal 1, and are not the version
         raise InvalidRequest(f"not a line of the HAProxy log-format version {fmt.version} ({fmt.config}; "
                              f"input format {fmt.edge})", "invalid_value")
     request_id = _text(obj, "id")

@@ -45,7 +45,8 @@ def native(obj: Any) -> dict[str, Any]:
     is not the shipped format."""
     if not isinstance(obj, dict):
         raise InvalidRequest("an nginx-njs log line must be a JSON object", "invalid_type")
-    if obj.get("nginx") != FORMAT_VERSION:
+    version = obj.get("nginx")
+    if type(version) is not int or version != FORMAT_VERSION:  # true and 1.0 equal 1, and are not the version
         raise InvalidRequest(f"not a line of the nginx-njs log format version {FORMAT_VERSION} "
                              "(config/edges/nginx/detector.js)", "invalid_value")
     out = {k: v for k, v in obj.items() if k != "nginx"}

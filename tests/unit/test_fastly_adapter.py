@@ -138,6 +138,8 @@ def test_every_cut_of_a_non_ascii_line_is_rejected_as_truncated():
 @pytest.mark.parametrize(("changes", "code"), [
     ({"fastly": 2}, "invalid_value"),                     # another shape version
     ({"fastly": None}, "invalid_value"),
+    ({"fastly": True}, "invalid_value"),                  # equals 1 in Python, is not the version
+    ({"fastly": 1.0}, "invalid_value"),
     ({"src": None}, "invalid_value"),
     ({"src": "edge"}, "invalid_value"),
     ({"id": ""}, "missing_field"),

@@ -201,6 +201,8 @@ def test_every_cut_of_a_line_behind_a_syslog_header_is_truncated():
 @pytest.mark.parametrize(("changes", "code"), [
     ({"haproxy": 2}, "invalid_value"),                   # another format version
     ({"haproxy": None}, "invalid_value"),
+    ({"haproxy": True}, "invalid_value"),                  # equals 1 in Python, is not the version
+    ({"haproxy": 1.0}, "invalid_value"),
     ({"id": ""}, "missing_field"),                       # no unique-id-format
     ({"ver": "9.9"}, "invalid_value"),
     ({"ci": "not-an-ip"}, "invalid_value"),              # judged by the native validator

@@ -150,6 +150,8 @@ def test_every_cut_of_a_line_behind_a_syslog_header_is_truncated():
 @pytest.mark.parametrize(("changes", "code"), [
     ({"nginx": 2}, "invalid_value"),                     # another format version
     ({"nginx": None}, "invalid_value"),
+    ({"nginx": True}, "invalid_value"),                  # equals 1 in Python, is not the version
+    ({"nginx": 1.0}, "invalid_value"),
     ({"nginx": "1"}, "invalid_value"),
     ({"request_id": None}, "missing_field"),             # the rest is the native contract's
     ({"request_id": ""}, "invalid_value"),
