@@ -88,12 +88,15 @@ def _tls(tls: Mapping[str, Any]) -> dict[str, Any]:
         if v := _text(tls, src, "tls."):
             out[dst] = v
     if hello:
+        if len(hello) > MAX_CLIENT_HELLO_CHARS:  # told before it is decoded
+            raise InvalidRequest(f"field 'tls.client_hello' of {len(hello)} chars exceeds {MAX_CLIENT_HELLO_CHARS}",
+                                 "oversized")
         try:
             raw = binascii.a2b_base64(hello, strict_mode=True)
         except (binascii.Error, ValueError):
             raise InvalidRequest("fastly tls.hello is not base64", "invalid_value") from None
         out["client_hello"] = hello  # the detector computes JA3 and JA4 from it
-        if "sni" not in out and len(hello) <= MAX_CLIENT_HELLO_CHARS:
+        if "sni" not in out:
             try:  # the SNI the client sent (the scope's host evidence); a bad hello is the TLS check's
                 sni = parse_client_hello(raw).sni
             except ClientHelloError:

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from detector.adapters._jsonlog import json_value
-from detector.decode.contract import DecodeLimits
+from detector.decode.contract import MAX_CLIENT_HELLO_CHARS, DecodeLimits
 from detector.decode.fastpath import _fast_path
 from detector.decode.messages import Decoded, line_bytes
 from detector.decode.rejections import InvalidRequest, Rejection
@@ -69,6 +69,9 @@ EDGE_31 = HAPROXY_31.edge
 FORMAT_VERSION = HAPROXY_26.version  # the log-format's "haproxy" key: a line of another version is refused
 FORMAT_VERSION_31 = HAPROXY_31.version
 _HTTP_VERSIONS = {"1.0": "1.0", "1.1": "1.1", "2.0": "2", "2": "2", "3.0": "3", "3": "3"}
+# a ClientHello list in hex is at most the hello, and the contract bounds a hello at
+# MAX_CLIENT_HELLO_CHARS of base64 (3 bytes a 4 characters)
+_MAX_HEX_CHARS = 2 * (MAX_CLIENT_HELLO_CHARS * 3 // 4)
 _MARKER = b'{"haproxy":'  # a syslog header before it (a relay forwards the whole syslog line) is skipped
 _CUT_HINT = "raise `log ... len` in haproxy.cfg and the relay's maximum message size"
 
@@ -88,6 +91,9 @@ def _u16_list(hexed: str, what: str) -> tuple[int, ...]:
 
 
 def _unhex(hexed: str, what: str) -> bytes:
+    if len(hexed) > _MAX_HEX_CHARS:  # bounded before any of it is read
+        raise InvalidRequest(f"haproxy tls.{what} of {len(hexed)} hex characters exceeds {_MAX_HEX_CHARS} (a "
+                             "ClientHello's list is at most the hello)", "oversized")
     try:
         return binascii.unhexlify(hexed)
     except (binascii.Error, ValueError):
@@ -147,7 +153,7 @@ def _tls(tls: Any, fmt: LogFormat) -> dict[str, Any] | None:
     return out
 
 
-def native(obj: Any, fmt: LogFormat = HAPROXY_26) -> dict[str, Any]:
+def native(obj: Any, fmt: LogFormat = HAPROXY_26, limits: DecodeLimits = DecodeLimits()) -> dict[str, Any]:
     """The native ClientRequest object (docs/contracts.md) of one parsed log line of
     `fmt`; raises InvalidRequest (reason, code) when the line is not that format."""
     if not isinstance(obj, dict):
@@ -167,7 +173,10 @@ def native(obj: Any, fmt: LogFormat = HAPROXY_26) -> dict[str, Any]:
     values = obj.get("hdr", {})
     if not isinstance(values, dict):
         raise InvalidRequest("haproxy field 'hdr' must be an object", "invalid_type")
-    names = names_text.split(",") if names_text else []
+    names = names_text.split(",", limits.max_headers) if names_text else []
+    if len(names) > limits.max_headers:  # told before a header is built
+        raise InvalidRequest(f"haproxy field 'names' lists more than limits.max_headers={limits.max_headers} "
+                             "headers", "too_many")
     headers: list[list[str]] = []
     for name in names:
         v = values.get(name, "")
@@ -215,7 +224,7 @@ def decode_line_31(line: bytes | str, limits: DecodeLimits = DecodeLimits()) -> 
 
 def _decode_line(line: bytes | str, limits: DecodeLimits, fmt: LogFormat) -> ClientRequest:
     raw = line_bytes(line, limits)
-    obj = native(json_value(raw, "HAProxy", _CUT_HINT, _MARKER), fmt)
+    obj = native(json_value(raw, "HAProxy", _CUT_HINT, _MARKER), fmt, limits)
     req = _fast_path(limits)(obj)
     return request_from_obj(obj, limits) if req is None else req
 

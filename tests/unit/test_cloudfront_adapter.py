@@ -13,6 +13,7 @@ import random
 import subprocess
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 from urllib.parse import quote
 
@@ -296,6 +297,17 @@ def test_lines_that_are_not_the_format():
     assert reject("\ud800" + line(0)).code == "invalid_utf8"
     assert reject(line(0, cs_uri_query="a=" + "x" * (5 << 20))).code == "oversized"  # the line's bound
     assert reject(line(0, cs_uri_query="a=" + "x" * 100_000)).code == "oversized"  # a field's (native)
+
+
+def test_a_line_of_millions_of_fields_is_refused_without_splitting_them_all():
+    text = (line(0) + "\t" * 3_000_000).encode()
+    tracemalloc.start()
+    try:
+        assert reject(text).code == "invalid_value"
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 12 << 20  # the line's 3 MB as text; a list of 3 million fields alone is 24 MB
 
 
 def test_a_message_of_lines_keeps_the_good_ones_and_indexes_the_bad():

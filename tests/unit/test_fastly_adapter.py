@@ -21,7 +21,7 @@ import pytest
 
 from detector.adapters import INPUT_FORMATS, fastly, format_edge, line_decoder, message_decoder
 from detector.config.schema import RuntimeSettings
-from detector.decode import REJECTION_CODES, InvalidRequest
+from detector.decode import MAX_CLIENT_HELLO_CHARS, REJECTION_CODES, InvalidRequest
 from detector.fingerprints.tls import fingerprints_from_b64
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,6 +119,14 @@ def test_vcl_lines_are_refused_they_have_no_header_order():
 
 
 # --- bad lines: rejections with codes, never an exception -----------------------------------
+def test_a_hello_longer_than_the_contracts_bound_is_oversized_before_it_is_decoded():
+    # not even base64: refused for its size, before it is decoded
+    assert reject(orjson.dumps(a_line(**{"tls.hello": "!" * (MAX_CLIENT_HELLO_CHARS + 1)}))).code == "oversized"
+    good = a_line()["tls"]["hello"]
+    assert reject(orjson.dumps(a_line(**{"tls.hello": good + "A" * (MAX_CLIENT_HELLO_CHARS - len(good) + 4)}))).code \
+        == "oversized"
+
+
 def test_every_cut_of_a_line_is_rejected_as_truncated():
     text = fixture_lines()[1].strip()
     assert {reject(text[:n]).code for n in range(1, len(text) - 1)} == {"truncated"}

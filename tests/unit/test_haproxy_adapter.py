@@ -297,6 +297,18 @@ def test_detector_score_reads_haproxy_lines(tmp_path):
     assert native.stdout == b"" and native.stderr.count(b"rejected:") == 3
 
 
+@pytest.mark.parametrize("field", ["ciphers", "exts", "groups", "formats"])
+def test_a_hex_list_longer_than_any_hello_is_oversized_before_it_is_read(field):
+    # not even hex: refused for its size, before it is unhexed or a JA3 computed over it
+    assert reject(orjson.dumps(a_line(**{f"tls.{field}": "zz" * 20_000}))).code == "oversized"
+
+
+def test_more_header_names_than_the_limit_are_too_many_before_a_header_is_built():
+    names = ",".join(f"x-{i}" for i in range(200))
+    # a value of the wrong type among them would be found only while building headers
+    assert reject(orjson.dumps(a_line(names=names, hdr={"x-0": 5}))).code == "too_many"
+
+
 @pytest.mark.parametrize("hello", ["²", "0" * 5000, "70000", "１２", "-1", "+3"])
 def test_a_hello_version_that_is_not_a_short_ascii_number_is_rejected_not_raised(hello):
     """str.isdigit() is true for Unicode digits int() refuses, and int() refuses more
