@@ -16,7 +16,9 @@ the object is njs's JSON.stringify). What it gives, and what it cannot:
   `r.requestBuffer`).
 
 Every request is marked `edge: "nginx-njs"` (an `edge` in the line is overwritten: the
-adapter's format decides it). A line cut short (a syslog relay's maximum message
+adapter's format decides it). Only the keys detector.js writes are taken from a line
+(`tls` and `h2` likewise): any other key (`network`, `attestation`, `tls.ja4`, ...)
+is dropped, as nginx provides none of them. A line cut short (a syslog relay's maximum message
 size) is rejected with code `truncated`; any other bad line with the code of what is
 wrong; nothing here raises past `decode_message` / `decode_line`.
 """
@@ -35,6 +37,12 @@ from detector.model import ClientRequest
 
 EDGE = "nginx-njs"
 FORMAT_VERSION = 1  # detector.js's "nginx" key: a line of another version is refused
+# the keys detector.js writes (config/edges/nginx/detector.js `line`): only they are
+# taken from a line; nginx has no network enrichment, attestation or TLS fingerprint
+_KEYS = frozenset({"request_id", "ts", "client_ip", "method", "path", "query", "headers", "http_version", "h2",
+                   "response_status", "tls", "body_size", "body_sha256"})
+_TLS_KEYS = frozenset({"version", "cipher", "sni", "alpn"})
+_H2_KEYS = frozenset({"authority"})
 _MARKER = b'{"nginx":'  # a syslog header before it (a relay forwards the whole syslog line) is skipped
 _CUT_HINT = "raise the relay's maximum message size: rsyslog's maxMessageSize"
 
@@ -49,7 +57,11 @@ def native(obj: Any) -> dict[str, Any]:
     if type(version) is not int or version != FORMAT_VERSION:  # true and 1.0 equal 1, and are not the version
         raise InvalidRequest(f"not a line of the nginx-njs log format version {FORMAT_VERSION} "
                              "(config/edges/nginx/detector.js)", "invalid_value")
-    out = {k: v for k, v in obj.items() if k != "nginx"}
+    out = {k: v for k, v in obj.items() if k in _KEYS}
+    for key, keys in (("tls", _TLS_KEYS), ("h2", _H2_KEYS)):
+        v = out.get(key)
+        if isinstance(v, dict):  # another type: the contract's validator refuses it
+            out[key] = {k: x for k, x in v.items() if k in keys}
     out["edge"] = EDGE
     return out
 

@@ -113,6 +113,19 @@ def test_the_edge_is_the_adapters_not_the_lines():
     assert format_edge("nginx-njs") == "nginx-njs"
 
 
+def test_only_the_keys_detector_js_writes_are_taken():
+    # nginx has no enrichment, attestation or TLS fingerprint: a line's own are dropped
+    obj = a_line(label="attack", account_id="acct-1", attestation={"verdict": "MEETS_DEVICE_INTEGRITY"},
+                 network={"asn": 64500, "hosting": False}, **{"tls.ja4": "t13d1516h2_8daaf6152771_02713d6af862",
+                                                            "tls.client_hello": "FgMB"})
+    obj["h2"] = {"authority": "api.example-social.test", "fingerprint": "1:65536|0|0|m,a,s,p"}
+    r = nginx_njs.decode_line(orjson.dumps(obj))
+    assert r.attestation is None and r.network is None and not r.extra
+    assert set(dict(r.tls or {})) == {"version", "cipher", "sni", "alpn"} & set(obj["tls"])
+    assert dict(r.h2 or {}) == {"authority": "api.example-social.test"}
+    assert r.request_id == obj["request_id"] and r.headers == nginx_njs.decode_line(fixture_lines()[0]).headers
+
+
 def test_a_line_without_tls_has_no_tls_object():
     assert nginx_njs.decode_line(orjson.dumps(a_line(tls=None))).tls is None
 
