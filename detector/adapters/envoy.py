@@ -20,7 +20,9 @@ every value a string (an unset or empty value is `"-"`, or the key is absent wit
   name (a fixed order, the same for every request; the `envoy` edge profile says order,
   case and the full set of names are lost, so the checks needing them do not fire). A
   header whose value is `-` (absent, or empty) is not emitted; over HTTP/1 the
-  authority is the Host header (first), over HTTP/2 and 3 it is `h2.authority`.
+  authority is the Host header (first), over HTTP/2 and 3 it is `h2.authority`. Two
+  `req` keys that differ only in case (`User-Agent`, `user-agent`) reject the line
+  `invalid_value`: the shipped config names each header once, in lower case.
 
 No raw ClientHello, no ALPN list, no HTTP/2 fingerprint, no body hash. Every request is
 marked `edge: "envoy"`. A line cut short (a shipper's line limit) is rejected with code
@@ -111,10 +113,16 @@ def _headers(req: Any, authority: str | None, http_version: str | None) -> list[
     if len(req) > _MAX_HEADERS_OBJECT:
         raise InvalidRequest(f"envoy field 'req' names {len(req)} headers (at most {_MAX_HEADERS_OBJECT})", "too_many")
     headers: list[list[str]] = []
+    seen: set[str] = set()
     for name in sorted(req, key=str.lower):
+        low = name.lower()
+        if low in seen:  # the json_format names each header once
+            raise InvalidRequest(f"envoy field 'req' names {low[:64]!r} twice (keys that differ only in case)",
+                                 "invalid_value")
+        seen.add(low)
         v = _opt(req, name, "req.")
-        if v is not None and name.lower() not in ("host", ":authority"):
-            headers.append([name.lower(), v])
+        if v is not None and low not in ("host", ":authority"):
+            headers.append([low, v])
     # HTTP/1: Envoy keeps the Host header as :authority; it is the Host the client sent
     if authority is not None and http_version not in ("2", "3"):
         headers.insert(0, ["host", authority])

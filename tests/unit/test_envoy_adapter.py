@@ -201,6 +201,8 @@ def test_every_cut_of_a_non_ascii_line_is_rejected_as_truncated():
     ({"tls.ja4": 5}, "invalid_type"),
     ({"req": []}, "invalid_type"),
     ({"req.user-agent": 1}, "invalid_type"),
+    ({"req.User-Agent": "curl/8.5.0"}, "invalid_value"),  # a second user-agent, differing only in case
+    ({"req.USER-AGENT": "-"}, "invalid_value"),
     ({"req.x-es-device-id": "x" * 70000}, "oversized"),  # a header over limits.max_header_bytes
 ])
 def test_a_malformed_line_is_rejected_with_its_code(changes, code):
