@@ -14,11 +14,13 @@ The fields, by their names in Cloudflare's http_requests field list:
 - `ClientRequestHost`: over HTTP/1 the `host` header, over HTTP/2 and 3 `h2.authority`;
 - headers: `ClientRequestUserAgent` (`user-agent`), `ClientRequestReferer` (`referer`),
   `ClientXRequestedWith` (`x-requested-with`) and the `RequestHeaders` object of the
-  zone's Logpush custom fields (names lower case, values strings). Cloudflare logs no
-  header order and only the headers named: the adapter emits those with a value sorted
-  by name (a fixed order, the same for every request; the `cloudflare` edge profile
-  says order, case and the full set of names are lost, so the checks needing them do
-  not fire). An empty value is read as an absent header;
+  zone's Logpush custom fields (names lower case, values strings; a pseudo-header
+  name such as `:authority` is dropped, as is `host`: the host is
+  `ClientRequestHost`). Cloudflare logs no header order and only the headers named:
+  the adapter emits those with a value sorted by name (a fixed order, the same for
+  every request; the `cloudflare` edge profile says order, case and the full set of
+  names are lost, so the checks needing them do not fire). An empty value is read as
+  an absent header;
 - TLS: `ClientSSLProtocol` (`none`: no TLS), `JA3Hash` (the MD5 only, no JA3 string)
   and `JA4` (the full JA4), both Bot Management fields; no SNI, ALPN or ClientHello;
 - network enrichment: `ClientASN` (`network.asn`, 0 read as unknown) and
@@ -114,7 +116,7 @@ def _headers(obj: Mapping[str, Any], host: str | None, http_version: str | None)
                                  f"(at most {_MAX_HEADERS_OBJECT})", "too_many")
         for name in extra:
             v = _opt(extra, name, "RequestHeaders.")
-            if v is not None and name:
+            if v is not None and name and not name.startswith(":"):  # a pseudo-header is no header
                 values[name.lower()] = v
     for field, name in _FIELD_HEADERS:  # the dataset's own fields win over a custom field
         v = _opt(obj, field)

@@ -149,6 +149,14 @@ def test_the_country_feeds_the_locale_check(detection):
 
 
 # --- bad lines: rejections with codes, never an exception -----------------------------------
+def test_pseudo_header_names_in_request_headers_are_not_headers():
+    base = cloudflare.decode_line(orjson.dumps(a_line(0)))
+    r = cloudflare.decode_line(orjson.dumps(a_line(0, **{"RequestHeaders.:authority": "evil.example",
+                                                          "RequestHeaders.:path": "/x"})))
+    assert r.headers == base.headers and not any(n.startswith(":") for n, _ in r.headers)
+    assert r.h2 == base.h2
+
+
 def test_every_cut_of_a_line_is_rejected_as_truncated():
     for line in fixture_lines():
         line = line.strip()
