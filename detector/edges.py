@@ -35,6 +35,11 @@ TLS_CODES = frozenset({"tls.missing", "tls.fingerprint_mismatch", "tls.known_aut
                        "tls.client_hello_invalid"})
 H2_CODES = frozenset({"transport.h2_fingerprint_mismatch", "transport.known_browser_h2"})
 BODY_CODES = frozenset({"signature.invalid"})  # the canonical string needs the body's SHA-256
+# the profile's body rules judge the body's text (the contract's `body`), which only an
+# edge that keeps bodies passes on (fact `body_text`)
+BODY_TEXT_CODES = frozenset({"body.missing_required", "body.forbidden", "body.value_invalid", "body.denylisted_value",
+                             "body.unexpected_encoding", "body.content_type_mismatch", "body.unparseable",
+                             "body.signature_stale", "body.signature_invalid"})
 HOSTING_CODES = frozenset({"network.hosting"})
 # behaviour that needs the hosting fact: ASN fan-outs count hosting networks only, and
 # impossible travel leaves VPN exits (hosting) out, so without it a VPN user travels
@@ -62,6 +67,7 @@ class EdgeProfile:
     ja4: Literal["full", "partial", "none"] = "full"
     h2_fingerprint: bool = True
     body: bool = True
+    body_text: bool = True  # the body itself (its first characters), for the body rules
     enrichment: frozenset[str] = frozenset(ENRICHMENT)
     allowed_lateness_s: float = 30.0
     notes: str = ""
@@ -88,6 +94,8 @@ class EdgeProfile:
             out |= H2_CODES
         if not self.body:
             out |= BODY_CODES
+        if not self.body_text:
+            out |= BODY_TEXT_CODES
         if "hosting" not in self.enrichment:
             out |= HOSTING_CODES | HOSTING_STATE_CODES
         if "country" not in self.enrichment:
@@ -114,6 +122,8 @@ class EdgeProfile:
                 judged |= H2_CODES
             if profile.signing is not None and "body_sha256" in profile.signing.canonical:
                 judged |= BODY_CODES
+            if profile.body is not None:
+                judged |= BODY_TEXT_CODES
             if profile.network.hosting:
                 judged |= HOSTING_CODES
             if profile.network.locale_country:
@@ -148,7 +158,8 @@ def edge_from_file(doc: YamlDocument) -> EdgeProfile:
     return EdgeProfile(
         name=f.name, description=f.description, versions=f.versions, header_order=f.headers.order,
         header_case=f.headers.case, header_names=f.headers.names, client_hello=f.tls.client_hello, ja3=f.tls.ja3,
-        ja4=f.tls.ja4, h2_fingerprint=f.h2_fingerprint, body=f.body, enrichment=frozenset(f.enrichment),
+        ja4=f.tls.ja4, h2_fingerprint=f.h2_fingerprint, body=f.body, body_text=f.body_text,
+        enrichment=frozenset(f.enrichment),
         allowed_lateness_s=float(f.allowed_lateness_s), notes=f.notes or "", source=str(doc.path))
 
 

@@ -43,6 +43,8 @@ class ClientRequest(msgspec.Struct, frozen=True, gc=False):
     response_status: int | None = None
     label: Mapping[str, Any] | None = None
     edge: str | None = None  # the edge profile the record came through (docs/edges.md); None: the topic's
+    # the body as an edge that keeps bodies passed it on: text, encoding, truncated
+    body: Mapping[str, Any] | None = None
     extra: Mapping[str, Any] | None = None
 
     def header(self, name: str) -> str | None:

@@ -14,9 +14,11 @@ from typing import Any, Protocol
 
 import msgspec
 
+from detector.body import parse_body
 from detector.cache import MISSING, ByteCache, approx_size
 from detector.checks.attestation import AttestationCheck
 from detector.checks.base import Check, Derived, RequestContext, Stateless
+from detector.checks.body import BodyCheck
 from detector.checks.device import DeviceCheck
 from detector.checks.headers import HeadersCheck
 from detector.checks.identity import IdentityCheck
@@ -60,6 +62,7 @@ def default_checks(
         TlsCheck(known),
         TransportCheck(known),
         SignatureCheck(),
+        BodyCheck(),
         AttestationCheck(),
         IdentityCheck(),
         NetworkCheck(),
@@ -277,7 +280,10 @@ class Pipeline:
             rules = profile.headers
             entities["fingerprint"] = population_fingerprint(ua, fps, rules.required if rules is not None else None,
                                                              names)
-        derived = Derived(ua_raw, names, ua, entities, fps, signed_at, sign_age, tls_error, alpn, host_mismatch)
+        body = (parse_body(request.body, headers.get("content-type"), profile.body.envelope)
+                if request.body is not None and profile.body is not None else None)
+        derived = Derived(ua_raw, names, ua, entities, fps, signed_at, sign_age, tls_error, alpn, host_mismatch,
+                          body)
         return RequestContext(profile, self.scoring.weight_of, headers, derived)
 
     def _shape_key(self, request: ClientRequest, ctx: RequestContext) -> tuple[Any, ...]:
@@ -321,7 +327,8 @@ class Pipeline:
             signals = [s for s in signals if s.code not in gated]
             ctx.gated = gated
         if signals:
-            secrets = self.redactor.secrets(ctx.headers, request.params)
+            secrets = self.redactor.secrets(ctx.headers, request.params,
+                                            ctx.derived.body.fields if ctx.derived.body is not None else None)
             if secrets:
                 signals = [Signal(s.code, s.weight, scrub_detail(s.detail, secrets))
                            if any(x[:16] in s.detail for x in secrets) else s for s in signals]

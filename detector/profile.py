@@ -101,6 +101,12 @@ class IdSource:
 class ValueRule:
     one_of: frozenset[str] | None = None
     pattern: re.Pattern[str] | None = None
+    # constants hard-coded in known libraries: a value here is its own signal
+    # (headers.denylisted_value, body.denylisted_value), whatever one_of/pattern say
+    deny: frozenset[str] = frozenset()
+
+    def denied(self, value: str) -> bool:
+        return value in self.deny
 
     def accepts(self, value: str) -> bool:
         if self.one_of is not None and value not in self.one_of:
@@ -121,8 +127,90 @@ class ConsistencyRule:
     rule: Literal["equal", "locale", "checksum"]
     a: str
     b: str
-    algorithm: str | None = None  # checksum: hashlib name
+    algorithm: str | None = None  # checksum: a hashlib name, or "charsum"
     length: int | None = None  # checksum: leading hex digits
+    prefix: str = ""  # checksum: the literal the value starts with
+
+    def expected(self, b: str) -> str:
+        """The checksum of `b` as the app writes it: `prefix` + the leading `length`
+        hex digits of its digest, or (`charsum`) + the decimal sum of its characters'
+        code points."""
+        if self.algorithm == "charsum":
+            return self.prefix + str(sum(map(ord, b)))
+        import hashlib
+
+        return self.prefix + hashlib.new(self.algorithm or "sha256", b.encode()).hexdigest()[: self.length or None]
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """Where a conditional rule applies: the request's endpoint class is one of
+    `classes` (profile `endpoints`; "none": a path in no class), its method one of
+    `methods`, and it is authenticated (carries an account id) or not. A part that is
+    None holds always."""
+
+    classes: frozenset[str] | None = None
+    methods: frozenset[str] | None = None
+    authenticated: bool | None = None
+
+    def holds(self, endpoint_class: str | None, method: str, authenticated: bool) -> bool:
+        return ((self.classes is None or (endpoint_class or "none") in self.classes)
+                and (self.methods is None or method.upper() in self.methods)
+                and (self.authenticated is None or self.authenticated == authenticated))
+
+    def describe(self) -> str:
+        parts = []
+        if self.classes is not None:
+            parts.append("on " + "/".join(sorted(self.classes)) + " endpoints")
+        if self.methods is not None:
+            parts.append("for " + "/".join(sorted(self.methods)))
+        if self.authenticated is not None:
+            parts.append("when authenticated" if self.authenticated else "when not authenticated")
+        return " ".join(parts) or "always"
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceRule:
+    """Names required or forbidden where `when` holds; `encodings` (body rules only):
+    the body shapes allowed there (empty: the section's)."""
+
+    when: Condition
+    required: frozenset[str] = frozenset()
+    forbidden: frozenset[str] = frozenset()
+    encodings: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class ClockHeader:
+    """A header carrying the client's clock (epoch seconds or milliseconds): it must lie
+    within `max_skew_s` of the request's event time (freshness where the app does not
+    sign, so no signature binds the time)."""
+
+    header: str
+    unit: Literal["s", "ms"]
+    max_skew_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class BodySignature:
+    """What the envelope's `<signature>` part is. `marker`: the literal the app sends
+    since it stopped signing bodies (an HMAC there is a stale script's); `hmac`: a hex
+    HMAC-SHA256 of the envelope's JSON with a signing key the claimed build carries."""
+
+    marker: str | None = None
+    hmac: bool = False
+    stale: re.Pattern[str] = re.compile(r"[0-9a-f]{40,128}")  # what an HMAC looks like
+
+
+@dataclass(frozen=True, slots=True)
+class BodyRules:
+    """The profile's `body:` section (docs/profiles.md)."""
+
+    encodings: frozenset[str]  # form, json, signed_body, empty, other
+    envelope: str
+    signature: BodySignature | None
+    fields: Mapping[str, ValueRule]
+    rules: tuple[PresenceRule, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +222,8 @@ class HeaderRules:
     name_case: Literal["lower", "any"]
     values: Mapping[str, ValueRule]
     consistency: tuple[ConsistencyRule, ...]
+    rules: tuple[PresenceRule, ...] = ()  # required/forbidden where a condition holds
+    clock: tuple[ClockHeader, ...] = ()
 
     @property
     def known(self) -> frozenset[str]:
@@ -198,6 +288,7 @@ class ClientProfile:
     attestation: AttestationPolicy | None = None
     network: NetworkPolicy = NetworkPolicy()
     endpoints: Mapping[str, tuple[re.Pattern[str], ...]] = field(default_factory=dict)
+    body: BodyRules | None = None
     source: str = ""
     # The API surface this profile judges (detector/scope.py); None: every request.
     scope: Scope | None = None
@@ -341,6 +432,11 @@ def _build_profile(doc: YamlDocument, path: Path, data: dict[str, Any], secrets:
         ids[str(ent)] = IdSource(header=(spec.get("header") or "").lower() or None, param=spec.get("param"),
                                  regex=regex, uuid_version=uuid_version)
 
+    headers = _header_rules(doc, data)
+    if headers is not None and data.get("body") is None:
+        for i, r in enumerate(headers.consistency):
+            if r.a.startswith("body:") or r.b.startswith("body:"):
+                raise doc.error(["headers", "consistency", i], "a body: field needs the profile's body: section")
     return ClientProfile(
         name=name,
         app_name=require(doc, data, ["app_name"], str),
@@ -350,12 +446,13 @@ def _build_profile(doc: YamlDocument, path: Path, data: dict[str, Any], secrets:
         versions=versions,
         signing=signing,
         ids=ids,
-        headers=_header_rules(doc, data),
+        headers=headers,
         tls=_tls_policy(doc, data),
         transport=_transport_policy(doc, data),
         attestation=_attestation_policy(doc, data),
         network=_network_policy(doc, data),
         endpoints=_endpoints(doc, data),
+        body=_body_rules(doc, data, signing),
         source=str(path),
         scope=_scope(doc, data),
     )
@@ -369,7 +466,7 @@ def _names(doc: YamlDocument, obj: dict[str, Any], key: list[str | int], *, opti
     return [n.lower() for n in items]
 
 
-_FIELD_KINDS = ("header:", "param:", "ua:", "request:")
+_FIELD_KINDS = ("header:", "param:", "ua:", "request:", "body:")
 
 
 def _header_rules(doc: YamlDocument, data: dict[str, Any]) -> HeaderRules | None:
@@ -390,19 +487,10 @@ def _header_rules(doc: YamlDocument, data: dict[str, Any]) -> HeaderRules | None
     case = require(doc, h, ["headers", "name_case"], str, optional=True, default="any")
     if case not in ("lower", "any"):
         raise doc.error(["headers", "name_case"], "must be lower or any")
-    values: dict[str, ValueRule] = {}
-    for name, spec in (require(doc, h, ["headers", "values"], dict, optional=True, default={}) or {}).items():
-        k: list[str | int] = ["headers", "values", name]
-        if not isinstance(spec, dict) or not ({"one_of", "pattern"} & spec.keys()):
-            raise doc.error(k, "must be {one_of: [...]} or {pattern: REGEX}")
-        one_of = spec.get("one_of")
-        if one_of is not None and (not isinstance(one_of, list) or not all(isinstance(x, str) for x in one_of)):
-            raise doc.error(k + ["one_of"], "must be a list of strings")
-        pattern = _compile(doc, k + ["pattern"], spec["pattern"]) if "pattern" in spec else None
-        values[str(name).lower()] = ValueRule(frozenset(one_of) if one_of is not None else None, pattern)
+    values = _value_rules(doc, h, ["headers", "values"], lower=True)
     rules = []
     for i, spec in enumerate(require(doc, h, ["headers", "consistency"], list, optional=True, default=[])):
-        k = ["headers", "consistency", i]
+        k: list[str | int] = ["headers", "consistency", i]
         kind = require(doc, spec, k + ["rule"], str)
         if kind not in ("equal", "locale", "checksum"):
             raise doc.error(k + ["rule"], "must be equal, locale or checksum")
@@ -415,11 +503,127 @@ def _header_rules(doc: YamlDocument, data: dict[str, Any]) -> HeaderRules | None
         if kind == "checksum":
             import hashlib
 
-            if algorithm not in hashlib.algorithms_guaranteed:
-                raise doc.error(k + ["algorithm"], f"must be a hashlib algorithm (e.g. sha256), got {algorithm!r}")
-        rules.append(ConsistencyRule(kind, _lower_header(a), _lower_header(b), algorithm, spec.get("length")))
+            if algorithm != "charsum" and algorithm not in hashlib.algorithms_guaranteed:
+                raise doc.error(k + ["algorithm"],
+                                f"must be a hashlib algorithm (e.g. sha256) or charsum, got {algorithm!r}")
+        prefix = spec.get("prefix") or ""
+        if (prefix or spec.get("length") is not None) and kind != "checksum":
+            raise doc.error(k, "prefix and length belong to checksum rules")
+        if algorithm == "charsum" and spec.get("length") is not None:
+            raise doc.error(k + ["length"], "a charsum checksum has no length (it is a decimal sum)")
+        rules.append(ConsistencyRule(kind, _lower_header(a), _lower_header(b), algorithm, spec.get("length"), prefix))
     prefixes = tuple(_names(doc, h, ["headers", "ignore_prefixes"]))
-    return HeaderRules(tuple(order), frozenset(required), frozenset(forbidden), prefixes, case, values, tuple(rules))
+    presence = _presence_rules(doc, data, h, ["headers", "rules"], lower=True)
+    clock = []
+    for i, spec in enumerate(require(doc, h, ["headers", "clock"], list, optional=True, default=[])):
+        k = ["headers", "clock", i]
+        unit = require(doc, spec, k + ["unit"], str, optional=True, default="s")
+        if unit not in ("s", "ms"):
+            raise doc.error(k + ["unit"], f"must be s or ms, got {unit!r}")
+        skew = float(require(doc, spec, k + ["max_skew_s"], (int, float)))
+        if skew <= 0:
+            raise doc.error(k + ["max_skew_s"], "must be positive")
+        clock.append(ClockHeader(require(doc, spec, k + ["header"], str).lower(), unit, skew))
+    return HeaderRules(tuple(order), frozenset(required), frozenset(forbidden), prefixes, case, values, tuple(rules),
+                       presence, tuple(clock))
+
+
+def _value_rules(doc: YamlDocument, parent: dict[str, Any], key: list[str | int], *,
+                 lower: bool) -> dict[str, ValueRule]:
+    values: dict[str, ValueRule] = {}
+    for name, spec in (require(doc, parent, key, dict, optional=True, default={}) or {}).items():
+        k: list[str | int] = key + [name]
+        if not isinstance(spec, dict) or not ({"one_of", "pattern", "deny"} & spec.keys()):
+            raise doc.error(k, "must be {one_of: [...]}, {pattern: REGEX} and/or {deny: [...]}")
+        lists: dict[str, frozenset[str] | None] = {}
+        for part in ("one_of", "deny"):
+            items = spec.get(part)
+            if items is not None and (not isinstance(items, list) or not all(isinstance(x, str) for x in items)):
+                raise doc.error(k + [part], "must be a list of strings")
+            lists[part] = frozenset(items) if items is not None else None
+        pattern = _compile(doc, k + ["pattern"], spec["pattern"]) if "pattern" in spec else None
+        values[str(name).lower() if lower else str(name)] = ValueRule(lists["one_of"], pattern,
+                                                                      lists["deny"] or frozenset())
+    return values
+
+
+def _condition(doc: YamlDocument, data: dict[str, Any], spec: Any, key: list[str | int]) -> Condition:
+    if spec is None:
+        return Condition()
+    if not isinstance(spec, dict):
+        raise doc.error(key, "must be a mapping of classes, methods and/or authenticated")
+    classes = require(doc, spec, key + ["classes"], list, optional=True)
+    if classes is not None:
+        known = set(map(str, (data.get("endpoints") or {}))) | {"none"}
+        for i, c in enumerate(classes):
+            if c not in known:
+                raise doc.error(key + ["classes", i],
+                                f"{c!r} is not an endpoint class (endpoints: {', '.join(sorted(known))})")
+    methods = require(doc, spec, key + ["methods"], list, optional=True)
+    if methods is not None and not all(isinstance(m, str) and m for m in methods):
+        raise doc.error(key + ["methods"], "must be a list of HTTP methods")
+    auth = require(doc, spec, key + ["authenticated"], bool, optional=True)
+    return Condition(frozenset(map(str, classes)) if classes is not None else None,
+                     frozenset(m.upper() for m in methods) if methods is not None else None, auth)
+
+
+def _presence_rules(doc: YamlDocument, data: dict[str, Any], parent: dict[str, Any], key: list[str | int], *,
+                    lower: bool, encodings: bool = False) -> tuple[PresenceRule, ...]:
+    out = []
+    for i, spec in enumerate(require(doc, parent, key, list, optional=True, default=[])):
+        k: list[str | int] = key + [i]
+        if not isinstance(spec, dict):
+            raise doc.error(k, "must be a mapping {when: ..., required: [...], forbidden: [...]}")
+        when = _condition(doc, data, spec.get("when"), k + ["when"])
+        names: dict[str, frozenset[str]] = {}
+        for part in ("required", "forbidden"):
+            items = require(doc, spec, k + [part], list, optional=True, default=[])
+            for j, n in enumerate(items):
+                if not isinstance(n, str) or not n:
+                    raise doc.error(k + [part, j], "must be a non-empty string")
+            names[part] = frozenset(n.lower() if lower else n for n in items)
+        both = names["required"] & names["forbidden"]
+        if both:
+            raise doc.error(k, f"{', '.join(sorted(both))} both required and forbidden")
+        encs = _encodings(doc, spec, k + ["encodings"]) if encodings else frozenset()
+        if not (names["required"] or names["forbidden"] or encs):
+            raise doc.error(k, "must name required or forbidden fields" + (" or encodings" if encodings else ""))
+        out.append(PresenceRule(when, names["required"], names["forbidden"], encs))
+    return tuple(out)
+
+
+_BODY_ENCODINGS = ("form", "json", "signed_body", "empty", "other")
+
+
+def _encodings(doc: YamlDocument, parent: dict[str, Any], key: list[str | int]) -> frozenset[str]:
+    items = require(doc, parent, key, list, optional=True, default=[])
+    for i, e in enumerate(items):
+        if e not in _BODY_ENCODINGS:
+            raise doc.error(key + [i], f"must be one of {', '.join(_BODY_ENCODINGS)}, got {e!r}")
+    return frozenset(items)
+
+
+def _body_rules(doc: YamlDocument, data: dict[str, Any], signing: SigningScheme | None) -> BodyRules | None:
+    """`body:` (docs/profiles.md): the request body's encodings, fields and rules."""
+    b = require(doc, data, ["body"], dict, optional=True)
+    if b is None:
+        return None
+    encodings = _encodings(doc, b, ["body", "encodings"])
+    envelope = require(doc, b, ["body", "envelope"], str, optional=True, default="signed_body")
+    signature = None
+    sg = require(doc, b, ["body", "signature"], dict, optional=True)
+    if sg is not None:
+        marker = require(doc, sg, ["body", "signature", "marker"], str, optional=True)
+        use_hmac = require(doc, sg, ["body", "signature", "hmac"], bool, optional=True, default=False)
+        if (marker is None) == (not use_hmac):
+            raise doc.error(["body", "signature"], "must give exactly one of marker: TEXT or hmac: true")
+        if use_hmac and signing is None:
+            raise doc.error(["body", "signature", "hmac"], "needs the profile's signing keys (signing:)")
+        if marker is not None and not marker:
+            raise doc.error(["body", "signature", "marker"], "must be a non-empty string")
+        signature = BodySignature(marker=marker, hmac=bool(use_hmac))
+    rules = _presence_rules(doc, data, b, ["body", "rules"], lower=False, encodings=True)
+    return BodyRules(encodings, envelope, signature, _value_rules(doc, b, ["body", "fields"], lower=False), rules)
 
 
 def _lower_header(field_ref: str) -> str:

@@ -140,15 +140,18 @@ class Redactor:
 
     # --- verdict details -----------------------------------------------------------
 
-    def secrets(self, headers: Mapping[str, str], params: Mapping[str, str] | None) -> tuple[str, ...]:
-        """The credential values a request carries (`headers`: lower-cased names)."""
+    def secrets(self, headers: Mapping[str, str], params: Mapping[str, str] | None,
+                body: Mapping[str, str] | None = None) -> tuple[str, ...]:
+        """The credential values a request carries (`headers`: lower-cased names;
+        `params` and `body`, the body's parsed fields, by the names of `params`)."""
         names = headers.keys() & self.headers  # in C; usually empty
         found = [v for n in names if isinstance(v := headers.get(n), str) and len(v) >= _MIN_SECRET_CHARS]
-        if params and self.params:
-            for k, v in params.items():
-                if (isinstance(k, str) and k.lower() in self.params
-                        and isinstance(v, str) and len(v) >= _MIN_SECRET_CHARS):
-                    found.append(v)
+        for fields in (params, body):
+            if fields and self.params:
+                for k, v in fields.items():
+                    if (isinstance(k, str) and k.lower() in self.params
+                            and isinstance(v, str) and len(v) >= _MIN_SECRET_CHARS):
+                        found.append(v)
         return tuple(found)
 
 

@@ -13,6 +13,7 @@ from typing import ClassVar, Literal, Protocol
 
 import msgspec
 
+from detector.body import BodyFields
 from detector.model import ClientRequest, Signal, VerdictLevel
 from detector.profile import ClientProfile
 
@@ -34,6 +35,9 @@ class Derived(msgspec.Struct, frozen=True, gc=False):
     alpn: str | None = None  # the protocol offered first ("" none); None: no TLS facts
     # (SNI, request host) normalised, when both are given and differ (detector/scope.py)
     host_mismatch: tuple[str, str] | None = None
+    # the body's fields (detector/body.py), parsed when the request carries a body and
+    # the profile has body rules
+    body: BodyFields | None = None
 
 
 class Stateless(msgspec.Struct, frozen=True, gc=False):

@@ -8,7 +8,7 @@ the app's custom headers still gives itself away by where and how it writes them
 
 from __future__ import annotations
 
-import hashlib
+import math
 from collections.abc import Iterable, Mapping
 from typing import ClassVar
 
@@ -25,6 +25,8 @@ NAME_CASE = "headers.name_case"
 VALUE_INVALID = "headers.value_invalid"
 INCONSISTENT = "headers.inconsistent"
 CHECKSUM_MISMATCH = "headers.checksum_mismatch"
+DENYLISTED = "headers.denylisted_value"
+CLOCK_SKEW = "headers.clock_skew"
 
 _NAMES_CACHE_BYTES = 8 * 2**20  # memory of the caches, by bytes (detector.cache)
 _VALUES_CACHE_BYTES = 8 * 2**20
@@ -47,6 +49,8 @@ class HeadersCheck:
         VALUE_INVALID: "a header value outside its allowed set or format",
         INCONSISTENT: "two fields that must agree (a header and a body parameter, the locale, the length) differ",
         CHECKSUM_MISMATCH: "a checksum field does not match the field it is computed from",
+        DENYLISTED: "a header holds a constant hard-coded in a known private-API library",
+        CLOCK_SKEW: "a client-clock header too far from the request's event time (or not a time)",
     }
 
     def __init__(self) -> None:
@@ -105,6 +109,9 @@ class HeadersCheck:
         kind, _, name = ref.partition(":")
         if kind == "param":
             return (request.params or {}).get(name)
+        if kind == "body":
+            body = ctx.derived.body
+            return body.fields.get(name) if body is not None else None
         if kind == "ua":
             ua = ctx.derived.ua
             return ua.get(name) if ua else None
@@ -119,6 +126,9 @@ class HeadersCheck:
         for name, rule in rules.values.items():
             v = headers.get(name)
             if v is None:
+                continue
+            if rule.deny and rule.denied(v):
+                yield DENYLISTED, f"{name} {v[:40]!r} is a constant hard-coded in a known library"
                 continue
             key = (pname, name, v)
             ok = cache.get(key)
@@ -139,7 +149,38 @@ class HeadersCheck:
                 yield INCONSISTENT, f"{r.a} is {a[:40]!r} but {r.b} is {b[:40]!r}"
             elif r.rule == "locale" and a.replace("-", "_") != b:
                 yield INCONSISTENT, f"{r.a} {a[:20]!r} does not match {r.b} {b[:20]!r}"
-            elif r.rule == "checksum":
-                expected = hashlib.new(r.algorithm or "sha256", b.encode()).hexdigest()[: r.length or None]
-                if a != expected:
-                    yield CHECKSUM_MISMATCH, f"{r.a} {a[:16]!r} is not the {r.algorithm} checksum of {r.b}"
+            elif r.rule == "checksum" and a != r.expected(b):
+                yield CHECKSUM_MISMATCH, f"{r.a} {a[:16]!r} is not the {r.algorithm} checksum of {r.b}"
+        if rules.rules:
+            yield from self._conditional(rules, request, ctx)
+        for c in rules.clock:
+            v = headers.get(c.header)
+            if v is None:
+                continue
+            try:
+                t = float(v) / (1000.0 if c.unit == "ms" else 1.0)
+            except ValueError:
+                t = float("nan")
+            if not math.isfinite(t):
+                yield CLOCK_SKEW, f"{c.header} {v[:24]!r} is not a time in {c.unit}"
+            elif abs(t - request.ts) > c.max_skew_s:
+                yield CLOCK_SKEW, (f"{c.header} is {abs(t - request.ts):.0f} s from the request time "
+                                   f"(allowed {c.max_skew_s:.0f} s)")
+
+    @staticmethod
+    def _conditional(rules: HeaderRules, request: ClientRequest, ctx: RequestContext) -> Iterable[tuple[str, str]]:
+        """`headers.rules`: names required or forbidden where a condition holds."""
+        headers = ctx.headers
+        profile = ctx.profile
+        endpoint = profile.endpoint_class(request.path)
+        authenticated = "account" in ctx.derived.entities
+        for r in rules.rules:
+            if not r.when.holds(endpoint, request.method, authenticated):
+                continue
+            missing = sorted(n for n in r.required if n not in headers)
+            if missing:
+                yield MISSING_REQUIRED, (f"missing {_shorten(missing)}, which the official client sends "
+                                         f"{r.when.describe()}")
+            present = sorted(n for n in r.forbidden if n in headers)
+            if present:
+                yield FORBIDDEN, f"sends {_shorten(present)}, which the official client never sends {r.when.describe()}"

@@ -316,6 +316,7 @@ class _IdSource(Section):
 class _ValueRule(Section):
     one_of: Any = None
     pattern: str | None = None
+    deny: list[Any] | None = None  # constants hard-coded in known libraries
 
 
 class _Consistency(Section):
@@ -324,6 +325,42 @@ class _Consistency(Section):
     b: str
     algorithm: str | None = None
     length: int | None = None
+    prefix: str | None = None
+
+
+class _When(Section):
+    classes: list[Any] | None = None  # endpoint classes ("none": a path in no class)
+    methods: list[Any] | None = None
+    authenticated: bool | None = None
+
+
+class _Presence(Section):
+    when: _When | None = None
+    required: list[Any] | None = None
+    forbidden: list[Any] | None = None
+
+
+class _BodyPresence(_Presence):
+    encodings: list[Any] | None = None
+
+
+class _Clock(Section):
+    header: str
+    unit: str | None = None
+    max_skew_s: float
+
+
+class _BodySignature(Section):
+    marker: str | None = None
+    hmac: bool | None = None
+
+
+class _Body(Section):
+    encodings: list[Any] | None = None
+    envelope: str | None = None
+    signature: _BodySignature | None = None
+    fields: dict[str, _ValueRule] | None = None
+    rules: list[_BodyPresence] | None = None
 
 
 class _Headers(Section):
@@ -334,6 +371,8 @@ class _Headers(Section):
     name_case: str | None = None
     values: dict[str, _ValueRule] | None = None
     consistency: list[_Consistency] | None = None
+    rules: list[_Presence] | None = None
+    clock: list[_Clock] | None = None
 
 
 class _Ja4(Section):
@@ -387,6 +426,7 @@ class ProfileFile(Section):
     attestation: _Attestation | None = None
     network: _Network | None = None
     endpoints: dict[str, Any] | None = None
+    body: _Body | None = None
     scope: _Scope | None = None
 
 
@@ -411,6 +451,7 @@ class EdgeFile(Section):
     tls: _EdgeTls
     h2_fingerprint: bool
     body: bool  # body_sha256 and body_size (what a signed body needs)
+    body_text: bool = False  # the body itself, as the contract's `body` object (what body rules need)
     enrichment: list[Literal["asn", "hosting", "country", "attestation"]]
     allowed_lateness_s: float = Field(ge=0)
     notes: str | None = None

@@ -15,7 +15,9 @@ from detector.decode.contract import (
     _NESTED,
     _NESTED_KEYS,
     _OBJECT_FIELDS,
+    BODY_ENCODINGS,
     MAX_ASN,
+    MAX_BODY_CHARS,
     MAX_CLIENT_HELLO_CHARS,
     MAX_EDGE_CHARS,
     MAX_EXTRA_BYTES,
@@ -61,7 +63,7 @@ _MAX_HEADER_NAME = 256
 _WIRE_FIELDS = (
     "request_id", "ts", "client_ip", "method", "path", "headers", "query", "http_version",
     "body_sha256", "body_size", "params", "tls", "h2", "network", "attestation",
-    "account_id", "device_id", "session_id", "response_status", "label", "edge",
+    "account_id", "device_id", "session_id", "response_status", "label", "edge", "body",
 )
 
 
@@ -85,6 +87,8 @@ def _nested_wire_type(name: str, limits: DecodeLimits, *, lenient: bool) -> type
         "hello": Annotated[str, meta(max_length=MAX_CLIENT_HELLO_CHARS)],
         "hex32": Annotated[str, meta(min_length=32, max_length=32, pattern=r"\A[0-9a-fA-F]{32}\Z")],
         "country": Literal[_COUNTRY_CODES],  # a hash lookup in C (a pattern would call re for each request)
+        "body_text": Annotated[str, meta(max_length=MAX_BODY_CHARS)],
+        "body_encoding": Literal[BODY_ENCODINGS],
         "bool": bool,
         "asn": Annotated[int, meta(ge=0, le=MAX_ASN)],
         "number": Annotated[float, meta(ge=-1e308, le=1e308)],  # finite; also takes ints, never booleans
@@ -180,7 +184,7 @@ def _build_fast_path(limits: DecodeLimits) -> Callable[[Any], ClientRequest | No
         return make(w.request_id, ts, w.client_ip, w.method, path, w.headers, w.query, w.http_version,
                     w.body_sha256, w.body_size, w.params, get("tls"), get("h2"), get("network"),
                     get("attestation"), w.account_id, w.device_id, w.session_id, w.response_status,
-                    get("label"), w.edge, extra)
+                    get("label"), w.edge, get("body"), extra)
 
     def fast(obj: Any) -> ClientRequest | None:
         """The ClientRequest for `obj` (an `orjson.loads` value), or None: let the

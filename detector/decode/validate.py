@@ -21,8 +21,10 @@ from detector.decode.contract import (
     _NESTED,
     _NESTED_KEYS,
     _OBJECT_FIELDS,
+    BODY_ENCODINGS,
     HTTP_VERSIONS,
     MAX_ASN,
+    MAX_BODY_CHARS,
     MAX_CLIENT_HELLO_CHARS,
     MAX_EDGE_CHARS,
     MAX_EXTRA_BYTES,
@@ -169,6 +171,13 @@ def _nested_value(where: str, kind: _Kind, v: Any, limits: DecodeLimits) -> None
             raise InvalidRequest(
                 f"field {where!r} must be an ISO 3166-1 alpha-2 code (two capital letters), got {v[:8]!r}",
                 "invalid_value")
+    elif kind == "body_text":
+        _nested_string(where, v, MAX_BODY_CHARS)
+    elif kind == "body_encoding":
+        _nested_string(where, v, 16, "invalid_value")
+        if v not in BODY_ENCODINGS:
+            raise InvalidRequest(f"field {where!r} must be one of {', '.join(BODY_ENCODINGS)}, got {v[:16]!r}",
+                                 "invalid_value")
     elif kind == "bool":
         if not isinstance(v, bool):
             raise InvalidRequest(f"field {where!r} must be a boolean, got {_type(v)}", "invalid_type")
@@ -337,6 +346,7 @@ def request_from_obj(obj: Any, limits: DecodeLimits = DecodeLimits()) -> ClientR
         session_id=ids["session_id"],
         response_status=response_status,
         edge=edge,
+        body=objects["body"],
         extra=extra,
     )
 

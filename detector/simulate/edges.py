@@ -108,6 +108,8 @@ def through_edge(request: Mapping[str, Any], edge: EdgeProfile, profile: ClientP
     if not edge.body:
         for k in ("body_sha256", "body_size", "params"):
             out.pop(k, None)
+    if not edge.body_text:
+        out.pop("body", None)
     if "attestation" not in edge.enrichment:
         out.pop("attestation", None)
     net = request.get("network")

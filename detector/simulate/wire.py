@@ -4,10 +4,12 @@ headers, and signed requests assembled in wire order (the profile's signing sche
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import uuid
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlencode
 
 from detector.profile import ClientProfile
 from detector.signing import canonical_string, mac, signature_value
@@ -31,6 +33,53 @@ BADGE_PATH = "/api/v1/notifications/badge"
 BROWSE_PATHS = ("/api/v1/feed/timeline", "/api/v1/media/{id}/info", "/api/v1/users/{id}/info", "/api/v1/explore")
 ACTION_PATHS = ("/api/v1/media/{id}/like", "/api/v1/friendships/{id}/follow", "/api/v1/media/{id}/comment")
 _FORM = "application/x-www-form-urlencoded; charset=UTF-8"
+
+
+# The app's request bodies (config/profiles/example-android.yaml `body:`): a form whose
+# one field is the envelope signed_body=SIGNATURE.<JSON>, URL-encoded. The app stopped
+# signing bodies (the header HMAC covers the body's SHA-256), so the envelope carries
+# the literal marker; its JSON holds the install's UUID, the device id, the account
+# (when logged in), the radio type and what the call is about.
+BODY_MARKER = "SIGNATURE"
+_RADIO = {"WIFI": "wifi-none", "MOBILE.LTE": "mobile-lte", "MOBILE.NR": "mobile-nr", "MOBILE.HSPA": "mobile-hspa",
+          "MOBILE.UMTS": "mobile-umts", "MOBILE.EDGE": "mobile-edge"}
+_COMMENTS = ("nice", "love this", "so good", "wow", "great shot", "haha", "where is this?", "amazing colours")
+
+
+def install_uuid(device_id: str) -> str:
+    """The UUID the app generated at install (stable per device id)."""
+    return str(uuid.UUID(bytes=hashlib.md5(device_id.encode()).digest(), version=4))
+
+
+def signed_body(fields: dict[str, str], signature: str = BODY_MARKER) -> str:
+    """The form body `signed_body=<signature>.<json>` (the JSON compact, URL-encoded)."""
+    return urlencode({"signed_body": signature + "." + json.dumps(fields, separators=(",", ":"))})
+
+
+def app_body_fields(path: str, *, device_id: str, account: str | None, conn: str | None,
+                    session_id: str | None = None) -> dict[str, str]:
+    """The JSON fields of the app's body for a POST to `path`."""
+    fields: dict[str, str] = {"_uuid": install_uuid(device_id), "device_id": device_id}
+    if account is not None:
+        fields["_uid"] = account
+    fields["radio_type"] = _RADIO.get(conn or "", "wifi-none")
+    parts = path.strip("/").split("/")
+    if path.endswith("/launcher/sync"):
+        fields["id"] = session_id or fields["_uuid"]
+        fields["server_config_retrieval"] = "1"
+    elif len(parts) >= 4 and parts[2] == "media":
+        fields["media_id"] = parts[3]
+        if parts[-1] == "comment":
+            fields["comment_text"] = _COMMENTS[int(hashlib.md5(path.encode()).hexdigest()[:4], 16) % len(_COMMENTS)]
+    elif len(parts) >= 4 and parts[2] == "friendships":
+        fields["user_id"] = parts[3]
+    return fields
+
+
+def app_body(path: str, *, device_id: str, account: str | None, conn: str | None,
+             session_id: str | None = None) -> str:
+    """The app's body for a POST to `path` (deterministic: it draws no randomness)."""
+    return signed_body(app_body_fields(path, device_id=device_id, account=account, conn=conn, session_id=session_id))
 
 
 def _hex(rng: random.Random, n: int) -> str:
@@ -76,6 +125,7 @@ class _Builder:
         key_id: str | None,
         query: str | None = None,
         body_size: int | None = None,
+        body: str | None = None,
         title_case: bool = False,
         http_version: str = "2",
         tls: dict[str, Any] | None = None,
@@ -92,7 +142,12 @@ class _Builder:
         writes it, Title-Cased, before any other)."""
         self.n += 1
         rid = f"{self.scenario}-{self.n:08d}-{_hex(self.rng, 8)}"
-        body = hashlib.sha256(self.rng.randbytes(16)).hexdigest() if body_size is not None else None
+        text = body
+        if text is not None:  # the body itself: its hash and size are its own (the caller sized it)
+            body = hashlib.sha256(text.encode()).hexdigest()
+            body_size = len(text.encode())
+        else:
+            body = hashlib.sha256(self.rng.randbytes(16)).hexdigest() if body_size is not None else None
         scheme = self.profile.signing
         signed: list[tuple[str, str]] = []
         for name, value in headers:
@@ -120,6 +175,8 @@ class _Builder:
         if body is not None:
             out["body_sha256"] = body
             out["body_size"] = body_size
+        if text is not None:
+            out["body"] = {"text": text, "encoding": "text", "truncated": False}
         if tls:
             out["tls"] = tls
         if http_version in ("2", "3"):
@@ -143,8 +200,8 @@ def app_token(profile: ClientProfile) -> str:
 def device_checksum(profile: ClientProfile, device_id: str) -> str:
     """The checksum header's value, computed as the profile's checksum rule says."""
     for r in profile.headers.consistency if profile.headers else ():
-        if r.rule == "checksum":
-            return hashlib.new(r.algorithm or "sha256", device_id.encode()).hexdigest()[: r.length or None]
+        if r.rule == "checksum" and r.b.endswith("device-id"):
+            return r.expected(device_id)
     return hashlib.sha256(device_id.encode()).hexdigest()[:8]
 
 

@@ -18,6 +18,7 @@ from detector.simulate.wire import (
     OKHTTP_JA4,
     TLS_SNI,
     _Builder,
+    app_body,
     device_checksum,
 )
 
@@ -109,14 +110,17 @@ def genuine(profile: ClientProfile, count: int, seed: int, start_ts: float = DEF
             values[acct_h] = s.account
         if s.step > 0:  # the first call of a session leaves before any bandwidth sample
             values["x-es-bandwidth-kbps"] = str(int(s.bandwidth))
+        text = None
         if body_size is not None:
+            text = app_body(path, device_id=u.device_id, account=s.account, conn=s.conn, session_id=s.sid)
+            body_size = len(text.encode())
             values["content-type"] = _FORM
             values["content-length"] = str(body_size)
         headers = [(n, values[n]) for n in order if n in values]
         strong = ["MEETS_STRONG_INTEGRITY"] if u.strong_integrity and d.sdk_int >= 31 else []
         yield b.request(
             ts, ip=s.ip, method=method, path=path, query=query, headers=headers, key_id=s.release.key_id,
-            body_size=body_size, http_version=http_version,
+            body_size=body_size, body=text, http_version=http_version,
             tls={"ja4": ja4_for(s.release.version.version), "alpn": alpn, "version": "1.3", "sni": TLS_SNI},
             h2=h2_fps[i % len(h2_fps)], network=s.network,
             attestation={"provider": provider, "app_recognition": app_verdict,

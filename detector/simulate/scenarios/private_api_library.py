@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -20,12 +21,38 @@ from detector.simulate.wire import (
     _Builder,
     _fill,
     _hex,
+    app_body_fields,
     device_checksum,
+    signed_body,
 )
+from detector.signing import mac
 
 # The hard-coded default device of a popular private-API library: every install
 # of the library sends this same tuple (detections.md, adversary 1).
 LIBRARY_DEFAULT_DEVICE = DeviceSpec("OnePlus", "ONEPLUS A3010", "OnePlus3T", "qcom", 420, 1080, 1920, 26, "8.0.0")
+# The simulated library's hard-coded install UUID (its settings' default, kept by users
+# who never regenerate it); the example profile denylists it (body.fields._uuid.deny).
+LIBRARY_DEFAULT_UUID = "2c9f6e4a-8a7e-4d2b-9b1e-6f0c3d5a7e10"
+
+
+def library_body(profile: ClientProfile, path: str, *, device_id: str, account: str, conn: str | None,
+                 evasion: int) -> str:
+    """The library's POST body: the app's envelope and fields as the library's author
+    knew them. 0: an HMAC-SHA256 of the JSON in the envelope with the old build's body
+    key and the `sig_key_version` field beside it (what the app sent before it stopped
+    signing bodies), the hard-coded install UUID; 1: the SIGNATURE marker, the
+    hard-coded UUID still; 2: the marker and an install UUID per device, but not the
+    `radio_type` field the app added after the library was written."""
+    fields = app_body_fields(path, device_id=device_id, account=account, conn=conn)
+    if evasion < 2:
+        fields["_uuid"] = LIBRARY_DEFAULT_UUID
+    else:
+        fields.pop("radio_type", None)
+    if evasion > 0:
+        return signed_body(fields)
+    text = json.dumps(fields, separators=(",", ":"))
+    key = next(iter(profile.signing.keys.values())).secret if profile.signing else b"library"
+    return signed_body(fields, mac(key, text.encode())) + "&sig_key_version=4"
 
 
 def private_api_library(profile: ClientProfile, count: int, seed: int, start_ts: float = DEFAULT_START_TS,
@@ -72,6 +99,10 @@ def private_api_library(profile: ClientProfile, count: int, seed: int, start_ts:
         method = "POST" if post else "GET"
         path = _fill(rng.choice(ACTION_PATHS if post else BROWSE_PATHS), rng)
         body_size = rng.randint(40, 400) if post else None
+        text = None
+        if body_size is not None:
+            text = library_body(profile, path, device_id=device_id, account=acct, conn=None, evasion=evasion)
+            body_size = len(text.encode())
         h: list[tuple[str, str | None]] = []
         if evasion < 2:  # requests.Session's default headers come first
             h += [("accept-encoding", "gzip, deflate"), ("accept", "*/*"), ("connection", "keep-alive")]
@@ -87,7 +118,7 @@ def private_api_library(profile: ClientProfile, count: int, seed: int, start_ts:
         h.append(("user-agent", ua))
         req = b.request(
             ts, ip=f"{3 + asn % 50}.{asn % 250}.{i // 200 % 250}.{10 + i % 200}", method=method, path=path,
-            headers=h, key_id=key_id, body_size=body_size, title_case=evasion < 2, http_version="1.1",
+            headers=h, key_id=key_id, body_size=body_size, body=text, title_case=evasion < 2, http_version="1.1",
             tls={"ja4": PYTHON_REQUESTS_JA4, "alpn": "http/1.1", "version": "1.3", "sni": TLS_SNI},
             network={"asn": asn, "as_org": org, "country": "US", "hosting": True},
         )
