@@ -230,11 +230,22 @@ class HeaderRules:
         return frozenset(self.order)
 
 
+Ja4Variant = Literal["full", "resumed", "quic"]
+JA4_VARIANTS: tuple[Ja4Variant, ...] = ("full", "resumed", "quic")
+
+
 @dataclass(frozen=True, slots=True)
 class Ja4Rule:
+    """One allowed JA4 of the app's stack. `variant`: the handshake it is: `full`, a
+    `resumed` one (a TLS 1.3 PSK resumption or early data adds extensions, so the
+    app's own stack has another JA4 there: listing it accepts the app's resumed hello
+    and no other), or `quic` (HTTP/3: a JA4 starting with q, allowed only where
+    transport.http_versions has 3)."""
+
     value: str
     min_version: tuple[int, ...] | None = None
     max_version: tuple[int, ...] | None = None
+    variant: Ja4Variant = "full"
 
     def covers(self, version: str | None) -> bool:
         if version is None:
@@ -641,7 +652,16 @@ def _tls_policy(doc: YamlDocument, data: dict[str, Any]) -> TlsPolicy | None:
         if not re.fullmatch(r"[tqd]\d\d[di]\d{4}[0-9a-z]{2}_[0-9a-f]{12}_[0-9a-f]{12}", value):
             raise doc.error(k + ["value"], f"is not a JA4 fingerprint: {value!r}")
         lo, hi = r.get("min_version"), r.get("max_version")
-        rules.append(Ja4Rule(value, version_key(str(lo)) if lo else None, version_key(str(hi)) if hi else None))
+        variant = require(doc, r, k + ["variant"], str, optional=True, default="quic" if value[0] == "q" else "full")
+        if variant not in JA4_VARIANTS:
+            raise doc.error(k + ["variant"], f"must be one of {', '.join(JA4_VARIANTS)}, got {variant!r}")
+        if (variant == "quic") != (value[0] == "q"):
+            raise doc.error(k + ["variant"], "a QUIC JA4 starts with q, and only a quic variant does")
+        tr = data.get("transport")
+        if variant == "quic" and isinstance(tr, dict) and "3" not in [str(v) for v in tr.get("http_versions") or []]:
+            raise doc.error(k + ["value"], "a QUIC (q) JA4 needs transport.http_versions to allow 3")
+        rules.append(Ja4Rule(value, version_key(str(lo)) if lo else None, version_key(str(hi)) if hi else None,
+                             variant))
     return TlsPolicy(bool(t.get("required", False)), tuple(rules), t.get("alpn_first"))
 
 

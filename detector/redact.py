@@ -11,15 +11,22 @@ parameters `password`, `access_token`, `refresh_token`, `client_secret`). It:
   (`["Authorization","..."]`, `"cookie": "..."`) and HTTP header lines
   (`Authorization: ...`), a value cut off by truncation included;
 - scrubs them from signal details (`scrub_detail`), which quote header values (an
-  invalid value, two fields that disagree), whole or as a prefix.
+  invalid value, two fields that disagree), whole or as a prefix;
+- replaces the `params` names' values in a request body (`redact_body_text`, the
+  contract's `body.text`): form fields, JSON keys at any depth, the JSON inside a
+  `signed_body=<sig>.<json>` envelope, and by pattern in a body cut off or not parsed.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode
 
 MARK = "[redacted]"
 DEFAULT_HEADERS = frozenset({
@@ -60,6 +67,12 @@ class Redactor:
             re.compile(rb'(?i)("(?:' + alt + rb')"\s*[,:]\s*)' + value),
             # Authorization: Bearer ... (an HTTP header line, raw or inside a JSON string)
             re.compile(rb'(?im)(^|\\n|\\r|[\r\n"])((?:' + alt + rb')[ \t]*:[ \t]*)[^\r\n\\"]*'),
+            # a form body's field, password=... (raw or inside the JSON string body.text)
+            re.compile(rb'(?i)(^|[&?"])((?:' + alt + rb')=)[^&"\\\s]*'),
+            # a URL-encoded JSON field, %22password%22%3A%22...%22 (a signed_body envelope)
+            re.compile(rb'(?i)(%22)((?:' + alt + rb')%22(?:%3A|:)(?:%20|\+)*%22)(?:(?!%22)[^&"\\\s])*'),
+            # an escaped JSON field inside a JSON string, \"password\":\"...\"
+            re.compile(rb'(?i)(\\")((?:' + alt + rb')\\"\s*:\s*\\")(?:[^"\\]|\\[^"])*'),
         ))
 
     @classmethod
@@ -120,7 +133,90 @@ class Redactor:
             red = {k: (MARK if isinstance(k, str) and k.lower() in self.params else v) for k, v in ps.items()}
             changed |= red != ps
             new["params"] = red
+        body = obj.get("body")
+        if isinstance(body, dict) and isinstance(body.get("text"), str) and self.params:
+            text = self.redact_body_text(body["text"], base64_text=body.get("encoding") == "base64")
+            if text != body["text"]:
+                new["body"] = {**body, "text": text}
+                changed = True
         return (new, True) if changed else (obj, False)
+
+    def redact_body_text(self, text: str, *, base64_text: bool = False) -> str:
+        """A request body (the contract's `body.text`) with the values of the `params`
+        names replaced: form fields, JSON keys at any depth, and the JSON inside a
+        `signed_body=<sig>.<json>` envelope; a body that does not parse (cut off) is
+        scrubbed by pattern. `base64_text`: `text` is base64 of the body's bytes."""
+        if base64_text:
+            try:
+                raw = base64.b64decode(text, validate=True)
+            except (binascii.Error, ValueError):
+                return text
+            return base64.b64encode(self._redact_body_bytes(raw)).decode("ascii")
+        return self._redact_body_bytes(text.encode("utf-8", errors="surrogatepass")).decode(
+            "utf-8", errors="surrogatepass")
+
+    def _redact_body_bytes(self, raw: bytes) -> bytes:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return self.scrub_bytes(raw)[0]
+        stripped = text.lstrip()
+        if stripped.startswith(("{", "[")):
+            try:
+                obj = json.loads(stripped)
+            except (ValueError, RecursionError):
+                return self.scrub_bytes(raw)[0]
+            red, changed = self._redact_tree(obj)
+            return json.dumps(red, separators=(",", ":"), ensure_ascii=False).encode() if changed else raw
+        if "=" not in text:
+            return raw
+        pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=None)
+        out = []
+        changed = False
+        for k, v in pairs:
+            if k.lower() in self.params:
+                out.append((k, MARK))
+                changed = True
+                continue
+            sig, dot, rest = v.partition(".")
+            inner = rest if dot and rest.startswith("{") else v if v.startswith("{") else None
+            if inner is not None:
+                try:
+                    tree = json.loads(inner)
+                except (ValueError, RecursionError):
+                    scrubbed = self.scrub_bytes(inner.encode())[0].decode("utf-8", errors="replace")
+                    red_text, c = scrubbed, scrubbed != inner
+                else:
+                    red_tree, c = self._redact_tree(tree)
+                    red_text = json.dumps(red_tree, separators=(",", ":"), ensure_ascii=False) if c else inner
+                if c:
+                    v = (sig + "." + red_text) if inner is rest else red_text
+                    changed = True
+            out.append((k, v))
+        if not changed:
+            return self.scrub_bytes(raw)[0]  # a cut-off value parse_qsl could not split
+        return urlencode(out).encode()
+
+    def _redact_tree(self, obj: Any, depth: int = 0) -> tuple[Any, bool]:
+        """A parsed JSON value with the `params` names' values replaced at any depth."""
+        if depth > 32:
+            return obj, False
+        if isinstance(obj, dict):
+            changed = False
+            out = {}
+            for k, v in obj.items():
+                if isinstance(k, str) and k.lower() in self.params:
+                    out[k] = MARK
+                    changed |= v != MARK
+                else:
+                    out[k], c = self._redact_tree(v, depth + 1)
+                    changed |= c
+            return (out, True) if changed else (obj, False)
+        if isinstance(obj, list):
+            items = [self._redact_tree(v, depth + 1) for v in obj]
+            if any(c for _, c in items):
+                return [v for v, _ in items], True
+        return obj, False
 
     def redact_pairs(self, headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
         """Header pairs with credential values replaced (for logs)."""
@@ -134,6 +230,8 @@ class Redactor:
         for i, pattern in enumerate(self._text_patterns):
             if i == 0:
                 out = pattern.sub(lambda m: m.group(1) + b'"' + MARK.encode() + b'"', out)
+            elif i == 3:  # the URL-encoded JSON field: the mark inside %22...%22
+                out = pattern.sub(lambda m: m.group(1) + m.group(2) + quote(MARK).encode(), out)
             else:
                 out = pattern.sub(lambda m: m.group(1) + m.group(2) + MARK.encode(), out)
         return out, out != raw

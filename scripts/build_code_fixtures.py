@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import math
 import random
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import orjson
 
@@ -36,6 +38,7 @@ from detector.decode import decode_line  # noqa: E402
 from detector.engine import DEFAULT_CONFIG, DetectionConfig  # noqa: E402
 from detector.profile import ClientProfile  # noqa: E402
 from detector.simulate import device_checksum, genuine, resign  # noqa: E402
+from detector.simulate.wire import app_body, signed_body  # noqa: E402
 
 OUT = ROOT / "tests" / "fixtures" / "codes"
 SEED = 12
@@ -45,6 +48,16 @@ Request = dict[str, Any]
 
 
 # --- running a fixture (what tests/unit/test_code_fixtures.py does) ------------------
+
+def _profile_value(section: str, key: str, value: Any) -> Any:
+    """A profile change's JSON value as the profile holds it (headers.clock: a list of
+    {header, unit, max_skew_s})."""
+    from detector.profile import ClockHeader
+
+    if section == "headers" and key == "clock":
+        return tuple(ClockHeader(c["header"], c.get("unit", "s"), float(c["max_skew_s"])) for c in value)
+    return value
+
 def with_profile_changes(cfg: DetectionConfig, changes: dict[str, Any]) -> DetectionConfig:
     """`cfg` with fields of the default profile's sections replaced, e.g.
     {"tls": {"required": True}}: for a code the shipped profile never raises."""
@@ -52,7 +65,8 @@ def with_profile_changes(cfg: DetectionConfig, changes: dict[str, Any]) -> Detec
         return cfg
     p = cfg.profiles[cfg.default_profile]
     for section, values in changes.items():
-        p = dataclasses.replace(p, **{section: dataclasses.replace(getattr(p, section), **values)})
+        p = dataclasses.replace(p, **{section: dataclasses.replace(
+            getattr(p, section), **{k: _profile_value(section, k, v) for k, v in values.items()})})
     return dataclasses.replace(cfg, profiles={**cfg.profiles, cfg.default_profile: p})
 
 
@@ -143,18 +157,23 @@ class Kit:
 
     def browse(self, e: Request, rng: random.Random) -> Request:
         out = self.set_headers(e, content_type=None, content_length=None)
-        for k in ("body_sha256", "body_size"):
+        for k in ("body_sha256", "body_size", "body"):
             out.pop(k, None)
         out.update(method="GET", path="/api/v1/feed/timeline", query=f"max_id={rng.randint(10**17, 10**18)}&page=1")
         return out
 
     def action(self, e: Request, rng: random.Random) -> Request:
-        size = rng.randint(50, 110)
+        rng.randint(50, 110)  # drawn as before the body was the app's, so the fixtures stay as they were
+        path = f"/api/v1/media/{rng.randint(10**17, 10**18)}/like"
+        rng.randbytes(32)
+        text = app_body(path, device_id=self.header(e, "x-es-device-id") or "",
+                        account=self.header(e, "x-es-user-id"), conn=self.header(e, "x-es-connection-type"))
+        size = len(text.encode())
         out = self.set_headers(e, content_type="application/x-www-form-urlencoded; charset=UTF-8",
                                content_length=str(size))
         out.pop("query", None)
-        out.update(method="POST", path=f"/api/v1/media/{rng.randint(10**17, 10**18)}/like", body_size=size,
-                   body_sha256=rng.randbytes(32).hex())
+        out.update(method="POST", path=path, body_size=size, body_sha256=hashlib.sha256(text.encode()).hexdigest(),
+                   body={"text": text, "encoding": "text", "truncated": False})
         return out
 
     def templates(self) -> Iterator[Request]:
@@ -195,6 +214,50 @@ def _sig(k: Kit, e: Request) -> str:
 def _other_code(k: Kit, e: Request) -> str:
     v = k.ua_field(e, "version")
     return str(next(c for ver in k.profile.versions.values() if ver.version != v for c in sorted(ver.codes)))
+
+
+# --- body codes: one change of a genuine request's body (POSTs carry the app's body) ---
+LIBRARY_UUID = "2c9f6e4a-8a7e-4d2b-9b1e-6f0c3d5a7e10"  # the example profile's body.fields._uuid.deny
+
+
+def _envelope(e: Request) -> dict[str, str] | None:
+    """The JSON fields of a genuine POST's signed_body envelope (None: no body)."""
+    text = (e.get("body") or {}).get("text")
+    if not isinstance(text, str) or not text.startswith("signed_body="):
+        return None
+    value = dict(parse_qsl(text))["signed_body"]
+    fields: dict[str, str] = orjson.loads(value.partition(".")[2])
+    return fields
+
+
+def with_body(k: Kit, e: Request, text: str, **headers: str | None) -> Request:
+    """`e` with the body `text` (its size, hash and Content-Length), re-signed."""
+    out = k.set_headers(e, content_length=str(len(text.encode())), **headers)
+    out.update(body={"text": text, "encoding": "text", "truncated": False}, body_size=len(text.encode()),
+               body_sha256=hashlib.sha256(text.encode()).hexdigest())
+    return k.signed(out)
+
+
+def body_change(change: Callable[[dict[str, str]], str | dict[str, str]], **headers: str | None) -> Change:
+    """A change of the envelope's fields (a dict: the app's envelope around it; a
+    string: the whole body), on a genuine POST only (others are left as they are)."""
+    def mutate(k: Kit, e: Request) -> Request:
+        fields = _envelope(e)
+        if fields is None:
+            return e
+        made = change(dict(fields))
+        text = made if isinstance(made, str) else signed_body(made)
+        return with_body(k, e, text, **headers)
+    return mutate
+
+
+def _cut_json(fields: dict[str, str]) -> str:
+    return orjson.dumps(fields).decode()[:-9]
+
+
+def _drop(fields: dict[str, str], name: str) -> dict[str, str]:
+    fields.pop(name, None)
+    return fields
 
 
 UNKNOWN_JA4 = "t13d0000h2_000000000000_000000000000"
@@ -309,6 +372,29 @@ STATELESS: dict[str, tuple[str, Change]] = {
                                     lambda k, e: k.set_headers(e, x_es_session_id="session-0001")),
     "identity.time_based_uuid": ("a version-1 UUID as session id (RFC 4122's example)",
                                  lambda k, e: k.set_headers(e, x_es_session_id="6ba7b810-9dad-11d1-80b4-00c04fd430c8")),
+    "headers.denylisted_value": ("the simulated library's hard-coded device id (with its checksum, re-signed)",
+                                 lambda k, e: k.signed(k.set_headers(e, **k.device(e, "android-4f6e3a2b1c0d9e8f")))),
+    "headers.clock_skew": ("a client clock 120 s behind (re-signed: within the signature's 300 s), with a "
+                           "headers.clock rule of 60 s on x-es-timestamp",
+                           lambda k, e: k.signed(k.set_headers(e, x_es_timestamp=str(
+                               int(float(k.header(e, "x-es-timestamp") or 0)) - 120)))),
+    "body.missing_required": ("a POST's envelope without radio_type", body_change(lambda f: _drop(f, "radio_type"))),
+    "body.forbidden": ("sig_key_version=4 beside the envelope (the old body HMAC's field)",
+                       body_change(lambda f: signed_body(f) + "&sig_key_version=4")),
+    "body.value_invalid": ("radio_type 'wifi' (the app writes wifi-none)",
+                           body_change(lambda f: {**f, "radio_type": "wifi"})),
+    "body.denylisted_value": ("the simulated library's hard-coded _uuid",
+                              body_change(lambda f: {**f, "_uuid": LIBRARY_UUID})),
+    "body.unexpected_encoding": ("the envelope's fields as a plain form (no signed_body)",
+                                 body_change(lambda f: urlencode(f))),
+    "body.content_type_mismatch": ("the app's body under Content-Type: application/json",
+                                   body_change(lambda f: f, content_type="application/json; charset=UTF-8")),
+    "body.unparseable": ("an envelope whose JSON is cut off",
+                         body_change(lambda f: urlencode({"signed_body": "SIGNATURE." + _cut_json(f)}))),
+    "body.signature_stale": ("an HMAC-SHA256 of the JSON in the envelope instead of the SIGNATURE marker",
+                             body_change(lambda f: signed_body(f, hashlib.sha256(orjson.dumps(f)).hexdigest()))),
+    "body.signature_invalid": ("the envelope signed 'SIGNED' (neither the marker nor an HMAC)",
+                               body_change(lambda f: signed_body(f, "SIGNED"))),
     "network.hosting": ("a hosting network (DigitalOcean) in the user's own country",
                         lambda k, e: {**e, "network": {**e["network"], "asn": 14061, "as_org": "DigitalOcean",
                                                        "hosting": True}}),
@@ -316,7 +402,10 @@ STATELESS: dict[str, tuple[str, Change]] = {
                                         lambda k, e: {**e, "network": {**e["network"], "country": "JP" if e[
                                             "network"]["country"] != "JP" else "BR"}}),
 }
-PROFILE_CHANGES: dict[str, dict[str, Any]] = {"tls.missing": {"tls": {"required": True}}}
+PROFILE_CHANGES: dict[str, dict[str, Any]] = {
+    "tls.missing": {"tls": {"required": True}},
+    "headers.clock_skew": {"headers": {"clock": [{"header": "x-es-timestamp", "unit": "s", "max_skew_s": 60}]}},
+}
 
 
 # --- behaviour codes: a sequence over event time --------------------------------------

@@ -16,6 +16,15 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures" / "codes"
 CODES = sorted(p.name[: -len(".jsonl")] for p in FIXTURES.glob("*.jsonl"))
 
 
+def _profile_value(section: str, key: str, value: Any) -> Any:
+    """A profile change's JSON value as the profile holds it (headers.clock: a list of
+    {header, unit, max_skew_s})."""
+    from detector.profile import ClockHeader
+
+    if section == "headers" and key == "clock":
+        return tuple(ClockHeader(c["header"], c.get("unit", "s"), float(c["max_skew_s"])) for c in value)
+    return value
+
 def expected(code: str) -> dict[str, Any]:
     """The fixture's expected file: must, must_not, reference_time, profile_changes,
     the golden verdict codes and raised flags."""
@@ -32,7 +41,8 @@ def config_for(detection: DetectionConfig, code: str) -> DetectionConfig:
         return detection
     p = detection.profiles[detection.default_profile]
     for section, values in changes.items():
-        p = dataclasses.replace(p, **{section: dataclasses.replace(getattr(p, section), **values)})
+        p = dataclasses.replace(p, **{section: dataclasses.replace(
+            getattr(p, section), **{k: _profile_value(section, k, v) for k, v in values.items()})})
     return dataclasses.replace(detection, profiles={**detection.profiles, detection.default_profile: p})
 
 

@@ -379,6 +379,7 @@ class _Ja4(Section):
     value: str
     min_version: Any = None
     max_version: Any = None
+    variant: str | None = None  # full, resumed or quic
 
 
 class _Tls(Section):

@@ -143,11 +143,12 @@ class _Builder:
         self.n += 1
         rid = f"{self.scenario}-{self.n:08d}-{_hex(self.rng, 8)}"
         text = body
-        if text is not None:  # the body itself: its hash and size are its own (the caller sized it)
+        # a stand-in body's hash; drawn also when the body is given, so that giving it
+        # leaves the rest of the traffic (ids, times) as it was
+        body = hashlib.sha256(self.rng.randbytes(16)).hexdigest() if body_size is not None else None
+        if text is not None:  # the body itself: its hash and size are its own
             body = hashlib.sha256(text.encode()).hexdigest()
             body_size = len(text.encode())
-        else:
-            body = hashlib.sha256(self.rng.randbytes(16)).hexdigest() if body_size is not None else None
         scheme = self.profile.signing
         signed: list[tuple[str, str]] = []
         for name, value in headers:

@@ -68,8 +68,11 @@ def test_check_is_deterministic_and_emits_only_declared_codes(name, checks, dete
             assert 0 < s.weight <= 1
             emitted.add(s.code)
     # the traffic reaches every declared code (the device family only with its catalogue),
-    # but tls.missing, which the shipped profile cannot raise (tls.required is false)
-    assert set(check.codes) - emitted <= {"tls.missing"}, f"{name} never raised {set(check.codes) - emitted}"
+    # but those the shipped profile cannot raise: tls.missing (tls.required is false) and
+    # headers.clock_skew (the example app signs, so it declares no clock header); their
+    # fixtures raise them with the profile change they need
+    unreachable = {"tls.missing", "headers.clock_skew"}
+    assert set(check.codes) - emitted <= unreachable, f"{name} never raised {set(check.codes) - emitted}"
 
 
 @pytest.mark.parametrize("name", NAMES)

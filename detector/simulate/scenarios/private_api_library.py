@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from detector.profile import ClientProfile, signing_key_for
+from detector.signing import mac
 from detector.simulate.handsets import DeviceSpec, ua_string
 from detector.simulate.kit import _check_evasion, _copy_request
 from detector.simulate.wire import (
@@ -25,7 +26,6 @@ from detector.simulate.wire import (
     device_checksum,
     signed_body,
 )
-from detector.signing import mac
 
 # The hard-coded default device of a popular private-API library: every install
 # of the library sends this same tuple (detections.md, adversary 1).
@@ -33,6 +33,9 @@ LIBRARY_DEFAULT_DEVICE = DeviceSpec("OnePlus", "ONEPLUS A3010", "OnePlus3T", "qc
 # The simulated library's hard-coded install UUID (its settings' default, kept by users
 # who never regenerate it); the example profile denylists it (body.fields._uuid.deny).
 LIBRARY_DEFAULT_UUID = "2c9f6e4a-8a7e-4d2b-9b1e-6f0c3d5a7e10"
+# and its hard-coded device id, which every account shares at evasion 0 (the example
+# profile denylists it: headers.values.x-es-device-id.deny)
+LIBRARY_DEFAULT_DEVICE_ID = "android-4f6e3a2b1c0d9e8f"
 
 
 def library_body(profile: ClientProfile, path: str, *, device_id: str, account: str, conn: str | None,
@@ -77,7 +80,8 @@ def private_api_library(profile: ClientProfile, count: int, seed: int, start_ts:
     version, code = old.version, min(old.codes)
     key_id = signing_key_for(profile, old)
     accounts = [str(rng.randint(10**9, 10**11)) for _ in range(max(5, count // 50))]
-    shared_device = f"android-{_hex(rng, 16)}"
+    _hex(rng, 16)  # drawn as before, so the rest of the traffic stays as it was
+    shared_device = LIBRARY_DEFAULT_DEVICE_ID
     # Libraries derive the id from the account name (md5 of a seed): one per account.
     per_account = {a: "android-" + hashlib.md5(f"{seed}:{a}".encode()).hexdigest()[:16] for a in accounts}
     delay = 2.0 if rate is None else 1.0 / rate
