@@ -63,6 +63,6 @@ def test_eval_cli_prints_the_edge_table_and_refuses_an_unknown_edge():
     assert "### Edge `haproxy`" in out and "| private_api_library | 0 | yes | 1.000 |" in out
     js = subprocess.run([*cmd, "--edge", "envoy", "--json"], capture_output=True, cwd=ROOT, timeout=120)
     doc = orjson.loads(js.stdout)
-    assert doc["edges"]["envoy"]["not_assessed"] == ["attestation", "behaviour", "headers", "network", "signature", "transport"]
+    assert doc["edges"]["envoy"]["not_assessed"] == ["attestation", "behaviour", "body", "headers", "network", "signature", "transport"]
     bad = subprocess.run([*cmd, "--edge", "squid"], capture_output=True, cwd=ROOT, timeout=120)
     assert bad.returncode == 2 and b"unknown edge profile squid" in bad.stderr

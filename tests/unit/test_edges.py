@@ -15,7 +15,7 @@ import pytest
 
 from detector.config import ConfigError, YamlDocument
 from detector.decode import decode_line, decode_message, request_from_obj
-from detector.edges import FULL, EdgePolicy, edge_from_file, load_edges
+from detector.edges import BODY_TEXT_CODES, FULL, EdgePolicy, edge_from_file, load_edges
 from detector.fingerprints.ja4 import haproxy_26_partial, is_partial, matches
 from detector.simulate import OKHTTP_JA4, PYTHON_REQUESTS_JA4, genuine, private_api_library
 from detector.simulate.edges import at_risk, survives, through_edge
@@ -51,7 +51,8 @@ def test_every_shipped_edge_loads_with_its_facts(detection):
     assert e["cloudfront"].ja4 == "none" and not e["cloudfront"].ja3 and not e["cloudfront"].has_tls
     # Fastly keeps every fact a proxy can see; the integrity verdict needs an enrichment step
     assert e["fastly"].client_hello and e["fastly"].h2_fingerprint
-    assert e["fastly"].lost_codes() == {"attestation.missing"}
+    # (and no shipped edge but full passes the body itself on: body_text, for the body rules)
+    assert e["fastly"].lost_codes() == {"attestation.missing"} | BODY_TEXT_CODES
     assert all("attestation.missing" in e[n].lost_codes() for n in SHIPPED - {"full"})
     assert not e["full"].lost_codes()
     assert e["cloudfront"].allowed_lateness_s >= 300 and e["cloudflare"].allowed_lateness_s >= 300
@@ -136,9 +137,9 @@ def test_a_lost_fact_silences_its_checks_and_the_verdict_says_so(detection, base
     assert b"not_assessed" not in full.to_json()  # the default edge: every family assessed, the field absent
     haproxy = detection.pipeline(edges=EdgePolicy(detection.edges, "haproxy")).score_one(title)
     assert "headers.name_case" not in [s.code for s in haproxy.signals]
-    assert haproxy.not_assessed == ("attestation", "behaviour", "headers", "network", "transport")
-    assert orjson.loads(haproxy.to_json())["not_assessed"] == ["attestation", "behaviour", "headers", "network", "transport"]
-    assert haproxy.as_dict()["not_assessed"] == ["attestation", "behaviour", "headers", "network", "transport"]
+    assert haproxy.not_assessed == ("attestation", "behaviour", "body", "headers", "network", "transport")
+    assert orjson.loads(haproxy.to_json())["not_assessed"] == ["attestation", "behaviour", "body", "headers", "network", "transport"]
+    assert haproxy.as_dict()["not_assessed"] == ["attestation", "behaviour", "body", "headers", "network", "transport"]
 
 
 @pytest.mark.parametrize(("edge", "code", "change"), [
@@ -205,7 +206,9 @@ def test_through_edge_applies_each_loss(detection, profile, base):
     assert through_edge(base, e["nginx-njs"], profile)["tls"] == {"sni": base["tls"]["sni"]}  # no fingerprint
     assert through_edge(base, e["cloudfront"], profile).get("network", {}).keys() <= {"asn", "as_org", "country"}
     assert through_edge(base, e["full"], profile) == base
-    assert through_edge(attack, e["fastly"], profile) == attack  # this attack sends no attestation
+    # this attack sends no attestation; its body is not in Fastly's log line
+    assert through_edge(attack, e["fastly"], profile) == {k: v for k, v in attack.items() if k != "body"}
+    assert "body" in attack
     assert "attestation" in base and "attestation" not in through_edge(base, e["fastly"], profile)
     signed = next(x for x in genuine(profile, 50, seed=3, catalogue=detection.catalogue) if "body_sha256" in x)
     lost = through_edge(signed, e["cloudflare"], profile)
@@ -244,7 +247,7 @@ def test_detector_score_takes_any_shipped_edge_and_rejects_an_unknown_one(tmp_pa
     assert "line 2: rejected: unknown_edge: field 'edge' names no edge profile: 'squid'" in res.stderr.decode()
     verdicts = [orjson.loads(x) for x in out.read_bytes().splitlines()]
     assert len(verdicts) == 2
-    assert verdicts[0]["not_assessed"] == ["attestation", "behaviour", "headers", "network", "transport"]
+    assert verdicts[0]["not_assessed"] == ["attestation", "behaviour", "body", "headers", "network", "transport"]
     assert "headers.name_case" not in [s["code"] for s in verdicts[0]["signals"]]
     assert "not_assessed" not in verdicts[1] and "headers.name_case" in [s["code"] for s in verdicts[1]["signals"]]
 

@@ -617,8 +617,8 @@ async def test_a_record_edge_the_topic_does_not_allow_is_dead_lettered_and_reque
     await stage._score_batch({TP: [msg(5, value, stamp(events))]}, out)
     verdicts = [orjson.loads(v) for v in out.of(VERDICTS.name)]
     assert [v["request_id"] for v in verdicts] == [events[i]["request_id"] for i in (0, 1, 4)]
-    assert verdicts[0]["not_assessed"] == ["attestation", "behaviour", "headers", "network", "transport"]  # the topic's edge: haproxy
-    assert verdicts[1]["not_assessed"] == ["attestation", "behaviour", "headers", "network", "signature", "transport"]  # its own: envoy
+    assert verdicts[0]["not_assessed"] == ["attestation", "behaviour", "body", "headers", "network", "transport"]  # the topic's edge: haproxy
+    assert verdicts[1]["not_assessed"] == ["attestation", "behaviour", "body", "headers", "network", "signature", "transport"]  # its own: envoy
     (dlq,) = [orjson.loads(v) for v in out.of(CLIENT_REQUESTS_DLQ.name)]
     assert sorted((e["index"], e["code"]) for e in dlq["errors"]) == [(2, "edge_not_allowed"), (3, "unknown_edge")]
     m = stage.metrics
