@@ -25,7 +25,7 @@ from detector.profile import load_profile
 from detector.redact import MARK, Redactor
 from detector.signing import mac
 from detector.simulate import genuine, private_api_library, resign
-from detector.simulate.wire import app_body_fields, signed_body
+from detector.simulate.wire import OKHTTP_H2, OKHTTP_JA4, app_body_fields, signed_body
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "profiles" / "example-android.yaml"
 FORM = "application/x-www-form-urlencoded; charset=UTF-8"
@@ -267,6 +267,20 @@ def test_body_fields_named_in_redact_params_never_leave(detection, posts, profil
 
 
 # --- the simulated library -------------------------------------------------------------
+def under_the_apps_stack(profile, e):
+    """`e` as curl_cffi or tls-client would send it: the app's ClientHello (JA4, ALPN),
+    HTTP/2 with the app's SETTINGS, and the app's header names in its order and case."""
+    order = {n: i for i, n in enumerate(profile.headers.order)}
+    hs = {}
+    for n, v in e["headers"]:
+        if n.lower() in order:
+            hs.setdefault(n.lower(), v)
+    hs["accept-encoding"] = "gzip"
+    return {**e, "headers": [[n, hs[n]] for n in sorted(hs, key=order.__getitem__)], "http_version": "2",
+            "tls": {"ja4": OKHTTP_JA4, "alpn": "h2", "version": "1.3", "sni": "api.example-social.test"},
+            "h2": {"fingerprint": OKHTTP_H2, "authority": "api.example-social.test"}}
+
+
 @pytest.mark.parametrize("evasion, want", [
     (0, {"body.signature_stale", "body.denylisted_value", "body.forbidden", "headers.denylisted_value"}),
     (1, {"body.denylisted_value"}),
@@ -277,10 +291,13 @@ def test_the_library_body_is_caught_under_the_apps_own_stack(pipeline, profile, 
     and header order (what curl_cffi and tls-client copy) were caught by no stateless
     check; its bodies still are."""
     got: set[str] = set()
-    posts = [e for e in private_api_library(profile, 120, seed=2, evasion=evasion) if "body" in e]
+    posts = [under_the_apps_stack(profile, e) for e in private_api_library(profile, 120, seed=2, evasion=evasion)
+             if "body" in e]
     assert posts
     for e in posts:
-        found = {c for c in codes(pipeline, e) if c.startswith("body.") or c == "headers.denylisted_value"}
+        found = set(codes(pipeline, e))
+        assert not {c for c in found if c.startswith(("tls.", "transport."))}, found  # the stack is the app's
+        assert "headers.order_mismatch" not in found and "headers.name_case" not in found
         assert found & want, (e["path"], found)
         got |= found
     assert want <= got
@@ -322,3 +339,11 @@ def test_tls_variants_are_checked_at_load(tmp_path, entry, message):
     with pytest.raises(ConfigError) as exc:
         load_profile(path)
     assert message in str(exc.value) and str(path) in str(exc.value)
+
+
+def test_the_new_rules_flag_at_most_a_thousandth_of_genuine_traffic(pipeline, profile, detection):
+    new = BODY_TEXT_CODES | {"headers.denylisted_value", "headers.clock_skew"}
+    events = list(genuine(profile, 3000, seed=21, catalogue=detection.catalogue))
+    assert sum("body" in e for e in events) > 100
+    flagged = [e["request_id"] for e in events if set(codes(pipeline, e)) & new]
+    assert len(flagged) <= len(events) // 1000, flagged[:3]
