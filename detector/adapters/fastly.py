@@ -29,7 +29,7 @@ import binascii
 from collections.abc import Mapping
 from typing import Any
 
-from detector.adapters._jsonlog import json_value
+from detector.adapters._jsonlog import check_ja3, check_ja4, json_value
 from detector.adapters._textlines import decode_lines, validated
 from detector.decode.contract import MAX_CLIENT_HELLO_CHARS, DecodeLimits
 from detector.decode.messages import Decoded, line_bytes
@@ -87,6 +87,10 @@ def _tls(tls: Mapping[str, Any]) -> dict[str, Any]:
     for src, dst in (("ja3", "ja3"), ("ja4", "ja4"), ("sni", "sni"), ("protocol", "version")):
         if v := _text(tls, src, "tls."):
             out[dst] = v
+    if "ja3" in out:  # Fastly's own, as Envoy's and Cloudflare's: the layout is checked
+        check_ja3(out["ja3"], "fastly tls.ja3")
+    if "ja4" in out:
+        check_ja4(out["ja4"], "fastly tls.ja4")
     if hello:
         if len(hello) > MAX_CLIENT_HELLO_CHARS:  # told before it is decoded
             raise InvalidRequest(f"field 'tls.client_hello' of {len(hello)} chars exceeds {MAX_CLIENT_HELLO_CHARS}",

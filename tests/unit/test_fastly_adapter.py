@@ -157,6 +157,9 @@ def test_every_cut_of_a_non_ascii_line_is_rejected_as_truncated():
     ({"headers": [["user-agent"]]}, "invalid_type"),
     ({"headers": [["user-agent", 1]]}, "invalid_type"),
     ({"proto": "SPDY/3"}, "invalid_value"),
+    ({"tls.ja4": "junk?"}, "invalid_value"),              # not the JA4 layout
+    ({"tls.ja4": "t13d1516h2_8daaf6152771_02713d6af86?"}, "invalid_value"),
+    ({"tls.ja3": "272E7B75AC718A112AFB0B62F20F186C"}, "invalid_value"),  # not lower-case hex
     ({"ts": "yesterday"}, "invalid_value"),
     ({"ts": 99999999999.0}, "out_of_range"),               # judged by the native validator
     ({"ts": None}, "missing_field"),
