@@ -37,21 +37,27 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from detector.adapters._jsonlog import check_ja3, check_ja4, decode_lines, json_object, to_request
+from detector.adapters._lines import (
+    HTTP_VERSIONS,
+    MAX_HEADERS_OBJECT,
+    check_ja3,
+    check_ja4,
+    decode_lines,
+    json_object,
+    validated,
+)
 from detector.decode.contract import DecodeLimits
 from detector.decode.messages import Decoded, line_bytes
 from detector.decode.rejections import InvalidRequest
 from detector.model import ClientRequest
 
 EDGE = "cloudflare"
-_HTTP_VERSIONS = {"HTTP/1.0": "1.0", "HTTP/1.1": "1.1", "HTTP/2": "2", "HTTP/3": "3"}
 _CUT_HINT = "the relay between Logpush and Kafka must split batches at line ends"
 _NANOS_FROM = 10**17  # unixnano: 2000-01-01 is 9.5e17
 _SECONDS_BELOW = 10**11  # unix: 2200-01-01 is 7.3e9
 _NOT_COUNTRIES = frozenset({"XX", "T1"})
 _FIELD_HEADERS = (("ClientRequestUserAgent", "user-agent"), ("ClientRequestReferer", "referer"),
                   ("ClientXRequestedWith", "x-requested-with"))
-_MAX_HEADERS_OBJECT = 256  # Logpush custom fields: at most 100 request headers per type
 
 
 def _opt(obj: Mapping[str, Any], key: str, where: str = "") -> str | None:
@@ -111,9 +117,9 @@ def _headers(obj: Mapping[str, Any], host: str | None, http_version: str | None)
     if extra is not None:
         if not isinstance(extra, dict):
             raise InvalidRequest("cloudflare field 'RequestHeaders' must be an object", "invalid_type")
-        if len(extra) > _MAX_HEADERS_OBJECT:
+        if len(extra) > MAX_HEADERS_OBJECT:
             raise InvalidRequest(f"cloudflare field 'RequestHeaders' holds {len(extra)} headers "
-                                 f"(at most {_MAX_HEADERS_OBJECT})", "too_many")
+                                 f"(at most {MAX_HEADERS_OBJECT})", "too_many")
         for name in extra:
             v = _opt(extra, name, "RequestHeaders.")
             if v is not None and name and not name.startswith(":"):  # a pseudo-header is no header
@@ -159,7 +165,7 @@ def native(obj: dict[str, Any]) -> dict[str, Any]:
     InvalidRequest (reason, code) when the line is not an http_requests record with
     the shipped job's fields."""
     proto = _opt(obj, "ClientRequestProtocol")
-    http_version = _HTTP_VERSIONS.get(proto) if proto is not None else None
+    http_version = HTTP_VERSIONS.get(proto) if proto is not None else None
     if proto is not None and http_version is None:
         raise InvalidRequest(f"cloudflare field 'ClientRequestProtocol' {proto[:16]!r} is not an HTTP protocol",
                              "invalid_value")
@@ -195,7 +201,7 @@ def native(obj: dict[str, Any]) -> dict[str, Any]:
 def decode_line(line: bytes | str, limits: DecodeLimits = DecodeLimits()) -> ClientRequest:
     """One Logpush http_requests line into a ClientRequest; raises InvalidRequest."""
     obj = json_object(line_bytes(line, limits), "Cloudflare Logpush", _CUT_HINT)
-    return to_request(native(obj), limits)
+    return validated(native(obj), limits)
 
 
 def decode_message(value: bytes | None, limits: DecodeLimits = DecodeLimits()) -> Decoded:

@@ -44,7 +44,7 @@ from collections import deque
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from detector.adapters._textlines import as_text, decode_lines, validated
+from detector.adapters._lines import HTTP_VERSIONS, as_text, decode_lines, validated
 from detector.decode.contract import DecodeLimits
 from detector.decode.messages import Decoded, line_bytes
 from detector.decode.rejections import InvalidRequest
@@ -61,7 +61,7 @@ FIELDS: tuple[str, ...] = (
     "cs-headers", "cs-header-names", "cs-headers-count", "asn",
 )
 _INDEX = {name: i for i, name in enumerate(FIELDS)}
-_HTTP_VERSIONS = {"HTTP/0.9": None, "HTTP/1.0": "1.0", "HTTP/1.1": "1.1", "HTTP/2.0": "2", "HTTP/3.0": "3"}
+_HTTP_VERSIONS: dict[str, str | None] = {**HTTP_VERSIONS, "HTTP/0.9": None}  # 0.9: not a contract version
 _TIMESTAMP = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
 _DIGITS = re.compile(r"[0-9]{1,10}")
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")

@@ -35,7 +35,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from detector.adapters._jsonlog import check_ja3, check_ja4, decode_lines, json_object, to_request
+from detector.adapters._lines import (
+    HTTP_VERSIONS,
+    MAX_HEADERS_OBJECT,
+    check_ja3,
+    check_ja4,
+    decode_lines,
+    json_object,
+    validated,
+)
 from detector.decode.contract import DecodeLimits
 from detector.decode.messages import Decoded, line_bytes
 from detector.decode.rejections import InvalidRequest
@@ -44,9 +52,7 @@ from detector.model import ClientRequest
 EDGE = "envoy"
 FORMAT_VERSION = "1"  # the json_format's "envoy" key: a line of another version is refused
 UNSET = "-"  # what Envoy's formatter writes for a value that is not set or empty
-_HTTP_VERSIONS = {"HTTP/1.0": "1.0", "HTTP/1.1": "1.1", "HTTP/2": "2", "HTTP/3": "3"}
 _CUT_HINT = "raise the log shipper's maximum line size"
-_MAX_HEADERS_OBJECT = 256  # more `req` keys than any access log names
 
 
 def _opt(obj: Mapping[str, Any], key: str, where: str = "") -> str | None:
@@ -110,8 +116,8 @@ def _tls(tls: Any) -> dict[str, str] | None:
 def _headers(req: Any, authority: str | None, http_version: str | None) -> list[list[str]]:
     if not isinstance(req, dict):
         raise InvalidRequest("envoy field 'req' must be an object", "invalid_type")
-    if len(req) > _MAX_HEADERS_OBJECT:
-        raise InvalidRequest(f"envoy field 'req' names {len(req)} headers (at most {_MAX_HEADERS_OBJECT})", "too_many")
+    if len(req) > MAX_HEADERS_OBJECT:
+        raise InvalidRequest(f"envoy field 'req' names {len(req)} headers (at most {MAX_HEADERS_OBJECT})", "too_many")
     headers: list[list[str]] = []
     seen: set[str] = set()
     for name in sorted(req, key=str.lower):
@@ -137,7 +143,7 @@ def native(obj: dict[str, Any]) -> dict[str, Any]:
         raise InvalidRequest(f"not a line of the Envoy access log format version {FORMAT_VERSION} "
                              "(config/edges/envoy/envoy.yaml.example)", "invalid_value")
     proto = _opt(obj, "proto")
-    http_version = _HTTP_VERSIONS.get(proto) if proto is not None else None
+    http_version = HTTP_VERSIONS.get(proto) if proto is not None else None
     if proto is not None and http_version is None:
         raise InvalidRequest(f"envoy field 'proto' {proto[:16]!r} is not an HTTP protocol", "invalid_value")
     target = _required(obj, "path", "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%")
@@ -171,7 +177,7 @@ def native(obj: dict[str, Any]) -> dict[str, Any]:
 def decode_line(line: bytes | str, limits: DecodeLimits = DecodeLimits()) -> ClientRequest:
     """One Envoy access log line into a ClientRequest; raises InvalidRequest (reason, code)."""
     obj = json_object(line_bytes(line, limits), "Envoy", _CUT_HINT)
-    return to_request(native(obj), limits)
+    return validated(native(obj), limits)
 
 
 def decode_message(value: bytes | None, limits: DecodeLimits = DecodeLimits()) -> Decoded:

@@ -29,8 +29,7 @@ import binascii
 from collections.abc import Mapping
 from typing import Any
 
-from detector.adapters._jsonlog import check_ja3, check_ja4, json_value
-from detector.adapters._textlines import decode_lines, validated
+from detector.adapters._lines import HTTP_VERSIONS, check_ja3, check_ja4, decode_lines, json_value, validated
 from detector.decode.contract import MAX_CLIENT_HELLO_CHARS, DecodeLimits
 from detector.decode.messages import Decoded, line_bytes
 from detector.decode.rejections import InvalidRequest
@@ -39,7 +38,6 @@ from detector.model import ClientRequest
 
 EDGE = "fastly"
 FORMAT_VERSION = 1  # the line's "fastly" key: a line of another version is refused
-_HTTP_VERSIONS = {"HTTP/1.0": "1.0", "HTTP/1.1": "1.1", "HTTP/2": "2", "HTTP/2.0": "2", "HTTP/3": "3", "HTTP/3.0": "3"}
 _CUT_HINT = "raise the relay's maximum message size; Fastly's Kafka endpoint sends whole lines"
 
 
@@ -133,7 +131,7 @@ def native(obj: Any) -> dict[str, Any]:
         raise InvalidRequest("fastly field 'headers' is absent", "missing_field")
     headers, authority = _headers(obj["headers"])
     proto = _text(obj, "proto")
-    http_version = _HTTP_VERSIONS.get(proto)
+    http_version = HTTP_VERSIONS.get(proto)
     if proto and http_version is None:
         raise InvalidRequest(f"fastly field 'proto' {proto[:16]!r} is not an HTTP version", "invalid_value")
     out: dict[str, Any] = {

@@ -39,12 +39,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from detector.adapters._jsonlog import json_value
+from detector.adapters._lines import decode_lines, json_value, validated
 from detector.decode.contract import MAX_CLIENT_HELLO_CHARS, DecodeLimits
-from detector.decode.fastpath import _fast_path
 from detector.decode.messages import Decoded, line_bytes
-from detector.decode.rejections import InvalidRequest, Rejection
-from detector.decode.validate import request_from_obj
+from detector.decode.rejections import InvalidRequest
 from detector.fingerprints.clienthello import EXT_SIGNATURE_ALGORITHMS, EXT_SUPPORTED_VERSIONS
 from detector.fingerprints.ja4 import partial_from_parts
 from detector.fingerprints.tls import hello_from_lists, ja3, ja4, ja4_partial
@@ -224,9 +222,7 @@ def decode_line_31(line: bytes | str, limits: DecodeLimits = DecodeLimits()) -> 
 
 def _decode_line(line: bytes | str, limits: DecodeLimits, fmt: LogFormat) -> ClientRequest:
     raw = line_bytes(line, limits)
-    obj = native(json_value(raw, "HAProxy", _CUT_HINT, _MARKER), fmt, limits)
-    req = _fast_path(limits)(obj)
-    return request_from_obj(obj, limits) if req is None else req
+    return validated(native(json_value(raw, "HAProxy", _CUT_HINT, _MARKER), fmt, limits), limits)
 
 
 def decode_message(value: bytes | None, limits: DecodeLimits = DecodeLimits()) -> Decoded:
@@ -242,25 +238,4 @@ def decode_message_31(value: bytes | None, limits: DecodeLimits = DecodeLimits()
 
 
 def _decode_message(value: bytes | None, limits: DecodeLimits, fmt: LogFormat) -> Decoded:
-    if value is None or not value.strip():
-        return Decoded(rejections=[Rejection(None, "empty message", "empty_message")], form="invalid")
-    if len(value) > limits.max_message_bytes:
-        reason = f"message of {len(value)} bytes exceeds limits.max_message_bytes={limits.max_message_bytes}"
-        return Decoded(rejections=[Rejection(None, reason, "oversized")], form="invalid")
-    lines = [ln for ln in value.split(b"\n") if ln.strip()]
-    out = Decoded(form="object" if len(lines) == 1 else "ndjson")
-    if len(lines) > limits.max_batch_elements:
-        out.rejections.append(Rejection(
-            None, f"batch of {len(lines)} lines exceeds limits.max_batch_elements={limits.max_batch_elements}",
-            "too_many"))
-        return out
-    for i, ln in enumerate(lines):
-        index = None if len(lines) == 1 else i
-        try:
-            req = _decode_line(ln, limits, fmt)
-        except InvalidRequest as exc:
-            out.rejections.append(Rejection(index, str(exc), exc.code))
-            continue
-        out.requests.append(req)
-        out.indices.append(index)
-    return out
+    return decode_lines(value, limits, lambda line, lim: _decode_line(line, lim, fmt))

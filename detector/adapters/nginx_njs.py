@@ -27,12 +27,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from detector.adapters._jsonlog import json_value
+from detector.adapters._lines import decode_lines, json_value, validated
 from detector.decode.contract import DecodeLimits
-from detector.decode.fastpath import _fast_path
 from detector.decode.messages import Decoded, line_bytes
-from detector.decode.rejections import InvalidRequest, Rejection
-from detector.decode.validate import request_from_obj
+from detector.decode.rejections import InvalidRequest
 from detector.model import ClientRequest
 
 EDGE = "nginx-njs"
@@ -68,33 +66,10 @@ def native(obj: Any) -> dict[str, Any]:
 
 def decode_line(line: bytes | str, limits: DecodeLimits = DecodeLimits()) -> ClientRequest:
     """One nginx-njs log line into a ClientRequest; raises InvalidRequest (reason, code)."""
-    obj = native(json_value(line_bytes(line, limits), "nginx-njs", _CUT_HINT, _MARKER))
-    req = _fast_path(limits)(obj)
-    return request_from_obj(obj, limits) if req is None else req
+    return validated(native(json_value(line_bytes(line, limits), "nginx-njs", _CUT_HINT, _MARKER)), limits)
 
 
 def decode_message(value: bytes | None, limits: DecodeLimits = DecodeLimits()) -> Decoded:
     """A Kafka message of nginx-njs log lines (rsyslog's omkafka sends one per message;
     a relay that batches sends several, one per line) into requests and rejections."""
-    if value is None or not value.strip():
-        return Decoded(rejections=[Rejection(None, "empty message", "empty_message")], form="invalid")
-    if len(value) > limits.max_message_bytes:
-        reason = f"message of {len(value)} bytes exceeds limits.max_message_bytes={limits.max_message_bytes}"
-        return Decoded(rejections=[Rejection(None, reason, "oversized")], form="invalid")
-    lines = [ln for ln in value.split(b"\n") if ln.strip()]
-    out = Decoded(form="object" if len(lines) == 1 else "ndjson")
-    if len(lines) > limits.max_batch_elements:
-        out.rejections.append(Rejection(
-            None, f"batch of {len(lines)} lines exceeds limits.max_batch_elements={limits.max_batch_elements}",
-            "too_many"))
-        return out
-    for i, ln in enumerate(lines):
-        index = None if len(lines) == 1 else i
-        try:
-            req = decode_line(ln, limits)
-        except InvalidRequest as exc:
-            out.rejections.append(Rejection(index, str(exc), exc.code))
-            continue
-        out.requests.append(req)
-        out.indices.append(index)
-    return out
+    return decode_lines(value, limits, decode_line)

@@ -1,8 +1,12 @@
-"""What the JSON-per-line adapters share: a line's JSON value (every JSON adapter:
-HAProxy, nginx-njs, Envoy, Cloudflare, Fastly; a line cut short is `truncated`, also
-inside a multi-byte character, not `invalid_json` or `invalid_utf8`), the JA3 and JA4
-layouts, and a Kafka message of many lines into requests and rejections. Pure; the
-helpers raise InvalidRequest, which `decode_lines` turns into rejections."""
+"""What every input adapter shares (detector/adapters/*): a Kafka message of lines
+into requests and rejections, each line judged on its own (`decode_lines`); a line's
+JSON value, where a line cut short is `truncated` (also inside a multi-byte
+character or before a syslog-forwarded line's marker), not `invalid_json` or
+`invalid_utf8` (`json_value`, `json_object`); a text line, telling a cut inside a
+character from bad bytes (`as_text`); the JA3 and JA4 layouts; the HTTP versions
+the vendors write; and the native object judged as the contract judges it
+(`validated`). Pure; the helpers raise InvalidRequest, which `decode_lines` turns
+into rejections. (A line's bytes within its bound: detector.decode.messages.line_bytes.)"""
 
 from __future__ import annotations
 
@@ -26,6 +30,39 @@ from detector.model import ClientRequest
 _JA4 = re.compile(r"[tqd][0-9a-z]{2}[di][0-9]{4}[0-9A-Za-z]{2}_[0-9a-f]{12}_[0-9a-f]{12}")
 _JA3 = re.compile(r"[0-9a-f]{32}")
 _SYSLOG_HEAD = re.compile(rb"<[0-9]{0,3}(>[^{]*)?")  # `<134>Dec  3 00:07:03 host haproxy[1]:` and its prefixes
+# The request line's protocol as Envoy (%PROTOCOL%), Cloudflare (ClientRequestProtocol),
+# CloudFront (cs-protocol-version) and Fastly write it, to the contract's http_version
+HTTP_VERSIONS: dict[str, str] = {"HTTP/1.0": "1.0", "HTTP/1.1": "1.1", "HTTP/2": "2", "HTTP/2.0": "2", "HTTP/3": "3",
+                                 "HTTP/3.0": "3"}
+MAX_HEADERS_OBJECT = 256  # more keys in a log's header object than any access log names
+
+
+def decode_lines(value: bytes | None, limits: DecodeLimits,
+                 decode_line: Callable[[bytes, DecodeLimits], ClientRequest]) -> Decoded:
+    """A Kafka message of log lines (one, or many newline-separated: a shipper or relay
+    that batches) into requests and rejections, each line judged on its own."""
+    if value is None or not value.strip():
+        return Decoded(rejections=[Rejection(None, "empty message", "empty_message")], form="invalid")
+    if len(value) > limits.max_message_bytes:
+        reason = f"message of {len(value)} bytes exceeds limits.max_message_bytes={limits.max_message_bytes}"
+        return Decoded(rejections=[Rejection(None, reason, "oversized")], form="invalid")
+    lines = [ln.rstrip(b"\r") for ln in value.split(b"\n") if ln.strip()]
+    out = Decoded(form="object" if len(lines) == 1 else "ndjson")
+    if len(lines) > limits.max_batch_elements:
+        out.rejections.append(Rejection(
+            None, f"batch of {len(lines)} lines exceeds limits.max_batch_elements={limits.max_batch_elements}",
+            "too_many"))
+        return out
+    for i, ln in enumerate(lines):
+        index = None if len(lines) == 1 else i
+        try:
+            req = decode_line(ln, limits)
+        except InvalidRequest as exc:
+            out.rejections.append(Rejection(index, str(exc), exc.code))
+            continue
+        out.requests.append(req)
+        out.indices.append(index)
+    return out
 
 
 def json_value(raw: bytes, vendor: str, cut_hint: str, marker: bytes | None = None) -> Any:
@@ -87,6 +124,18 @@ def json_object(raw: bytes, vendor: str, cut_hint: str, marker: bytes | None = N
     return obj
 
 
+def as_text(raw: bytes) -> tuple[str, bool]:
+    """The line as text, and whether it ends inside a multi-byte character (then the
+    text is what precedes that character: the caller tells a line cut short from bad
+    bytes); raises InvalidRequest `invalid_utf8` for bytes that are not UTF-8."""
+    try:
+        return raw.decode("utf-8"), False
+    except UnicodeDecodeError as exc:
+        if exc.end >= len(raw) and exc.reason == "unexpected end of data":
+            return raw[:exc.start].decode("utf-8"), True
+        raise InvalidRequest(f"invalid UTF-8 at byte {exc.start}", "invalid_utf8") from None
+
+
 def check_ja4(value: str, where: str) -> str:
     if not _JA4.fullmatch(value):
         raise InvalidRequest(f"{where} {value[:40]!r} is not a JA4 (a_b_c, 36 characters)", "invalid_value")
@@ -99,36 +148,8 @@ def check_ja3(value: str, where: str) -> str:
     return value
 
 
-def to_request(obj: dict[str, Any], limits: DecodeLimits) -> ClientRequest:
+def validated(obj: dict[str, Any], limits: DecodeLimits) -> ClientRequest:
     """The native object judged as the contract judges it (fast path, else the
     reference validator)."""
     req = _fast_path(limits)(obj)
     return request_from_obj(obj, limits) if req is None else req
-
-
-def decode_lines(value: bytes | None, limits: DecodeLimits,
-                 decode_line: Callable[[bytes, DecodeLimits], ClientRequest]) -> Decoded:
-    """A Kafka message of log lines (one, or many newline-separated: a shipper or relay
-    that batches) into requests and rejections, each line judged on its own."""
-    if value is None or not value.strip():
-        return Decoded(rejections=[Rejection(None, "empty message", "empty_message")], form="invalid")
-    if len(value) > limits.max_message_bytes:
-        reason = f"message of {len(value)} bytes exceeds limits.max_message_bytes={limits.max_message_bytes}"
-        return Decoded(rejections=[Rejection(None, reason, "oversized")], form="invalid")
-    lines = [ln for ln in value.split(b"\n") if ln.strip()]
-    out = Decoded(form="object" if len(lines) == 1 else "ndjson")
-    if len(lines) > limits.max_batch_elements:
-        out.rejections.append(Rejection(
-            None, f"batch of {len(lines)} lines exceeds limits.max_batch_elements={limits.max_batch_elements}",
-            "too_many"))
-        return out
-    for i, ln in enumerate(lines):
-        index = None if len(lines) == 1 else i
-        try:
-            req = decode_line(ln, limits)
-        except InvalidRequest as exc:
-            out.rejections.append(Rejection(index, str(exc), exc.code))
-            continue
-        out.requests.append(req)
-        out.indices.append(index)
-    return out
