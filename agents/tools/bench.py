@@ -575,7 +575,9 @@ async def _latency(scraper: Scraper, bootstrap: str, events: list[dict[str, Any]
                 for msgs in batches.values():
                     for m in msgs:
                         v = orjson.loads(m.value)
-                        t = sent_at.get(v["request_id"])
+                        if v.get("revision"):  # a shard's revision of a verdict (a replay): not the request's own
+                            continue
+                        t = sent_at.pop(v["request_id"], None)  # each request's verdict counted once
                         if t is not None and v["request_id"] in wanted:
                             latencies.append(now - t)
 
