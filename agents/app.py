@@ -277,7 +277,7 @@ def _shard_part(app: faust.App, s: Settings, detection: DetectionConfig, metrics
     async def on_recovered(app_: Any, **_: Any) -> None:
         # the assignment's table recovery is done (Faust sends this before streams
         # resume): every assigned partition's state loads now, not at its first envelope
-        shard.restore_assigned()
+        await shard.restore_assigned()
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]  # mode's SignalHandlerT, as above
     async def on_stop(app_: Any, **_: Any) -> None:

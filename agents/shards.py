@@ -485,14 +485,16 @@ class ShardState:
             del self.parked[p]
             log.info("shard %d: handed over", p)
 
-    def restore_assigned(self) -> int:
+    async def restore_assigned(self) -> int:
         """The assignment's table recovery is complete: load every assigned partition
         that has no engine yet (previous-release state migrated, its snapshots
         tombstoned at the next flush), so that does not wait for the partition's first
         envelope, and a partition that gets none still carries its state forward. The
-        number of partitions loaded."""
+        number of partitions loaded. A partition whose first envelope came first (the
+        streams resume while this yields) is loaded already and left alone."""
         loaded = 0
         for p in sorted(self.assignment):
+            await asyncio.sleep(0)  # the loop's turn between partitions (a large one takes ~1 s)
             if p not in self.engines:
                 try:
                     self.engine(p)

@@ -183,11 +183,11 @@ async def test_every_assigned_partition_loads_its_state_when_recovery_completes(
     busy = min(before)
     shard.assigned(set(before))
     engine = shard.engine(busy)  # this one got its first envelope already
-    assert shard.restore_assigned() == len(before) - 1
+    assert await shard.restore_assigned() == len(before) - 1
     assert shard.engines[busy] is engine
     for p, states in before.items():
         assert dict(shard.engines[p].states()) == states, f"partition {p} did not load its state"
-    assert shard.restore_assigned() == 0, "loaded once"
+    assert await shard.restore_assigned() == 0, "loaded once"
 
 
 def test_eviction_takes_flagged_and_alerting_entities_last(detection):
