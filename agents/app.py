@@ -24,6 +24,7 @@ window, watermark or flag expiry.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -214,13 +215,18 @@ def _shard_part(app: faust.App, s: Settings, detection: DetectionConfig, metrics
         """A verdict revision (docs/contracts.md), on the partition the ingest stage put
         the verdict it replaces: the same key, the ingest's crc32 partitioner
         (agents/publish.py), not Faust's; the topic's partition count read once."""
-        n = verdict_partitions.get(VERDICTS.name)
-        if n is None:
-            n = (await existing_topics(s.kafka_bootstrap, s.kafka)).get(VERDICTS.name)
-            if not n:
-                raise RuntimeError(f"topic {VERDICTS.name} not found")
-            verdict_partitions[VERDICTS.name] = n
+        n = verdict_partitions.get(VERDICTS.name) or await read_verdict_partitions()
         return await verdicts_topic.send(key=key, value=value, partition=partition_for(key, n))
+
+    async def read_verdict_partitions() -> int:
+        """The verdicts topic's partition count, read at each recovery's end (before the
+        streams resume: never on an envelope's path but when that read failed), within
+        10 s (the admin client's own retries could hold the shard's stream far longer)."""
+        n = (await asyncio.wait_for(existing_topics(s.kafka_bootstrap, s.kafka), 10.0)).get(VERDICTS.name)
+        if not n:
+            raise RuntimeError(f"topic {VERDICTS.name} not found")
+        verdict_partitions[VERDICTS.name] = n
+        return n
 
     link.on_log_lost.append(verdict_partitions.clear)  # the topics may be recreated
 
@@ -275,6 +281,12 @@ def _shard_part(app: faust.App, s: Settings, detection: DetectionConfig, metrics
 
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # mode's SignalHandlerT, as above
     async def on_recovered(app_: Any, **_: Any) -> None:
+        if VERDICTS.name not in verdict_partitions:
+            try:
+                await read_verdict_partitions()
+            except Exception as exc:  # noqa: BLE001 - read again at the first revision
+                log.warning("verdicts topic's partition count not read (%s): read at the first verdict revision",
+                            type(exc).__name__)
         # the assignment's table recovery is done (Faust sends this before streams
         # resume): every assigned partition's state loads now, not at its first envelope
         await shard.restore_assigned()

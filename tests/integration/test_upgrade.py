@@ -103,14 +103,21 @@ async def test_a_worker_on_the_previous_release_changelog_migrates_or_discards_i
     proc = start_worker(broker.bootstrap, port, log, extra_env={
         "DETECTOR_APP_ID": APP_ID, "DETECTOR_BEHAVIOUR__STATE_VERSION": state_version})
     try:
+        # every assigned partition loads its state once recovery completes, before any
+        # traffic: the new traffic then reaches shards that hold the migrated state
+        n = partitions_of(ENTITY_EVENTS, 4)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(re.findall(r"previous-release buckets", log.read_text())) < n:
+            time.sleep(0.5)
         # new traffic: the attack raises alerts on top of whatever state was kept
         start = time.time() - 120
         attack = list(private_api_library(profile, 40, seed=21, start_ts=start))
         good = list(genuine(profile, 200, seed=22, start_ts=start))
         await produce(broker.bootstrap, [orjson.dumps(attack), orjson.dumps(good)])
         out = await collect(broker.bootstrap, [ALERTS.name], lambda o: len(o[ALERTS.name]) > 0, timeout=90)
-        assert out[ALERTS.name], "the upgraded worker raises alerts"
-        n = partitions_of(ENTITY_EVENTS, 4)
+        metrics = [ln for ln in scrape(port).splitlines()
+                   if ln.startswith(("detector_shard_envelopes", "detector_state_", "detector_requests_total"))]
+        assert out[ALERTS.name], "the upgraded worker raises alerts\n" + "\n".join(metrics)
         # every assigned partition loads its state once recovery completes, whether
         # or not it got an envelope
         deadline = time.monotonic() + 60
