@@ -21,6 +21,7 @@ import pytest
 from detector.adapters import INPUT_FORMATS, envoy, format_edge, line_decoder, message_decoder
 from detector.config.schema import RuntimeSettings
 from detector.decode import REJECTION_CODES, DecodeLimits, InvalidRequest
+from tests.unit._adapter_fixtures import edited, nonempty_lines, rejected
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "edges" / "envoy-1.35.jsonl"
@@ -31,30 +32,18 @@ REQUESTS_JA3 = "a48c0d5f95b1ef98f560f324fd275da1"  # its hello in tests/data/cli
 
 
 def fixture_lines() -> list[bytes]:
-    return [ln for ln in FIXTURE.read_bytes().split(b"\n") if ln.strip()]
+    return nonempty_lines(FIXTURE)
 
 
 def a_line(n: int = 0, **changes: Any) -> dict[str, Any]:
     """Fixture line `n` as an object with `changes` (dotted keys go into nested
     objects; None removes the key)."""
     obj = orjson.loads(fixture_lines()[n])
-    for key, value in changes.items():
-        node = obj
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        if value is None:
-            node.pop(last, None)
-        else:
-            node[last] = value
-    return obj
+    return edited(obj, changes)
 
 
 def reject(line: bytes | str) -> InvalidRequest:
-    with pytest.raises(InvalidRequest) as info:
-        envoy.decode_line(line)
-    assert info.value.code in REJECTION_CODES
-    return info.value
+    return rejected(envoy.decode_line, line)
 
 
 # --- fixture lines -----------------------------------------------------------------------

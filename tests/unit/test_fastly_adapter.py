@@ -23,6 +23,7 @@ from detector.adapters import INPUT_FORMATS, fastly, format_edge, line_decoder, 
 from detector.config.schema import RuntimeSettings
 from detector.decode import MAX_CLIENT_HELLO_CHARS, REJECTION_CODES, InvalidRequest
 from detector.fingerprints.tls import fingerprints_from_b64
+from tests.unit._adapter_fixtures import nonempty_lines, rejected
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "edges" / "fastly-compute.jsonl"
@@ -31,7 +32,7 @@ CHROME = HELLOS["curl_cffi-chrome131_android"]
 
 
 def fixture_lines() -> list[bytes]:
-    return [ln for ln in FIXTURE.read_bytes().split(b"\n") if ln.strip()]
+    return nonempty_lines(FIXTURE)
 
 
 def a_line(n: int = 0, **changes: Any) -> dict[str, Any]:
@@ -55,10 +56,7 @@ def decode(obj: dict[str, Any]) -> Any:
 
 
 def reject(text: bytes | str) -> InvalidRequest:
-    with pytest.raises(InvalidRequest) as info:
-        fastly.decode_line(text)
-    assert info.value.code in REJECTION_CODES
-    return info.value
+    return rejected(fastly.decode_line, text)
 
 
 # --- the fixture's lines -------------------------------------------------------------------

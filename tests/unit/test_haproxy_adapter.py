@@ -28,6 +28,7 @@ from detector.fingerprints.tls import (
     ja3,
     ja4_partial,
 )
+from tests.unit._adapter_fixtures import edited, nonempty_lines, rejected
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "edges" / "haproxy-2.6.log"
@@ -36,30 +37,18 @@ CURL_JA3 = "0149f47eabf9a20d0893e2a44e5a6323"  # curl 7.88.1 / OpenSSL 3.0 (test
 
 
 def fixture_lines() -> list[bytes]:
-    return [ln for ln in FIXTURE.read_bytes().split(b"\n") if ln.strip()]
+    return nonempty_lines(FIXTURE)
 
 
 def a_line(**changes: Any) -> dict[str, Any]:
     """The HTTP/2 fixture line as an object, with `changes` applied (dotted keys go
     into nested objects)."""
     obj = orjson.loads(fixture_lines()[0])
-    for key, value in changes.items():
-        node = obj
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        if value is None:
-            node.pop(last, None)
-        else:
-            node[last] = value
-    return obj
+    return edited(obj, changes)
 
 
 def reject(line: bytes | str) -> InvalidRequest:
-    with pytest.raises(InvalidRequest) as info:
-        haproxy.decode_line(line)
-    assert info.value.code in REJECTION_CODES
-    return info.value
+    return rejected(haproxy.decode_line, line)
 
 
 # --- lines HAProxy 2.6 wrote ----------------------------------------------------------

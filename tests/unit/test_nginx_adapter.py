@@ -20,6 +20,7 @@ import pytest
 from detector.adapters import INPUT_FORMATS, format_edge, line_decoder, message_decoder, nginx_njs
 from detector.config.schema import RuntimeSettings
 from detector.decode import REJECTION_CODES, DecodeLimits, InvalidRequest
+from tests.unit._adapter_fixtures import edited, nonempty_lines, rejected
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "edges" / "nginx-njs.log"
@@ -27,30 +28,18 @@ HOST = "api.example-social.test"
 
 
 def fixture_lines() -> list[bytes]:
-    return [ln for ln in FIXTURE.read_bytes().split(b"\n") if ln.strip()]
+    return nonempty_lines(FIXTURE)
 
 
 def a_line(**changes: Any) -> dict[str, Any]:
     """The HTTP/1.1 fixture line as an object, with `changes` applied (dotted keys go
     into nested objects; None removes the key)."""
     obj = orjson.loads(fixture_lines()[0])
-    for key, value in changes.items():
-        node = obj
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        if value is None:
-            node.pop(last, None)
-        else:
-            node[last] = value
-    return obj
+    return edited(obj, changes)
 
 
 def reject(line: bytes | str) -> InvalidRequest:
-    with pytest.raises(InvalidRequest) as info:
-        nginx_njs.decode_line(line)
-    assert info.value.code in REJECTION_CODES
-    return info.value
+    return rejected(nginx_njs.decode_line, line)
 
 
 # --- lines nginx wrote -------------------------------------------------------------------
